@@ -1,0 +1,101 @@
+//! Synchronous reads and writes through an image's extent map, with `pread`/`pwrite`.
+//! The library path (`cat`, tests, agents without ublk); ublk queues use io_uring instead.
+
+use super::{check_range, compress, CompressedCluster, DiskImage, Extent, Source};
+use crate::error::{Error, Result};
+
+/// Reads `buf.len()` guest bytes at `offset`.
+pub fn read_at<I: DiskImage + ?Sized>(image: &I, buf: &mut [u8], offset: u64) -> Result<()> {
+    check_range(offset, buf.len() as u64, image.virtual_size())?;
+    let mut extents = Vec::new();
+    image.map(offset, buf.len() as u64, &mut extents)?;
+    fill_from_extents(&extents, buf)
+}
+
+/// Fills `buf` from `extents`, which together cover exactly `buf.len()` bytes.
+pub fn fill_from_extents(extents: &[Extent<'_>], buf: &mut [u8]) -> Result<()> {
+    let mut pos = 0usize;
+    for extent in extents {
+        let len = usize::try_from(extent.len)
+            .ok()
+            .filter(|l| pos + l <= buf.len())
+            .ok_or_else(|| Error::corrupt("extent map overruns the request"))?;
+        let out = &mut buf[pos..pos + len];
+        match extent.source {
+            Source::Data { file, offset } => file.read_zero_padded(out, offset)?,
+            Source::Zero | Source::Unallocated => out.fill(0),
+            Source::Compressed(cluster) => read_compressed(&cluster, out)?,
+        }
+        pos += len;
+    }
+    if pos != buf.len() {
+        return Err(Error::corrupt("extent map does not cover the request"));
+    }
+    Ok(())
+}
+
+/// Reads and decompresses one cluster, copying the wanted part into `out`.
+pub fn read_compressed(cluster: &CompressedCluster<'_>, out: &mut [u8]) -> Result<()> {
+    let (stored, decoded) = decode_buffers(cluster)?;
+    let mut stored = vec![0u8; stored];
+    cluster.file.read_zero_padded(&mut stored, cluster.offset)?;
+    let mut decoded = vec![0u8; decoded];
+    compress::decompress(cluster.codec, &stored, &mut decoded)
+        .map_err(|e| e.at(cluster.offset).with_path(cluster.file.path()))?;
+    copy_from_cluster(cluster, &decoded, out)
+}
+
+/// Sizes of the stored and decoded buffers a compressed cluster needs, checked against
+/// sane limits so that a hostile image cannot ask for a huge allocation.
+pub fn decode_buffers(cluster: &CompressedCluster<'_>) -> Result<(usize, usize)> {
+    const LIMIT: u64 = 64 << 20;
+    if cluster.stored_len > LIMIT || cluster.cluster_size > LIMIT {
+        return Err(Error::corrupt("compressed cluster larger than 64 MiB")
+            .at(cluster.offset)
+            .with_path(cluster.file.path()));
+    }
+    Ok((cluster.stored_len as usize, cluster.cluster_size as usize))
+}
+
+/// Copies the part of a decoded cluster the extent refers to into `out`.
+pub fn copy_from_cluster(cluster: &CompressedCluster<'_>, decoded: &[u8], out: &mut [u8]) -> Result<()> {
+    let start = cluster.skip as usize;
+    let part = decoded
+        .get(start..start + out.len())
+        .ok_or_else(|| Error::corrupt("compressed extent lies outside its cluster"))?;
+    out.copy_from_slice(part);
+    Ok(())
+}
+
+/// Writes `buf` as guest bytes at `offset`.
+pub fn write_at<I: DiskImage + ?Sized>(image: &I, buf: &[u8], offset: u64) -> Result<()> {
+    check_range(offset, buf.len() as u64, image.virtual_size())?;
+    let mut extents = Vec::new();
+    image.map_write(offset, buf.len() as u64, &mut extents)?;
+    let mut pos = 0usize;
+    for extent in &extents {
+        let len = extent.len as usize;
+        let Source::Data { file, offset } = extent.source else {
+            return Err(Error::corrupt("write mapping returned a non-data extent"));
+        };
+        let part = buf
+            .get(pos..pos + len)
+            .ok_or_else(|| Error::corrupt("write mapping overruns the request"))?;
+        file.write_all_at(part, offset)?;
+        pos += len;
+    }
+    Ok(())
+}
+
+/// Zeroes a range by writing zero buffers: the fallback for formats without a cheaper way.
+pub fn write_zeroes_by_writing<I: DiskImage + ?Sized>(image: &I, offset: u64, len: u64) -> Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeroes = vec![0u8; CHUNK.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = CHUNK.min(len - done);
+        write_at(image, &zeroes[..n as usize], offset + done)?;
+        done += n;
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Disk-image formats behind one trait, [`DiskImage`].
+//!
+//! A format is first a *mapper*: [`DiskImage::map`] turns a guest byte range into a short
+//! list of [`Extent`]s (host file + offset, zero, unallocated, compressed cluster) from
+//! in-memory tables. Whoever carries out the I/O (the synchronous helpers in [`io`], or a
+//! ublk queue's io_uring) does so without holding any lock of the format.
+
+pub mod compress;
+pub mod file;
+pub mod io;
+pub mod open;
+pub mod qcow2;
+pub mod raw;
+
+pub use file::ImageFile;
+pub use open::{open_image, OpenOptions};
+
+use crate::error::{Error, ErrorKind, Result};
+use serde::Serialize;
+use std::fmt;
+
+/// The on-disk formats imgblk knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// A plain byte-for-byte disk (or a block device).
+    Raw,
+    /// QEMU copy-on-write v2/v3.
+    Qcow2,
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+        })
+    }
+}
+
+/// How a compressed cluster is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Raw deflate (qcow2's default "zlib" compression has no zlib header).
+    Deflate,
+    /// Zstandard.
+    Zstd,
+}
+
+/// A compressed cluster that guest bytes live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressedCluster<'a> {
+    /// File holding the compressed bytes.
+    pub file: &'a ImageFile,
+    /// Where the compressed bytes start in `file`.
+    pub offset: u64,
+    /// How many bytes to read (an upper bound for qcow2: the stream ends before it).
+    pub stored_len: u64,
+    /// Size of the cluster once decompressed.
+    pub cluster_size: u64,
+    /// Where the wanted guest bytes start inside the decompressed cluster.
+    pub skip: u64,
+    /// The encoding.
+    pub codec: Codec,
+}
+
+/// Where the bytes of one extent come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// Bytes stored as they are at `offset` in `file`.
+    Data {
+        /// The host file.
+        file: &'a ImageFile,
+        /// Byte offset in it.
+        offset: u64,
+    },
+    /// Explicitly zero (a zero cluster, a ZERO extent).
+    Zero,
+    /// Allocated nowhere in the chain: reads as zero.
+    Unallocated,
+    /// Inside a compressed cluster.
+    Compressed(CompressedCluster<'a>),
+}
+
+/// A run of guest bytes that all come from one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent<'a> {
+    /// Length in bytes.
+    pub len: u64,
+    /// Which image of the backing chain supplied it (0 = the top image).
+    pub depth: u32,
+    /// Where the bytes are.
+    pub source: Source<'a>,
+}
+
+/// One file of an image chain, for `info` and locking.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainEntry {
+    /// Path of the file.
+    pub path: std::path::PathBuf,
+    /// Its format.
+    pub format: Format,
+    /// Its virtual size in bytes.
+    pub virtual_size: u64,
+    /// Size of the host file in bytes.
+    pub file_size: u64,
+}
+
+/// A disk image, seen by the guest as `virtual_size()` bytes.
+///
+/// Implementations are `Send + Sync` and their `map` takes `&self`: every ublk queue maps
+/// requests concurrently through one shared instance.
+pub trait DiskImage: Send + Sync {
+    /// The format of the top file.
+    fn format(&self) -> Format;
+
+    /// The guest-visible size in bytes.
+    fn virtual_size(&self) -> u64;
+
+    /// Appends to `out` the extents covering `offset..offset + len`, in order and
+    /// adding up to exactly `len`. The range must lie within `virtual_size()`.
+    fn map<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()>;
+
+    /// Whether writes are allowed.
+    fn writable(&self) -> bool {
+        false
+    }
+
+    /// Prepares `offset..offset + len` for writing and appends `Data` extents that the
+    /// caller then writes the guest bytes into. Formats that allocate do it here.
+    fn map_write<'a>(&'a self, _offset: u64, _len: u64, _out: &mut Vec<Extent<'a>>) -> Result<()> {
+        Err(Error::new(ErrorKind::ReadOnly, format!("{} image is open read-only", self.format())))
+    }
+
+    /// Makes every completed write durable, data and metadata.
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Tells the image that `offset..offset + len` is no longer needed. A hint: doing
+    /// nothing is correct.
+    fn discard(&self, _offset: u64, _len: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Makes `offset..offset + len` read as zeroes.
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        io::write_zeroes_by_writing(self, offset, len)
+    }
+
+    /// The files of the image, top first, backing files after.
+    fn chain(&self) -> Vec<ChainEntry>;
+}
+
+/// Checks that `offset..offset + len` lies inside an image of `size` bytes.
+pub fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::invalid(format!(
+            "range {offset}+{len} lies beyond the end of the {size}-byte image"
+        ))),
+    }
+}

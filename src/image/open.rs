@@ -1,0 +1,58 @@
+//! The one place that turns a path into a [`DiskImage`]: it detects the format by its
+//! magic (unless told), opens backing files, and bounds the chain's depth.
+
+use super::{qcow2, raw::RawImage, DiskImage, Format, ImageFile};
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// How deep a backing chain may go before we call it a loop.
+pub const MAX_CHAIN_DEPTH: u32 = 32;
+
+/// How to open an image.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Skip detection and use this format for the top file.
+    pub format: Option<Format>,
+    /// Open the top file for writing (backing files are always read-only).
+    pub writable: bool,
+    /// Use `O_DIRECT` for data I/O where the file system allows it.
+    pub direct: bool,
+}
+
+/// Opens the image at `path`.
+pub fn open_image(path: &Path, options: &OpenOptions) -> Result<Box<dyn DiskImage>> {
+    open_at_depth(path, options, 0)
+}
+
+/// Opens an image that sits `depth` levels below the top of a chain. Formats call this for
+/// their backing files, with `writable: false`.
+pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<Box<dyn DiskImage>> {
+    if depth > MAX_CHAIN_DEPTH {
+        return Err(Error::corrupt(format!(
+            "backing chain deeper than {MAX_CHAIN_DEPTH} files (a loop?)"
+        ))
+        .with_path(path));
+    }
+    let file = ImageFile::open(path, options.writable, options.direct)?;
+    let format = match options.format {
+        Some(format) => format,
+        None => detect(&file)?,
+    };
+    Ok(match format {
+        Format::Raw => Box::new(RawImage::new(file)),
+        Format::Qcow2 => Box::new(qcow2::Qcow2Image::open(file, options, depth)?),
+    })
+}
+
+/// Guesses the format from the first bytes of `file`; anything unrecognised is raw.
+pub fn detect(file: &ImageFile) -> Result<Format> {
+    let mut magic = [0u8; 4];
+    if file.len() < magic.len() as u64 {
+        return Ok(Format::Raw);
+    }
+    file.read_exact_at(&mut magic, 0)?;
+    Ok(match &magic {
+        b"QFI\xfb" => Format::Qcow2,
+        _ => Format::Raw,
+    })
+}

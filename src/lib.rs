@@ -1,0 +1,15 @@
+//! imgblk: virtual-disk images (raw, qcow2) as Linux block devices through ublk.
+//!
+//! The crate is layered the way a request flows:
+//! - [`image`]: formats behind one trait, each first a *mapper* from guest ranges to host
+//!   extents; no kernel dependency, usable on its own (see `examples/`).
+//! - [`ublk`]: the device plumbing on libublk; each queue carries out mapped extents on its
+//!   own io_uring.
+//! - [`cli`]: the `imgblk` command.
+
+pub mod cli;
+pub mod error;
+pub mod image;
+pub mod ublk;
+
+pub use error::{Error, ErrorKind, Result};

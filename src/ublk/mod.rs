@@ -1,0 +1,1 @@
+//! ublk device plumbing.
