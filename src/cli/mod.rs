@@ -1,6 +1,162 @@
-//! The `imgblk` command line.
+//! The `imgblk` command line: argument definitions, logging set-up, exit codes, and one
+//! module per command.
+
+mod attach;
+mod detach;
+mod info;
+mod list;
+
+use crate::error::{Error, ErrorKind};
+use clap::{Parser, Subcommand};
+
+/// Exit status of a successful command.
+pub const EXIT_OK: i32 = 0;
+/// Exit status for an operational failure not covered below.
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit status for bad usage (clap's own choice, kept).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit status when an image is missing, corrupt or unsupported.
+pub const EXIT_IMAGE: i32 = 3;
+/// Exit status when the kernel or privileges are lacking (no ublk, not root).
+pub const EXIT_SYSTEM: i32 = 4;
+/// Exit status when an image or device is busy (another writer, a mounted device).
+pub const EXIT_BUSY: i32 = 5;
+
+const EXIT_CODES_HELP: &str = "\
+Exit status:
+  0  success
+  1  operational failure (I/O error, daemon died)
+  2  bad usage
+  3  image missing, corrupt or of an unsupported kind
+  4  the system lacks something: ublk_drv not loaded, not root
+  5  busy: the image has another writer, or the device is mounted";
+
+/// Serve virtual-disk images (raw, qcow2) as Linux block devices through ublk.
+#[derive(Debug, Parser)]
+#[command(
+    name = "imgblk",
+    version,
+    about = "Serve virtual-disk images (raw, qcow2) as Linux block devices through ublk",
+    long_about = "imgblk puts a virtual-disk image in front of the kernel as a real block device, \
+/dev/ublkbN, served by a small daemon through ublk with io_uring on the data path. \
+It replaces `modprobe nbd; qemu-nbd -c`, `kpartx` and `losetup -o`: partitions of the image \
+appear as /dev/ublkbNpM. Devices are read-only unless --rw is given.",
+    after_help = "Examples:\n  imgblk attach guest.qcow2          # prints /dev/ublkb0\n  \
+mount -o ro /dev/ublkb0p1 /mnt\n  umount /mnt; imgblk detach /dev/ublkb0\n  imgblk list --json",
+    after_long_help = EXIT_CODES_HELP
+)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Attach(attach::AttachArgs),
+    Detach(detach::DetachArgs),
+    List(list::ListArgs),
+    Info(info::InfoArgs),
+}
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
-    0
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let result = match cli.command {
+        Command::Attach(args) => attach::run(args),
+        Command::Detach(args) => detach::run(args),
+        Command::List(args) => list::run(args),
+        Command::Info(args) => info::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("imgblk: {e}");
+            exit_code(&e)
+        }
+    }
+}
+
+/// The documented exit status for an error.
+pub fn exit_code(error: &Error) -> i32 {
+    match error.kind() {
+        ErrorKind::NotFound | ErrorKind::Corrupt | ErrorKind::Unsupported => EXIT_IMAGE,
+        ErrorKind::Kernel | ErrorKind::Permission => EXIT_SYSTEM,
+        ErrorKind::Busy => EXIT_BUSY,
+        ErrorKind::InvalidInput => EXIT_USAGE,
+        ErrorKind::Io | ErrorKind::ReadOnly => EXIT_FAILURE,
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("imgblk={default},warn")));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json<T: serde::Serialize>(value: &T) -> crate::Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::invalid(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Formats a byte count the way people read sizes (1.5 GiB).
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(3 << 29), "1.5 GiB");
+    }
+
+    #[test]
+    fn error_kinds_map_to_documented_codes() {
+        assert_eq!(exit_code(&Error::corrupt("x")), EXIT_IMAGE);
+        assert_eq!(exit_code(&Error::new(ErrorKind::Kernel, "x")), EXIT_SYSTEM);
+        assert_eq!(exit_code(&Error::new(ErrorKind::Busy, "x")), EXIT_BUSY);
+    }
 }

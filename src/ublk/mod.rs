@@ -1,1 +1,7 @@
-//! ublk device plumbing.
+//! ublk device plumbing on libublk: creating `/dev/ublkbN` for a [`crate::image::DiskImage`],
+//! serving it from per-queue io_uring threads, and keeping records for `list`/`detach`.
+
+pub mod daemon;
+pub mod device;
+pub mod queue;
+pub mod registry;

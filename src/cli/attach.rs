@@ -1,0 +1,183 @@
+//! `imgblk attach`: open an image, create `/dev/ublkbN` for it, serve it in the background.
+
+use super::{print_json, EXIT_OK};
+use crate::error::{Error, ErrorKind, Result};
+use crate::image::{open_image, DiskImage, Format, OpenOptions};
+use crate::ublk::daemon::{self, Notifier, Role};
+use crate::ublk::device::{self, DeviceConfig};
+use crate::ublk::registry::{self, DeviceRecord};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Expose an image as a block device /dev/ublkbN.
+///
+/// Prints the device path once the device is live (its partitions appear as
+/// /dev/ublkbNpM) and keeps serving it from a background daemon until `imgblk detach`.
+/// The device is read-only unless --rw is given.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  imgblk attach disk.qcow2\n  \
+imgblk attach --rw --queues 2 disk.raw\n  imgblk attach --json --foreground disk.qcow2")]
+pub struct AttachArgs {
+    /// The image file (or block device) to serve.
+    image: PathBuf,
+    /// Image format; detected from the file's magic when omitted.
+    #[arg(short, long, value_enum)]
+    format: Option<Format>,
+    /// Number of queues, each served by its own thread and io_uring.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    queues: u16,
+    /// Requests in flight per queue.
+    #[arg(short, long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    depth: u16,
+    /// Allow writes (the image must not be in use by another writer).
+    #[arg(long)]
+    rw: bool,
+    /// Serve from this process instead of a background daemon; stop with Ctrl-C.
+    #[arg(long)]
+    foreground: bool,
+    /// Print the device's details as JSON instead of its path.
+    #[arg(long)]
+    json: bool,
+    /// Use buffered I/O on the image file instead of O_DIRECT.
+    #[arg(long)]
+    no_direct: bool,
+}
+
+/// Runs `imgblk attach`.
+pub fn run(args: AttachArgs) -> Result<i32> {
+    let image_path = std::fs::canonicalize(&args.image)
+        .map_err(|e| Error::io("cannot open image", e).with_path(&args.image))?;
+    device::check_available()?;
+    refuse_conflicting_writer(&image_path, args.rw)?;
+    let options = OpenOptions {
+        format: args.format,
+        writable: args.rw,
+        direct: !args.no_direct,
+    };
+    let image: Arc<dyn DiskImage> = Arc::from(open_image(&image_path, &options)?);
+    if image.virtual_size() < 512 {
+        return Err(
+            Error::invalid("image is smaller than one 512-byte sector").with_path(&image_path)
+        );
+    }
+    let config = DeviceConfig {
+        queues: args.queues,
+        depth: args.depth,
+        ..DeviceConfig::default()
+    };
+    let template = DeviceRecord {
+        queues: args.queues,
+        depth: args.depth,
+        writable: args.rw,
+        ..DeviceRecord::new(
+            0,
+            PathBuf::new(),
+            &image_path,
+            image.format(),
+            image.virtual_size(),
+        )
+    };
+
+    if args.foreground {
+        let printer = move |record: &DeviceRecord| {
+            let _ = if args.json {
+                print_json(record)
+            } else {
+                println!("{}", record.device.display());
+                Ok(())
+            };
+        };
+        serve(image, config, template, Notifier::default(), printer)?;
+        return Ok(EXIT_OK);
+    }
+
+    let log = registry::run_dir().join(format!("daemon-{}.log", std::process::id()));
+    std::fs::create_dir_all(registry::run_dir()).map_err(|e| {
+        Error::io("cannot create the run folder", e).with_path(&registry::run_dir())
+    })?;
+    match daemon::fork_daemon(&log)? {
+        Role::Parent(pipe) => {
+            let record = daemon::wait_for_report(pipe, &log)?;
+            if args.json {
+                print_json(&record)?;
+            } else {
+                println!("{}", record.device.display());
+            }
+            Ok(EXIT_OK)
+        }
+        Role::Daemon(notifier) => {
+            let template = DeviceRecord {
+                pid: std::process::id(),
+                log: Some(log),
+                ..template
+            };
+            if let Err(e) = serve(image, config, template, notifier.clone(), |_| {}) {
+                tracing::error!(error = %e, "daemon failed");
+                notifier.failed(&e);
+                std::process::exit(super::exit_code(&e));
+            }
+            std::process::exit(EXIT_OK);
+        }
+    }
+}
+
+/// Serves `image` until a signal or `detach`; records the device while it is live.
+fn serve(
+    image: Arc<dyn DiskImage>,
+    config: DeviceConfig,
+    template: DeviceRecord,
+    notifier: Notifier,
+    on_live: impl FnOnce(&DeviceRecord) + Send + Sync + 'static,
+) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| Error::io("cannot install signal handler", e))?;
+    }
+    let recorded = Arc::new(std::sync::Mutex::new(None));
+    let recorded_id = recorded.clone();
+    let result = device::serve(image, config, stop, move |live| {
+        let record = DeviceRecord {
+            id: live.id,
+            device: live.block_path.clone(),
+            ..template
+        };
+        if let Err(e) = registry::save(&record) {
+            tracing::warn!(error = %e, "cannot record the device; `imgblk list` will not show it");
+        }
+        if let Ok(mut slot) = recorded_id.lock() {
+            *slot = Some(record.id);
+        }
+        notifier.live(&record);
+        on_live(&record);
+    });
+    if let Some(id) = recorded.lock().ok().and_then(|slot| *slot) {
+        registry::remove(id);
+    }
+    result
+}
+
+/// Refuses a second writer, or a writer next to readers, among imgblk's own devices.
+fn refuse_conflicting_writer(image: &Path, writable: bool) -> Result<()> {
+    let conflict = registry::all()
+        .into_iter()
+        .find(|r| r.image == image && registry::pid_alive(r.pid) && (writable || r.writable));
+    match conflict {
+        Some(r) => Err(Error::new(
+            ErrorKind::Busy,
+            format!(
+                "already served {} by {} (pid {}); detach it first",
+                if r.writable {
+                    "read-write"
+                } else {
+                    "read-only"
+                },
+                r.device.display(),
+                r.pid
+            ),
+        )
+        .with_path(image)),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,163 @@
+//! `imgblk detach`: flush and remove a device, waiting until it is gone.
+
+use super::EXIT_OK;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ublk::{device, registry};
+use std::time::{Duration, Instant};
+
+/// Remove a device created by `imgblk attach`.
+///
+/// Asks the serving daemon to flush and stop, and waits until /dev/ublkbN is gone. A device
+/// whose daemon died is deleted directly. A device that is mounted (or held by
+/// device-mapper) is refused unless --force.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  imgblk detach /dev/ublkb0\n  imgblk detach 0\n  imgblk detach --all"
+)]
+pub struct DetachArgs {
+    /// The device: /dev/ublkbN or its id N.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    device: Option<String>,
+    /// Detach every imgblk device (and orphaned ublk devices).
+    #[arg(long)]
+    all: bool,
+    /// Detach even if the device is mounted or held (its users will see I/O errors).
+    #[arg(long)]
+    force: bool,
+    /// Seconds to wait for the daemon to stop.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+}
+
+/// Runs `imgblk detach`.
+pub fn run(args: DetachArgs) -> Result<i32> {
+    let ids = match &args.device {
+        Some(name) => vec![parse_device(name)?],
+        None => all_ids(),
+    };
+    if let [id] = ids[..] {
+        detach(id, args.force, Duration::from_secs(args.timeout))?;
+        return Ok(EXIT_OK);
+    }
+    let failed = ids
+        .into_iter()
+        .filter(
+            |&id| match detach(id, args.force, Duration::from_secs(args.timeout)) {
+                Ok(()) => false,
+                Err(e) => {
+                    eprintln!("imgblk: /dev/ublkb{id}: {e}");
+                    true
+                }
+            },
+        )
+        .count();
+    if failed > 0 {
+        return Err(Error::new(
+            ErrorKind::Busy,
+            format!("{failed} device(s) could not be detached"),
+        ));
+    }
+    Ok(EXIT_OK)
+}
+
+/// Turns `/dev/ublkbN`, `ublkbN` or `N` into the id N.
+pub fn parse_device(name: &str) -> Result<u32> {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    base.strip_prefix("ublkb")
+        .unwrap_or(base)
+        .parse()
+        .map_err(|_| {
+            Error::invalid(format!(
+                "`{name}` is not a ublk device (expected /dev/ublkbN or N)"
+            ))
+        })
+}
+
+fn all_ids() -> Vec<u32> {
+    let mut ids: Vec<u32> = registry::all().iter().map(|r| r.id).collect();
+    ids.extend(device::kernel_device_ids());
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+fn detach(id: u32, force: bool, timeout: Duration) -> Result<()> {
+    let record = registry::load(id);
+    if !device::kernel_has_device(id) {
+        if record.is_some() {
+            registry::remove(id);
+            return Ok(());
+        }
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("no ublk device {id}"),
+        ));
+    }
+    if !force {
+        if let Some(user) = device_user(id) {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("in use: {user}; unmount it first, or use --force"),
+            ));
+        }
+    }
+    match record.filter(|r| registry::pid_alive(r.pid)) {
+        Some(record) => stop_daemon(id, record.pid, timeout)?,
+        None => device::force_delete(id)?,
+    }
+    registry::remove(id);
+    Ok(())
+}
+
+/// Signals the daemon and waits for the device and the daemon to go.
+fn stop_daemon(id: u32, pid: u32, timeout: Duration) -> Result<()> {
+    let pid_t = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGTERM)
+        .map_err(|e| Error::io(format!("cannot signal daemon {pid}"), e.into()))?;
+    let deadline = Instant::now() + timeout;
+    while device::kernel_has_device(id) || registry::pid_alive(pid) {
+        if Instant::now() > deadline {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("daemon {pid} did not stop within {}s", timeout.as_secs()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// What keeps the device busy: a mount of it or of a partition, or a holder (dm, md).
+fn device_user(id: u32) -> Option<String> {
+    let name = format!("ublkb{id}");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for line in mounts.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(source), Some(target)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let dev = source.strip_prefix("/dev/").unwrap_or("");
+        if dev == name || dev.strip_prefix(&name).is_some_and(|p| p.starts_with('p')) {
+            return Some(format!("{source} is mounted on {target}"));
+        }
+    }
+    let holders = std::fs::read_dir(format!("/sys/block/{name}/holders")).ok()?;
+    let held: Vec<String> = holders
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    (!held.is_empty()).then(|| format!("held by {}", held.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_parse() {
+        assert_eq!(parse_device("/dev/ublkb3").unwrap(), 3);
+        assert_eq!(parse_device("ublkb12").unwrap(), 12);
+        assert_eq!(parse_device("7").unwrap(), 7);
+        assert!(parse_device("/dev/sda").is_err());
+    }
+}

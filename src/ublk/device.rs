@@ -1,0 +1,232 @@
+//! Creating a ublk device for an image, serving it, and tearing it down.
+//!
+//! libublk 0.4.8 keeps the control ring thread-local: every control command of a device
+//! (add, start, stop, delete) is sent from the thread that created it, which is the thread
+//! that calls [`serve`]. Queue threads only touch their own io_uring.
+
+use super::queue::run_queue;
+use crate::error::{Error, ErrorKind, Result};
+use crate::image::DiskImage;
+use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
+use libublk::io::UblkDev;
+use libublk::{sys, UblkError, UblkFlags};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The control node the ublk driver creates.
+pub const CONTROL_PATH: &str = "/dev/ublk-control";
+
+/// Shape of the device: queues, depth and the largest single I/O.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceConfig {
+    /// Number of hardware queues, each served by its own thread and io_uring.
+    pub queues: u16,
+    /// In-flight requests per queue.
+    pub depth: u16,
+    /// Largest request in bytes (also the per-tag buffer size).
+    pub io_buf_bytes: u32,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            queues: 1,
+            depth: 64,
+            io_buf_bytes: 512 << 10,
+        }
+    }
+}
+
+/// A device that is up and serving.
+#[derive(Debug, Clone)]
+pub struct LiveDevice {
+    /// ublk device id (`N` in `/dev/ublkbN`).
+    pub id: u32,
+    /// The block device node.
+    pub block_path: PathBuf,
+}
+
+/// Checks that this kernel and process can create ublk devices, with an actionable error.
+pub fn check_available() -> Result<()> {
+    if !Path::new(CONTROL_PATH).exists() {
+        return Err(Error::new(
+            ErrorKind::Kernel,
+            format!(
+                "{CONTROL_PATH} does not exist: the ublk driver is not loaded. \
+                 Run `modprobe ublk_drv` (needs Linux >= 6.0 built with CONFIG_BLK_DEV_UBLK)"
+            ),
+        ));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::new(
+            ErrorKind::Permission,
+            "creating ublk devices needs root (CAP_SYS_ADMIN); run imgblk with sudo",
+        ));
+    }
+    Ok(())
+}
+
+/// Maps libublk's errors to ours, naming what was being done.
+pub fn ublk_error(what: &str, e: UblkError) -> Error {
+    let errno = match e {
+        UblkError::OtherError(code) | UblkError::UringIOError(code) => -code,
+        UblkError::IOError(ref io) => io.raw_os_error().unwrap_or(libc::EIO),
+        _ => libc::EIO,
+    };
+    Error::io(
+        format!("{what} ({e})"),
+        std::io::Error::from_raw_os_error(errno),
+    )
+}
+
+/// Creates `/dev/ublkbN` for `image` and serves it until `stop` is set or the device is
+/// removed from outside. `on_live` runs once the block device node exists. On the way
+/// out the image is flushed and the device deleted.
+pub fn serve<F>(
+    image: Arc<dyn DiskImage>,
+    config: DeviceConfig,
+    stop: Arc<AtomicBool>,
+    on_live: F,
+) -> Result<()>
+where
+    F: FnOnce(&LiveDevice) + Send + Sync + 'static,
+{
+    check_available()?;
+    let ctrl = UblkCtrlBuilder::default()
+        .name("imgblk")
+        .nr_queues(config.queues)
+        .depth(config.depth)
+        .io_buf_bytes(config.io_buf_bytes)
+        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .build()
+        .map_err(|e| ublk_error("cannot add a ublk device", e))?;
+
+    let live_queues = Arc::new(AtomicUsize::new(config.queues as usize));
+    let queue_image = image.clone();
+    let queue_count = live_queues.clone();
+    let run = move |qid: u16, dev: &UblkDev| {
+        run_queue(qid, dev, queue_image.clone());
+        queue_count.fetch_sub(1, Ordering::SeqCst);
+    };
+    let target_image = image.clone();
+    let init = move |dev: &mut UblkDev| {
+        set_params(dev, &*target_image, config);
+        Ok(())
+    };
+    let flush_image = image.clone();
+    let supervise = move |ctrl: &UblkCtrl| {
+        let live = LiveDevice {
+            id: ctrl.dev_info().dev_id,
+            block_path: PathBuf::from(ctrl.get_bdev_path()),
+        };
+        wait_for_node(&live.block_path);
+        tracing::info!(device = %live.block_path.display(), "device is live");
+        on_live(&live);
+        while !stop.load(Ordering::SeqCst) && live_queues.load(Ordering::SeqCst) > 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Err(e) = flush_image.flush() {
+            tracing::error!(error = %e, "flush before stop failed");
+        }
+        if let Err(e) = ctrl.kill_dev() {
+            tracing::debug!(error = %e, "stopping the device (already gone?)");
+        }
+    };
+    ctrl.run_target(init, run, supervise)
+        .map_err(|e| ublk_error("cannot start the ublk device", e))?;
+    let flushed = image.flush();
+    drop(ctrl); // deletes the device: it was added by us (UBLK_DEV_F_ADD_DEV)
+    tracing::info!("device removed");
+    flushed
+}
+
+/// Fills in size, block sizes and the features the image supports.
+fn set_params(dev: &mut UblkDev, image: &dyn DiskImage, config: DeviceConfig) {
+    let size = image.virtual_size();
+    let writable = image.writable();
+    let ring_depth = config.depth.saturating_mul(2).min(4096);
+    dev.tgt.sq_depth = ring_depth;
+    dev.tgt.cq_depth = ring_depth;
+    dev.tgt.dev_size = size;
+    let max_sectors = config.io_buf_bytes >> 9;
+    let mut params = sys::ublk_params {
+        types: sys::UBLK_PARAM_TYPE_BASIC,
+        basic: sys::ublk_param_basic {
+            attrs: if writable {
+                sys::UBLK_ATTR_VOLATILE_CACHE
+            } else {
+                sys::UBLK_ATTR_READ_ONLY
+            },
+            logical_bs_shift: 9,
+            physical_bs_shift: 12,
+            io_opt_shift: 12,
+            io_min_shift: 9,
+            max_sectors,
+            dev_sectors: size >> 9,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    if writable {
+        params.types |= sys::UBLK_PARAM_TYPE_DISCARD;
+        params.discard = sys::ublk_param_discard {
+            discard_granularity: 4096,
+            max_discard_sectors: u32::MAX >> 9,
+            max_write_zeroes_sectors: u32::MAX >> 9,
+            max_discard_segments: 1,
+            ..Default::default()
+        };
+    }
+    dev.tgt.params = params;
+}
+
+/// Waits (briefly) until the block node shows up in /dev.
+fn wait_for_node(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Ids of every ublk device the kernel has, ours or not.
+pub fn kernel_device_ids() -> Vec<u32> {
+    let mut ids: Vec<u32> = std::fs::read_dir("/sys/class/ublk-char")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()?
+                .strip_prefix("ublkc")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Whether ublk device `id` still exists in the kernel.
+pub fn kernel_has_device(id: u32) -> bool {
+    Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists()
+}
+
+/// Stops and deletes device `id` from outside its daemon (when the daemon is gone).
+pub fn force_delete(id: u32) -> Result<()> {
+    let ctrl =
+        UblkCtrl::new_simple(id as i32).map_err(|e| ublk_error("cannot open ublk device", e))?;
+    let _ = ctrl.kill_dev();
+    ctrl.del_dev()
+        .map_err(|e| ublk_error(&format!("cannot delete ublk device {id}"), e))?;
+    Ok(())
+}
+
+/// Number of hardware queues the kernel created for block device `ublkbN`.
+pub fn kernel_queue_count(id: u32) -> usize {
+    std::fs::read_dir(format!("/sys/block/ublkb{id}/mq"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}

@@ -1,0 +1,131 @@
+//! Records of the devices imgblk serves, one JSON file per device under `/run/imgblk`, so
+//! that `list` and `detach` work from any shell without asking the daemons.
+
+use crate::error::{Error, Result};
+use crate::image::Format;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What `attach` reports and `list` shows for one device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// ublk device id.
+    pub id: u32,
+    /// Block device node, `/dev/ublkbN`.
+    pub device: PathBuf,
+    /// The image file, as an absolute path.
+    pub image: PathBuf,
+    /// Format of the image.
+    pub format: String,
+    /// Guest-visible size in bytes.
+    pub size: u64,
+    /// Hardware queues.
+    pub queues: u16,
+    /// Depth of each queue.
+    pub depth: u16,
+    /// Whether the device accepts writes.
+    pub writable: bool,
+    /// Process id of the serving daemon.
+    pub pid: u32,
+    /// Where the daemon logs, if it runs in the background.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<PathBuf>,
+}
+
+impl DeviceRecord {
+    /// Builds the record of a device serving `image`.
+    pub fn new(id: u32, device: PathBuf, image: &Path, format: Format, size: u64) -> Self {
+        DeviceRecord {
+            id,
+            device,
+            image: image.to_path_buf(),
+            format: format.to_string(),
+            size,
+            queues: 1,
+            depth: 64,
+            writable: false,
+            pid: std::process::id(),
+            log: None,
+        }
+    }
+}
+
+/// The folder of device records: `$IMGBLK_RUN_DIR`, else `/run/imgblk`.
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("IMGBLK_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/imgblk"))
+}
+
+fn record_path(id: u32) -> PathBuf {
+    run_dir().join(format!("ublkb{id}.json"))
+}
+
+/// Writes (atomically) the record of a live device.
+pub fn save(record: &DeviceRecord) -> Result<()> {
+    let dir = run_dir();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io("cannot create the run folder", e).with_path(&dir))?;
+    let path = record_path(record.id);
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(record).map_err(|e| Error::invalid(e.to_string()))?;
+    std::fs::write(&tmp, text)
+        .map_err(|e| Error::io("cannot write device record", e).with_path(&tmp))?;
+    std::fs::rename(&tmp, &path)
+        .map_err(|e| Error::io("cannot write device record", e).with_path(&path))
+}
+
+/// Reads the record of device `id`, if there is one.
+pub fn load(id: u32) -> Option<DeviceRecord> {
+    let text = std::fs::read_to_string(record_path(id)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Every record, sorted by id. Unreadable files are skipped.
+pub fn all() -> Vec<DeviceRecord> {
+    let mut records: Vec<DeviceRecord> = std::fs::read_dir(run_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
+        .collect();
+    records.sort_by_key(|r| r.id);
+    records
+}
+
+/// Removes the record of device `id` (missing is fine).
+pub fn remove(id: u32) {
+    let _ = std::fs::remove_file(record_path(id));
+}
+
+/// Whether process `pid` is alive.
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_all_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        std::env::set_var("IMGBLK_RUN_DIR", dir.path());
+        let mut rec = DeviceRecord::new(
+            7,
+            "/dev/ublkb7".into(),
+            Path::new("/img/a.qcow2"),
+            Format::Qcow2,
+            1 << 30,
+        );
+        rec.queues = 2;
+        save(&rec).unwrap();
+        assert_eq!(load(7), Some(rec.clone()));
+        assert_eq!(all(), vec![rec]);
+        remove(7);
+        assert_eq!(load(7), None);
+        assert!(all().is_empty());
+        std::env::remove_var("IMGBLK_RUN_DIR");
+    }
+}
