@@ -138,9 +138,14 @@ fn serve(
     let recorded = Arc::new(std::sync::Mutex::new(None));
     let recorded_id = recorded.clone();
     let result = device::serve(image, config, stop, move |live| {
+        let log = template.log.as_deref().and_then(|log| {
+            let named = log.with_file_name(format!("ublkb{}.log", live.id));
+            std::fs::rename(log, &named).ok().map(|()| named)
+        });
         let record = DeviceRecord {
             id: live.id,
             device: live.block_path.clone(),
+            log: log.or(template.log),
             ..template
         };
         if let Err(e) = registry::save(&record) {

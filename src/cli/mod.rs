@@ -67,7 +67,9 @@ enum Command {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    // A daemon's log should say when its device went live and went away.
+    let baseline = u8::from(matches!(cli.command, Command::Attach(_)));
+    init_logging(cli.verbose.max(baseline), cli.quiet);
     let result = match cli.command {
         Command::Attach(args) => attach::run(args),
         Command::Detach(args) => detach::run(args),

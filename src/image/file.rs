@@ -159,6 +159,32 @@ impl ImageFile {
         })
     }
 
+    /// Deallocates `offset..offset + len` so that it reads as zeroes (`fallocate` punching
+    /// a hole). Returns false where the file system or a block device cannot do that, and
+    /// the caller must write zeroes instead.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> Result<bool> {
+        if !self.writable {
+            return Err(Error::new(ErrorKind::ReadOnly, "file is open read-only").with_path(&self.path));
+        }
+        if self.is_block_device {
+            return Ok(false);
+        }
+        let (Ok(off), Ok(length)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(Error::invalid("range too large").with_path(&self.path));
+        };
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // SAFETY: fallocate on a descriptor we own, with plain integer arguments.
+        let rc = unsafe { libc::fallocate(self.buffered.as_raw_fd(), mode, off, length) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EOPNOTSUPP) => Ok(false),
+            _ => Err(Error::io("fallocate failed", err).at(offset).with_path(&self.path)),
+        }
+    }
+
     /// Makes written data durable (`fdatasync`).
     pub fn sync_data(&self) -> Result<()> {
         if !self.writable {
@@ -275,6 +301,21 @@ mod tests {
         f.read_zero_padded(&mut buf, 4).unwrap();
         assert_eq!(&buf[..6], &[7u8; 6]);
         assert_eq!(&buf[6..], &[0u8; 10]);
+    }
+
+    #[test]
+    fn punched_hole_reads_as_zero() {
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.write_all(&[5u8; 65536]).unwrap();
+        let f = ImageFile::open(tmp.path(), true, false).unwrap();
+        if f.punch_hole(4096, 8192).unwrap() {
+            let mut buf = vec![1u8; 65536];
+            f.read_exact_at(&mut buf, 0).unwrap();
+            assert!(buf[..4096].iter().all(|&b| b == 5));
+            assert!(buf[4096..12288].iter().all(|&b| b == 0));
+            assert!(buf[12288..].iter().all(|&b| b == 5));
+        }
+        assert_eq!(f.len(), 65536);
     }
 
     #[test]

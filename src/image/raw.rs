@@ -57,6 +57,19 @@ impl DiskImage for RawImage {
         self.file.sync_data()
     }
 
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        check_range(offset, len, self.virtual_size())?;
+        self.file.punch_hole(offset, len).map(|_| ())
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        check_range(offset, len, self.virtual_size())?;
+        if self.file.punch_hole(offset, len)? {
+            return Ok(());
+        }
+        super::io::write_zeroes_by_writing(self, offset, len)
+    }
+
     fn chain(&self) -> Vec<ChainEntry> {
         vec![ChainEntry {
             path: self.file.path().to_path_buf(),
