@@ -39,6 +39,10 @@ pub struct AttachArgs {
     /// Print the device's details as JSON instead of its path.
     #[arg(long)]
     json: bool,
+    /// Read the image even if another process (a running VM) has it open for writing.
+    /// What the device shows may then be inconsistent. Read-only only.
+    #[arg(short = 'U', long, conflicts_with = "rw")]
+    force_share: bool,
     /// Use buffered I/O on the image file instead of O_DIRECT.
     #[arg(long)]
     no_direct: bool,
@@ -54,7 +58,11 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         format: args.format,
         writable: args.rw,
         direct: !args.no_direct,
+        force_share: args.force_share,
     };
+    if args.force_share {
+        tracing::warn!("--force-share: no image locks; a writer may change data under the device");
+    }
     let image: Arc<dyn DiskImage> = Arc::from(open_image(&image_path, &options)?);
     if image.virtual_size() < 512 {
         return Err(

@@ -15,6 +15,9 @@ pub struct InfoArgs {
     /// Image format; detected when omitted.
     #[arg(short, long, value_enum)]
     format: Option<crate::image::Format>,
+    /// Inspect the image even while a VM writes it (no image locks).
+    #[arg(short = 'U', long)]
+    force_share: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -32,6 +35,7 @@ struct Info {
 pub fn run(args: InfoArgs) -> Result<i32> {
     let options = OpenOptions {
         format: args.format,
+        force_share: args.force_share,
         ..OpenOptions::default()
     };
     let image = open_image(&args.image, &options)?;

@@ -107,6 +107,11 @@ impl ImageFile {
         }
     }
 
+    /// Takes QEMU-compatible image locks on the file (see [`super::lock`]).
+    pub fn lock(&self, mode: super::lock::LockMode) -> Result<()> {
+        super::lock::lock(self.buffered.as_raw_fd(), mode).map_err(|e| e.with_path(&self.path))
+    }
+
     /// Reads exactly `buf.len()` bytes at `offset`; a short read means the file is truncated.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.buffered.read_exact_at(buf, offset).map_err(|e| {
@@ -164,7 +169,9 @@ impl ImageFile {
     /// the caller must write zeroes instead.
     pub fn punch_hole(&self, offset: u64, len: u64) -> Result<bool> {
         if !self.writable {
-            return Err(Error::new(ErrorKind::ReadOnly, "file is open read-only").with_path(&self.path));
+            return Err(
+                Error::new(ErrorKind::ReadOnly, "file is open read-only").with_path(&self.path)
+            );
         }
         if self.is_block_device {
             return Ok(false);
@@ -181,7 +188,9 @@ impl ImageFile {
         let err = std::io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::EOPNOTSUPP) => Ok(false),
-            _ => Err(Error::io("fallocate failed", err).at(offset).with_path(&self.path)),
+            _ => Err(Error::io("fallocate failed", err)
+                .at(offset)
+                .with_path(&self.path)),
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod compress;
 pub mod file;
 pub mod io;
+pub mod lock;
 pub mod open;
 pub mod qcow2;
 pub mod raw;

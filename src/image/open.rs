@@ -1,6 +1,7 @@
 //! The one place that turns a path into a [`DiskImage`]: it detects the format by its
 //! magic (unless told), opens backing files, and bounds the chain's depth.
 
+use super::lock::LockMode;
 use super::{qcow2, raw::RawImage, DiskImage, Format, ImageFile};
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -17,6 +18,20 @@ pub struct OpenOptions {
     pub writable: bool,
     /// Use `O_DIRECT` for data I/O where the file system allows it.
     pub direct: bool,
+    /// Take no image locks, so that an image in use by a writer can still be read
+    /// (what it shows may be inconsistent). Only with `writable: false`.
+    pub force_share: bool,
+}
+
+impl OpenOptions {
+    /// The lock a file opened with these options takes.
+    pub fn lock_mode(&self) -> LockMode {
+        match (self.writable, self.force_share) {
+            (true, _) => LockMode::Exclusive,
+            (false, true) => LockMode::None,
+            (false, false) => LockMode::Shared,
+        }
+    }
 }
 
 /// Opens the image at `path`.
@@ -33,7 +48,11 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
         ))
         .with_path(path));
     }
+    if options.writable && options.force_share {
+        return Err(Error::invalid("--force-share is only allowed read-only"));
+    }
     let file = ImageFile::open(path, options.writable, options.direct)?;
+    file.lock(options.lock_mode())?;
     let format = match options.format {
         Some(format) => format,
         None => detect(&file)?,
