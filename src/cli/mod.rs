@@ -3,6 +3,7 @@
 
 mod attach;
 mod detach;
+mod doctor;
 mod info;
 mod list;
 
@@ -60,6 +61,7 @@ pub struct Cli {
 enum Command {
     Attach(attach::AttachArgs),
     Detach(detach::DetachArgs),
+    Doctor(doctor::DoctorArgs),
     List(list::ListArgs),
     Info(info::InfoArgs),
 }
@@ -73,6 +75,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Attach(args) => attach::run(args),
         Command::Detach(args) => detach::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::List(args) => list::run(args),
         Command::Info(args) => info::run(args),
     };

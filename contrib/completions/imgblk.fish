@@ -1,0 +1,75 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_imgblk_global_optspecs
+    string join \n v/verbose q/quiet h/help V/version
+end
+
+function __fish_imgblk_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_imgblk_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_imgblk_using_subcommand
+    set -l cmd (__fish_imgblk_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c imgblk -n "__fish_imgblk_needs_command" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c imgblk -n "__fish_imgblk_needs_command" -s q -l quiet -d 'Only errors'
+complete -c imgblk -n "__fish_imgblk_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c imgblk -n "__fish_imgblk_needs_command" -s V -l version -d 'Print version'
+complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "attach" -d 'Expose an image as a block device /dev/ublkbN'
+complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "detach" -d 'Remove a device created by `imgblk attach`'
+complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "doctor" -d 'Check that this host can run imgblk, and say how to fix what is missing'
+complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "list" -d 'List ublk devices: imgblk\'s own, with their image, and orphaned ones'
+complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "info" -d 'Show an image\'s format, virtual size and backing chain'
+complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s f -l format -d 'Image format; detected from the file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
+qcow2\t'QEMU copy-on-write v2/v3'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l queues -d 'Number of queues, each served by its own thread and io_uring' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s d -l depth -d 'Requests in flight per queue' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l rw -d 'Allow writes (the image must not be in use by another writer)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l foreground -d 'Serve from this process instead of a background daemon; stop with Ctrl-C'
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l json -d 'Print the device\'s details as JSON instead of its path'
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s U -l force-share -d 'Read the image even if another process (a running VM) has it open for writing. What the device shows may then be inconsistent. Read-only only'
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l no-direct -d 'Use buffered I/O on the image file instead of O_DIRECT'
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s q -l quiet -d 'Only errors'
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c imgblk -n "__fish_imgblk_using_subcommand detach" -l timeout -d 'Seconds to wait for the daemon to stop' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand detach" -l all -d 'Detach every imgblk device (and orphaned ublk devices)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand detach" -l force -d 'Detach even if the device is mounted or held (its users will see I/O errors)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand detach" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c imgblk -n "__fish_imgblk_using_subcommand detach" -s q -l quiet -d 'Only errors'
+complete -c imgblk -n "__fish_imgblk_using_subcommand detach" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c imgblk -n "__fish_imgblk_using_subcommand doctor" -l json -d 'Print a JSON array of checks'
+complete -c imgblk -n "__fish_imgblk_using_subcommand doctor" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c imgblk -n "__fish_imgblk_using_subcommand doctor" -s q -l quiet -d 'Only errors'
+complete -c imgblk -n "__fish_imgblk_using_subcommand doctor" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c imgblk -n "__fish_imgblk_using_subcommand list" -l json -d 'Print a JSON array instead of a table'
+complete -c imgblk -n "__fish_imgblk_using_subcommand list" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c imgblk -n "__fish_imgblk_using_subcommand list" -s q -l quiet -d 'Only errors'
+complete -c imgblk -n "__fish_imgblk_using_subcommand list" -s h -l help -d 'Print help'
+complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s f -l format -d 'Image format; detected when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
+qcow2\t'QEMU copy-on-write v2/v3'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s U -l force-share -d 'Inspect the image even while a VM writes it (no image locks)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand info" -l json -d 'Print JSON instead of text'
+complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s q -l quiet -d 'Only errors'
+complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list info help" -f -a "attach" -d 'Expose an image as a block device /dev/ublkbN'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list info help" -f -a "detach" -d 'Remove a device created by `imgblk attach`'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list info help" -f -a "doctor" -d 'Check that this host can run imgblk, and say how to fix what is missing'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list info help" -f -a "list" -d 'List ublk devices: imgblk\'s own, with their image, and orphaned ones'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list info help" -f -a "info" -d 'Show an image\'s format, virtual size and backing chain'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list info help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -1,0 +1,301 @@
+//! `imgblk doctor`: checks what this host needs to serve images, each failed item with a fix.
+
+use super::{print_json, EXIT_OK, EXIT_SYSTEM};
+use crate::error::Result;
+use crate::ublk::device::CONTROL_PATH;
+use serde::Serialize;
+use std::path::Path;
+
+/// Check that this host can run imgblk, and say how to fix what is missing.
+///
+/// Checks the kernel, the ublk driver and the features it offers, io_uring, privileges,
+/// image locking, and the filesystem checkers `imgblk fsck` runs. Exits 4 when ublk
+/// devices cannot be created here.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  imgblk doctor\n  imgblk doctor --json | jq '.[] | select(.ok == false)'"
+)]
+pub struct DoctorArgs {
+    /// Print a JSON array of checks.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How much a failed check matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Need {
+    /// attach cannot work without it.
+    Required,
+    /// Some command or feature needs it.
+    Optional,
+    /// Shown for information.
+    Info,
+}
+
+/// One line of the report.
+#[derive(Debug, Serialize)]
+struct Check {
+    check: &'static str,
+    ok: bool,
+    need: Need,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<String>,
+}
+
+impl Check {
+    fn new(check: &'static str, need: Need, ok: bool, detail: String, fix: &str) -> Self {
+        Check {
+            check,
+            ok,
+            need,
+            detail,
+            fix: (!ok).then(|| fix.to_string()),
+        }
+    }
+}
+
+/// Runs `imgblk doctor`.
+pub fn run(args: DoctorArgs) -> Result<i32> {
+    let checks = checks();
+    let usable = checks.iter().all(|c| c.ok || c.need != Need::Required);
+    if args.json {
+        print_json(&checks)?;
+    } else {
+        for c in &checks {
+            let mark = match (c.ok, c.need) {
+                (true, _) => "ok  ",
+                (false, Need::Required) => "FAIL",
+                (false, _) => "warn",
+            };
+            println!("[{mark}] {:<18} {}", c.check, c.detail);
+            if let Some(fix) = &c.fix {
+                println!("       fix: {fix}");
+            }
+        }
+        println!();
+        println!(
+            "{}",
+            if usable {
+                "imgblk can attach images on this host."
+            } else {
+                "imgblk cannot attach images on this host until the FAIL items are fixed."
+            }
+        );
+    }
+    Ok(if usable { EXIT_OK } else { EXIT_SYSTEM })
+}
+
+fn checks() -> Vec<Check> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let new_enough = kernel_at_least(&release, 6, 0);
+    let mut checks = vec![Check::new(
+        "kernel",
+        Need::Required,
+        new_enough,
+        format!("Linux {release}"),
+        "ublk needs Linux 6.0 or newer (6.5+ for unprivileged devices)",
+    )];
+    let control = Path::new(CONTROL_PATH).exists();
+    let installed = module_available(&release);
+    let (module_state, fix) = match (control, installed) {
+        (true, _) => (format!("{CONTROL_PATH} present"), ""),
+        (false, true) => (
+            "ublk_drv is installed but not loaded".to_string(),
+            "modprobe ublk_drv  (list it in /etc/modules-load.d/ to load it at boot)",
+        ),
+        (false, false) => (
+            format!("{CONTROL_PATH} missing and this kernel has no ublk_drv module"),
+            "boot a kernel built with CONFIG_BLK_DEV_UBLK (Linux >= 6.0; Debian and Ubuntu \
+             kernels have it as the module ublk_drv), then modprobe ublk_drv",
+        ),
+    };
+    checks.push(Check::new(
+        "ublk driver",
+        Need::Required,
+        control,
+        module_state,
+        fix,
+    ));
+    if control {
+        checks.push(features_check());
+    }
+    checks.push(io_uring_check());
+    let root = nix::unistd::geteuid().is_root();
+    checks.push(Check::new(
+        "privileges",
+        Need::Required,
+        root,
+        if root {
+            "running as root".into()
+        } else {
+            "not root".into()
+        },
+        "run imgblk as root (creating ublk devices needs CAP_SYS_ADMIN)",
+    ));
+    checks.push(locking_check());
+    for (tool, fs) in [
+        ("e2fsck", "ext2/3/4"),
+        ("xfs_repair", "xfs"),
+        ("fsck.vfat", "vfat"),
+        ("btrfs", "btrfs"),
+    ] {
+        let found = find_in_path(tool);
+        checks.push(Check::new(
+            "fsck checker",
+            Need::Optional,
+            found.is_some(),
+            match &found {
+                Some(path) => format!("{tool} for {fs}: {}", path.display()),
+                None => format!("{tool} for {fs}: not found"),
+            },
+            &format!("install the package that has {tool} (e2fsprogs, xfsprogs, dosfstools, btrfs-progs)"),
+        ));
+    }
+    checks
+}
+
+fn features_check() -> Check {
+    const FEATURES: [(u32, &str); 7] = [
+        (0, "ZERO_COPY"),
+        (3, "USER_RECOVERY"),
+        (4, "USER_RECOVERY_REISSUE"),
+        (5, "UNPRIVILEGED_DEV"),
+        (7, "USER_COPY"),
+        (11, "AUTO_BUF_REG"),
+        (12, "QUIESCE"),
+    ];
+    match libublk::ctrl::UblkCtrl::get_features() {
+        Some(bits) => {
+            let names: Vec<&str> = FEATURES
+                .iter()
+                .filter(|(bit, _)| bits & (1u64 << bit) != 0)
+                .map(|&(_, name)| name)
+                .collect();
+            Check::new(
+                "ublk features",
+                Need::Info,
+                true,
+                format!("{:#x}: {}", bits, names.join(" ")),
+                "",
+            )
+        }
+        None => Check::new(
+            "ublk features",
+            Need::Optional,
+            false,
+            "the driver did not answer GET_FEATURES".into(),
+            "needs root, and Linux 6.1+ for the query",
+        ),
+    }
+}
+
+fn io_uring_check() -> Check {
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "absent".into());
+    let ring = io_uring::IoUring::new(2);
+    Check::new(
+        "io_uring",
+        Need::Required,
+        ring.is_ok(),
+        match &ring {
+            Ok(_) => format!("available (kernel.io_uring_disabled = {sysctl})"),
+            Err(e) => format!("cannot create a ring: {e} (kernel.io_uring_disabled = {sysctl})"),
+        },
+        "sysctl kernel.io_uring_disabled=0, and allow io_uring_setup in any seccomp profile (containers)",
+    )
+}
+
+fn locking_check() -> Check {
+    let probe = tempfile_in_run_dir();
+    let ok = probe
+        .as_ref()
+        .map(|f| {
+            crate::image::lock::lock(
+                std::os::fd::AsRawFd::as_raw_fd(f),
+                crate::image::lock::LockMode::Shared,
+            )
+            .is_ok()
+        })
+        .unwrap_or(false);
+    Check::new(
+        "image locking",
+        Need::Optional,
+        ok,
+        if ok {
+            "QEMU-compatible OFD byte-range locks work".into()
+        } else {
+            "OFD locks unavailable: imgblk cannot see a VM using an image".into()
+        },
+        "use a local filesystem that supports fcntl(F_OFD_SETLK) locks for images",
+    )
+}
+
+fn tempfile_in_run_dir() -> Option<std::fs::File> {
+    let path = std::env::temp_dir().join(format!("imgblk-doctor-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .ok();
+    let _ = std::fs::remove_file(&path);
+    file
+}
+
+fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
+fn module_available(release: &str) -> bool {
+    let base = Path::new("/lib/modules").join(release);
+    let listed = |file: &str| {
+        std::fs::read_to_string(base.join(file))
+            .map(|text| text.contains("ublk_drv.ko"))
+            .unwrap_or(false)
+    };
+    listed("modules.dep") || listed("modules.builtin")
+}
+
+fn find_in_path(tool: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/sbin", "/usr/sbin"].map(Into::into))
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_compare() {
+        assert!(kernel_at_least("6.12.48+deb12-amd64", 6, 0));
+        assert!(kernel_at_least("6.0.0", 6, 0));
+        assert!(!kernel_at_least("5.15.0-91-generic", 6, 0));
+        assert!(!kernel_at_least("", 6, 0));
+    }
+
+    #[test]
+    fn report_matches_this_host() {
+        let checks = checks();
+        let driver = checks.iter().find(|c| c.check == "ublk driver").unwrap();
+        assert_eq!(driver.ok, Path::new(CONTROL_PATH).exists());
+        assert_eq!(driver.fix.is_some(), !driver.ok);
+        let io_uring = checks.iter().find(|c| c.check == "io_uring").unwrap();
+        assert_eq!(io_uring.ok, io_uring::IoUring::new(2).is_ok());
+    }
+}
