@@ -163,12 +163,29 @@ fn serve(
             *slot = Some(record.id);
         }
         notifier.live(&record);
+        tell_systemd_ready(&record);
         on_live(&record);
     });
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(id) = recorded.lock().ok().and_then(|slot| *slot) {
         registry::remove(id);
     }
     result
+}
+
+/// Under systemd (`Type=notify`), says the device is live. Does nothing elsewhere.
+fn tell_systemd_ready(record: &DeviceRecord) {
+    let status = format!(
+        "serving {} on {}",
+        record.image.display(),
+        record.device.display()
+    );
+    if let Err(e) = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }
 
 /// Refuses a second writer, or a writer next to readers, among imgblk's own devices.

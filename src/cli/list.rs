@@ -20,8 +20,12 @@ pub struct ListArgs {
 struct Row {
     #[serde(flatten)]
     record: DeviceRecord,
-    /// live: served by its daemon; orphaned: the daemon is gone; stale: the device is gone.
+    /// live: served by its daemon; orphaned: the daemon is gone; stale: the device is gone;
+    /// foreign: a ublk device imgblk did not create.
     state: &'static str,
+    /// The systemd unit that runs the daemon, if one does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<String>,
 }
 
 /// Runs `imgblk list`.
@@ -52,6 +56,9 @@ pub fn run(args: ListArgs) -> Result<i32> {
             row.state,
             r.image.display()
         );
+        if let Some(unit) = &row.unit {
+            println!("{:<14} (run by {unit})", "");
+        }
     }
     Ok(EXIT_OK)
 }
@@ -71,7 +78,12 @@ fn rows() -> Vec<Row> {
             if present {
                 record.queues = device::kernel_queue_count(record.id) as u16;
             }
-            Row { record, state }
+            let unit = registry::systemd_unit(record.pid);
+            Row {
+                record,
+                state,
+                unit,
+            }
         })
         .collect();
     for id in device::kernel_device_ids() {
@@ -89,6 +101,7 @@ fn rows() -> Vec<Row> {
             rows.push(Row {
                 record,
                 state: "foreign",
+                unit: None,
             });
         }
     }

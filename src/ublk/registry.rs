@@ -99,6 +99,21 @@ pub fn remove(id: u32) {
     let _ = std::fs::remove_file(record_path(id));
 }
 
+/// The systemd unit (e.g. `imgblk@vm1.service`) whose cgroup holds process `pid`, if any.
+pub fn systemd_unit(pid: u32) -> Option<String> {
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    unit_from_cgroup(&cgroup)
+}
+
+fn unit_from_cgroup(cgroup: &str) -> Option<String> {
+    cgroup
+        .lines()
+        .flat_map(|line| line.rsplit(':').next().unwrap_or("").split('/'))
+        .filter(|part| part.ends_with(".service"))
+        .last()
+        .map(str::to_string)
+}
+
 /// Whether process `pid` is alive.
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -107,6 +122,19 @@ pub fn pid_alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unit_is_read_from_the_cgroup_path() {
+        assert_eq!(
+            unit_from_cgroup("0::/system.slice/system-imgblk.slice/imgblk@vm1.service\n")
+                .as_deref(),
+            Some("imgblk@vm1.service")
+        );
+        assert_eq!(
+            unit_from_cgroup("0::/user.slice/user-0.slice/session-3.scope\n"),
+            None
+        );
+    }
 
     #[test]
     fn save_load_all_remove() {
