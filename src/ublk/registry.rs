@@ -109,8 +109,7 @@ fn unit_from_cgroup(cgroup: &str) -> Option<String> {
     cgroup
         .lines()
         .flat_map(|line| line.rsplit(':').next().unwrap_or("").split('/'))
-        .filter(|part| part.ends_with(".service"))
-        .last()
+        .rfind(|part| part.ends_with(".service"))
         .map(str::to_string)
 }
 
