@@ -19,6 +19,9 @@ _imgblk() {
             imgblk,attach)
                 cmd="imgblk__subcmd__attach"
                 ;;
+            imgblk,cat)
+                cmd="imgblk__subcmd__cat"
+                ;;
             imgblk,detach)
                 cmd="imgblk__subcmd__detach"
                 ;;
@@ -34,8 +37,14 @@ _imgblk() {
             imgblk,list)
                 cmd="imgblk__subcmd__list"
                 ;;
+            imgblk,map)
+                cmd="imgblk__subcmd__map"
+                ;;
             imgblk__subcmd__help,attach)
                 cmd="imgblk__subcmd__help__subcmd__attach"
+                ;;
+            imgblk__subcmd__help,cat)
+                cmd="imgblk__subcmd__help__subcmd__cat"
                 ;;
             imgblk__subcmd__help,detach)
                 cmd="imgblk__subcmd__help__subcmd__detach"
@@ -52,6 +61,9 @@ _imgblk() {
             imgblk__subcmd__help,list)
                 cmd="imgblk__subcmd__help__subcmd__list"
                 ;;
+            imgblk__subcmd__help,map)
+                cmd="imgblk__subcmd__help__subcmd__map"
+                ;;
             *)
                 ;;
         esac
@@ -59,7 +71,7 @@ _imgblk() {
 
     case "${cmd}" in
         imgblk)
-            opts="-v -q -h -V --verbose --quiet --help --version attach detach doctor list info help"
+            opts="-v -q -h -V --verbose --quiet --help --version attach detach doctor list map cat info help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -106,6 +118,36 @@ _imgblk() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        imgblk__subcmd__cat)
+            opts="-f -U -o -v -q -h --format --force-share --output --sparse --progress --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -W "raw qcow2" -- "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -W "raw qcow2" -- "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         imgblk__subcmd__detach)
             opts="-v -q -h --all --force --timeout --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -139,7 +181,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__help)
-            opts="attach detach doctor list info help"
+            opts="attach detach doctor list map cat info help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -153,6 +195,20 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__help__subcmd__attach)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        imgblk__subcmd__help__subcmd__cat)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -236,6 +292,20 @@ _imgblk() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        imgblk__subcmd__help__subcmd__map)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         imgblk__subcmd__info)
             opts="-f -U -v -q -h --format --force-share --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -265,6 +335,28 @@ _imgblk() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        imgblk__subcmd__map)
+            opts="-f -U -v -q -h --format --force-share --json --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -W "raw qcow2" -- "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -W "raw qcow2" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

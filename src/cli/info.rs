@@ -1,8 +1,8 @@
 //! `imgblk info`: format, size and backing chain of an image, like `qemu-img info`.
 
-use super::{human_size, print_json, EXIT_OK};
+use super::{human_size, open_for_reading, print_json, ImageArgs, EXIT_OK};
 use crate::error::Result;
-use crate::image::{open_image, ChainEntry, OpenOptions};
+use crate::image::ChainEntry;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -10,14 +10,8 @@ use std::path::PathBuf;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  imgblk info disk.qcow2\n  imgblk info --json overlay.qcow2")]
 pub struct InfoArgs {
-    /// The image file.
-    image: PathBuf,
-    /// Image format; detected when omitted.
-    #[arg(short, long, value_enum)]
-    format: Option<crate::image::Format>,
-    /// Inspect the image even while a VM writes it (no image locks).
-    #[arg(short = 'U', long)]
-    force_share: bool,
+    #[command(flatten)]
+    image: ImageArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -33,14 +27,9 @@ struct Info {
 
 /// Runs `imgblk info`.
 pub fn run(args: InfoArgs) -> Result<i32> {
-    let options = OpenOptions {
-        format: args.format,
-        force_share: args.force_share,
-        ..OpenOptions::default()
-    };
-    let image = open_image(&args.image, &options)?;
+    let image = open_for_reading(&args.image)?;
     let info = Info {
-        image: args.image.clone(),
+        image: args.image.image.clone(),
         format: image.format(),
         virtual_size: image.virtual_size(),
         chain: image.chain(),

@@ -2,10 +2,12 @@
 //! module per command.
 
 mod attach;
+mod cat;
 mod detach;
 mod doctor;
 mod info;
 mod list;
+mod map;
 
 use crate::error::{Error, ErrorKind};
 use clap::{Parser, Subcommand};
@@ -63,6 +65,8 @@ enum Command {
     Detach(detach::DetachArgs),
     Doctor(doctor::DoctorArgs),
     List(list::ListArgs),
+    Map(map::MapArgs),
+    Cat(cat::CatArgs),
     Info(info::InfoArgs),
 }
 
@@ -77,6 +81,8 @@ pub fn main() -> i32 {
         Command::Detach(args) => detach::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::List(args) => list::run(args),
+        Command::Map(args) => map::run(args),
+        Command::Cat(args) => cat::run(args),
         Command::Info(args) => info::run(args),
     };
     match result {
@@ -117,6 +123,30 @@ fn init_logging(verbose: u8, quiet: bool) {
         .with_target(false)
         .without_time()
         .try_init();
+}
+
+/// The arguments every command that reads an image takes.
+#[derive(Debug, clap::Args)]
+struct ImageArgs {
+    /// The image file (or block device).
+    image: std::path::PathBuf,
+    /// Image format; detected from the file's magic when omitted.
+    #[arg(short, long, value_enum)]
+    format: Option<crate::image::Format>,
+    /// Read the image even while another process (a running VM) writes it; what is read
+    /// may then be inconsistent.
+    #[arg(short = 'U', long)]
+    force_share: bool,
+}
+
+/// Opens an image read-only as `ImageArgs` say.
+fn open_for_reading(args: &ImageArgs) -> crate::Result<Box<dyn crate::image::DiskImage>> {
+    let options = crate::image::OpenOptions {
+        format: args.format,
+        force_share: args.force_share,
+        ..crate::image::OpenOptions::default()
+    };
+    crate::image::open_image(&args.image, &options)
 }
 
 /// Prints `value` as pretty JSON on stdout.

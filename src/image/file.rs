@@ -194,6 +194,28 @@ impl ImageFile {
         }
     }
 
+    /// Whether `offset` lies in data or in a hole, and where that run ends (`SEEK_DATA` /
+    /// `SEEK_HOLE`). Where the file system cannot tell, everything is data.
+    pub fn data_run(&self, offset: u64) -> Result<(bool, u64)> {
+        use nix::unistd::{lseek, Whence};
+        let fd = self.buffered.as_raw_fd();
+        let Ok(pos) = i64::try_from(offset) else {
+            return Ok((true, self.len));
+        };
+        if self.is_block_device {
+            return Ok((true, self.len));
+        }
+        match lseek(fd, pos, Whence::SeekData) {
+            Ok(data) if data as u64 == offset => {
+                let hole = lseek(fd, pos, Whence::SeekHole).map_or(self.len, |h| h as u64);
+                Ok((true, hole.max(offset + 1)))
+            }
+            Ok(data) => Ok((false, data as u64)),
+            Err(nix::errno::Errno::ENXIO) => Ok((false, u64::MAX)),
+            Err(_) => Ok((true, self.len.max(offset + 1))),
+        }
+    }
+
     /// Makes written data durable (`fdatasync`).
     pub fn sync_data(&self) -> Result<()> {
         if !self.writable {

@@ -12,6 +12,7 @@ pub mod lock;
 pub mod open;
 pub mod qcow2;
 pub mod raw;
+pub mod status;
 
 pub use file::ImageFile;
 pub use open::{open_image, OpenOptions};
@@ -121,6 +122,13 @@ pub trait DiskImage: Send + Sync {
     /// Appends to `out` the extents covering `offset..offset + len`, in order and
     /// adding up to exactly `len`. The range must lie within `virtual_size()`.
     fn map<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()>;
+
+    /// Like [`DiskImage::map`], but for reporting allocation (`imgblk map`, sparse copies)
+    /// rather than for I/O: formats that can tell holes cheaply only here (raw files, via
+    /// `SEEK_HOLE`) report them as `Zero` or `Unallocated` extents.
+    fn block_status<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
+        self.map(offset, len, out)
+    }
 
     /// Whether writes are allowed.
     fn writable(&self) -> bool {

@@ -1,0 +1,140 @@
+//! Allocation status of guest ranges, in the shape of `qemu-img map --output=json`: which
+//! runs hold data, which read as zero, and which image of the chain supplies them. Used by
+//! `imgblk map` and by sparse copies (`imgblk cat --sparse`).
+
+use super::{DiskImage, Extent, Source};
+use crate::error::Result;
+use serde::Serialize;
+
+/// One run of guest bytes with the same status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MapEntry {
+    /// First guest byte.
+    pub start: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// Which image of the chain supplies it (0 = top).
+    pub depth: u32,
+    /// Whether some image of the chain has it allocated.
+    pub present: bool,
+    /// Whether it reads as zeroes.
+    pub zero: bool,
+    /// Whether bytes are stored for it.
+    pub data: bool,
+    /// Whether it is stored compressed.
+    pub compressed: bool,
+    /// Host offset in the file of `depth`, for uncompressed data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+impl MapEntry {
+    fn from_extent(start: u64, extent: &Extent<'_>) -> Self {
+        let (present, zero, data, compressed, offset) = match extent.source {
+            Source::Data { offset, .. } => (true, false, true, false, Some(offset)),
+            Source::Compressed(_) => (true, false, true, true, None),
+            Source::Zero => (true, true, false, false, None),
+            Source::Unallocated => (false, true, false, false, None),
+        };
+        MapEntry {
+            start,
+            length: extent.len,
+            depth: extent.depth,
+            present,
+            zero,
+            data,
+            compressed,
+            offset,
+        }
+    }
+
+    /// Appends `next` to `self` when it continues the same kind of run.
+    fn try_merge(&mut self, next: &MapEntry) -> bool {
+        let same = (
+            self.depth,
+            self.present,
+            self.zero,
+            self.data,
+            self.compressed,
+        ) == (
+            next.depth,
+            next.present,
+            next.zero,
+            next.data,
+            next.compressed,
+        );
+        let contiguous = match (self.offset, next.offset) {
+            (Some(a), Some(b)) => a + self.length == b,
+            (None, None) => true,
+            _ => false,
+        };
+        if same && contiguous && self.start + self.length == next.start {
+            self.length += next.length;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Walks the whole image in steps of `step` bytes and calls `sink` with merged runs.
+pub fn walk_status(
+    image: &dyn DiskImage,
+    step: u64,
+    mut sink: impl FnMut(MapEntry) -> Result<()>,
+) -> Result<()> {
+    let size = image.virtual_size();
+    let step = step.max(512);
+    let mut pending: Option<MapEntry> = None;
+    let mut extents = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        let len = step.min(size - pos);
+        extents.clear();
+        image.block_status(pos, len, &mut extents)?;
+        let mut start = pos;
+        for extent in &extents {
+            let entry = MapEntry::from_extent(start, extent);
+            start += extent.len;
+            if pending.as_mut().is_some_and(|run| run.try_merge(&entry)) {
+                continue;
+            }
+            if let Some(done) = pending.replace(entry) {
+                sink(done)?;
+            }
+        }
+        pos += len;
+    }
+    if let Some(done) = pending {
+        sink(done)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::raw::RawImage;
+    use crate::image::ImageFile;
+
+    #[test]
+    fn raw_holes_are_zero_runs() {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        let f = tmp.as_file();
+        f.set_len(4 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(f, &[1u8; 65536], 1 << 20).unwrap();
+        let img = RawImage::new(ImageFile::open(tmp.path(), false, false).unwrap());
+        let mut runs = Vec::new();
+        walk_status(&img, 1 << 20, |e| {
+            runs.push(e);
+            Ok(())
+        })
+        .unwrap();
+        let total: u64 = runs.iter().map(|r| r.length).sum();
+        assert_eq!(total, 4 << 20);
+        let data: Vec<_> = runs.iter().filter(|r| r.data).collect();
+        assert_eq!(data.len(), 1, "{runs:?}");
+        assert!(data[0].start <= 1 << 20 && data[0].start + data[0].length >= (1 << 20) + 65536);
+        assert!(runs.iter().any(|r| r.zero && !r.data && r.present), "{runs:?}");
+    }
+}
