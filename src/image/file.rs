@@ -25,12 +25,29 @@ pub struct ImageFile {
 impl ImageFile {
     /// Opens `path` read-only or read-write; with `want_direct`, also opens an `O_DIRECT` twin
     /// if the file system supports it for 512-byte aligned I/O (tmpfs, for one, does not).
+    ///
+    /// A block device opened for writing is opened `O_EXCL`, the kernel's exclusive open:
+    /// it fails while the device is mounted, held by device-mapper, or open `O_EXCL`
+    /// elsewhere, so imgblk is never a second writer.
     pub fn open(path: &Path, writable: bool, want_direct: bool) -> Result<Self> {
+        let exclusive = writable
+            && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
         let buffered = OpenOptions::new()
             .read(true)
             .write(writable)
+            .custom_flags(if exclusive { libc::O_EXCL } else { 0 })
             .open(path)
-            .map_err(|e| Error::io("cannot open", e).with_path(path))?;
+            .map_err(|e| {
+                if exclusive && e.raw_os_error() == Some(libc::EBUSY) {
+                    Error::new(
+                        ErrorKind::Busy,
+                        "block device is in use (mounted, held by device-mapper, or open exclusively)",
+                    )
+                    .with_path(path)
+                } else {
+                    Error::io("cannot open", e).with_path(path)
+                }
+            })?;
         let meta = buffered
             .metadata()
             .map_err(|e| Error::io("cannot stat", e).with_path(path))?;
