@@ -53,30 +53,36 @@ pub fn run(args: AttachArgs) -> Result<i32> {
     let image_path = std::fs::canonicalize(&args.image)
         .map_err(|e| Error::io("cannot open image", e).with_path(&args.image))?;
     device::check_available()?;
-    refuse_conflicting_writer(&image_path, args.rw)?;
+    let orphan = registry::all()
+        .into_iter()
+        .find(|r| r.image == image_path && r.writable == args.rw && device::is_recoverable(r));
+    if orphan.is_none() {
+        refuse_conflicting_writer(&image_path, args.rw)?;
+    }
+    if args.force_share {
+        tracing::warn!("--force-share: no image locks; a writer may change data under the device");
+    }
     let options = OpenOptions {
         format: args.format,
         writable: args.rw,
         direct: !args.no_direct,
         force_share: args.force_share,
     };
-    if args.force_share {
-        tracing::warn!("--force-share: no image locks; a writer may change data under the device");
-    }
-    let image: Arc<dyn DiskImage> = Arc::from(open_image(&image_path, &options)?);
-    if image.virtual_size() < 512 {
-        return Err(
-            Error::invalid("image is smaller than one 512-byte sector").with_path(&image_path)
-        );
-    }
-    let config = DeviceConfig {
+    let image = open_served_image(&image_path, &options)?;
+    let mut config = DeviceConfig {
         queues: args.queues,
         depth: args.depth,
         ..DeviceConfig::default()
     };
+    if let Some(orphan) = &orphan {
+        tracing::info!(device = %orphan.device.display(), "recovering the orphaned device of this image");
+        config.queues = orphan.queues;
+        config.depth = orphan.depth;
+        config.recover = Some(orphan.id);
+    }
     let template = DeviceRecord {
-        queues: args.queues,
-        depth: args.depth,
+        queues: config.queues,
+        depth: config.depth,
         writable: args.rw,
         ..DeviceRecord::new(
             0,
@@ -86,17 +92,36 @@ pub fn run(args: AttachArgs) -> Result<i32> {
             image.virtual_size(),
         )
     };
+    launch(image, config, template, args.foreground, args.json)
+}
 
-    if args.foreground {
-        let printer = move |record: &DeviceRecord| {
-            let _ = if args.json {
-                print_json(record)
-            } else {
-                println!("{}", record.device.display());
-                Ok(())
-            };
-        };
-        serve(image, config, template, Notifier::default(), printer)?;
+/// Opens the image a device will serve and checks it can be one.
+pub(super) fn open_served_image(path: &Path, options: &OpenOptions) -> Result<Arc<dyn DiskImage>> {
+    let image: Arc<dyn DiskImage> = Arc::from(open_image(path, options)?);
+    if image.virtual_size() < 512 {
+        return Err(Error::invalid("image is smaller than one 512-byte sector").with_path(path));
+    }
+    Ok(image)
+}
+
+/// Serves `image`: in this process with `foreground`, else from a forked daemon once it
+/// reports the device live. Prints the device path, or its record as JSON.
+pub(super) fn launch(
+    image: Arc<dyn DiskImage>,
+    config: DeviceConfig,
+    template: DeviceRecord,
+    foreground: bool,
+    json: bool,
+) -> Result<i32> {
+    let report = move |record: &DeviceRecord| {
+        if json {
+            let _ = print_json(record);
+        } else {
+            println!("{}", record.device.display());
+        }
+    };
+    if foreground {
+        serve(image, config, template, Notifier::default(), report)?;
         return Ok(EXIT_OK);
     }
 
@@ -106,12 +131,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
     })?;
     match daemon::fork_daemon(&log)? {
         Role::Parent(pipe) => {
-            let record = daemon::wait_for_report(pipe, &log)?;
-            if args.json {
-                print_json(&record)?;
-            } else {
-                println!("{}", record.device.display());
-            }
+            report(&daemon::wait_for_report(pipe, &log)?);
             Ok(EXIT_OK)
         }
         Role::Daemon(notifier) => {

@@ -8,6 +8,7 @@ mod doctor;
 mod info;
 mod list;
 mod map;
+mod recover;
 
 use crate::error::{Error, ErrorKind};
 use clap::{Parser, Subcommand};
@@ -67,6 +68,7 @@ enum Command {
     List(list::ListArgs),
     Map(map::MapArgs),
     Cat(cat::CatArgs),
+    Recover(recover::RecoverArgs),
     Info(info::InfoArgs),
 }
 
@@ -83,6 +85,7 @@ pub fn main() -> i32 {
         Command::List(args) => list::run(args),
         Command::Map(args) => map::run(args),
         Command::Cat(args) => cat::run(args),
+        Command::Recover(args) => recover::run(args),
         Command::Info(args) => info::run(args),
     };
     match result {

@@ -30,8 +30,8 @@ impl ImageFile {
     /// it fails while the device is mounted, held by device-mapper, or open `O_EXCL`
     /// elsewhere, so imgblk is never a second writer.
     pub fn open(path: &Path, writable: bool, want_direct: bool) -> Result<Self> {
-        let exclusive = writable
-            && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+        let exclusive =
+            writable && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
         let buffered = OpenOptions::new()
             .read(true)
             .write(writable)

@@ -135,6 +135,9 @@ mod tests {
         let data: Vec<_> = runs.iter().filter(|r| r.data).collect();
         assert_eq!(data.len(), 1, "{runs:?}");
         assert!(data[0].start <= 1 << 20 && data[0].start + data[0].length >= (1 << 20) + 65536);
-        assert!(runs.iter().any(|r| r.zero && !r.data && r.present), "{runs:?}");
+        assert!(
+            runs.iter().any(|r| r.zero && !r.data && r.present),
+            "{runs:?}"
+        );
     }
 }

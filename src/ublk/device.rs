@@ -27,6 +27,9 @@ pub struct DeviceConfig {
     pub depth: u16,
     /// Largest request in bytes (also the per-tag buffer size).
     pub io_buf_bytes: u32,
+    /// Take over this existing device, left quiesced by a daemon that died, instead of
+    /// adding a new one (ublk USER_RECOVERY).
+    pub recover: Option<u32>,
 }
 
 impl Default for DeviceConfig {
@@ -35,6 +38,7 @@ impl Default for DeviceConfig {
             queues: 1,
             depth: 64,
             io_buf_bytes: 512 << 10,
+            recover: None,
         }
     }
 }
@@ -94,14 +98,28 @@ where
     F: FnOnce(&LiveDevice) + Send + Sync + 'static,
 {
     check_available()?;
+    let (id, dev_flags, what) = match config.recover {
+        Some(id) => (
+            id as i32,
+            UblkFlags::UBLK_DEV_F_RECOVER_DEV,
+            "cannot recover the ublk device",
+        ),
+        None => (
+            -1,
+            UblkFlags::UBLK_DEV_F_ADD_DEV,
+            "cannot add a ublk device",
+        ),
+    };
     let ctrl = UblkCtrlBuilder::default()
         .name("imgblk")
+        .id(id)
         .nr_queues(config.queues)
         .depth(config.depth)
         .io_buf_bytes(config.io_buf_bytes)
-        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .ctrl_flags(recovery_flags())
+        .dev_flags(dev_flags)
         .build()
-        .map_err(|e| ublk_error("cannot add a ublk device", e))?;
+        .map_err(|e| ublk_error(what, e))?;
 
     let live_queues = Arc::new(AtomicUsize::new(config.queues as usize));
     let queue_image = image.clone();
@@ -137,9 +155,34 @@ where
     ctrl.run_target(init, run, supervise)
         .map_err(|e| ublk_error("cannot start the ublk device", e))?;
     let flushed = image.flush();
-    drop(ctrl); // deletes the device: it was added by us (UBLK_DEV_F_ADD_DEV)
+    if config.recover.is_some() {
+        // Dropping a control that recovered (rather than added) a device leaves it behind.
+        let _ = ctrl.del_dev();
+    }
+    drop(ctrl); // deletes a device we added (UBLK_DEV_F_ADD_DEV)
     tracing::info!("device removed");
     flushed
+}
+
+/// USER_RECOVERY with reissue where the driver offers it: if the daemon dies, the device
+/// is quiesced rather than failed, and a new daemon (`imgblk recover`, or `attach` of the
+/// same image) takes it over and replays the requests that were in flight.
+fn recovery_flags() -> u64 {
+    let wanted = u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE);
+    match UblkCtrl::get_features() {
+        Some(features) if features & wanted == wanted => wanted,
+        _ => 0,
+    }
+}
+
+/// Whether device `record.id` was left quiesced by a dead daemon and can be taken over.
+pub fn is_recoverable(record: &super::registry::DeviceRecord) -> bool {
+    if super::registry::pid_alive(record.pid) || !kernel_has_device(record.id) {
+        return false;
+    }
+    UblkCtrl::new_simple(record.id as i32)
+        .map(|ctrl| u32::from(ctrl.dev_info().state) == sys::UBLK_S_DEV_QUIESCED)
+        .unwrap_or(false)
 }
 
 /// Fills in size, block sizes and the features the image supports.

@@ -1,0 +1,74 @@
+//! `imgblk recover`: take over a device whose daemon died, without failing its I/O.
+
+use super::attach::{launch, open_served_image};
+use crate::error::{Error, ErrorKind, Result};
+use crate::image::{Format, OpenOptions};
+use crate::ublk::device::{self, DeviceConfig};
+use crate::ublk::registry;
+
+/// Serve again a device whose daemon died (ublk USER_RECOVERY).
+///
+/// When an imgblk daemon is killed, its device is quiesced: I/O waits instead of failing,
+/// and filesystems on top stay mounted. `recover` starts a new daemon for the same image
+/// that takes the device over and replays the requests that were in flight. `imgblk list`
+/// shows such devices as "orphaned"; `imgblk attach` of the same image recovers too.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  imgblk recover /dev/ublkb0\n  imgblk recover --all")]
+pub struct RecoverArgs {
+    /// The device: /dev/ublkbN or its id N.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    device: Option<String>,
+    /// Recover every orphaned device.
+    #[arg(long)]
+    all: bool,
+}
+
+/// Runs `imgblk recover`.
+pub fn run(args: RecoverArgs) -> Result<i32> {
+    device::check_available()?;
+    let records = match &args.device {
+        Some(name) => {
+            let id = super::detach::parse_device(name)?;
+            vec![registry::load(id).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "imgblk has no record of device {id}; remove it with `imgblk detach {id}`"
+                    ),
+                )
+            })?]
+        }
+        None => registry::all()
+            .into_iter()
+            .filter(device::is_recoverable)
+            .collect(),
+    };
+    for record in records {
+        if !device::is_recoverable(&record) {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "{} is not orphaned (its daemon runs, or the device is gone)",
+                    record.device.display()
+                ),
+            ));
+        }
+        let options = OpenOptions {
+            format: clap::ValueEnum::from_str(&record.format, true)
+                .ok()
+                .map(|f: Format| f),
+            writable: record.writable,
+            direct: true,
+            force_share: false,
+        };
+        let image = open_served_image(&record.image, &options)?;
+        let config = DeviceConfig {
+            queues: record.queues,
+            depth: record.depth,
+            recover: Some(record.id),
+            ..DeviceConfig::default()
+        };
+        launch(image, config, record, false, false)?;
+    }
+    Ok(super::EXIT_OK)
+}
