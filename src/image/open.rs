@@ -17,6 +17,9 @@ pub struct OpenOptions {
     pub writable: bool,
     /// Use `O_DIRECT` for data I/O where the file system allows it.
     pub direct: bool,
+    /// Most bytes of qcow2 L2 tables to keep cached, per image of the chain; `None` for
+    /// the default (see `qcow2::DEFAULT_L2_CACHE_BYTES`).
+    pub l2_cache_bytes: Option<u64>,
 }
 
 /// Opens the image at `path`.
