@@ -40,6 +40,9 @@ _imgblk() {
             imgblk,map)
                 cmd="imgblk__subcmd__map"
                 ;;
+            imgblk,recover)
+                cmd="imgblk__subcmd__recover"
+                ;;
             imgblk__subcmd__help,attach)
                 cmd="imgblk__subcmd__help__subcmd__attach"
                 ;;
@@ -64,6 +67,9 @@ _imgblk() {
             imgblk__subcmd__help,map)
                 cmd="imgblk__subcmd__help__subcmd__map"
                 ;;
+            imgblk__subcmd__help,recover)
+                cmd="imgblk__subcmd__help__subcmd__recover"
+                ;;
             *)
                 ;;
         esac
@@ -71,7 +77,7 @@ _imgblk() {
 
     case "${cmd}" in
         imgblk)
-            opts="-v -q -h -V --verbose --quiet --help --version attach detach doctor list map cat info help"
+            opts="-v -q -h -V --verbose --quiet --help --version attach detach doctor list map cat recover info help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -85,7 +91,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__attach)
-            opts="-f -d -U -v -q -h --format --queues --depth --rw --foreground --json --force-share --no-direct --verbose --quiet --help"
+            opts="-f -d -U -v -q -h --format --queues --depth --rw --foreground --json --force-share --l2-cache-mib --no-direct --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -108,6 +114,10 @@ _imgblk() {
                     return 0
                     ;;
                 -d)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --l2-cache-mib)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -181,7 +191,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__help)
-            opts="attach detach doctor list map cat info help"
+            opts="attach detach doctor list map cat recover info help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -306,6 +316,20 @@ _imgblk() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        imgblk__subcmd__help__subcmd__recover)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         imgblk__subcmd__info)
             opts="-f -U -v -q -h --format --force-share --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -357,6 +381,20 @@ _imgblk() {
                     COMPREPLY=($(compgen -W "raw qcow2" -- "${cur}"))
                     return 0
                     ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        imgblk__subcmd__recover)
+            opts="-v -q -h --all --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;

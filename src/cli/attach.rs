@@ -43,6 +43,10 @@ pub struct AttachArgs {
     /// What the device shows may then be inconsistent. Read-only only.
     #[arg(short = 'U', long, conflicts_with = "rw")]
     force_share: bool,
+    /// Most MiB of qcow2 L2 tables to cache per image of the chain. The default (128)
+    /// holds every table of a 1 TiB image with 64 KiB clusters; tables load on first use.
+    #[arg(long, value_name = "MIB")]
+    l2_cache_mib: Option<u64>,
     /// Use buffered I/O on the image file instead of O_DIRECT.
     #[arg(long)]
     no_direct: bool,
@@ -67,6 +71,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         writable: args.rw,
         direct: !args.no_direct,
         force_share: args.force_share,
+        l2_cache_bytes: args.l2_cache_mib.map(|mib| mib << 20),
     };
     let image = open_served_image(&image_path, &options)?;
     let mut config = DeviceConfig {

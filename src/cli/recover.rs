@@ -59,7 +59,7 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
                 .map(|f: Format| f),
             writable: record.writable,
             direct: true,
-            force_share: false,
+            ..OpenOptions::default()
         };
         let image = open_served_image(&record.image, &options)?;
         let config = DeviceConfig {

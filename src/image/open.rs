@@ -21,6 +21,9 @@ pub struct OpenOptions {
     /// Take no image locks, so that an image in use by a writer can still be read
     /// (what it shows may be inconsistent). Only with `writable: false`.
     pub force_share: bool,
+    /// Most bytes of qcow2 L2 tables to keep cached, per image of the chain; `None` for
+    /// the default (see `qcow2::DEFAULT_L2_CACHE_BYTES`).
+    pub l2_cache_bytes: Option<u64>,
 }
 
 impl OpenOptions {

@@ -180,9 +180,16 @@ pub fn is_recoverable(record: &super::registry::DeviceRecord) -> bool {
     if super::registry::pid_alive(record.pid) || !kernel_has_device(record.id) {
         return false;
     }
-    UblkCtrl::new_simple(record.id as i32)
-        .map(|ctrl| u32::from(ctrl.dev_info().state) == sys::UBLK_S_DEV_QUIESCED)
-        .unwrap_or(false)
+    let id = record.id as i32;
+    // libublk keeps a control io_uring per thread; query from a short-lived thread so that
+    // no ring survives into a daemon forked later (a ring shared across fork hangs).
+    std::thread::spawn(move || {
+        UblkCtrl::new_simple(id)
+            .map(|ctrl| u32::from(ctrl.dev_info().state) == sys::UBLK_S_DEV_QUIESCED)
+            .unwrap_or(false)
+    })
+    .join()
+    .unwrap_or(false)
 }
 
 /// Fills in size, block sizes and the features the image supports.

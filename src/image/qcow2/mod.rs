@@ -1,17 +1,202 @@
-//! qcow2 (placeholder until the read path lands).
+//! qcow2 (versions 2 and 3), read-only: a lock-free mapper from guest ranges to host
+//! extents over a cached L1/L2 lookup, delegating unallocated ranges to the backing chain.
+//!
+//! - [`header`]: the header, its extensions and every check on them.
+//! - [`entry`]: decoding of L1/L2 entries.
+//! - [`l2cache`]: the bounded L2 table cache, lock-free for resident tables.
+//!
+//! Depth scheme: every image reports extents relative to itself (`depth` 0 = this file).
+//! Extents obtained from the backing image get `depth + 1`, so at the top of the chain
+//! `depth` counts levels below the top. An unallocated range reports the depth of the
+//! deepest image that covers it (like `qemu-img map`): past the end of a shorter backing
+//! file, that is the image above it.
 
-use super::{ChainEntry, DiskImage, Extent, Format, ImageFile, OpenOptions};
-use crate::error::{Error, Result};
+pub mod entry;
+pub mod header;
+pub mod l2cache;
 
-/// A qcow2 image.
+#[cfg(test)]
+mod tests;
+
+use self::entry::Cluster;
+use self::header::Header;
+use self::l2cache::{L2Cache, L2Ref, L2Table};
+use super::open::open_at_depth;
+use super::{
+    check_range, ChainEntry, CompressedCluster, DiskImage, Extent, Format, ImageFile, OpenOptions,
+    Source,
+};
+use crate::error::{Error, ErrorKind, Result, ResultExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Largest L2 cache per image unless [`OpenOptions::l2_cache_bytes`] says otherwise:
+/// enough to keep every table of a 1 TiB image with 64 KiB clusters resident.
+pub const DEFAULT_L2_CACHE_BYTES: u64 = 128 << 20;
+
+/// A qcow2 image opened for reading, with its backing chain.
 pub struct Qcow2Image {
     file: ImageFile,
+    header: Header,
+    /// The L1 entries that cover the virtual size (atomics, for a future write path).
+    l1: Box<[AtomicU64]>,
+    l2: L2Cache,
+    backing: Option<Box<dyn DiskImage>>,
 }
 
 impl Qcow2Image {
-    /// Opens a qcow2 image at `depth` in its chain.
-    pub fn open(file: ImageFile, _options: &OpenOptions, _depth: u32) -> Result<Self> {
-        Err(Error::unsupported("qcow2 is not implemented yet").with_path(file.path()))
+    /// Opens the qcow2 image in `file`, which sits `depth` levels below the top of its
+    /// chain, and its backing chain. Only reading is supported.
+    pub fn open(file: ImageFile, options: &OpenOptions, depth: u32) -> Result<Qcow2Image> {
+        let path = file.path().to_path_buf();
+        if options.writable || file.writable() {
+            return Err(Error::unsupported(
+                "writing to qcow2 images is not supported yet; open the image read-only",
+            )
+            .with_path(&path));
+        }
+        let header = Header::read(&file)?;
+        if header.has_incompatible(header::INCOMPAT_DIRTY) {
+            tracing::warn!(path = %path.display(), "qcow2 image is marked dirty (not closed cleanly); reading it anyway");
+        }
+        let l1 = read_l1(&file, &header)?;
+        let cache_bytes = options.l2_cache_bytes.unwrap_or(DEFAULT_L2_CACHE_BYTES);
+        let capacity = usize::try_from(cache_bytes / header.cluster_size())
+            .unwrap_or(usize::MAX)
+            .min(l1.len());
+        let l2 = L2Cache::new(l1.len(), capacity);
+        let backing = open_backing(&path, &header, options, depth)?;
+        Ok(Qcow2Image {
+            file,
+            header,
+            l1,
+            l2,
+            backing,
+        })
+    }
+
+    /// The parsed header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The cluster size in bytes.
+    pub fn cluster_size(&self) -> u64 {
+        self.header.cluster_size()
+    }
+
+    /// The backing image, if any.
+    pub fn backing(&self) -> Option<&dyn DiskImage> {
+        self.backing.as_deref()
+    }
+
+    /// The L2 table cache (for statistics).
+    pub fn l2_cache(&self) -> &L2Cache {
+        &self.l2
+    }
+
+    /// The L2 table of L1 entry `l1_index`, or `None` if the entry has none.
+    fn l2_table(&self, l1_index: usize) -> Result<Option<L2Ref>> {
+        let raw = self
+            .l1
+            .get(l1_index)
+            .map(|e| e.load(Ordering::Acquire))
+            .ok_or_else(|| Error::invalid(format!("L1 index {l1_index} past the L1 table")))?;
+        let table_offset = self.l1_entry_offset(l1_index);
+        let Some(host) = entry::decode_l1(raw, self.header.cluster_bits, l1_index)
+            .map_err(|e| e.at(table_offset).with_path(self.file.path()))?
+        else {
+            return Ok(None);
+        };
+        self.l2
+            .get(l1_index, || self.load_l2(l1_index, host))
+            .map(Some)
+    }
+
+    /// File offset of L1 entry `l1_index`.
+    fn l1_entry_offset(&self, l1_index: usize) -> u64 {
+        self.header.l1_table_offset + 8 * l1_index as u64
+    }
+
+    /// Reads the L2 table at file offset `host` for L1 entry `l1_index`.
+    fn load_l2(&self, l1_index: usize, host: u64) -> Result<L2Table> {
+        let size = self.cluster_size();
+        if host
+            .checked_add(size)
+            .map_or(true, |end| end > self.file.len())
+        {
+            let guest = (l1_index as u64) << (self.header.cluster_bits + self.header.l2_bits());
+            return Err(Error::corrupt(format!(
+                "qcow2 L2 table for guest offset {guest:#x} (L1 entry {l1_index}) at {host:#x} \
+                 lies past the end of the {}-byte file",
+                self.file.len()
+            ))
+            .at(self.l1_entry_offset(l1_index))
+            .with_path(self.file.path()));
+        }
+        let mut buf = vec![0u8; size as usize];
+        self.file.read_exact_at(&mut buf, host)?;
+        Ok(L2Table::from_be_bytes(&buf))
+    }
+
+    /// Appends the extents of `offset..end`, a range this image does not allocate: the
+    /// backing image's where it has one, unallocated beyond.
+    fn map_unallocated<'a>(
+        &'a self,
+        offset: u64,
+        end: u64,
+        out: &mut Vec<Extent<'a>>,
+    ) -> Result<()> {
+        let mut pos = offset;
+        if let Some(backing) = &self.backing {
+            let covered = end.min(backing.virtual_size().max(offset));
+            if covered > offset {
+                let first = out.len();
+                backing.map(offset, covered - offset, out)?;
+                for extent in out.iter_mut().skip(first) {
+                    extent.depth = extent.depth.saturating_add(1);
+                }
+                merge_at(out, first);
+                pos = covered;
+            }
+        }
+        if end > pos {
+            push_merged(
+                out,
+                Extent {
+                    len: end - pos,
+                    depth: 0,
+                    source: Source::Unallocated,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The source of the guest bytes from `pos` on, inside the cluster that starts at
+    /// `cluster_start` and whose L2 entry is `raw`; `None` when unallocated here.
+    fn cluster_source(&self, raw: u64, cluster_start: u64, pos: u64) -> Result<Option<Source<'_>>> {
+        let cluster = entry::decode_l2(raw, self.header.cluster_bits, cluster_start)
+            .map_err(|e| e.with_path(self.file.path()))?;
+        let within = pos - cluster_start;
+        Ok(match cluster {
+            Cluster::Unallocated => None,
+            Cluster::Zero => Some(Source::Zero),
+            Cluster::Data(host) => Some(Source::Data {
+                file: &self.file,
+                offset: host + within,
+            }),
+            Cluster::Compressed { offset, stored_len } => {
+                Some(Source::Compressed(CompressedCluster {
+                    file: &self.file,
+                    offset,
+                    stored_len,
+                    cluster_size: self.cluster_size(),
+                    skip: within,
+                    codec: self.header.codec,
+                }))
+            }
+        })
     }
 }
 
@@ -19,13 +204,174 @@ impl DiskImage for Qcow2Image {
     fn format(&self) -> Format {
         Format::Qcow2
     }
+
     fn virtual_size(&self) -> u64 {
-        0
+        self.header.size
     }
-    fn map<'a>(&'a self, _offset: u64, _len: u64, _out: &mut Vec<Extent<'a>>) -> Result<()> {
-        Err(Error::unsupported("qcow2").with_path(self.file.path()))
+
+    fn map<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
+        check_range(offset, len, self.virtual_size()).in_file(self.file.path())?;
+        let end = offset + len;
+        let cluster_bits = self.header.cluster_bits;
+        let cluster_size = self.cluster_size();
+        let l2_shift = cluster_bits + self.header.l2_bits();
+        let l2_mask = (1u64 << self.header.l2_bits()) - 1;
+        // Start of a run this image leaves unallocated, mapped once the run ends.
+        let mut hole: Option<u64> = None;
+        let mut pos = offset;
+        while pos < end {
+            let l1_index = pos >> l2_shift;
+            let table_end = end.min((l1_index + 1) << l2_shift);
+            let Some(table) = self.l2_table(l1_index as usize)? else {
+                hole.get_or_insert(pos);
+                pos = table_end;
+                continue;
+            };
+            while pos < table_end {
+                let cluster_start = pos & !(cluster_size - 1);
+                let chunk_end = table_end.min(cluster_start + cluster_size);
+                let l2_index = ((pos >> cluster_bits) & l2_mask) as usize;
+                let raw = table.get(l2_index).ok_or_else(|| {
+                    Error::corrupt(format!("qcow2 L2 table {l1_index} has no entry {l2_index}"))
+                        .with_path(self.file.path())
+                })?;
+                match self.cluster_source(raw, cluster_start, pos)? {
+                    None => {
+                        hole.get_or_insert(pos);
+                    }
+                    Some(source) => {
+                        if let Some(start) = hole.take() {
+                            self.map_unallocated(start, pos, out)?;
+                        }
+                        push_merged(
+                            out,
+                            Extent {
+                                len: chunk_end - pos,
+                                depth: 0,
+                                source,
+                            },
+                        );
+                    }
+                }
+                pos = chunk_end;
+            }
+        }
+        if let Some(start) = hole {
+            self.map_unallocated(start, end, out)?;
+        }
+        Ok(())
     }
+
     fn chain(&self) -> Vec<ChainEntry> {
-        Vec::new()
+        let mut chain = vec![ChainEntry {
+            path: self.file.path().to_path_buf(),
+            format: Format::Qcow2,
+            virtual_size: self.virtual_size(),
+            file_size: self.file.len(),
+        }];
+        if let Some(backing) = &self.backing {
+            chain.extend(backing.chain());
+        }
+        chain
+    }
+}
+
+/// Reads the L1 entries that cover the virtual size (the header check has made sure the
+/// whole table lies inside the file and is of bounded size).
+fn read_l1(file: &ImageFile, header: &Header) -> Result<Box<[AtomicU64]>> {
+    let needed = header.l1_entries_needed() as usize;
+    let mut buf = vec![0u8; needed * 8];
+    if needed > 0 {
+        file.read_exact_at(&mut buf, header.l1_table_offset)?;
+    }
+    Ok(buf
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            AtomicU64::new(u64::from_be_bytes(b))
+        })
+        .collect())
+}
+
+/// Where a backing file name stored in the image at `image` points: relative names are
+/// relative to the directory of the image that names them, as in QEMU.
+pub fn resolve_backing_path(image: &Path, name: &str) -> PathBuf {
+    let name = Path::new(name);
+    if name.is_absolute() {
+        return name.to_path_buf();
+    }
+    image
+        .parent()
+        .map_or_else(|| name.to_path_buf(), |dir| dir.join(name))
+}
+
+/// Opens the backing image named in `header`, read-only, one level deeper.
+fn open_backing(
+    image: &Path,
+    header: &Header,
+    options: &OpenOptions,
+    depth: u32,
+) -> Result<Option<Box<dyn DiskImage>>> {
+    let Some(name) = &header.backing_file else {
+        return Ok(None);
+    };
+    let path = resolve_backing_path(image, name);
+    let backing_options = OpenOptions {
+        format: header.backing_format,
+        writable: false,
+        ..options.clone()
+    };
+    open_at_depth(&path, &backing_options, depth + 1)
+        .map(Some)
+        .map_err(|e| {
+            if e.kind() == ErrorKind::NotFound && e.path() == Some(path.as_path()) {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("backing file {name:?} not found (tried {})", path.display()),
+                )
+                .with_path(image)
+            } else {
+                e
+            }
+        })
+}
+
+/// Whether `next` continues `prev`: same image, and the same kind of source with
+/// consecutive host bytes where it has any.
+fn contiguous(prev: &Extent<'_>, next: &Extent<'_>) -> bool {
+    if prev.depth != next.depth {
+        return false;
+    }
+    match (prev.source, next.source) {
+        (Source::Zero, Source::Zero) | (Source::Unallocated, Source::Unallocated) => true,
+        (Source::Data { file: a, offset: x }, Source::Data { file: b, offset: y }) => {
+            std::ptr::eq(a, b) && x.checked_add(prev.len) == Some(y)
+        }
+        _ => false,
+    }
+}
+
+/// Appends `extent`, merging it into the last one when contiguous.
+fn push_merged<'a>(out: &mut Vec<Extent<'a>>, extent: Extent<'a>) {
+    match out.last_mut() {
+        Some(last) if contiguous(last, &extent) => last.len += extent.len,
+        _ => out.push(extent),
+    }
+}
+
+/// Merges the extent at `index` into the one before it when contiguous.
+fn merge_at(out: &mut Vec<Extent<'_>>, index: usize) {
+    let Some(prev_index) = index.checked_sub(1) else {
+        return;
+    };
+    if let (Some(prev), Some(next)) = (out.get(prev_index), out.get(index)) {
+        if contiguous(prev, next) {
+            let len = next.len;
+            out.remove(index);
+            if let Some(prev) = out.get_mut(prev_index) {
+                prev.len += len;
+            }
+        }
     }
 }

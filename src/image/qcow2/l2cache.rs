@@ -1,0 +1,277 @@
+//! The bounded, lock-free-on-hit cache of L2 tables: the hot path of every qcow2 lookup.
+//!
+//! There is one slot per L1 entry, an [`ArcSwapOption`] holding the table when resident. A
+//! lookup of a resident table is an atomic load (no mutex, no reference-count traffic: the
+//! returned [`L2Ref`] is an `arc_swap` guard). A miss loads the table outside any lock and
+//! installs it with a compare-and-swap; when two threads miss on the same table at once
+//! the loser uses the winner's copy.
+//!
+//! The cache holds at most `capacity` tables. Going over it triggers a clock sweep (second
+//! chance on a per-slot `referenced` bit) under a small mutex that only evictors take; a
+//! thread that finds the sweep busy just returns. Evicting swaps the slot back to empty;
+//! readers still holding the old table keep it alive until they drop their guard.
+
+use arc_swap::{ArcSwapOption, Guard};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
+
+use crate::error::{Error, Result};
+
+/// One L2 table, its entries decoded to host byte order.
+///
+/// Entries are atomics so that a future write path can update a cached table in place
+/// while readers look at it.
+#[derive(Debug)]
+pub struct L2Table {
+    entries: Vec<AtomicU64>,
+}
+
+/// What an [`L2Ref`] shows should its guard ever be empty (it never is): no entries.
+static EMPTY: L2Table = L2Table {
+    entries: Vec::new(),
+};
+
+impl L2Table {
+    /// Decodes a table from its on-disk bytes (big-endian `u64`s; a trailing partial
+    /// entry is ignored).
+    pub fn from_be_bytes(bytes: &[u8]) -> L2Table {
+        let entries = bytes
+            .chunks_exact(8)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                AtomicU64::new(u64::from_be_bytes(b))
+            })
+            .collect();
+        L2Table { entries }
+    }
+
+    /// The raw entry at `index`, or `None` past the end of the table.
+    pub fn get(&self, index: usize) -> Option<u64> {
+        self.entries.get(index).map(|e| e.load(Ordering::Acquire))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True for a table without entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entries, for a write path that updates them in place.
+    pub fn entries(&self) -> &[AtomicU64] {
+        &self.entries
+    }
+}
+
+/// A borrowed, resident L2 table; it stays valid even if the cache evicts it meanwhile.
+pub struct L2Ref(Guard<Option<Arc<L2Table>>>);
+
+impl Deref for L2Ref {
+    type Target = L2Table;
+
+    fn deref(&self) -> &L2Table {
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
+/// One cache slot per L1 entry.
+#[derive(Default)]
+struct Slot {
+    table: ArcSwapOption<L2Table>,
+    /// Set on every hit, cleared by the clock hand: the table's second chance.
+    referenced: AtomicBool,
+}
+
+/// A cache of L2 tables indexed by L1 index, bounded to a number of resident tables.
+pub struct L2Cache {
+    slots: Box<[Slot]>,
+    capacity: usize,
+    /// Tables resident or about to be (a loader counts itself before installing), so never
+    /// less than the number of full slots.
+    resident: AtomicUsize,
+    /// The clock hand; held only while sweeping.
+    hand: Mutex<usize>,
+}
+
+impl L2Cache {
+    /// A cache for `slots` L1 entries keeping at most `capacity` tables (at least one).
+    pub fn new(slots: usize, capacity: usize) -> L2Cache {
+        L2Cache {
+            slots: (0..slots).map(|_| Slot::default()).collect(),
+            capacity: capacity.max(1),
+            resident: AtomicUsize::new(0),
+            hand: Mutex::new(0),
+        }
+    }
+
+    /// Most tables kept resident.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Tables resident now (approximate while loads and evictions are under way).
+    pub fn resident(&self) -> usize {
+        self.resident.load(Ordering::SeqCst)
+    }
+
+    /// Whether the table of L1 entry `index` is resident.
+    pub fn is_cached(&self, index: usize) -> bool {
+        self.slots
+            .get(index)
+            .is_some_and(|s| s.table.load().is_some())
+    }
+
+    /// The table of L1 entry `index`: from the cache without locking, or loaded by `load`
+    /// and installed (evicting others if the cache is full).
+    pub fn get(&self, index: usize, load: impl FnOnce() -> Result<L2Table>) -> Result<L2Ref> {
+        let slot = self
+            .slots
+            .get(index)
+            .ok_or_else(|| Error::invalid(format!("L1 index {index} outside the L2 cache")))?;
+        let cached = slot.table.load();
+        if cached.is_some() {
+            if !slot.referenced.load(Ordering::Relaxed) {
+                slot.referenced.store(true, Ordering::Relaxed);
+            }
+            return Ok(L2Ref(cached));
+        }
+        drop(cached);
+        let table = Arc::new(load()?);
+        self.resident.fetch_add(1, Ordering::SeqCst);
+        let previous = slot
+            .table
+            .compare_and_swap(&None::<Arc<L2Table>>, Some(Arc::clone(&table)));
+        if previous.is_some() {
+            // Another thread installed it first: use that copy, and forget ours.
+            self.resident.fetch_sub(1, Ordering::SeqCst);
+            return Ok(L2Ref(previous));
+        }
+        drop(previous);
+        slot.referenced.store(true, Ordering::Relaxed);
+        self.evict_over_capacity();
+        Ok(L2Ref(Guard::from_inner(Some(table))))
+    }
+
+    /// Sweeps the clock until no more than `capacity` tables are resident. Returns at
+    /// once if another thread is sweeping; that thread looks again once it is done, so
+    /// tables installed meanwhile are accounted for.
+    fn evict_over_capacity(&self) {
+        for _ in 0..4 {
+            if self.resident() <= self.capacity {
+                return;
+            }
+            let mut hand = match self.hand.try_lock() {
+                Ok(hand) => hand,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            self.sweep(&mut hand);
+        }
+    }
+
+    /// One sweep of the clock hand: two turns honouring second chances, then a third that
+    /// evicts regardless, so tables hit all the time by other threads cannot stall it.
+    fn sweep(&self, hand: &mut usize) {
+        let n = self.slots.len().max(1);
+        for step in 0..3 * n {
+            if self.resident() <= self.capacity {
+                return;
+            }
+            let i = *hand % n;
+            *hand = (i + 1) % n;
+            let Some(slot) = self.slots.get(i) else {
+                return;
+            };
+            let referenced = slot.referenced.swap(false, Ordering::Relaxed);
+            if referenced && step < 2 * n {
+                continue;
+            }
+            if slot.table.swap(None).is_some() {
+                self.resident.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(fill: u64) -> L2Table {
+        let bytes: Vec<u8> = (0..4u64).flat_map(|i| (fill + i).to_be_bytes()).collect();
+        L2Table::from_be_bytes(&bytes)
+    }
+
+    #[test]
+    fn decodes_big_endian_entries() {
+        let t = table(0x0102_0304_0506_0708);
+        assert_eq!(t.len(), 4);
+        assert_eq!(t.get(1), Some(0x0102_0304_0506_0709));
+        assert_eq!(t.get(4), None);
+    }
+
+    #[test]
+    fn hit_does_not_reload() {
+        let cache = L2Cache::new(4, 4);
+        assert_eq!(cache.get(2, || Ok(table(10))).unwrap().get(0), Some(10));
+        let again = cache.get(2, || panic!("cached table reloaded")).unwrap();
+        assert_eq!(again.get(3), Some(13));
+        assert_eq!(cache.resident(), 1);
+    }
+
+    #[test]
+    fn load_error_leaves_slot_empty() {
+        let cache = L2Cache::new(2, 2);
+        assert!(cache.get(0, || Err(Error::corrupt("boom"))).is_err());
+        assert!(!cache.is_cached(0));
+        assert_eq!(cache.resident(), 0);
+        assert!(
+            cache.get(5, || Ok(table(0))).is_err(),
+            "index past the slots accepted"
+        );
+    }
+
+    #[test]
+    fn stays_within_capacity_and_gives_second_chances() {
+        let cache = L2Cache::new(8, 2);
+        let held = cache.get(0, || Ok(table(0))).unwrap();
+        cache.get(1, || Ok(table(100))).unwrap();
+        cache.get(2, || Ok(table(200))).unwrap();
+        assert_eq!(cache.resident(), 2);
+        // The evicted table stays readable through the reference held on it.
+        assert_eq!(held.get(0), Some(0));
+        for i in 0..8 {
+            cache.get(i, || Ok(table(i as u64))).unwrap();
+            assert!(
+                cache.resident() <= 2,
+                "resident {} after loading {i}",
+                cache.resident()
+            );
+        }
+        assert!(cache.is_cached(7), "the table just loaded was evicted");
+    }
+
+    #[test]
+    fn concurrent_readers_see_right_tables() {
+        let cache = L2Cache::new(16, 3);
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let cache = &cache;
+                s.spawn(move || {
+                    for round in 0..2000u64 {
+                        let i = ((round * 7 + t * 3) % 16) as usize;
+                        let got = cache.get(i, || Ok(table(i as u64 * 1000))).unwrap();
+                        assert_eq!(got.get(2), Some(i as u64 * 1000 + 2));
+                    }
+                });
+            }
+        });
+        // Installs racing with the last sweep may overshoot by one table per thread.
+        assert!(cache.resident() <= 3 + 4, "resident {}", cache.resident());
+    }
+}

@@ -1,0 +1,471 @@
+//! qcow2 reads checked byte for byte against QEMU: every image is made by `qemu-img` /
+//! `qemu-io`, converted to raw by `qemu-img convert`, and read back through imgblk. The
+//! extent maps are checked against `qemu-img map --output=json`.
+//!
+//! Needs qemu-utils (`qemu-img`, `qemu-io`); without them the tests fail, saying so.
+
+use imgblk::image::qcow2::Qcow2Image;
+use imgblk::image::{io, open_image, DiskImage, ImageFile, OpenOptions, Source};
+use imgblk::ErrorKind;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SEED: u64 = 0x1d6b_0c0f_2024;
+const MIB: u64 = 1 << 20;
+
+/// Runs `tool args`, failing the test with its stderr if it cannot run or fails.
+fn run(tool: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run `{tool}` ({e}): these tests need qemu-utils (qemu-img, qemu-io); see ci/install-deps")
+    });
+    assert!(
+        out.status.success(),
+        "`{tool} {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn qemu_img(args: &[&str]) {
+    run("qemu-img", args);
+}
+
+/// Runs each of `commands` (qemu-io syntax) on `image` of format `fmt`.
+fn qemu_io<C: AsRef<str>>(image: &Path, fmt: &str, commands: &[C]) {
+    let mut args = vec!["-f", fmt];
+    for c in commands {
+        args.extend(["-c", c.as_ref()]);
+    }
+    let image = image.to_str().unwrap();
+    args.push(image);
+    run("qemu-io", &args);
+}
+
+/// `qemu-img create -f qcow2` with `options` (such as `-o cluster_size=512`).
+fn create(path: &Path, options: &[&str], size: &str) {
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    args.extend(options);
+    args.extend([s(path), size]);
+    qemu_img(&args);
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Writes a raw file of `size` bytes. Compressible data is a mix of zero, repeated-byte,
+/// low-entropy and random 4 KiB blocks; otherwise it is all random.
+fn random_raw(path: &Path, size: u64, compressible: bool, rng: &mut SmallRng) {
+    let mut data = vec![0u8; size as usize];
+    for block in data.chunks_mut(4096) {
+        match if compressible { rng.gen_range(0..4) } else { 3 } {
+            0 => {}
+            1 => block.fill(rng.gen()),
+            2 => block
+                .iter_mut()
+                .for_each(|b| *b = b"qcow2 "[rng.gen_range(0..6)]),
+            _ => rng.fill(block),
+        }
+    }
+    std::fs::write(path, data).unwrap();
+}
+
+/// The first place `got` and `want` differ, for a readable failure (memcmp first: the
+/// element-wise search is slow in debug builds).
+fn first_difference(got: &[u8], want: &[u8]) -> Option<usize> {
+    if got == want {
+        return None;
+    }
+    got.iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .or(Some(got.len().min(want.len())))
+}
+
+/// Reads `image` fully and at 300 random places, comparing with QEMU's raw conversion
+/// of the file at `path`.
+fn assert_reads_like_qemu(image: &dyn DiskImage, path: &Path) {
+    let raw = path.with_extension("expected.raw");
+    qemu_img(&["convert", "-O", "raw", s(path), s(&raw)]);
+    let want = std::fs::read(&raw).unwrap();
+    let size = image.virtual_size();
+    assert_eq!(size, want.len() as u64, "{}: virtual size", path.display());
+    let mut got = vec![0u8; want.len()];
+    io::read_at(image, &mut got, 0).unwrap();
+    if let Some(at) = first_difference(&got, &want) {
+        panic!(
+            "{}: full read differs from qemu at byte {at:#x}",
+            path.display()
+        );
+    }
+    let mut rng = SmallRng::seed_from_u64(SEED);
+    for i in 0..300 {
+        let max = match i % 3 {
+            0 => 4096,
+            1 => 256 << 10,
+            _ => 1 << 20,
+        }
+        .min(size);
+        let len = rng.gen_range(1..=max);
+        let offset = rng.gen_range(0..=size - len);
+        let mut buf = vec![0u8; len as usize];
+        io::read_at(image, &mut buf, offset).unwrap_or_else(|e| {
+            panic!(
+                "{}: read {offset:#x}+{len} (seed {SEED:#x}, read {i}): {e}",
+                path.display()
+            )
+        });
+        let want = &want[offset as usize..(offset + len) as usize];
+        if let Some(at) = first_difference(&buf, want) {
+            panic!(
+                "{}: read {offset:#x}+{len} (seed {SEED:#x}, read {i}) differs from qemu at byte {:#x}",
+                path.display(),
+                offset + at as u64
+            );
+        }
+    }
+}
+
+/// How one 512-byte sector is classified by a map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Data { depth: u32, offset: u64 },
+    Compressed { depth: u32 },
+    Zero { depth: u32 },
+    Unallocated { depth: u32 },
+}
+
+/// Per-sector classification from imgblk's map.
+fn our_classes(image: &dyn DiskImage) -> Vec<Class> {
+    let mut extents = Vec::new();
+    image.map(0, image.virtual_size(), &mut extents).unwrap();
+    let mut classes = Vec::new();
+    for e in &extents {
+        assert!(e.len % 512 == 0, "extent {e:?} is not whole sectors");
+        for sector in 0..e.len / 512 {
+            let depth = e.depth;
+            classes.push(match e.source {
+                Source::Data { offset, .. } => Class::Data {
+                    depth,
+                    offset: offset + sector * 512,
+                },
+                Source::Compressed(_) => Class::Compressed { depth },
+                Source::Zero => Class::Zero { depth },
+                Source::Unallocated => Class::Unallocated { depth },
+            });
+        }
+    }
+    classes
+}
+
+/// Per-sector classification from `qemu-img map --output=json`.
+fn qemu_classes(path: &Path) -> Vec<Class> {
+    let json = run("qemu-img", &["map", "--output=json", s(path)]);
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&json).unwrap();
+    let mut classes = Vec::new();
+    for e in &entries {
+        let field = |name: &str| {
+            e.get(name)
+                .unwrap_or_else(|| panic!("qemu map entry lacks {name}: {e}"))
+        };
+        let num = |name: &str| field(name).as_u64().unwrap();
+        let flag = |name: &str| field(name).as_bool().unwrap();
+        let depth = num("depth") as u32;
+        for sector in 0..num("length") / 512 {
+            classes.push(if !flag("present") {
+                Class::Unallocated { depth }
+            } else if flag("compressed") {
+                Class::Compressed { depth }
+            } else if flag("data") {
+                Class::Data {
+                    depth,
+                    offset: num("offset") + sector * 512,
+                }
+            } else {
+                Class::Zero { depth }
+            });
+        }
+    }
+    classes
+}
+
+/// imgblk's extent map says, sector by sector, what `qemu-img map` says.
+fn assert_maps_like_qemu(image: &dyn DiskImage, path: &Path) {
+    let ours = our_classes(image);
+    let theirs = qemu_classes(path);
+    assert_eq!(
+        ours.len(),
+        theirs.len(),
+        "{}: sectors mapped",
+        path.display()
+    );
+    if let Some(i) = ours.iter().zip(&theirs).position(|(a, b)| a != b) {
+        panic!(
+            "{}: sector {i} (byte {:#x}) mapped as {:?}, qemu says {:?}",
+            path.display(),
+            i * 512,
+            ours[i],
+            theirs[i]
+        );
+    }
+}
+
+/// Opens `path` with default options and checks reads and map against QEMU.
+fn check(path: &Path) -> Box<dyn DiskImage> {
+    let image = open_image(path, &OpenOptions::default()).unwrap();
+    assert_reads_like_qemu(&*image, path);
+    assert_maps_like_qemu(&*image, path);
+    image
+}
+
+/// Opens the qcow2 at `path` itself, with an L2 cache of `cache_bytes`.
+fn open_qcow2(path: &Path, cache_bytes: u64) -> Qcow2Image {
+    let options = OpenOptions {
+        l2_cache_bytes: Some(cache_bytes),
+        ..OpenOptions::default()
+    };
+    Qcow2Image::open(ImageFile::open(path, false, false).unwrap(), &options, 0).unwrap()
+}
+
+/// qemu-io writes of patterns at the start, middle (unaligned) and end of a `size` image.
+fn pattern_writes(size: u64) -> Vec<String> {
+    vec![
+        "write -P 0xab 0 100k".into(),
+        "write -P 0xcd 1049088 300000".into(), // 1 MiB + 512, unaligned length
+        format!("write -P 0xef {} 70000", size / 2 - 3000),
+        format!("write -P 0x11 {} 4096", size - 4096),
+    ]
+}
+
+#[test]
+fn v3_pattern_and_converted_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("pattern.qcow2");
+    create(&img, &[], "32M");
+    qemu_io(&img, "qcow2", &pattern_writes(32 * MIB));
+    check(&img);
+
+    let converted = converted(dir.path(), 8 * MIB, false, SEED, &[]);
+    let image = check(&converted);
+    // Clusters converted in order are contiguous: a 1 MiB read is a single extent.
+    let mut extents = Vec::new();
+    image.map(MIB, MIB, &mut extents).unwrap();
+    assert_eq!(extents.len(), 1, "{extents:?}");
+    assert!(
+        matches!(extents[0].source, Source::Data { .. }),
+        "{extents:?}"
+    );
+    assert_eq!((extents[0].len, extents[0].depth), (MIB, 0));
+}
+
+/// Converts a new random raw file of `size` bytes to qcow2 with `qemu-img convert`
+/// and `extra` options; returns the qcow2's path.
+fn converted(dir: &Path, size: u64, compressible: bool, seed: u64, extra: &[&str]) -> PathBuf {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let raw = dir.join(format!("source-{seed:x}.raw"));
+    random_raw(&raw, size, compressible, &mut rng);
+    let img = dir.join(format!("converted-{seed:x}.qcow2"));
+    let mut args = vec!["convert", "-O", "qcow2"];
+    args.extend(extra);
+    args.extend([s(&raw), s(&img)]);
+    qemu_img(&args);
+    img
+}
+
+#[test]
+fn v2_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = converted(dir.path(), 6 * MIB, true, SEED ^ 2, &["-o", "compat=0.10"]);
+    qemu_io(&img, "qcow2", &pattern_writes(6 * MIB));
+    let image = check(&img);
+    let q = open_qcow2(&img, 1 << 20);
+    assert_eq!(q.header().version, 2);
+    assert_eq!(image.chain().len(), 1);
+}
+
+#[test]
+fn compressed_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = converted(
+        dir.path(),
+        8 * MIB,
+        true,
+        SEED ^ 3,
+        &["-c", "-o", "cluster_size=16k"],
+    );
+    let image = check(&img);
+    let mut extents = Vec::new();
+    image.map(0, 8 * MIB, &mut extents).unwrap();
+    let compressed = extents
+        .iter()
+        .filter(|e| matches!(e.source, Source::Compressed(_)))
+        .count();
+    assert!(
+        compressed > 10,
+        "only {compressed} compressed extents: {extents:?}"
+    );
+}
+
+/// Creates a qcow2 overlay at `path` of `size` on `backing` (as named, relative to the
+/// overlay) and runs the qemu-io `writes` on it.
+fn overlay(path: &Path, backing: &str, backing_fmt: &str, size: &str, writes: &[&str]) {
+    create(path, &["-b", backing, "-F", backing_fmt], size);
+    qemu_io(path, "qcow2", writes);
+}
+
+/// base (raw, in another directory) <- mid (qcow2, smaller than top) <- top, all named by
+/// relative paths.
+fn make_chain(dir: &Path) -> PathBuf {
+    let bases = dir.join("bases");
+    let images = dir.join("images");
+    std::fs::create_dir_all(&bases).unwrap();
+    std::fs::create_dir_all(&images).unwrap();
+    let mut rng = SmallRng::seed_from_u64(SEED ^ 4);
+    random_raw(&bases.join("base.raw"), 12 * MIB, false, &mut rng);
+    let mid = images.join("mid.qcow2");
+    let top = images.join("top.qcow2");
+    overlay(
+        &mid,
+        "../bases/base.raw",
+        "raw",
+        "20M",
+        &[
+            "write -P 0x22 512k 512k",
+            "write -z 2M 128k",
+            "write -P 0x23 11M 2M", // across the end of base
+            "write -z -u 15M 64k",
+        ],
+    );
+    overlay(
+        &top,
+        "mid.qcow2",
+        "qcow2",
+        "24M",
+        &[
+            "write -P 0x33 768k 64k",
+            "write -P 0x34 1000000 5000",
+            "write -z 3M 1M",
+            "write -P 0x35 21M 100k",
+        ],
+    );
+    top
+}
+
+#[test]
+fn backing_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = make_chain(dir.path());
+    let image = check(&top);
+    let chain = image.chain();
+    let names: Vec<_> = chain
+        .iter()
+        .map(|c| c.path.file_name().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["top.qcow2", "mid.qcow2", "base.raw"]);
+    assert_eq!(
+        chain.iter().map(|c| c.virtual_size).collect::<Vec<_>>(),
+        [24 * MIB, 20 * MIB, 12 * MIB]
+    );
+}
+
+#[test]
+fn tiny_l2_cache_and_concurrent_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = make_chain(dir.path());
+    // One L2 table per image: every other lookup evicts.
+    let image = open_qcow2(&top, 1);
+    assert_reads_like_qemu(&image, &top);
+    assert!(image.l2_cache().resident() <= image.l2_cache().capacity());
+
+    let img = dir.path().join("small-clusters.qcow2");
+    create(&img, &["-o", "cluster_size=512"], "4M");
+    qemu_io(&img, "qcow2", &pattern_writes(4 * MIB));
+    let want = {
+        let raw = img.with_extension("raw");
+        qemu_img(&["convert", "-O", "raw", s(&img), s(&raw)]);
+        std::fs::read(raw).unwrap()
+    };
+    let image = open_qcow2(&img, 2 * 512);
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let (image, want) = (&image, &want);
+            scope.spawn(move || {
+                let mut rng = SmallRng::seed_from_u64(SEED + t);
+                for i in 0..200 {
+                    let len = rng.gen_range(1..=64 << 10);
+                    let offset = rng.gen_range(0..=4 * MIB - len);
+                    let mut buf = vec![0u8; len as usize];
+                    io::read_at(image, &mut buf, offset).unwrap();
+                    let want = &want[offset as usize..(offset + len) as usize];
+                    assert!(
+                        buf == want,
+                        "thread {t} read {i} at {offset:#x}+{len} (seed {:#x})",
+                        SEED + t
+                    );
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn zero_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("zero.qcow2");
+    create(&img, &[], "16M");
+    qemu_io(
+        &img,
+        "qcow2",
+        &[
+            "write -P 0x5a 0 6M",
+            "write -z 1M 512k",
+            "write -z -u 3M 1M",
+            "write -z 8M 2M",
+        ],
+    );
+    let image = check(&img);
+    let mut extents = Vec::new();
+    image.map(MIB, MIB / 2, &mut extents).unwrap();
+    assert_eq!(extents.len(), 1, "{extents:?}");
+    assert_eq!(extents[0].source, Source::Zero);
+}
+
+#[test]
+fn small_and_large_clusters_with_odd_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 5 * MIB + 1536;
+    for cluster in ["512", "2M"] {
+        let img = dir.path().join(format!("odd-{cluster}.qcow2"));
+        let opt = format!("cluster_size={cluster}");
+        create(&img, &["-o", &opt], &size.to_string());
+        qemu_io(&img, "qcow2", &pattern_writes(size));
+        qemu_io(
+            &img,
+            "qcow2",
+            &[format!("write -P 0x77 {} 1536", size - 1536)],
+        );
+        check(&img);
+    }
+}
+
+#[test]
+fn missing_backing_file_names_the_tried_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("orphan.qcow2");
+    create(
+        &img,
+        &["-u", "-b", "nope/missing.qcow2", "-F", "qcow2"],
+        "1M",
+    );
+    let err = open_image(&img, &OpenOptions::default())
+        .err()
+        .expect("orphan opened");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    let tried = dir.path().join("nope/missing.qcow2");
+    let msg = err.to_string();
+    assert!(msg.contains(&tried.display().to_string()), "{msg}");
+    assert!(msg.contains(s(&img)), "{msg}");
+}
