@@ -8,7 +8,9 @@ use crate::error::{Error, Result};
 pub fn decompress(codec: Codec, input: &[u8], out: &mut [u8]) -> Result<()> {
     match codec {
         Codec::Deflate => inflate_raw(input, out),
-        Codec::Zstd => Err(Error::unsupported("zstd-compressed clusters are not supported yet")),
+        Codec::Zstd => Err(Error::unsupported(
+            "zstd-compressed clusters are not supported yet",
+        )),
     }
 }
 

@@ -129,7 +129,10 @@ pub trait DiskImage: Send + Sync {
     /// Prepares `offset..offset + len` for writing and appends `Data` extents that the
     /// caller then writes the guest bytes into. Formats that allocate do it here.
     fn map_write<'a>(&'a self, _offset: u64, _len: u64, _out: &mut Vec<Extent<'a>>) -> Result<()> {
-        Err(Error::new(ErrorKind::ReadOnly, format!("{} image is open read-only", self.format())))
+        Err(Error::new(
+            ErrorKind::ReadOnly,
+            format!("{} image is open read-only", self.format()),
+        ))
     }
 
     /// Makes every completed write durable, data and metadata.
