@@ -3,6 +3,8 @@
 //! The crate is layered the way a request flows:
 //! - [`image`]: formats behind one trait, each first a *mapper* from guest ranges to host
 //!   extents; no kernel dependency, usable on its own (see `examples/`).
+//! - [`layout`]: partition tables, LVM volume groups and volume contents, each volume a
+//!   [`image::DiskImage`] view over the image it lives in.
 //! - [`ublk`]: the device plumbing on libublk; each queue carries out mapped extents on its
 //!   own io_uring.
 //! - [`cli`]: the `imgblk` command.
@@ -10,6 +12,7 @@
 pub mod cli;
 pub mod error;
 pub mod image;
+pub mod layout;
 pub mod ublk;
 
 pub use error::{Error, ErrorKind, Result};
