@@ -1,1 +1,3 @@
-fn main() { std::process::exit(imgblk::cli::main()) }
+fn main() {
+    std::process::exit(imgblk::cli::main())
+}

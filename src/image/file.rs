@@ -127,7 +127,10 @@ impl ImageFile {
     pub fn read_zero_padded(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let mut done = 0;
         while done < buf.len() {
-            match self.buffered.read_at(&mut buf[done..], offset + done as u64) {
+            match self
+                .buffered
+                .read_at(&mut buf[done..], offset + done as u64)
+            {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -145,11 +148,15 @@ impl ImageFile {
     /// Writes all of `buf` at `offset`.
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         if !self.writable {
-            return Err(Error::new(ErrorKind::ReadOnly, "file is open read-only").with_path(&self.path));
+            return Err(
+                Error::new(ErrorKind::ReadOnly, "file is open read-only").with_path(&self.path)
+            );
         }
-        self.buffered
-            .write_all_at(buf, offset)
-            .map_err(|e| Error::io("write failed", e).at(offset).with_path(&self.path))
+        self.buffered.write_all_at(buf, offset).map_err(|e| {
+            Error::io("write failed", e)
+                .at(offset)
+                .with_path(&self.path)
+        })
     }
 
     /// Makes written data durable (`fdatasync`).
@@ -216,7 +223,8 @@ impl AlignedBuf {
             .expect("buffer length overflows a Layout");
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr =
+            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         AlignedBuf { ptr, layout }
     }
 
@@ -273,6 +281,9 @@ mod tests {
     fn write_to_read_only_file_is_refused() {
         let tmp = tempfile::NamedTempFile::new().unwrap();
         let f = ImageFile::open(tmp.path(), false, false).unwrap();
-        assert_eq!(f.write_all_at(b"x", 0).unwrap_err().kind(), ErrorKind::ReadOnly);
+        assert_eq!(
+            f.write_all_at(b"x", 0).unwrap_err().kind(),
+            ErrorKind::ReadOnly
+        );
     }
 }

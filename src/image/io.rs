@@ -58,7 +58,11 @@ pub fn decode_buffers(cluster: &CompressedCluster<'_>) -> Result<(usize, usize)>
 }
 
 /// Copies the part of a decoded cluster the extent refers to into `out`.
-pub fn copy_from_cluster(cluster: &CompressedCluster<'_>, decoded: &[u8], out: &mut [u8]) -> Result<()> {
+pub fn copy_from_cluster(
+    cluster: &CompressedCluster<'_>,
+    decoded: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
     let start = cluster.skip as usize;
     let part = decoded
         .get(start..start + out.len())
@@ -88,7 +92,11 @@ pub fn write_at<I: DiskImage + ?Sized>(image: &I, buf: &[u8], offset: u64) -> Re
 }
 
 /// Zeroes a range by writing zero buffers: the fallback for formats without a cheaper way.
-pub fn write_zeroes_by_writing<I: DiskImage + ?Sized>(image: &I, offset: u64, len: u64) -> Result<()> {
+pub fn write_zeroes_by_writing<I: DiskImage + ?Sized>(
+    image: &I,
+    offset: u64,
+    len: u64,
+) -> Result<()> {
     const CHUNK: u64 = 1 << 20;
     let zeroes = vec![0u8; CHUNK.min(len) as usize];
     let mut done = 0;

@@ -5,12 +5,17 @@
 //! in-memory tables. Whoever carries out the I/O (the synchronous helpers in [`io`], or a
 //! ublk queue's io_uring) does so without holding any lock of the format.
 
+pub mod common;
 pub mod compress;
 pub mod file;
 pub mod io;
 pub mod open;
 pub mod qcow2;
 pub mod raw;
+pub mod vdi;
+pub mod vhd;
+pub mod vhdx;
+pub mod vmdk;
 
 pub use file::ImageFile;
 pub use open::{open_image, OpenOptions};
@@ -27,6 +32,14 @@ pub enum Format {
     Raw,
     /// QEMU copy-on-write v2/v3.
     Qcow2,
+    /// VMware virtual disk: a descriptor plus flat or sparse extents.
+    Vmdk,
+    /// Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc".
+    Vpc,
+    /// Microsoft VHDX (Hyper-V).
+    Vhdx,
+    /// VirtualBox disk image.
+    Vdi,
 }
 
 impl fmt::Display for Format {
@@ -34,6 +47,10 @@ impl fmt::Display for Format {
         f.write_str(match self {
             Format::Raw => "raw",
             Format::Qcow2 => "qcow2",
+            Format::Vmdk => "vmdk",
+            Format::Vpc => "vpc",
+            Format::Vhdx => "vhdx",
+            Format::Vdi => "vdi",
         })
     }
 }
@@ -45,6 +62,8 @@ pub enum Codec {
     Deflate,
     /// Zstandard.
     Zstd,
+    /// Deflate inside a zlib wrapper (RFC 1950): VMDK streamOptimized grains.
+    Zlib,
 }
 
 /// A compressed cluster that guest bytes live in.
@@ -129,7 +148,10 @@ pub trait DiskImage: Send + Sync {
     /// Prepares `offset..offset + len` for writing and appends `Data` extents that the
     /// caller then writes the guest bytes into. Formats that allocate do it here.
     fn map_write<'a>(&'a self, _offset: u64, _len: u64, _out: &mut Vec<Extent<'a>>) -> Result<()> {
-        Err(Error::new(ErrorKind::ReadOnly, format!("{} image is open read-only", self.format())))
+        Err(Error::new(
+            ErrorKind::ReadOnly,
+            format!("{} image is open read-only", self.format()),
+        ))
     }
 
     /// Makes every completed write durable, data and metadata.

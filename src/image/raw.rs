@@ -44,8 +44,11 @@ impl DiskImage for RawImage {
 
     fn map_write<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
         if !self.writable() {
-            return Err(Error::new(crate::error::ErrorKind::ReadOnly, "raw image is open read-only")
-                .with_path(self.file.path()));
+            return Err(Error::new(
+                crate::error::ErrorKind::ReadOnly,
+                "raw image is open read-only",
+            )
+            .with_path(self.file.path()));
         }
         self.map(offset, len, out)
     }
@@ -94,6 +97,9 @@ mod tests {
         let img = RawImage::new(ImageFile::open(tmp.path(), false, false).unwrap());
         let mut buf = [0u8; 2];
         assert!(io::read_at(&img, &mut buf, 511).is_err());
-        assert!(io::write_at(&img, &[1], 0).is_err(), "read-only image accepted a write");
+        assert!(
+            io::write_at(&img, &[1], 0).is_err(),
+            "read-only image accepted a write"
+        );
     }
 }
