@@ -86,7 +86,8 @@ pub fn locate_parent(child: &Path, wanted: &str, candidates: &[PathBuf]) -> Resu
     .with_path(child))
 }
 
-/// Opens a parent image one level below its child, read-only, detecting its format.
+/// Opens a parent image one level below its child, read-only, detecting its format; the
+/// child's other options (direct I/O, sharing) carry over.
 pub fn open_parent(
     path: &Path,
     options: &OpenOptions,
@@ -95,7 +96,7 @@ pub fn open_parent(
     let options = OpenOptions {
         format: None,
         writable: false,
-        direct: options.direct,
+        ..options.clone()
     };
     open_at_depth(path, &options, child_depth + 1)
 }
