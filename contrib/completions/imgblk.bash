@@ -98,11 +98,11 @@ _imgblk() {
             fi
             case "${prev}" in
                 --format)
-                    COMPREPLY=($(compgen -W "raw qcow2" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
                     return 0
                     ;;
                 -f)
-                    COMPREPLY=($(compgen -W "raw qcow2" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
                     return 0
                     ;;
                 --queues)
@@ -136,11 +136,11 @@ _imgblk() {
             fi
             case "${prev}" in
                 --format)
-                    COMPREPLY=($(compgen -W "raw qcow2" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
                     return 0
                     ;;
                 -f)
-                    COMPREPLY=($(compgen -W "raw qcow2" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
                     return 0
                     ;;
                 --output)
@@ -338,11 +338,11 @@ _imgblk() {
             fi
             case "${prev}" in
                 --format)
-                    COMPREPLY=($(compgen -W "raw qcow2" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
                     return 0
                     ;;
                 -f)
-                    COMPREPLY=($(compgen -W "raw qcow2" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -374,11 +374,11 @@ _imgblk() {
             fi
             case "${prev}" in
                 --format)
-                    COMPREPLY=($(compgen -W "raw qcow2" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
                     return 0
                     ;;
                 -f)
-                    COMPREPLY=($(compgen -W "raw qcow2" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
                     return 0
                     ;;
                 *)

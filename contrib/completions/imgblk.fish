@@ -38,7 +38,11 @@ complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "recover" -d 'Serve ag
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "info" -d 'Show an image\'s format, virtual size and backing chain'
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s f -l format -d 'Image format; detected from the file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
-qcow2\t'QEMU copy-on-write v2/v3'"
+qcow2\t'QEMU copy-on-write v2/v3'
+vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
+vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
+vhdx\t'Microsoft VHDX (Hyper-V)'
+vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l queues -d 'Number of queues, each served by its own thread and io_uring' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s d -l depth -d 'Requests in flight per queue' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l l2-cache-mib -d 'Most MiB of qcow2 L2 tables to cache per image of the chain. The default (128) holds every table of a 1 TiB image with 64 KiB clusters; tables load on first use' -r
@@ -65,14 +69,22 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand list" -s v -l verbose -d '
 complete -c imgblk -n "__fish_imgblk_using_subcommand list" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand list" -s h -l help -d 'Print help'
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -s f -l format -d 'Image format; detected from the file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
-qcow2\t'QEMU copy-on-write v2/v3'"
+qcow2\t'QEMU copy-on-write v2/v3'
+vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
+vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
+vhdx\t'Microsoft VHDX (Hyper-V)'
+vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -s U -l force-share -d 'Read the image even while another process (a running VM) writes it; what is read may then be inconsistent'
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l json -d 'Print JSON (the shape of `qemu-img map --output=json`)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s f -l format -d 'Image format; detected from the file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
-qcow2\t'QEMU copy-on-write v2/v3'"
+qcow2\t'QEMU copy-on-write v2/v3'
+vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
+vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
+vhdx\t'Microsoft VHDX (Hyper-V)'
+vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s U -l force-share -d 'Read the image even while another process (a running VM) writes it; what is read may then be inconsistent'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l sparse -d 'Leave holes for zero runs in the output file (needs a seekable output)'
@@ -85,7 +97,11 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand recover" -s v -l verbose -
 complete -c imgblk -n "__fish_imgblk_using_subcommand recover" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand recover" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s f -l format -d 'Image format; detected from the file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
-qcow2\t'QEMU copy-on-write v2/v3'"
+qcow2\t'QEMU copy-on-write v2/v3'
+vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
+vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
+vhdx\t'Microsoft VHDX (Hyper-V)'
+vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s U -l force-share -d 'Read the image even while another process (a running VM) writes it; what is read may then be inconsistent'
 complete -c imgblk -n "__fish_imgblk_using_subcommand info" -l json -d 'Print JSON instead of text'
 complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'

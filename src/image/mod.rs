@@ -5,6 +5,7 @@
 //! in-memory tables. Whoever carries out the I/O (the synchronous helpers in [`io`], or a
 //! ublk queue's io_uring) does so without holding any lock of the format.
 
+pub mod common;
 pub mod compress;
 pub mod file;
 pub mod io;
@@ -13,6 +14,10 @@ pub mod open;
 pub mod qcow2;
 pub mod raw;
 pub mod status;
+pub mod vdi;
+pub mod vhd;
+pub mod vhdx;
+pub mod vmdk;
 
 pub use file::ImageFile;
 pub use open::{open_image, OpenOptions};
@@ -29,6 +34,14 @@ pub enum Format {
     Raw,
     /// QEMU copy-on-write v2/v3.
     Qcow2,
+    /// VMware virtual disk: a descriptor plus flat or sparse extents.
+    Vmdk,
+    /// Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc".
+    Vpc,
+    /// Microsoft VHDX (Hyper-V).
+    Vhdx,
+    /// VirtualBox disk image.
+    Vdi,
 }
 
 impl fmt::Display for Format {
@@ -36,6 +49,10 @@ impl fmt::Display for Format {
         f.write_str(match self {
             Format::Raw => "raw",
             Format::Qcow2 => "qcow2",
+            Format::Vmdk => "vmdk",
+            Format::Vpc => "vpc",
+            Format::Vhdx => "vhdx",
+            Format::Vdi => "vdi",
         })
     }
 }
@@ -47,6 +64,8 @@ pub enum Codec {
     Deflate,
     /// Zstandard.
     Zstd,
+    /// Deflate inside a zlib wrapper (RFC 1950): VMDK streamOptimized grains.
+    Zlib,
 }
 
 /// A compressed cluster that guest bytes live in.

@@ -2,6 +2,10 @@
 //! magic (unless told), opens backing files, and bounds the chain's depth.
 
 use super::lock::LockMode;
+use super::vdi::VdiImage;
+use super::vhd::VhdImage;
+use super::vhdx::VhdxImage;
+use super::vmdk::VmdkImage;
 use super::{qcow2, raw::RawImage, DiskImage, Format, ImageFile};
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -63,18 +67,38 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
     Ok(match format {
         Format::Raw => Box::new(RawImage::new(file)),
         Format::Qcow2 => Box::new(qcow2::Qcow2Image::open(file, options, depth)?),
+        Format::Vmdk => Box::new(VmdkImage::open(file, options, depth)?),
+        Format::Vpc => Box::new(VhdImage::open(file, options, depth)?),
+        Format::Vhdx => Box::new(VhdxImage::open(file, options, depth)?),
+        Format::Vdi => Box::new(VdiImage::open(file, options, depth)?),
     })
 }
 
-/// Guesses the format from the first bytes of `file`; anything unrecognised is raw.
+/// Guesses the format from the first bytes of `file` (and, for fixed VHDs, which have no
+/// magic at the start, from the footer in its last 512 bytes); anything unrecognised is raw.
 pub fn detect(file: &ImageFile) -> Result<Format> {
-    let mut magic = [0u8; 4];
-    if file.len() < magic.len() as u64 {
-        return Ok(Format::Raw);
-    }
-    file.read_exact_at(&mut magic, 0)?;
-    Ok(match &magic {
-        b"QFI\xfb" => Format::Qcow2,
-        _ => Format::Raw,
-    })
+    let mut head = [0u8; 512];
+    let head_len = file.len().min(head.len() as u64) as usize;
+    file.read_exact_at(&mut head[..head_len], 0)?;
+    let head = &head[..head_len];
+    let format = if head.starts_with(b"QFI\xfb") {
+        Format::Qcow2
+    } else if head.starts_with(super::vmdk::header::HOSTED_MAGIC)
+        || head.starts_with(super::vmdk::header::COWD_MAGIC)
+        || super::vmdk::descriptor::looks_like_descriptor(head)
+    {
+        Format::Vmdk
+    } else if head.starts_with(super::vhdx::header::FILE_SIGNATURE) {
+        Format::Vhdx
+    } else if head.starts_with(super::vhd::footer::COOKIE) || super::vhd::footer::is_fixed_vhd(file)
+    {
+        Format::Vpc
+    } else if super::common::bytes::le32(head, super::vdi::header::SIGNATURE_OFFSET)
+        == super::vdi::header::SIGNATURE
+    {
+        Format::Vdi
+    } else {
+        Format::Raw
+    };
+    Ok(format)
 }

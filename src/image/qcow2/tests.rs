@@ -171,8 +171,8 @@ fn backing_name_and_extensions_are_bounds_checked() {
     let mut f = valid_image();
     put32(&mut f, 104, 0xe279_2aca);
     put32(&mut f, 108, 4);
-    f[112..116].copy_from_slice(b"vhdx");
-    assert_open_fails(&f, ErrorKind::Unsupported, "'vhdx'");
+    f[112..116].copy_from_slice(b"qedx");
+    assert_open_fails(&f, ErrorKind::Unsupported, "'qedx'");
 }
 
 /// Adds a feature name table naming incompatible bit 5 "frobnicate".

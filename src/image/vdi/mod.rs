@@ -1,0 +1,95 @@
+//! VDI (VirtualBox disk image), read-only: version 1.1, normal (dynamic) and fixed
+//! (static) images. Unallocated and discarded blocks read as zero.
+
+pub mod header;
+
+#[cfg(test)]
+mod tests;
+
+use self::header::Header;
+use crate::error::Result;
+use crate::image::common::chain;
+use crate::image::common::walk::{Block, Walker};
+use crate::image::{ChainEntry, DiskImage, Extent, Format, ImageFile, OpenOptions};
+
+/// A VDI image.
+#[derive(Debug)]
+pub struct VdiImage {
+    file: ImageFile,
+    header: Header,
+    block_map: Box<[u32]>,
+    depth: u32,
+}
+
+impl VdiImage {
+    /// Opens the VDI `file` at `depth` in its chain (read-only).
+    pub fn open(file: ImageFile, options: &OpenOptions, depth: u32) -> Result<Self> {
+        chain::refuse_writable(Format::Vdi, file.path(), options)?;
+        let header = header::read(&file)?;
+        let block_map = header::read_block_map(&file, &header)?;
+        Ok(VdiImage {
+            file,
+            header,
+            block_map,
+            depth,
+        })
+    }
+
+    /// Normal (dynamic) or fixed.
+    pub fn image_type(&self) -> header::ImageType {
+        self.header.image_type
+    }
+
+    fn lookup(&self, block: u64) -> Block<'_> {
+        let entry = usize::try_from(block)
+            .ok()
+            .and_then(|i| self.block_map.get(i))
+            .copied()
+            .unwrap_or(header::UNALLOCATED);
+        match entry {
+            header::UNALLOCATED => Block::Absent,
+            header::DISCARDED => Block::Zero,
+            index => {
+                let h = &self.header;
+                Block::Data {
+                    file: &self.file,
+                    offset: h.offset_data
+                        + u64::from(index) * (h.block_size + h.block_extra)
+                        + h.block_extra,
+                }
+            }
+        }
+    }
+}
+
+impl DiskImage for VdiImage {
+    fn format(&self) -> Format {
+        Format::Vdi
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.header.disk_size
+    }
+
+    fn map<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
+        let walker = Walker {
+            depth: self.depth,
+            parent: None,
+            block_size: self.header.block_size,
+            sector_size: 512,
+        };
+        let size = self.header.disk_size;
+        walker.map_image(
+            self.file.path(),
+            size,
+            offset,
+            len,
+            |b| Ok(self.lookup(b)),
+            out,
+        )
+    }
+
+    fn chain(&self) -> Vec<ChainEntry> {
+        vec![chain::entry(&self.file, Format::Vdi, self.header.disk_size)]
+    }
+}

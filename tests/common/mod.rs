@@ -1,0 +1,131 @@
+//! Helpers for the image-format integration tests: qemu tools, test data, comparison.
+#![allow(dead_code)]
+
+use imgblk::image::{io, open_image, DiskImage, OpenOptions};
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore, SeedableRng};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+/// Size of the raw test disk.
+pub const RAW_SIZE: usize = 24 << 20;
+
+/// Runs a qemu tool (`qemu-img`, `qemu-io`) in `dir`; a missing tool fails the test.
+pub fn qemu(tool: &str, dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(tool)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{tool} is required for this test (apt-get install qemu-utils): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `qemu-img` in `dir`.
+pub fn qemu_img(dir: &Path, args: &[&str]) -> String {
+    qemu("qemu-img", dir, args)
+}
+
+/// The virtual size `qemu-img info` reports for `path` read as `format`.
+pub fn qemu_virtual_size(path: &Path, format: &str) -> u64 {
+    let dir = path.parent().unwrap();
+    let json = qemu_img(
+        dir,
+        &[
+            "info",
+            "--output=json",
+            "-f",
+            format,
+            path.to_str().unwrap(),
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["virtual-size"].as_u64().unwrap()
+}
+
+/// Writes a sparse raw disk of [`RAW_SIZE`] bytes: random data in some ranges (some not
+/// sector aligned), zeroes and holes elsewhere. Returns its contents.
+pub fn make_raw(path: &Path, seed: u64) -> Vec<u8> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut data = vec![0u8; RAW_SIZE];
+    let ranges: [(usize, usize); 6] = [
+        (0, 1 << 20),
+        (3 << 20, (3 << 20) + 4096 + 100),
+        ((5 << 20) + 65536 * 3 + 7, (6 << 20) + 12345),
+        (10 << 20, 12 << 20),
+        ((17 << 20) + 512, (17 << 20) + 1024),
+        (RAW_SIZE - 70000, RAW_SIZE),
+    ];
+    let file = std::fs::File::create(path).unwrap();
+    file.set_len(RAW_SIZE as u64).unwrap();
+    for (start, end) in ranges {
+        rng.fill_bytes(&mut data[start..end]);
+        file.write_all_at(&data[start..end], start as u64).unwrap();
+    }
+    data
+}
+
+/// Opens `path` with format detection.
+pub fn open(path: &Path) -> Box<dyn DiskImage> {
+    open_image(path, &OpenOptions::default())
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+}
+
+/// Compares `image` with `expected` (zero-padded to the image's size): one sequential
+/// pass in 1 MiB reads, then 300 random reads from `seed`.
+pub fn compare(image: &dyn DiskImage, expected: &[u8], what: &str, seed: u64) {
+    let size = image.virtual_size() as usize;
+    assert!(
+        size >= expected.len(),
+        "{what}: virtual size {size} < {}",
+        expected.len()
+    );
+    let mut want = expected.to_vec();
+    want.resize(size, 0);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < size {
+        let n = buf.len().min(size - pos);
+        io::read_at(image, &mut buf[..n], pos as u64)
+            .unwrap_or_else(|e| panic!("{what}: read at {pos}: {e}"));
+        if buf[..n] != want[pos..pos + n] {
+            let first = (0..n).find(|&i| buf[i] != want[pos + i]).unwrap_or(0);
+            panic!("{what}: sequential read differs at byte {}", pos + first);
+        }
+        pos += n;
+    }
+    random_reads(image, &want, what, seed, 300);
+}
+
+/// `rounds` reads at random offsets and lengths from `seed`, each compared with `want`.
+pub fn random_reads(image: &dyn DiskImage, want: &[u8], what: &str, seed: u64, rounds: usize) {
+    let size = want.len();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    for round in 0..rounds {
+        let len = rng.gen_range(1..=300_000usize).min(size);
+        let off = rng.gen_range(0..=size - len);
+        let mut got = vec![0u8; len];
+        io::read_at(image, &mut got, off as u64)
+            .unwrap_or_else(|e| panic!("{what}: seed {seed} round {round}: read {off}+{len}: {e}"));
+        assert!(
+            got == want[off..off + len],
+            "{what}: seed {seed} round {round}: read {off}+{len} differs from the reference"
+        );
+    }
+}
+
+/// The error opening `path` must give.
+pub fn open_err(path: &Path) -> imgblk::Error {
+    match open_image(path, &OpenOptions::default()) {
+        Ok(_) => panic!("{} opened, an error was expected", path.display()),
+        Err(e) => e,
+    }
+}
