@@ -34,6 +34,9 @@ _imgblk() {
             imgblk,info)
                 cmd="imgblk__subcmd__info"
                 ;;
+            imgblk,inspect)
+                cmd="imgblk__subcmd__inspect"
+                ;;
             imgblk,list)
                 cmd="imgblk__subcmd__list"
                 ;;
@@ -61,6 +64,9 @@ _imgblk() {
             imgblk__subcmd__help,info)
                 cmd="imgblk__subcmd__help__subcmd__info"
                 ;;
+            imgblk__subcmd__help,inspect)
+                cmd="imgblk__subcmd__help__subcmd__inspect"
+                ;;
             imgblk__subcmd__help,list)
                 cmd="imgblk__subcmd__help__subcmd__list"
                 ;;
@@ -77,7 +83,7 @@ _imgblk() {
 
     case "${cmd}" in
         imgblk)
-            opts="-v -q -h -V --verbose --quiet --help --version attach detach doctor list map cat recover info help"
+            opts="-v -q -h -V --verbose --quiet --help --version attach detach doctor list map cat recover info inspect help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -91,12 +97,20 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__attach)
-            opts="-f -d -U -v -q -h --format --queues --depth --rw --foreground --json --force-share --l2-cache-mib --no-direct --verbose --quiet --help"
+            opts="-f -d -U -v -q -h --part --lv --format --queues --depth --rw --foreground --json --force-share --l2-cache-mib --no-direct --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --part)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lv)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
                     return 0
@@ -129,7 +143,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__cat)
-            opts="-f -U -o -v -q -h --format --force-share --output --sparse --progress --verbose --quiet --help"
+            opts="-f -U -o -v -q -h --format --force-share --part --lv --output --sparse --progress --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -141,6 +155,14 @@ _imgblk() {
                     ;;
                 -f)
                     COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                --part)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lv)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --output)
@@ -191,7 +213,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__help)
-            opts="attach detach doctor list map cat recover info help"
+            opts="attach detach doctor list map cat recover info inspect help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -288,6 +310,20 @@ _imgblk() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        imgblk__subcmd__help__subcmd__inspect)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         imgblk__subcmd__help__subcmd__list)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -352,6 +388,28 @@ _imgblk() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        imgblk__subcmd__inspect)
+            opts="-f -U -v -q -h --format --force-share --json --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         imgblk__subcmd__list)
             opts="-v -q -h --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -367,7 +425,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__map)
-            opts="-f -U -v -q -h --format --force-share --json --verbose --quiet --help"
+            opts="-f -U -v -q -h --format --force-share --part --lv --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -379,6 +437,14 @@ _imgblk() {
                     ;;
                 -f)
                     COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                --part)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lv)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

@@ -1,8 +1,9 @@
 //! `imgblk attach`: open an image, create `/dev/ublkbN` for it, serve it in the background.
 
+use super::piece::{open_source, PieceArgs, Source};
 use super::{print_json, EXIT_OK};
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::{open_image, DiskImage, Format, OpenOptions};
+use crate::image::{DiskImage, Format, OpenOptions};
 use crate::ublk::daemon::{self, Notifier, Role};
 use crate::ublk::device::{self, DeviceConfig};
 use crate::ublk::registry::{self, DeviceRecord};
@@ -17,10 +18,15 @@ use std::sync::Arc;
 /// The device is read-only unless --rw is given.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  imgblk attach disk.qcow2\n  \
-imgblk attach --rw --queues 2 disk.raw\n  imgblk attach --json --foreground disk.qcow2")]
+imgblk attach --rw --queues 2 disk.raw\n  imgblk attach --part 2 disk.vmdk\n  \
+imgblk attach --lv vg0/root disk1.qcow2 disk2.qcow2\n  imgblk attach --json --foreground disk.qcow2")]
 pub struct AttachArgs {
-    /// The image file (or block device) to serve.
-    image: PathBuf,
+    /// The image file (or block device) to serve; for --lv of a VG spanning several
+    /// disks, all of them.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[command(flatten)]
+    piece: PieceArgs,
     /// Image format; detected from the file's magic when omitted.
     #[arg(short, long, value_enum)]
     format: Option<Format>,
@@ -54,14 +60,19 @@ pub struct AttachArgs {
 
 /// Runs `imgblk attach`.
 pub fn run(args: AttachArgs) -> Result<i32> {
-    let image_path = std::fs::canonicalize(&args.image)
-        .map_err(|e| Error::io("cannot open image", e).with_path(&args.image))?;
+    let paths = canonical_paths(&args.images)?;
     device::check_available()?;
-    let orphan = registry::all()
-        .into_iter()
-        .find(|r| r.image == image_path && r.writable == args.rw && device::is_recoverable(r));
+    let piece = args.piece.node_name();
+    let orphan = registry::all().into_iter().find(|r| {
+        r.image == paths[0]
+            && r.piece == piece
+            && r.writable == args.rw
+            && device::is_recoverable(r)
+    });
     if orphan.is_none() {
-        refuse_conflicting_writer(&image_path, args.rw)?;
+        for path in &paths {
+            refuse_conflicting_writer(path, args.rw)?;
+        }
     }
     if args.force_share {
         tracing::warn!("--force-share: no image locks; a writer may change data under the device");
@@ -73,7 +84,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         force_share: args.force_share,
         l2_cache_bytes: args.l2_cache_mib.map(|mib| mib << 20),
     };
-    let image = open_served_image(&image_path, &options)?;
+    let source = open_served(&paths, &options, piece.as_deref())?;
     let mut config = DeviceConfig {
         queues: args.queues,
         depth: args.depth,
@@ -89,24 +100,41 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         queues: config.queues,
         depth: config.depth,
         writable: args.rw,
+        more_images: paths[1..].to_vec(),
+        piece: source.piece,
         ..DeviceRecord::new(
             0,
             PathBuf::new(),
-            &image_path,
-            image.format(),
-            image.virtual_size(),
+            &paths[0],
+            source.format,
+            source.image.virtual_size(),
         )
     };
-    launch(image, config, template, args.foreground, args.json)
+    launch(source.image, config, template, args.foreground, args.json)
 }
 
-/// Opens the image a device will serve and checks it can be one.
-pub(super) fn open_served_image(path: &Path, options: &OpenOptions) -> Result<Arc<dyn DiskImage>> {
-    let image: Arc<dyn DiskImage> = Arc::from(open_image(path, options)?);
-    if image.virtual_size() < 512 {
+/// Absolute paths of the images, so that records mean the same from any directory.
+fn canonical_paths(images: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    images
+        .iter()
+        .map(|p| {
+            std::fs::canonicalize(p).map_err(|e| Error::io("cannot open image", e).with_path(p))
+        })
+        .collect()
+}
+
+/// Opens what a device will serve (an image, or a piece of images) and checks it can be one.
+pub(super) fn open_served(
+    paths: &[PathBuf],
+    options: &OpenOptions,
+    piece: Option<&str>,
+) -> Result<Source> {
+    let source = open_source(paths, options, piece)?;
+    if source.image.virtual_size() < 512 {
+        let path = paths.first().map(PathBuf::as_path).unwrap_or(Path::new(""));
         return Err(Error::invalid("image is smaller than one 512-byte sector").with_path(path));
     }
-    Ok(image)
+    Ok(source)
 }
 
 /// Serves `image`: in this process with `foreground`, else from a forked daemon once it

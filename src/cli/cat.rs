@@ -1,6 +1,6 @@
 //! `imgblk cat`: stream an image's guest contents, without ublk (works in containers).
 
-use super::{open_for_reading, ImageArgs, EXIT_OK};
+use super::{open_source_for_reading, SourceArgs, EXIT_OK};
 use crate::error::{Error, Result};
 use crate::image::{io::read_at, status::walk_status, DiskImage};
 use std::fs::File;
@@ -18,7 +18,7 @@ imgblk cat --sparse -o disk.raw disk.vmdk"
 )]
 pub struct CatArgs {
     #[command(flatten)]
-    image: ImageArgs,
+    source: SourceArgs,
     /// Write to this file instead of stdout (created or truncated).
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -34,7 +34,7 @@ const CHUNK: u64 = 4 << 20;
 
 /// Runs `imgblk cat`.
 pub fn run(args: CatArgs) -> Result<i32> {
-    let image = open_for_reading(&args.image)?;
+    let image = open_source_for_reading(&args.source)?;
     let size = image.virtual_size();
     let bar = progress_bar(size, args.progress);
     match &args.output {

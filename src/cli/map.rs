@@ -1,6 +1,6 @@
 //! `imgblk map`: which guest ranges hold data, read as zero, or come from a backing file.
 
-use super::{open_for_reading, print_json, ImageArgs, EXIT_OK};
+use super::{open_source_for_reading, print_json, SourceArgs, EXIT_OK};
 use crate::error::Result;
 use crate::image::status::walk_status;
 
@@ -15,7 +15,7 @@ use crate::image::status::walk_status;
 )]
 pub struct MapArgs {
     #[command(flatten)]
-    image: ImageArgs,
+    source: SourceArgs,
     /// Print JSON (the shape of `qemu-img map --output=json`).
     #[arg(long)]
     json: bool,
@@ -23,7 +23,7 @@ pub struct MapArgs {
 
 /// Runs `imgblk map`.
 pub fn run(args: MapArgs) -> Result<i32> {
-    let image = open_for_reading(&args.image)?;
+    let image = open_source_for_reading(&args.source)?;
     let mut entries = Vec::new();
     walk_status(&*image, 1 << 30, |entry| {
         entries.push(entry);

@@ -6,8 +6,10 @@ mod cat;
 mod detach;
 mod doctor;
 mod info;
+mod inspect;
 mod list;
 mod map;
+mod piece;
 mod recover;
 
 use crate::error::{Error, ErrorKind};
@@ -70,6 +72,7 @@ enum Command {
     Cat(cat::CatArgs),
     Recover(recover::RecoverArgs),
     Info(info::InfoArgs),
+    Inspect(inspect::InspectArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -87,6 +90,7 @@ pub fn main() -> i32 {
         Command::Cat(args) => cat::run(args),
         Command::Recover(args) => recover::run(args),
         Command::Info(args) => info::run(args),
+        Command::Inspect(args) => inspect::run(args),
     };
     match result {
         Ok(code) => code,
@@ -150,6 +154,36 @@ fn open_for_reading(args: &ImageArgs) -> crate::Result<Box<dyn crate::image::Dis
         ..crate::image::OpenOptions::default()
     };
     crate::image::open_image(&args.image, &options)
+}
+
+/// The arguments of commands that read guest contents: images plus an optional piece.
+#[derive(Debug, clap::Args)]
+struct SourceArgs {
+    /// The image (or block device); give every disk of the guest for a VG spanning them.
+    #[arg(required = true)]
+    images: Vec<std::path::PathBuf>,
+    /// Image format of all the images; detected from each file's magic when omitted.
+    #[arg(short, long, value_enum)]
+    format: Option<crate::image::Format>,
+    /// Read the images even while another process (a running VM) writes them; what is
+    /// read may then be inconsistent.
+    #[arg(short = 'U', long)]
+    force_share: bool,
+    #[command(flatten)]
+    piece: piece::PieceArgs,
+}
+
+/// Opens what `SourceArgs` name, read-only.
+fn open_source_for_reading(
+    args: &SourceArgs,
+) -> crate::Result<std::sync::Arc<dyn crate::image::DiskImage>> {
+    let options = crate::image::OpenOptions {
+        format: args.format,
+        force_share: args.force_share,
+        ..crate::image::OpenOptions::default()
+    };
+    let name = args.piece.node_name();
+    Ok(piece::open_source(&args.images, &options, name.as_deref())?.image)
 }
 
 /// Prints `value` as pretty JSON on stdout.

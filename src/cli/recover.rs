@@ -1,6 +1,6 @@
 //! `imgblk recover`: take over a device whose daemon died, without failing its I/O.
 
-use super::attach::{launch, open_served_image};
+use super::attach::{launch, open_served};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{Format, OpenOptions};
 use crate::ublk::device::{self, DeviceConfig};
@@ -61,7 +61,9 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
             direct: true,
             ..OpenOptions::default()
         };
-        let image = open_served_image(&record.image, &options)?;
+        let mut paths = vec![record.image.clone()];
+        paths.extend(record.more_images.iter().cloned());
+        let image = open_served(&paths, &options, record.piece.as_deref())?.image;
         let config = DeviceConfig {
             queues: record.queues,
             depth: record.depth,

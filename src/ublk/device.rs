@@ -120,6 +120,10 @@ where
         .dev_flags(dev_flags)
         .build()
         .map_err(|e| ublk_error(what, e))?;
+    if config.recover.is_some() {
+        ctrl.start_user_recover()
+            .map_err(|e| ublk_error("cannot start recovering the ublk device", e))?;
+    }
 
     let live_queues = Arc::new(AtomicUsize::new(config.queues as usize));
     let queue_image = image.clone();

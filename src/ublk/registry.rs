@@ -15,6 +15,12 @@ pub struct DeviceRecord {
     pub device: PathBuf,
     /// The image file, as an absolute path.
     pub image: PathBuf,
+    /// More images the device draws on (the other PVs of a VG spanning disks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_images: Vec<PathBuf>,
+    /// The piece served, when not the whole image: `disk0p2`, `vg0/root`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub piece: Option<String>,
     /// Format of the image.
     pub format: String,
     /// Guest-visible size in bytes.
@@ -39,6 +45,8 @@ impl DeviceRecord {
             id,
             device,
             image: image.to_path_buf(),
+            more_images: Vec::new(),
+            piece: None,
             format: format.to_string(),
             size,
             queues: 1,
