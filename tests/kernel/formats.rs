@@ -2,7 +2,7 @@
 //! compressed, with a backing chain, over a raw backing file).
 
 use crate::harness::*;
-use std::io::Write;
+use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -123,59 +123,109 @@ fn qcow2_compressed_matches_qemu_img() {
 #[test]
 #[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
 fn qcow2_backing_chain_matches_qemu_img() {
-    // base.qcow2 <- mid.qcow2 <- top.qcow2, each layer changing some clusters; backing
-    // files named relative to the overlay, as qemu-img create -b does by default.
+    // base.qcow2 <- mid.qcow2 <- top.qcow2, backing files named relative to the overlay
+    // (qemu-img create -b's usual form). Each overlay gets writes through qemu-io:
+    // whole clusters, a partial cluster (copied up from below), zeroes and a compressed
+    // cluster. `expected` gets the same writes, as a check on the fixture itself.
     let s = Scratch::new("chain");
-    let (base_raw, mid_raw, top_raw) = (s.path("base.raw"), s.path("mid.raw"), s.path("top.raw"));
-    write_mixed(&base_raw, SIZE, 4);
-    // mid: base with every 3rd MiB replaced; top: mid with the 2nd half of each 5th
-    // MiB replaced and some ranges zeroed.
-    std::fs::copy(&base_raw, &mid_raw).unwrap();
-    overwrite_every(&mid_raw, 3 * MIB, 0, MIB, 5);
-    std::fs::copy(&mid_raw, &top_raw).unwrap();
-    overwrite_every(&top_raw, 5 * MIB, MIB / 2, MIB / 2, 6);
-    zero_range(&top_raw, 7 * MIB, 256 * KIB);
-
+    let expected = s.path("expected.raw");
+    write_mixed(&expected, SIZE, 4);
     cmd("qemu-img")
         .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&base_raw)
+        .arg(&expected)
         .arg(s.path("base.qcow2"))
         .ok();
-    // -B writes only what differs from the backing file
-    for (raw, image, backing) in [
-        (&mid_raw, "mid.qcow2", "base.qcow2"),
-        (&top_raw, "top.qcow2", "mid.qcow2"),
-    ] {
-        cmd("qemu-img")
-            .current_dir(s.path(""))
-            .args([
-                "convert", "-f", "raw", "-O", "qcow2", "-F", "qcow2", "-B", backing,
-            ])
-            .arg(raw)
-            .arg(image)
-            .ok();
+
+    let random = s.path("random.bin");
+    write_random(&random, MIB, 5);
+    let text = s.path("text.bin");
+    std::fs::write(&text, "compressible text ".repeat(4096)).unwrap();
+
+    // mid: every 3rd MiB replaced
+    let mid_writes: Vec<Write> = (0..SIZE / MIB)
+        .step_by(3)
+        .map(|m| Write::Data(&random, m * MIB, MIB))
+        .collect();
+    make_overlay(&s, "mid.qcow2", "base.qcow2", &mid_writes);
+    // top: the 2nd half of every 5th MiB, 4 KiB inside a cluster, zeroes, a compressed
+    // cluster
+    let mut top_writes: Vec<Write> = (0..SIZE / MIB)
+        .step_by(5)
+        .map(|m| Write::Data(&random, m * MIB + MIB / 2, MIB / 2))
+        .collect();
+    top_writes.push(Write::Data(&random, 9 * MIB + 4096, 4096));
+    top_writes.push(Write::Zero(7 * MIB, 256 * KIB));
+    top_writes.push(Write::Compressed(&text, 10 * MIB, 64 * KIB));
+    make_overlay(&s, "top.qcow2", "mid.qcow2", &top_writes);
+    for write in mid_writes.iter().chain(&top_writes) {
+        write.apply(&expected);
     }
+
     let top = s.path("top.qcow2");
     let info = cmd("qemu-img")
-        .arg("info")
-        .arg("--backing-chain")
+        .args(["info", "--backing-chain"])
         .arg(&top)
         .ok();
     assert!(
-        info.stdout.contains("base.qcow2"),
+        info.stdout.contains("base.qcow2") && info.stdout.contains("mid.qcow2"),
         "not a chain: {}",
         info.stdout
     );
-    assert!(
-        file_size(&top) < file_size(&top_raw) / 2,
-        "top.qcow2 should hold only its own clusters"
-    );
+    let reference = reference_raw(&top, &s.path("top.reference.raw"));
+    assert_same_bytes(&reference, 0, &expected, 0, SIZE); // the fixture is what we think
 
     assert_matches_qemu(&s, &top, &[]);
-    // and the device indeed shows top's data, not one of the lower layers
-    let dev = Device::attach(&top, &[]);
-    assert_device_equals(&dev.path, &top_raw);
-    dev.detach();
+}
+
+/// One write into an overlay (with qemu-io) and into the expected raw image.
+enum Write<'a> {
+    /// `len` bytes from the start of a file, at an offset.
+    Data(&'a Path, u64, u64),
+    /// Zeroes.
+    Zero(u64, u64),
+    /// Like Data, stored as a compressed cluster.
+    Compressed(&'a Path, u64, u64),
+}
+
+impl Write<'_> {
+    fn qemu_io_command(&self) -> String {
+        match *self {
+            Write::Data(src, offset, len) => {
+                format!("write -q -s {} {offset} {len}", src.display())
+            }
+            Write::Zero(offset, len) => format!("write -q -z {offset} {len}"),
+            Write::Compressed(src, offset, len) => {
+                format!("write -q -c -s {} {offset} {len}", src.display())
+            }
+        }
+    }
+
+    fn apply(&self, raw: &Path) {
+        let file = std::fs::OpenOptions::new().write(true).open(raw).unwrap();
+        let (bytes, offset) = match *self {
+            Write::Data(src, offset, len) | Write::Compressed(src, offset, len) => {
+                (std::fs::read(src).unwrap()[..len as usize].to_vec(), offset)
+            }
+            Write::Zero(offset, len) => (vec![0u8; len as usize], offset),
+        };
+        std::os::unix::fs::FileExt::write_all_at(&file, &bytes, offset).unwrap();
+    }
+}
+
+/// Creates overlay `name` over `backing` (both in the scratch folder, the backing named
+/// relatively) and applies `writes` to it.
+fn make_overlay(s: &Scratch, name: &str, backing: &str, writes: &[Write]) {
+    cmd("qemu-img")
+        .current_dir(s.path(""))
+        .args([
+            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, name,
+        ])
+        .ok();
+    let mut io = cmd("qemu-io").args(["-f", "qcow2"]);
+    for write in writes {
+        io = io.arg("-c").arg(write.qemu_io_command());
+    }
+    io.arg(s.path(name)).ok();
 }
 
 #[test]
@@ -202,28 +252,4 @@ fn qcow2_over_raw_backing_file() {
         .arg(&overlay)
         .ok();
     assert_matches_qemu(&s, &overlay, &[]);
-}
-
-/// Overwrites `len` bytes at `phase` within every `period` of `path` with random data.
-fn overwrite_every(path: &Path, period: u64, phase: u64, len: u64, seed: u64) {
-    let size = file_size(path);
-    let chunk = s_random(len, seed);
-    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    let mut at = phase;
-    while at + len <= size {
-        std::os::unix::fs::FileExt::write_all_at(&file, &chunk, at).unwrap();
-        at += period;
-    }
-}
-
-fn zero_range(path: &Path, offset: u64, len: u64) {
-    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&file, &vec![0u8; len as usize], offset).unwrap();
-}
-
-fn s_random(len: u64, seed: u64) -> Vec<u8> {
-    use rand::{RngCore, SeedableRng};
-    let mut bytes = vec![0u8; len as usize];
-    rand::rngs::SmallRng::seed_from_u64(seed).fill_bytes(&mut bytes);
-    bytes
 }
