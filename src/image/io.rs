@@ -1,7 +1,7 @@
 //! Synchronous reads and writes through an image's extent map, with `pread`/`pwrite`.
 //! The library path (`cat`, tests, agents without ublk); ublk queues use io_uring instead.
 
-use super::{check_range, compress, CompressedCluster, DiskImage, Extent, Source};
+use super::{check_range, compress, CompressedCluster, DiskImage, Extent, Source, WritePlan};
 use crate::error::{Error, Result};
 
 /// Reads `buf.len()` guest bytes at `offset`.
@@ -25,6 +25,7 @@ pub fn fill_from_extents(extents: &[Extent<'_>], buf: &mut [u8]) -> Result<()> {
             Source::Data { file, offset } => file.read_zero_padded(out, offset)?,
             Source::Zero | Source::Unallocated => out.fill(0),
             Source::Compressed(cluster) => read_compressed(&cluster, out)?,
+            Source::Transformed { layer, offset } => layer.read_transformed(offset, out)?,
         }
         pos += len;
     }
@@ -75,7 +76,9 @@ pub fn copy_from_cluster(
 pub fn write_at<I: DiskImage + ?Sized>(image: &I, buf: &[u8], offset: u64) -> Result<()> {
     check_range(offset, buf.len() as u64, image.virtual_size())?;
     let mut extents = Vec::new();
-    image.map_write(offset, buf.len() as u64, &mut extents)?;
+    if image.map_write(offset, buf.len() as u64, &mut extents)? == WritePlan::Synchronous {
+        return image.write_sync(offset, buf);
+    }
     let mut pos = 0usize;
     for extent in &extents {
         let len = extent.len as usize;

@@ -101,6 +101,46 @@ pub enum Source<'a> {
     Unallocated,
     /// Inside a compressed cluster.
     Compressed(CompressedCluster<'a>),
+    /// Bytes that need CPU work after reading (decryption, say): read them synchronously
+    /// with `layer.read_transformed(offset, ..)`.
+    Transformed {
+        /// The layer that produces the bytes.
+        layer: &'a dyn TransformRead,
+        /// Offset in the layer's own address space.
+        offset: u64,
+    },
+}
+
+/// A layer whose bytes cannot be expressed as host extents (they need decrypting, for
+/// one); the executors call it synchronously.
+pub trait TransformRead: Send + Sync {
+    /// Fills `buf` with the layer's bytes at `offset`.
+    fn read_transformed(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+}
+
+impl fmt::Debug for dyn TransformRead + '_ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<transform layer>")
+    }
+}
+
+impl PartialEq for dyn TransformRead + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::addr_eq(self, other)
+    }
+}
+
+impl Eq for dyn TransformRead + '_ {}
+
+/// How a write must be carried out, as [`DiskImage::map_write`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePlan {
+    /// Write the guest bytes into the `Data` extents `map_write` appended, in order; no
+    /// metadata changes are needed (an overwrite in place).
+    Mapped,
+    /// The write changes metadata (allocates, copies on write, encrypts): hand the whole
+    /// request to [`DiskImage::write_sync`], which orders data and metadata itself.
+    Synchronous,
 }
 
 /// A run of guest bytes that all come from one place.
@@ -154,13 +194,28 @@ pub trait DiskImage: Send + Sync {
         false
     }
 
-    /// Prepares `offset..offset + len` for writing and appends `Data` extents that the
-    /// caller then writes the guest bytes into. Formats that allocate do it here.
-    fn map_write<'a>(&'a self, _offset: u64, _len: u64, _out: &mut Vec<Extent<'a>>) -> Result<()> {
+    /// Decides how to write `offset..offset + len`. For [`WritePlan::Mapped`] it appends
+    /// the `Data` extents to write the guest bytes into; for [`WritePlan::Synchronous`] it
+    /// appends nothing and the caller uses [`DiskImage::write_sync`].
+    fn map_write<'a>(
+        &'a self,
+        _offset: u64,
+        _len: u64,
+        _out: &mut Vec<Extent<'a>>,
+    ) -> Result<WritePlan> {
         Err(Error::new(
             ErrorKind::ReadOnly,
             format!("{} image is open read-only", self.format()),
         ))
+    }
+
+    /// Writes `buf` at `offset` when `map_write` answered [`WritePlan::Synchronous`]:
+    /// allocation, copy-on-write and metadata updates happen here, in crash-safe order.
+    fn write_sync(&self, _offset: u64, _buf: &[u8]) -> Result<()> {
+        Err(Error::unsupported(format!(
+            "synchronous writes to a {} image",
+            self.format()
+        )))
     }
 
     /// Makes every completed write durable, data and metadata.

@@ -1,6 +1,6 @@
 //! Raw images: guest offset = file offset. Also serves block devices given as images.
 
-use super::{check_range, ChainEntry, DiskImage, Extent, Format, ImageFile, Source};
+use super::{check_range, ChainEntry, DiskImage, Extent, Format, ImageFile, Source, WritePlan};
 use crate::error::{Error, Result};
 
 /// A raw disk image file or block device.
@@ -67,7 +67,12 @@ impl DiskImage for RawImage {
         self.file.writable()
     }
 
-    fn map_write<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
+    fn map_write<'a>(
+        &'a self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<Extent<'a>>,
+    ) -> Result<WritePlan> {
         if !self.writable() {
             return Err(Error::new(
                 crate::error::ErrorKind::ReadOnly,
@@ -75,7 +80,8 @@ impl DiskImage for RawImage {
             )
             .with_path(self.file.path()));
         }
-        self.map(offset, len, out)
+        self.map(offset, len, out)?;
+        Ok(WritePlan::Mapped)
     }
 
     fn flush(&self) -> Result<()> {

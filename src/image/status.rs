@@ -33,6 +33,7 @@ impl MapEntry {
         let (present, zero, data, compressed, offset) = match extent.source {
             Source::Data { offset, .. } => (true, false, true, false, Some(offset)),
             Source::Compressed(_) => (true, false, true, true, None),
+            Source::Transformed { .. } => (true, false, true, false, None),
             Source::Zero => (true, true, false, false, None),
             Source::Unallocated => (false, true, false, false, None),
         };

@@ -3,7 +3,7 @@
 //! request to the inner image's own `map`, so they add no copy and no lock.
 
 use crate::error::{Error, Result};
-use crate::image::{check_range, ChainEntry, DiskImage, Extent, Format};
+use crate::image::{check_range, ChainEntry, DiskImage, Extent, Format, WritePlan};
 use std::sync::Arc;
 
 /// Most stripes a segment may have (LVM's own limit).
@@ -52,9 +52,19 @@ impl DiskImage for SliceView {
         self.inner.writable()
     }
 
-    fn map_write<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
+    fn map_write<'a>(
+        &'a self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<Extent<'a>>,
+    ) -> Result<WritePlan> {
         check_range(offset, len, self.len)?;
         self.inner.map_write(self.start + offset, len, out)
+    }
+
+    fn write_sync(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.len)?;
+        self.inner.write_sync(self.start + offset, buf)
     }
 
     fn flush(&self) -> Result<()> {
@@ -249,8 +259,34 @@ impl DiskImage for SegmentView {
         !images.is_empty() && images.iter().all(|i| i.writable())
     }
 
-    fn map_write<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
-        self.for_each_piece(offset, len, |image, off, n| image.map_write(off, n, out))
+    fn map_write<'a>(
+        &'a self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<Extent<'a>>,
+    ) -> Result<WritePlan> {
+        let mut plan = WritePlan::Mapped;
+        let first = out.len();
+        self.for_each_piece(offset, len, |image, off, n| {
+            if image.map_write(off, n, out)? == WritePlan::Synchronous {
+                plan = WritePlan::Synchronous;
+            }
+            Ok(())
+        })?;
+        if plan == WritePlan::Synchronous {
+            out.truncate(first);
+        }
+        Ok(plan)
+    }
+
+    fn write_sync(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        let mut pos = 0usize;
+        self.for_each_piece(offset, buf.len() as u64, |image, off, n| {
+            let n = n as usize;
+            crate::image::io::write_at(image, &buf[pos..pos + n], off)?;
+            pos += n;
+            Ok(())
+        })
     }
 
     fn flush(&self) -> Result<()> {

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::image::io::{copy_from_cluster, decode_buffers};
-use crate::image::{compress, CompressedCluster, DiskImage, Extent, ImageFile, Source};
+use crate::image::{compress, CompressedCluster, DiskImage, Extent, ImageFile, Source, WritePlan};
 use io_uring::{opcode, types};
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
@@ -103,8 +103,10 @@ async fn serve<'a>(
         }
         sys::UBLK_IO_OP_WRITE => {
             let buf = request_buffer(buf, req.len)?;
-            image.map_write(req.offset, req.len, extents)?;
-            write_extents(extents, buf).await
+            match image.map_write(req.offset, req.len, extents)? {
+                WritePlan::Mapped => write_extents(extents, buf).await,
+                WritePlan::Synchronous => image.write_sync(req.offset, buf),
+            }
         }
         sys::UBLK_IO_OP_FLUSH => image.flush(),
         sys::UBLK_IO_OP_DISCARD => image.discard(req.offset, req.len),
@@ -136,6 +138,7 @@ async fn read_extents(extents: &[Extent<'_>], buf: &mut [u8]) -> Result<()> {
             Source::Data { file, offset } => reads.push(read_fully(file, offset, part)),
             Source::Zero | Source::Unallocated => part.fill(0),
             Source::Compressed(cluster) => compressed.push((cluster, part)),
+            Source::Transformed { layer, offset } => layer.read_transformed(offset, part)?,
         }
     }
     for result in futures::future::join_all(reads).await {
