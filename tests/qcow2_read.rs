@@ -155,6 +155,7 @@ fn our_classes(image: &dyn DiskImage) -> Vec<Class> {
                 Source::Compressed(_) => Class::Compressed { depth },
                 Source::Zero => Class::Zero { depth },
                 Source::Unallocated => Class::Unallocated { depth },
+                Source::Transformed { .. } => panic!("qcow2 made a transformed extent: {e:?}"),
             });
         }
     }
