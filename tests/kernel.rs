@@ -28,3 +28,7 @@ mod formats;
 mod lifecycle;
 #[path = "kernel/partitions.rs"]
 mod partitions;
+#[path = "kernel/pieces.rs"]
+mod pieces;
+#[path = "kernel/safety.rs"]
+mod safety;

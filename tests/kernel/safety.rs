@@ -1,0 +1,212 @@
+//! Running next to VMs and surviving crashes: QEMU-compatible image locks, recovery of a
+//! device whose daemon was killed, exclusive opens of block devices, systemd readiness,
+//! and `doctor` on a kernel that has everything.
+
+use crate::harness::*;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// `qemu-io` holding `image` open read-write until killed.
+fn qemu_writer(image: &Path, format: &str) -> Child {
+    Command::new("qemu-io")
+        .args(["-f", format, "-c", "sleep 60000"])
+        .arg(image)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-io (qemu-utils)")
+}
+
+fn holds_write_lock(image: &Path) -> bool {
+    // /proc/locks names the inode; QEMU's "write" permission is byte 101.
+    let inode = std::fs::metadata(image)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains(&format!(":{inode} ")) && l.contains("OFDLCK"))
+}
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn qemu_and_imgblk_refuse_each_others_writers() {
+    let s = Scratch::new("locks");
+    let image = s.path("disk.raw");
+    write_random(&image, 8 * MIB, 3);
+
+    let mut qemu = qemu_writer(&image, "raw");
+    assert!(
+        wait_until(Duration::from_secs(20), || holds_write_lock(&image)),
+        "qemu-io never locked the image"
+    );
+    let refused = imgblk().args(["attach", "--rw"]).arg(&image).fails();
+    assert!(refused.stderr.contains("lock"), "{}", refused.describe());
+    let shared = imgblk().arg("attach").arg(&image).fails();
+    assert!(
+        shared.stderr.contains("shared \"write\" lock"),
+        "{}",
+        shared.describe()
+    );
+    // --force-share reads it anyway (read-only).
+    let forced = Device::attach(&image, &["--force-share"]);
+    forced.detach();
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+
+    let dev = Device::attach(&image, &["--rw"]);
+    let qemu_refused = cmd("qemu-io")
+        .args(["-f", "raw", "-c", "read 0 512"])
+        .arg(&image)
+        .output();
+    assert!(
+        qemu_refused.stderr.contains("lock") || qemu_refused.stdout.contains("lock"),
+        "qemu-io opened an image imgblk writes: {}",
+        qemu_refused.describe()
+    );
+    dev.detach();
+    cmd("qemu-io")
+        .args(["-f", "raw", "-c", "read 0 512"])
+        .arg(&image)
+        .ok();
+}
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn killed_daemon_is_recovered_without_errors_under_load() {
+    let s = Scratch::new("recover");
+    let image = s.path("fs.raw");
+    cmd("truncate").args(["-s", "128M"]).arg(&image).ok();
+    cmd("mkfs.ext4").args(["-q", "-F"]).arg(&image).ok();
+    let mut dev = Device::attach(&image, &["--rw", "--queues", "2"]);
+    let pid = dev.pid.expect("attach --json gives the daemon pid");
+    let mnt = s.mkdir("mnt");
+    dev.mount(&dev.path.clone(), &mnt, "");
+    let writer = Command::new("sh")
+        .arg("-c")
+        .arg("for i in $(seq 1 24); do dd if=/dev/urandom of=\"$0/f$i\" bs=64k count=16 conv=fsync status=none || exit 1; done")
+        .arg(&mnt)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    cmd("kill").args(["-9", &pid.to_string()]).ok();
+    assert!(wait_until(Duration::from_secs(10), || process_gone(pid)));
+    let entry = dev.list_entry().expect("device listed");
+    assert_eq!(entry["state"], "orphaned", "{entry}");
+    imgblk().arg("recover").arg(&dev.path).ok();
+    let status = writer.wait_with_output().unwrap().status;
+    assert!(
+        status.success(),
+        "the writer saw an I/O error across the recovery"
+    );
+    let entry = dev.list_entry().expect("device listed");
+    assert_eq!(entry["state"], "live", "{entry}");
+    dev.umount(&mnt);
+    dev.detach();
+    cmd("e2fsck").args(["-fn"]).arg(&image).ok();
+}
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn block_device_input_is_opened_exclusively() {
+    let s = Scratch::new("blockdev");
+    let image = s.path("disk.raw");
+    cmd("truncate").args(["-s", "32M"]).arg(&image).ok();
+    cmd("mkfs.ext4").args(["-q", "-F"]).arg(&image).ok();
+    let loop_dev = cmd("losetup")
+        .args(["--show", "-f"])
+        .arg(&image)
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let result = std::panic::catch_unwind(|| {
+        let dev = Device::attach(Path::new(&loop_dev), &[]);
+        assert_eq!(block_size(&dev.path), 32 * MIB);
+        assert_same_bytes(&dev.path, 0, &image, 0, 32 * MIB);
+        dev.detach();
+        let mnt = s.mkdir("mnt");
+        cmd("mount").arg(&loop_dev).arg(&mnt).ok();
+        let busy = imgblk().args(["attach", "--rw"]).arg(&loop_dev).fails();
+        cmd("umount").arg(&mnt).ok();
+        assert!(busy.stderr.contains("in use"), "{}", busy.describe());
+        let dev = Device::attach(Path::new(&loop_dev), &["--rw"]);
+        dev.detach();
+    });
+    cmd("losetup").arg("-d").arg(&loop_dev).ok();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn foreground_attach_tells_systemd_and_stops_on_sigterm() {
+    let s = Scratch::new("notify");
+    let image = s.path("disk.raw");
+    write_random(&image, 4 * MIB, 5);
+    let socket_path = s.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut daemon = Command::new(IMGBLK)
+        .args(["attach", "--foreground"])
+        .arg(&image)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("no sd_notify message");
+    let message = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(message.contains("READY=1"), "{message}");
+    let listed = list_json();
+    let entry = listed
+        .iter()
+        .find(|d| d["pid"].as_u64() == Some(daemon.id() as u64))
+        .expect("listed");
+    let device = entry["device"].as_str().unwrap().to_string();
+    assert!(Path::new(&device).exists());
+    cmd("kill").args(["-TERM", &daemon.id().to_string()]).ok();
+    let n = socket.recv(&mut buf).expect("no STOPPING message");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(daemon.wait().unwrap().success());
+    assert!(
+        wait_until(Duration::from_secs(5), || !Path::new(&device).exists()),
+        "{device} left behind"
+    );
+}
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn doctor_is_green_on_a_ublk_kernel() {
+    require_ublk();
+    let out = imgblk().args(["doctor", "--json"]).ok();
+    let checks: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    for check in checks.as_array().unwrap() {
+        if check["need"] == "required" {
+            assert_eq!(check["ok"], true, "{check}");
+        }
+    }
+    let features = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "ublk features")
+        .expect("features listed");
+    assert!(
+        features["detail"]
+            .as_str()
+            .unwrap()
+            .contains("USER_RECOVERY"),
+        "{features}"
+    );
+    let text = imgblk().arg("doctor").ok().stdout;
+    assert!(
+        text.contains("imgblk can attach images on this host"),
+        "{text}"
+    );
+}
