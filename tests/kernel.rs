@@ -26,6 +26,8 @@ mod filesystems;
 mod formats;
 #[path = "kernel/lifecycle.rs"]
 mod lifecycle;
+#[path = "kernel/mount.rs"]
+mod mount;
 #[path = "kernel/partitions.rs"]
 mod partitions;
 #[path = "kernel/pieces.rs"]

@@ -43,8 +43,14 @@ _imgblk() {
             imgblk,map)
                 cmd="imgblk__subcmd__map"
                 ;;
+            imgblk,mount)
+                cmd="imgblk__subcmd__mount"
+                ;;
             imgblk,recover)
                 cmd="imgblk__subcmd__recover"
+                ;;
+            imgblk,umount)
+                cmd="imgblk__subcmd__umount"
                 ;;
             imgblk__subcmd__help,attach)
                 cmd="imgblk__subcmd__help__subcmd__attach"
@@ -73,8 +79,14 @@ _imgblk() {
             imgblk__subcmd__help,map)
                 cmd="imgblk__subcmd__help__subcmd__map"
                 ;;
+            imgblk__subcmd__help,mount)
+                cmd="imgblk__subcmd__help__subcmd__mount"
+                ;;
             imgblk__subcmd__help,recover)
                 cmd="imgblk__subcmd__help__subcmd__recover"
+                ;;
+            imgblk__subcmd__help,umount)
+                cmd="imgblk__subcmd__help__subcmd__umount"
                 ;;
             *)
                 ;;
@@ -83,7 +95,7 @@ _imgblk() {
 
     case "${cmd}" in
         imgblk)
-            opts="-v -q -h -V --verbose --quiet --help --version attach detach doctor list map cat recover info inspect help"
+            opts="-v -q -h -V --verbose --quiet --help --version attach detach doctor list map cat recover mount umount info inspect help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -213,7 +225,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__help)
-            opts="attach detach doctor list map cat recover info inspect help"
+            opts="attach detach doctor list map cat recover mount umount info inspect help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -352,7 +364,35 @@ _imgblk() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        imgblk__subcmd__help__subcmd__mount)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         imgblk__subcmd__help__subcmd__recover)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        imgblk__subcmd__help__subcmd__umount)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -454,8 +494,52 @@ _imgblk() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        imgblk__subcmd__mount)
+            opts="-f -v -q -h --part --lv --auto --rw --format --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --part)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lv)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         imgblk__subcmd__recover)
             opts="-v -q -h --all --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        imgblk__subcmd__umount)
+            opts="-v -q -h --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -130,16 +130,8 @@ fn stop_daemon(id: u32, pid: u32, timeout: Duration) -> Result<()> {
 /// What keeps the device busy: a mount of it or of a partition, or a holder (dm, md).
 fn device_user(id: u32) -> Option<String> {
     let name = format!("ublkb{id}");
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    for line in mounts.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(source), Some(target)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        let dev = source.strip_prefix("/dev/").unwrap_or("");
-        if dev == name || dev.strip_prefix(&name).is_some_and(|p| p.starts_with('p')) {
-            return Some(format!("{source} is mounted on {target}"));
-        }
+    if let Some(m) = device::ublk_mounts().into_iter().find(|m| m.id == id) {
+        return Some(format!("{} is mounted on {}", m.source, m.target.display()));
     }
     let holders = std::fs::read_dir(format!("/sys/block/{name}/holders")).ok()?;
     let held: Vec<String> = holders

@@ -23,6 +23,9 @@ struct Row {
     /// live: served by its daemon; orphaned: the daemon is gone; stale: the device is gone;
     /// foreign: a ublk device imgblk did not create.
     state: &'static str,
+    /// Where the device or its partitions are mounted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    mounts: Vec<device::DeviceMount>,
     /// The systemd unit that runs the daemon, if one does.
     #[serde(skip_serializing_if = "Option::is_none")]
     unit: Option<String>,
@@ -59,12 +62,16 @@ pub fn run(args: ListArgs) -> Result<i32> {
         if let Some(unit) = &row.unit {
             println!("{:<14} (run by {unit})", "");
         }
+        for m in &row.mounts {
+            println!("{:<14} {} mounted on {}", "", m.source, m.target.display());
+        }
     }
     Ok(EXIT_OK)
 }
 
 fn rows() -> Vec<Row> {
     let records = registry::all();
+    let mounts = device::ublk_mounts();
     let mut rows: Vec<Row> = records
         .iter()
         .map(|record| {
@@ -79,9 +86,15 @@ fn rows() -> Vec<Row> {
                 record.queues = device::kernel_queue_count(record.id) as u16;
             }
             let unit = registry::systemd_unit(record.pid);
+            let mounts = mounts
+                .iter()
+                .filter(|m| m.id == record.id)
+                .cloned()
+                .collect();
             Row {
                 record,
                 state,
+                mounts,
                 unit,
             }
         })
@@ -101,6 +114,7 @@ fn rows() -> Vec<Row> {
             rows.push(Row {
                 record,
                 state: "foreign",
+                mounts: mounts.iter().filter(|m| m.id == id).cloned().collect(),
                 unit: None,
             });
         }

@@ -9,6 +9,7 @@ mod info;
 mod inspect;
 mod list;
 mod map;
+mod mount;
 mod piece;
 mod recover;
 
@@ -71,6 +72,8 @@ enum Command {
     Map(map::MapArgs),
     Cat(cat::CatArgs),
     Recover(recover::RecoverArgs),
+    Mount(mount::MountArgs),
+    Umount(mount::UmountArgs),
     Info(info::InfoArgs),
     Inspect(inspect::InspectArgs),
 }
@@ -89,6 +92,8 @@ pub fn main() -> i32 {
         Command::Map(args) => map::run(args),
         Command::Cat(args) => cat::run(args),
         Command::Recover(args) => recover::run(args),
+        Command::Mount(args) => mount::run_mount(args),
+        Command::Umount(args) => mount::run_umount(args),
         Command::Info(args) => info::run(args),
         Command::Inspect(args) => inspect::run(args),
     };

@@ -284,3 +284,37 @@ pub fn kernel_queue_count(id: u32) -> usize {
         .map(|dir| dir.count())
         .unwrap_or(0)
 }
+
+/// One mount of an imgblk device or of one of its partitions.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceMount {
+    /// ublk device id.
+    pub id: u32,
+    /// What is mounted: `/dev/ublkbN` or `/dev/ublkbNpM`.
+    pub source: String,
+    /// Where.
+    pub target: PathBuf,
+}
+
+/// Every mount of a ublk block device or partition, from `/proc/self/mounts`.
+pub fn ublk_mounts() -> Vec<DeviceMount> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (source, target) = (fields.next()?, fields.next()?);
+            let id = source
+                .strip_prefix("/dev/ublkb")?
+                .split('p')
+                .next()?
+                .parse()
+                .ok()?;
+            Some(DeviceMount {
+                id,
+                source: source.to_string(),
+                target: PathBuf::from(target.replace("\\040", " ")),
+            })
+        })
+        .collect()
+}

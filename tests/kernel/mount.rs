@@ -1,0 +1,155 @@
+//! `imgblk mount` / `umount`: one step each way, read-only without writing a byte (even
+//! with a dirty journal), and nothing left behind.
+
+use crate::harness::*;
+use std::path::Path;
+
+fn sha256(path: &Path) -> String {
+    cmd("sha256sum")
+        .arg(path)
+        .ok()
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn assert_no_devices() {
+    assert!(list_json().is_empty(), "devices left: {:?}", list_json());
+}
+
+/// A GPT disk: p1 vfat "EFI", p2 ext4 "root" holding /etc/hostname.
+fn two_fs_disk(s: &Scratch) -> std::path::PathBuf {
+    let image = s.path("disk.raw");
+    cmd("truncate").args(["-s", "48M"]).arg(&image).ok();
+    cmd("sh")
+        .arg("-c")
+        .arg("printf 'label: gpt\\nstart=2048, size=16M, type=uefi\\nstart=34816, type=linux\\n' | sfdisk --quiet \"$0\"")
+        .arg(&image)
+        .ok();
+    let root = s.mkdir("rootdir");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/hostname"), "guest-under-test\n").unwrap();
+    let fs = s.path("root.ext4");
+    cmd("truncate").args(["-s", "30M"]).arg(&fs).ok();
+    cmd("mkfs.ext4")
+        .args(["-q", "-F", "-L", "root", "-d"])
+        .arg(&root)
+        .arg(&fs)
+        .ok();
+    // mark the journal as needing recovery: a read-only mount must still work, unchanged
+    cmd("debugfs")
+        .args(["-w", "-R", "feature needs_recovery"])
+        .arg(&fs)
+        .ok();
+    cmd("dd")
+        .arg(format!("if={}", fs.display()))
+        .arg(format!("of={}", image.display()))
+        .args(["bs=512", "seek=34816", "conv=notrunc", "status=none"])
+        .ok();
+    let efi = s.path("efi.vfat");
+    cmd("truncate").args(["-s", "16M"]).arg(&efi).ok();
+    cmd("mkfs.vfat").args(["-n", "EFI"]).arg(&efi).ok();
+    cmd("dd")
+        .arg(format!("if={}", efi.display()))
+        .arg(format!("of={}", image.display()))
+        .args(["bs=512", "seek=2048", "conv=notrunc", "status=none"])
+        .ok();
+    image
+}
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn mount_auto_dirty_ext4_read_only_and_umount_cleanly() {
+    require_ublk();
+    let s = Scratch::new("mount");
+    let raw = two_fs_disk(&s);
+    let image = s.path("disk.qcow2");
+    qemu_img(
+        ["convert", "-O", "qcow2"]
+            .iter()
+            .map(|a| a.to_string())
+            .chain([raw.display().to_string(), image.display().to_string()]),
+    );
+    let before = sha256(&image);
+    let mnt = s.mkdir("mnt");
+
+    let ambiguous = imgblk().arg("mount").arg(&image).arg(&mnt).fails();
+    assert!(
+        ambiguous.stderr.contains("disk0p1") && ambiguous.stderr.contains("disk0p2"),
+        "{}",
+        ambiguous.describe()
+    );
+    assert_no_devices();
+
+    imgblk()
+        .args(["mount", "--auto"])
+        .arg(&image)
+        .arg(&mnt)
+        .ok();
+    let hostname = std::fs::read_to_string(mnt.join("etc/hostname")).unwrap();
+    assert_eq!(hostname, "guest-under-test\n");
+    let listed = list_json();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(
+        listed[0]["mounts"]
+            .to_string()
+            .contains(&mnt.display().to_string()),
+        "{listed:?}"
+    );
+    let busy = imgblk()
+        .arg("detach")
+        .arg(listed[0]["device"].as_str().unwrap())
+        .fails();
+    assert!(busy.stderr.contains("mounted"), "{}", busy.describe());
+    imgblk().arg("umount").arg(&mnt).ok();
+    assert_no_devices();
+    assert_eq!(
+        sha256(&image),
+        before,
+        "a read-only mount changed the image"
+    );
+
+    imgblk()
+        .args(["mount", "--part", "1"])
+        .arg(&image)
+        .arg(&mnt)
+        .ok();
+    assert!(cmd("findmnt").arg(&mnt).ok().stdout.contains("vfat"));
+    imgblk().arg("umount").arg(&mnt).ok();
+    assert_no_devices();
+}
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn mount_ntfs_and_refuse_unknown_content() {
+    require_ublk();
+    let s = Scratch::new("ntfs");
+    let image = s.path("ntfs.raw");
+    cmd("truncate").args(["-s", "32M"]).arg(&image).ok();
+    cmd("mkntfs")
+        .args(["-Q", "-F", "-q", "-L", "WIN"])
+        .arg(&image)
+        .ok();
+    let mnt = s.mkdir("mnt");
+    imgblk().arg("mount").arg(&image).arg(&mnt).ok();
+    let fstype = cmd("findmnt")
+        .args(["-n", "-o", "FSTYPE"])
+        .arg(&mnt)
+        .ok()
+        .stdout;
+    assert!(fstype.contains("ntfs"), "{fstype}");
+    imgblk().arg("umount").arg(&mnt).ok();
+    assert_no_devices();
+
+    let junk = s.path("junk.raw");
+    write_random(&junk, 4 * MIB, 9);
+    let refused = imgblk().arg("mount").arg(&junk).arg(&mnt).fails();
+    assert!(
+        refused.stderr.contains("no file system"),
+        "{}",
+        refused.describe()
+    );
+    assert_no_devices();
+}
