@@ -276,16 +276,13 @@ fn fs_type(kind: ContentKind) -> Option<&'static str> {
 /// Type and options for `mount`: read-only never writes, not even a journal replay.
 fn mount_options(kind: ContentKind, rw: bool) -> (String, String) {
     let fstype = fs_type(kind).unwrap_or("auto");
-    let fstype = if fstype == "ntfs" {
-        let kernel_has_ntfs3 =
-            std::fs::read_to_string("/proc/filesystems").is_ok_and(|t| t.contains("ntfs3"));
-        if kernel_has_ntfs3 {
-            "ntfs3"
-        } else {
-            "ntfs-3g"
+    let fstype = match fstype {
+        "ntfs" if kernel_knows("ntfs3") => "ntfs3",
+        "ntfs" => "ntfs-3g",
+        other => {
+            kernel_knows(other);
+            other
         }
-    } else {
-        fstype
     };
     let options = match (rw, fstype) {
         (true, _) => "rw",
@@ -295,6 +292,22 @@ fn mount_options(kind: ContentKind, rw: bool) -> (String, String) {
         (false, _) => "ro",
     };
     (fstype.to_string(), options.to_string())
+}
+
+/// Whether the kernel has file system `fstype`, loading its module if needed (the kernel's
+/// own module autoloading is not available everywhere, e.g. in minimal VMs).
+fn kernel_knows(fstype: &str) -> bool {
+    let known = || {
+        std::fs::read_to_string("/proc/filesystems").is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().last() == Some(fstype))
+        })
+    };
+    if known() {
+        return true;
+    }
+    let _ = Command::new("modprobe").args(["-q", fstype]).status();
+    known()
 }
 
 #[cfg(test)]
