@@ -2,6 +2,7 @@
 
 use super::{human_size, open_for_reading, print_json, ImageArgs, EXIT_OK};
 use crate::error::Result;
+use crate::image::status::walk_status;
 use crate::image::ChainEntry;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -22,17 +23,33 @@ struct Info {
     image: PathBuf,
     format: crate::image::Format,
     virtual_size: u64,
+    /// Guest bytes stored in each file of the chain (index = depth).
+    allocated: Vec<u64>,
+    /// Guest bytes that read as zero because no file stores them.
+    unallocated: u64,
     chain: Vec<ChainEntry>,
 }
 
 /// Runs `imgblk info`.
 pub fn run(args: InfoArgs) -> Result<i32> {
     let image = open_for_reading(&args.image)?;
+    let chain = image.chain();
+    let mut allocated = vec![0u64; chain.len().max(1)];
+    let mut unallocated = 0;
+    walk_status(&*image, 1 << 30, |run| {
+        match (run.present, allocated.get_mut(run.depth as usize)) {
+            (true, Some(bytes)) => *bytes += run.length,
+            _ => unallocated += run.length,
+        }
+        Ok(())
+    })?;
     let info = Info {
         image: args.image.image.clone(),
         format: image.format(),
         virtual_size: image.virtual_size(),
-        chain: image.chain(),
+        allocated,
+        unallocated,
+        chain,
     };
     if args.json {
         print_json(&info)?;
@@ -45,13 +62,25 @@ pub fn run(args: InfoArgs) -> Result<i32> {
         human_size(info.virtual_size),
         info.virtual_size
     );
-    for (depth, entry) in info.chain.iter().enumerate().skip(1) {
+    for (depth, entry) in info.chain.iter().enumerate() {
+        let stored = info.allocated.get(depth).copied().unwrap_or(0);
+        let role = if depth == 0 {
+            "image".to_string()
+        } else {
+            format!("backing file [{depth}]")
+        };
         println!(
-            "backing file [{depth}]: {} ({}, {})",
+            "{role}: {} ({}, virtual {}, file {}, holds {} of guest data)",
             entry.path.display(),
             entry.format,
-            human_size(entry.virtual_size)
+            human_size(entry.virtual_size),
+            human_size(entry.file_size),
+            human_size(stored)
         );
     }
+    println!(
+        "unallocated (reads as zero): {}",
+        human_size(info.unallocated)
+    );
     Ok(EXIT_OK)
 }

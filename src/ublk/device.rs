@@ -98,6 +98,7 @@ where
     F: FnOnce(&LiveDevice) + Send + Sync + 'static,
 {
     check_available()?;
+    mark_io_flusher();
     let (id, dev_flags, what) = match config.recover {
         Some(id) => (
             id as i32,
@@ -166,6 +167,17 @@ where
     drop(ctrl); // deletes a device we added (UBLK_DEV_F_ADD_DEV)
     tracing::info!("device removed");
     flushed
+}
+
+/// Marks this thread as part of the I/O path (`PR_SET_IO_FLUSHER`), so that its memory
+/// allocations never wait on write-back to the very device it serves. libublk does the
+/// same for the queue threads.
+fn mark_io_flusher() {
+    const PR_SET_IO_FLUSHER: libc::c_int = 57;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "PR_SET_IO_FLUSHER failed");
+    }
 }
 
 /// USER_RECOVERY with reissue where the driver offers it: if the daemon dies, the device
