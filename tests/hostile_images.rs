@@ -17,10 +17,12 @@ use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The seed images, made once: (format name, path, bytes).
-fn seeds() -> &'static Vec<(&'static str, PathBuf, Vec<u8>)> {
-    static SEEDS: OnceLock<(tempfile::TempDir, Vec<(&'static str, PathBuf, Vec<u8>)>)> =
-        OnceLock::new();
+/// A seed image: format name, path, bytes.
+type Seed = (&'static str, PathBuf, Vec<u8>);
+
+/// The seed images, made once.
+fn seeds() -> &'static Vec<Seed> {
+    static SEEDS: OnceLock<(tempfile::TempDir, Vec<Seed>)> = OnceLock::new();
     &SEEDS
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
