@@ -38,16 +38,17 @@ Exit status:
   4  the system lacks something: ublk_drv not loaded, not root
   5  busy: the image has another writer, or the device is mounted";
 
-/// Serve virtual-disk images (raw, qcow2) as Linux block devices through ublk.
+/// Serve virtual-disk images (raw, qcow2, VMDK, VHD, VHDX, VDI) as Linux block devices through ublk.
 #[derive(Debug, Parser)]
 #[command(
     name = "imgblk",
     version,
-    about = "Serve virtual-disk images (raw, qcow2) as Linux block devices through ublk",
+    about = "Serve virtual-disk images (raw, qcow2, VMDK, VHD, VHDX, VDI) as Linux block devices through ublk",
     long_about = "imgblk puts a virtual-disk image in front of the kernel as a real block device, \
 /dev/ublkbN, served by a small daemon through ublk with io_uring on the data path. \
 It replaces `modprobe nbd; qemu-nbd -c`, `kpartx` and `losetup -o`: partitions of the image \
-appear as /dev/ublkbNpM. Devices are read-only unless --rw is given.",
+appear as /dev/ublkbNpM, and one partition or guest LVM logical volume can be served on its own \
+(--part, --lv) or mounted in one step (imgblk mount). Devices are read-only unless --rw is given.",
     after_help = "Examples:\n  imgblk attach guest.qcow2          # prints /dev/ublkb0\n  \
 mount -o ro /dev/ublkb0p1 /mnt\n  umount /mnt; imgblk detach /dev/ublkb0\n  imgblk list --json",
     after_long_help = EXIT_CODES_HELP
