@@ -34,3 +34,5 @@ mod partitions;
 mod pieces;
 #[path = "kernel/safety.rs"]
 mod safety;
+#[path = "kernel/vdisk.rs"]
+mod vdisk;

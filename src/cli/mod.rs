@@ -81,6 +81,9 @@ enum Command {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
+    // Like any filter, end quietly when the reader of our output goes away (`| head`).
+    // SAFETY: setting a signal disposition to a default action, before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     // A daemon's log should say when its device went live and went away.
     let baseline = u8::from(matches!(cli.command, Command::Attach(_)));

@@ -78,6 +78,9 @@ pub fn fork_daemon(log: &Path) -> Result<Role> {
         }
         nix::unistd::ForkResult::Child => {
             drop(read_end);
+            // A daemon must not die because `attach` stopped listening: get EPIPE instead.
+            // SAFETY: setting a signal disposition; the child has a single thread.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
             let _ = nix::unistd::setsid();
             let _ = std::env::set_current_dir("/");
             if let Ok(null) = std::fs::OpenOptions::new()

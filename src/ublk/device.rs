@@ -226,7 +226,10 @@ fn set_params(dev: &mut UblkDev, image: &dyn DiskImage, config: DeviceConfig) {
                 sys::UBLK_ATTR_READ_ONLY
             },
             logical_bs_shift: 9,
-            physical_bs_shift: 12,
+            // 4 KiB physical blocks where the size allows: the kernel trims a disk's
+            // capacity to whole physical blocks, which would hide the tail of, say, a
+            // fixed VHD sized from CHS geometry.
+            physical_bs_shift: if size % 4096 == 0 { 12 } else { 9 },
             io_opt_shift: 12,
             io_min_shift: 9,
             max_sectors,
