@@ -121,7 +121,8 @@ where
         .dev_flags(dev_flags)
         .build()
         .map_err(|e| ublk_error(what, e))?;
-    if config.recover.is_some() {
+    if let Some(id) = config.recover {
+        tracing::info!(device = id, "recovering the device of a daemon that died");
         ctrl.start_user_recover()
             .map_err(|e| ublk_error("cannot start recovering the ublk device", e))?;
     }
