@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let disk: Arc<dyn DiskImage> = Arc::from(open_image(path.as_ref(), &OpenOptions::default())?);
 
     // 2. List the pieces: partitions, LVM logical volumes, their file systems.
-    let layout = discover(&[disk.clone()]);
+    let layout = discover(std::slice::from_ref(&disk));
     for node in layout.nodes() {
         let content = node.content.as_ref().map_or("-", |c| c.kind.as_str());
         println!("{:<16} {:>12} bytes  {content}", node.name, node.size);
