@@ -254,7 +254,9 @@ impl Qcow2Image {
             let raw = table.get(l2_index).unwrap_or(0);
             let host = raw & L2_OFFSET_MASK;
             let compressed = raw & L2_COMPRESSED != 0;
-            if !compressed && host != 0 && raw & COPIED != 0 && raw & L2_ZERO == 0 {
+            // In a compressed entry bit 0 belongs to the offset, not the zero flag.
+            let zero = !compressed && raw & L2_ZERO != 0;
+            if !compressed && host != 0 && raw & COPIED != 0 && !zero {
                 self.file.write_all_at(part, host + within)?;
                 pos = chunk_end;
                 continue;
@@ -265,7 +267,7 @@ impl Qcow2Image {
             } else {
                 let mut data =
                     vec![0u8; (self.cluster_end(cluster_start) - cluster_start) as usize];
-                if raw & L2_ZERO == 0 {
+                if !zero {
                     io::read_at(self, &mut data, cluster_start)?;
                 }
                 data[within as usize..within as usize + part.len()].copy_from_slice(part);
