@@ -311,3 +311,108 @@ pub fn write_entry(data: &mut [u8], order: u32, index: usize, value: u64) {
         slot.copy_from_slice(&be[8 - bytes..]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CS: u64 = 512;
+
+    /// A hand-built image of 512-byte clusters with `order`-refcounts: header (cluster 0),
+    /// refcount table (cluster 1), one refcount block (cluster 2) counting clusters 0..=2
+    /// and `extra` (a cluster in use beyond the end of the file).
+    fn image(order: u32, extra: u64) -> (tempfile::TempDir, ImageFile) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let mut data = vec![0u8; 3 * CS as usize];
+        data[CS as usize..CS as usize + 8].copy_from_slice(&(2 * CS).to_be_bytes());
+        let block = &mut data[2 * CS as usize..];
+        for c in [0, 1, 2, extra] {
+            write_entry(block, order, c as usize, 1);
+        }
+        std::fs::write(&path, &data).unwrap();
+        let file = ImageFile::open(&path, true, false).unwrap();
+        (dir, file)
+    }
+
+    #[test]
+    fn entries_round_trip_at_every_width() {
+        for order in 0..=6u32 {
+            let max = if order == 6 {
+                u64::MAX
+            } else {
+                (1u64 << (1 << order)) - 1
+            };
+            let mut data = vec![0u8; 64];
+            for i in 0..8 {
+                write_entry(&mut data, order, i, max - (i as u64 % 2).min(max));
+            }
+            write_entry(&mut data, order, 3, 1);
+            for i in 0..8 {
+                let want = if i == 3 {
+                    1
+                } else {
+                    max - (i as u64 % 2).min(max)
+                };
+                assert_eq!(read_entry(&data, order, i), want, "order {order} entry {i}");
+            }
+        }
+        // QEMU packs sub-byte refcounts least significant bits first.
+        let mut data = [0u8; 1];
+        write_entry(&mut data, 1, 1, 3);
+        assert_eq!(data[0], 0b0000_1100);
+    }
+
+    #[test]
+    fn allocates_from_the_end_skipping_used_clusters() {
+        let (_dir, file) = image(4, 4);
+        let mut rc = Refcounts::load(&file, 9, 4, CS, 1).unwrap();
+        assert_eq!(rc.alloc(&file).unwrap(), 3 * CS);
+        assert_eq!(rc.alloc(&file).unwrap(), 5 * CS, "cluster 4 is in use");
+        assert_eq!(rc.get(&file, 5).unwrap(), 1);
+        rc.decrement(&file, 5 * CS).unwrap();
+        assert_eq!(rc.get(&file, 5).unwrap(), 0);
+        assert!(rc.is_dirty());
+        rc.write_back(&file, (CS, 1)).unwrap();
+        assert!(!rc.is_dirty());
+        let mut block = vec![0u8; CS as usize];
+        file.read_exact_at(&mut block, 2 * CS).unwrap();
+        assert_eq!(read_entry(&block, 4, 3), 1);
+        assert_eq!(read_entry(&block, 4, 5), 0);
+    }
+
+    #[test]
+    fn new_blocks_describe_themselves_and_the_table_grows() {
+        // 64-bit refcounts: 64 clusters per block, 64 blocks per table cluster.
+        let (_dir, file) = image(6, 0);
+        let mut rc = Refcounts::load(&file, 9, 6, CS, 1).unwrap();
+        let mut last = 0;
+        for _ in 0..64 * 64 {
+            last = rc.alloc(&file).unwrap();
+        }
+        // Block 1 went into cluster 64, the first cluster it covers.
+        assert_eq!(rc.table[1], 64 * CS);
+        assert_eq!(rc.get(&file, 64).unwrap(), 1);
+        let (table, clusters) = rc.table_location();
+        assert_ne!(table, CS, "table did not move");
+        assert!(clusters >= 2);
+        assert!(last > table);
+        let freed = rc.write_back(&file, (CS, 1)).unwrap();
+        assert_eq!(freed, vec![CS]);
+        let mut header = [0u8; 12];
+        file.read_exact_at(&mut header, HEADER_REFTABLE_OFFSET)
+            .unwrap();
+        assert_eq!(be64(&header[..8]), table);
+        assert_eq!(
+            u32::from_be_bytes(header[8..].try_into().unwrap()) as u64,
+            clusters
+        );
+        // Every allocated cluster (and every table and block cluster) counts 1 on disk.
+        let file = ImageFile::open(file.path(), false, false).unwrap();
+        let mut on_disk = Refcounts::load(&file, 9, 6, table, clusters as u32).unwrap();
+        for c in 0..=(last / CS) {
+            // Cluster 1, the old table, is for the caller to free.
+            assert_eq!(on_disk.get(&file, c).unwrap(), 1, "cluster {c}");
+        }
+    }
+}
