@@ -342,7 +342,7 @@ fn writes_allocate_and_flush_in_order() {
     drop(img);
     let f = std::fs::read(&path).unwrap();
     let l2 = |i: usize| u64::from_be_bytes(f[L2_AT + 8 * i..L2_AT + 8 * i + 8].try_into().unwrap());
-    assert_eq!(l2(3), (1 << 63) | 7 * CLUSTER as u64, "new cluster");
+    assert_eq!(l2(3), (1 << 63) | (7 * CLUSTER as u64), "new cluster");
     assert_eq!(l2(1), (1 << 63) | DATA_B | 1, "preallocated zero cluster");
     assert_eq!(f[6 * CLUSTER + 2 * 7 + 1], 1, "refcount of the new cluster");
     assert_eq!(&f[7 * CLUSTER + 10..7 * CLUSTER + 15], b"hello");
