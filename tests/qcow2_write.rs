@@ -57,7 +57,10 @@ fn check(path: &Path, leaks_ok: bool) -> String {
         path.display()
     );
     if code == 3 {
-        let summary: Vec<&str> = text.lines().filter(|l| l.contains("leaked clusters")).collect();
+        let summary: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("leaked clusters"))
+            .collect();
         eprintln!("  leaks (allowed after a crash): {}", summary.join("; "));
     }
     text
@@ -413,7 +416,8 @@ fn crash_kill9() {
         let reader = std::thread::spawn(move || {
             let mut last = 0u64;
             for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-                if let Some(n) = line.strip_prefix("flushed ") {
+                // libtest may print "test crash_child ... " on the same line first.
+                if let Some((_, n)) = line.split_once("flushed ") {
                     last = n.trim().parse().unwrap_or(last);
                 }
             }
