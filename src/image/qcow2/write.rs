@@ -289,22 +289,48 @@ impl Qcow2Image {
         Ok(())
     }
 
+    /// Whether guest cluster `cluster_start` already reads as zeroes without anything to
+    /// do: unallocated here and not covered by a backing file.
+    fn reads_as_zero_unallocated(
+        &self,
+        l1_index: usize,
+        l2_index: usize,
+        cluster_start: u64,
+    ) -> Result<bool> {
+        if self
+            .backing
+            .as_ref()
+            .is_some_and(|b| cluster_start < b.virtual_size())
+        {
+            return Ok(false);
+        }
+        let raw = match self.l2_table(l1_index)? {
+            Some(table) => table.get(l2_index).unwrap_or(0),
+            None => 0,
+        };
+        Ok(raw & !COPIED == 0)
+    }
+
     pub(super) fn write_zeroes_impl(&self, offset: u64, len: u64) -> Result<()> {
         check_range(offset, len, self.virtual_size())?;
-        if self.header.version < 3 {
-            return io::write_zeroes_by_writing(self, offset, len);
-        }
         let end = offset + len;
         let mut pos = offset;
         while pos < end {
             let (l1_index, l2_index, cluster_start) = self.locate(pos);
             let chunk_end = end.min(cluster_start + self.cluster_size());
-            if pos != cluster_start || chunk_end != self.cluster_end(cluster_start) {
+            let whole = pos == cluster_start && chunk_end == self.cluster_end(cluster_start);
+            let mut w = self.writer()?;
+            if whole && self.reads_as_zero_unallocated(l1_index, l2_index, cluster_start)? {
+                pos = chunk_end;
+                continue;
+            }
+            if !whole || self.header.version < 3 {
+                // Zero flags need version 3; partial clusters are written.
+                drop(w);
                 io::write_zeroes_by_writing(self, pos, chunk_end - pos)?;
                 pos = chunk_end;
                 continue;
             }
-            let mut w = self.writer()?;
             let table = self.writable_l2(&mut w, l1_index)?;
             let raw = table.get(l2_index).unwrap_or(0);
             let value = if raw & L2_COMPRESSED != 0 {
