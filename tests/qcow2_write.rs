@@ -329,7 +329,10 @@ fn refcount_table_grows() {
             let off = i * 7 * MIB + 512 * i;
             io::write_at(&image, &buf, off).expect("write");
             mirror[off as usize..off as usize + buf.len()].copy_from_slice(&buf);
-            image.flush().expect("flush");
+            if i == 0 {
+                // Later growths happen between two flushes: the table moves twice.
+                image.flush().expect("flush");
+            }
         }
     }
     let after = open_ro(&img);

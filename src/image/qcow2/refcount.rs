@@ -223,6 +223,12 @@ impl Refcounts {
             ));
         }
         self.table.resize(entries, 0);
+        if self.relocated {
+            // The current table was never on disk: nothing references it, free it now.
+            for i in 0..self.table_clusters {
+                self.set(file, (self.table_offset >> self.cluster_bits) + i, 0)?;
+            }
+        }
         let offset = self.alloc_run(file, clusters)?;
         self.table_offset = offset;
         self.table_clusters = clusters;
