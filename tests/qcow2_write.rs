@@ -443,10 +443,23 @@ fn crash_kill9() {
     for round in 0..24u64 {
         let dir = tempfile::tempdir().expect("tempdir");
         let img = dir.path().join("img.qcow2");
-        let (options, cluster): (&[&str], u64) = match round % 3 {
+        let (options, cluster): (&[&str], u64) = match round % 4 {
             0 => (&["-o", "compat=1.1"], 64 * KIB),
             1 => (&["-o", "compat=0.10,cluster_size=4096"], 4096),
-            _ => (&["-o", "cluster_size=512"], 512),
+            2 => (&["-o", "cluster_size=512"], 512),
+            _ => (&["-b", "base.qcow2", "-F", "qcow2"], 64 * KIB),
+        };
+        // Over a backing file, what the image starts with is the backing file's data.
+        let base = if round % 4 == 3 {
+            converted(
+                dir.path(),
+                &dir.path().join("base.qcow2"),
+                &["-c"],
+                CRASH_SIZE,
+                round,
+            )
+        } else {
+            vec![0u8; CRASH_SIZE as usize]
         };
         create(&img, options, CRASH_SIZE);
         let seed = rng.gen::<u64>();
@@ -477,7 +490,7 @@ fn crash_kill9() {
         eprintln!("  killed after epoch {last}");
         check(&img, true);
         // Everything up to `last` must be there; what epoch last+1 touched may be either.
-        let mut want = vec![0u8; CRASH_SIZE as usize];
+        let mut want = base;
         for epoch in 1..=last {
             apply(&mut want, seed, epoch, cluster);
         }
