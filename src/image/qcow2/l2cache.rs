@@ -157,6 +157,29 @@ impl L2Cache {
         Ok(L2Ref(Guard::from_inner(Some(table))))
     }
 
+    /// Installs a freshly created `table` for L1 entry `index`, whose slot must be empty
+    /// (the write path does this before publishing the L1 entry).
+    pub fn install(&self, index: usize, table: L2Table) -> Result<()> {
+        let slot = self
+            .slots
+            .get(index)
+            .ok_or_else(|| Error::invalid(format!("L1 index {index} outside the L2 cache")))?;
+        self.resident.fetch_add(1, Ordering::SeqCst);
+        let previous = slot
+            .table
+            .compare_and_swap(&None::<Arc<L2Table>>, Some(Arc::new(table)));
+        if previous.is_some() {
+            self.resident.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::invalid(format!(
+                "L2 table {index} is already cached; cannot install a new one"
+            )));
+        }
+        drop(previous);
+        slot.referenced.store(true, Ordering::Relaxed);
+        self.evict_over_capacity();
+        Ok(())
+    }
+
     /// Sweeps the clock until no more than `capacity` tables are resident. Returns at
     /// once if another thread is sweeping; that thread looks again once it is done, so
     /// tables installed meanwhile are accounted for.

@@ -1,9 +1,12 @@
-//! qcow2 (versions 2 and 3), read-only: a lock-free mapper from guest ranges to host
-//! extents over a cached L1/L2 lookup, delegating unallocated ranges to the backing chain.
+//! qcow2 (versions 2 and 3): a lock-free mapper from guest ranges to host extents over a
+//! cached L1/L2 lookup, delegating unallocated ranges to the backing chain, and a write
+//! path that allocates and copies on write.
 //!
 //! - [`header`]: the header, its extensions and every check on them.
 //! - [`entry`]: decoding of L1/L2 entries.
 //! - [`l2cache`]: the bounded L2 table cache, lock-free for resident tables.
+//! - [`refcount`]: refcount blocks and the cluster allocator (write path).
+//! - [`write`]: writes, flush ordering and crash consistency.
 //!
 //! Depth scheme: every image reports extents relative to itself (`depth` 0 = this file).
 //! Extents obtained from the backing image get `depth + 1`, so at the top of the chain
@@ -14,6 +17,8 @@
 pub mod entry;
 pub mod header;
 pub mod l2cache;
+pub mod refcount;
+pub mod write;
 
 #[cfg(test)]
 mod tests;
@@ -24,46 +29,53 @@ use self::l2cache::{L2Cache, L2Ref, L2Table};
 use super::open::open_at_depth;
 use super::{
     check_range, ChainEntry, CompressedCluster, DiskImage, Extent, Format, ImageFile, OpenOptions,
-    Source,
+    Source, WritePlan,
 };
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Largest L2 cache per image unless [`OpenOptions::l2_cache_bytes`] says otherwise:
 /// enough to keep every table of a 1 TiB image with 64 KiB clusters resident.
 pub const DEFAULT_L2_CACHE_BYTES: u64 = 128 << 20;
 
-/// A qcow2 image opened for reading, with its backing chain.
+/// A qcow2 image with its backing chain.
 pub struct Qcow2Image {
     file: ImageFile,
     header: Header,
-    /// The L1 entries that cover the virtual size (atomics, for a future write path).
+    /// The L1 entries that cover the virtual size (atomics: the write path updates them).
     l1: Box<[AtomicU64]>,
     l2: L2Cache,
     backing: Option<Box<dyn DiskImage>>,
+    /// Metadata state of the write path; `None` when open read-only.
+    writer: Option<Mutex<write::Writer>>,
 }
 
 impl Qcow2Image {
     /// Opens the qcow2 image in `file`, which sits `depth` levels below the top of its
-    /// chain, and its backing chain. Only reading is supported.
+    /// chain, and its backing chain; writable when `file` was opened for writing.
     pub fn open(file: ImageFile, options: &OpenOptions, depth: u32) -> Result<Qcow2Image> {
         let path = file.path().to_path_buf();
-        if options.writable || file.writable() {
-            return Err(Error::unsupported(
-                "writing to qcow2 images is not supported yet; open the image read-only",
-            )
-            .with_path(&path));
-        }
         let header = Header::read(&file)?;
-        if header.has_incompatible(header::INCOMPAT_DIRTY) {
+        let writer = if options.writable || file.writable() {
+            Some(Mutex::new(write::Writer::open(&file, &header)?))
+        } else {
+            None
+        };
+        if writer.is_none() && header.has_incompatible(header::INCOMPAT_DIRTY) {
             tracing::warn!(path = %path.display(), "qcow2 image is marked dirty (not closed cleanly); reading it anyway");
         }
         let l1 = read_l1(&file, &header)?;
         let cache_bytes = options.l2_cache_bytes.unwrap_or(DEFAULT_L2_CACHE_BYTES);
-        let capacity = usize::try_from(cache_bytes / header.cluster_size())
-            .unwrap_or(usize::MAX)
-            .min(l1.len());
+        // A writable image keeps every table it loads: dirty tables are never evicted.
+        let capacity = if writer.is_some() {
+            l1.len()
+        } else {
+            usize::try_from(cache_bytes / header.cluster_size())
+                .unwrap_or(usize::MAX)
+                .min(l1.len())
+        };
         let l2 = L2Cache::new(l1.len(), capacity);
         let backing = open_backing(&path, &header, options, depth)?;
         Ok(Qcow2Image {
@@ -72,6 +84,7 @@ impl Qcow2Image {
             l1,
             l2,
             backing,
+            writer,
         })
     }
 
@@ -262,6 +275,38 @@ impl DiskImage for Qcow2Image {
         Ok(())
     }
 
+    fn writable(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    fn map_write<'a>(
+        &'a self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<Extent<'a>>,
+    ) -> Result<WritePlan> {
+        self.map_write_impl(offset, len, out)
+            .map_err(|e| e.with_path(self.file.path()))
+    }
+
+    fn write_sync(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.write_sync_impl(offset, buf)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.flush_impl()
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        if self.writer.is_none() {
+            return Err(
+                Error::new(ErrorKind::ReadOnly, "qcow2 image is open read-only")
+                    .with_path(self.file.path()),
+            );
+        }
+        self.write_zeroes_impl(offset, len)
+    }
+
     fn chain(&self) -> Vec<ChainEntry> {
         let mut chain = vec![ChainEntry {
             path: self.file.path().to_path_buf(),
@@ -273,6 +318,14 @@ impl DiskImage for Qcow2Image {
             chain.extend(backing.chain());
         }
         chain
+    }
+}
+
+impl Drop for Qcow2Image {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_impl() {
+            tracing::error!(path = %self.file.path().display(), "flushing qcow2 image on close failed: {e}");
+        }
     }
 }
 

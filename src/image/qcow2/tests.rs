@@ -284,17 +284,83 @@ fn missing_backing_file_names_tried_path() {
     );
 }
 
-#[test]
-fn refuses_write_access() {
-    let (_dir, path) = write_file("t.qcow2", &valid_image());
+fn open_rw(path: &Path) -> Result<Box<dyn DiskImage>> {
     let options = OpenOptions {
         writable: true,
         ..OpenOptions::default()
     };
-    let err = open_image(&path, &options)
+    open_image(path, &options)
+}
+
+#[test]
+fn writing_needs_a_refcount_table() {
+    let (_dir, path) = write_file("t.qcow2", &valid_image());
+    let err = open_rw(&path).err().expect("opened for writing");
+    assert_eq!(err.kind(), ErrorKind::Corrupt);
+    assert!(err.to_string().contains("refcount table"), "{err}");
+}
+
+/// `valid_image` plus a refcount table (cluster 5) and block (cluster 6) counting 0..=6.
+fn writable_image() -> Vec<u8> {
+    let mut f = valid_image();
+    f.resize(7 * CLUSTER, 0);
+    put64(&mut f, 48, 5 * CLUSTER as u64);
+    put32(&mut f, 56, 1);
+    put64(&mut f, 5 * CLUSTER, 6 * CLUSTER as u64);
+    for c in 0..7 {
+        f[6 * CLUSTER + 2 * c + 1] = 1;
+    }
+    f
+}
+
+#[test]
+fn writes_allocate_and_flush_in_order() {
+    let (_dir, path) = write_file("t.qcow2", &writable_image());
+    let img = open_rw(&path).unwrap();
+    assert!(img.writable());
+    let mut extents = Vec::new();
+    assert_eq!(
+        img.map_write(100, 200, &mut extents).unwrap(),
+        WritePlan::Mapped
+    );
+    assert_eq!(extents.len(), 1);
+    io::write_at(&*img, &[0x11; 200], 100).unwrap();
+    extents.clear();
+    let at = 3 * CLUSTER as u64 + 10;
+    assert_eq!(
+        img.map_write(at, 5, &mut extents).unwrap(),
+        WritePlan::Synchronous
+    );
+    assert!(extents.is_empty());
+    io::write_at(&*img, b"hello", at).unwrap();
+    img.write_zeroes(CLUSTER as u64, CLUSTER as u64).unwrap();
+    let mut buf = vec![0u8; 3 * CLUSTER];
+    io::read_at(&*img, &mut buf, 0).unwrap();
+    assert!(buf[100..300].iter().all(|&b| b == 0x11));
+    assert!(buf[CLUSTER..].iter().all(|&b| b == 0));
+    img.flush().unwrap();
+    drop(img);
+    let f = std::fs::read(&path).unwrap();
+    let l2 = |i: usize| u64::from_be_bytes(f[L2_AT + 8 * i..L2_AT + 8 * i + 8].try_into().unwrap());
+    assert_eq!(l2(3), (1 << 63) | (7 * CLUSTER as u64), "new cluster");
+    assert_eq!(l2(1), (1 << 63) | DATA_B | 1, "preallocated zero cluster");
+    assert_eq!(f[6 * CLUSTER + 2 * 7 + 1], 1, "refcount of the new cluster");
+    assert_eq!(&f[7 * CLUSTER + 10..7 * CLUSTER + 15], b"hello");
+    let img = open_image(&path, &OpenOptions::default()).unwrap();
+    let mut got = [0u8; 5];
+    io::read_at(&*img, &mut got, at).unwrap();
+    assert_eq!(&got, b"hello");
+}
+
+#[test]
+fn refuses_to_write_dirty_images() {
+    let mut f = writable_image();
+    put64(&mut f, 72, 1);
+    let (_dir, path) = write_file("t.qcow2", &f);
+    let err = open_rw(&path)
         .err()
-        .expect("opened for writing");
-    assert_eq!(err.kind(), ErrorKind::Unsupported);
+        .expect("dirty image opened for writing");
+    assert!(err.to_string().contains("dirty"), "{err}");
 }
 
 #[test]

@@ -1,0 +1,508 @@
+//! qcow2 writes checked against QEMU: random writes (and zeroings) go through imgblk and
+//! into a raw mirror; `qemu-img check` must find no corruption and `qemu-img compare` no
+//! difference. A crash test kills a writer with SIGKILL at random moments and checks that
+//! the image is consistent and keeps everything flushed.
+//!
+//! Needs qemu-utils (`qemu-img`, `qemu-io`); without them the tests fail, saying so.
+
+use imgblk::image::qcow2::Qcow2Image;
+use imgblk::image::{io, DiskImage, ImageFile, OpenOptions};
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore, SeedableRng};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// Runs `tool args`; returns (exit code, stdout + stderr). Fails if the tool is missing.
+fn run_status(tool: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run `{tool}` ({e}): these tests need qemu-utils (qemu-img, qemu-io)")
+    });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn run(tool: &str, args: &[&str]) -> String {
+    let (code, text) = run_status(tool, args);
+    assert_eq!(code, 0, "`{tool} {}` failed: {text}", args.join(" "));
+    text
+}
+
+fn create(path: &Path, options: &[&str], size: u64) {
+    let size = size.to_string();
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    args.extend(options);
+    args.extend([s(path), size.as_str()]);
+    run("qemu-img", &args);
+}
+
+/// `qemu-img check`: no corruption allowed; leaks only when `leaks_ok`. Returns the output.
+fn check(path: &Path, leaks_ok: bool) -> String {
+    let (code, text) = run_status("qemu-img", &["check", "-f", "qcow2", s(path)]);
+    let ok = code == 0 || (leaks_ok && code == 3);
+    assert!(
+        ok,
+        "qemu-img check {} exited {code}: {text}",
+        path.display()
+    );
+    if code == 3 {
+        let summary: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("leaked clusters"))
+            .collect();
+        eprintln!("  leaks (allowed after a crash): {}", summary.join("; "));
+    }
+    text
+}
+
+fn open_rw(path: &Path) -> Qcow2Image {
+    let file = ImageFile::open(path, true, false).expect("open image read-write");
+    let options = OpenOptions {
+        writable: true,
+        ..OpenOptions::default()
+    };
+    Qcow2Image::open(file, &options, 0).expect("open qcow2 writable")
+}
+
+fn open_ro(path: &Path) -> Qcow2Image {
+    let file = ImageFile::open(path, false, false).expect("open image");
+    Qcow2Image::open(file, &OpenOptions::default(), 0).expect("open qcow2")
+}
+
+/// Reads the whole image through imgblk and compares it with `want`.
+fn compare_read(image: &dyn DiskImage, want: &[u8], what: &str) {
+    let mut got = vec![0u8; 4 * MIB as usize];
+    for (i, expect) in want.chunks(got.len()).enumerate() {
+        let buf = &mut got[..expect.len()];
+        io::read_at(image, buf, (i * 4 * MIB as usize) as u64).expect("read back");
+        if buf != expect {
+            let at = buf
+                .iter()
+                .zip(expect)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            panic!("{what}: byte {} differs", i as u64 * 4 * MIB + at as u64);
+        }
+    }
+}
+
+/// Random guest offset: anywhere, or near a cluster or an L2-table boundary.
+fn pick_offset(rng: &mut SmallRng, size: u64, cluster: u64) -> u64 {
+    let l2_span = cluster * (cluster / 8);
+    let off = match rng.gen_range(0..10) {
+        0 | 1 => {
+            let b = rng.gen_range(0..=size / cluster) * cluster;
+            b.saturating_sub(rng.gen_range(0..4) * 512)
+        }
+        2 | 3 => {
+            let b = rng.gen_range(0..=size / l2_span) * l2_span;
+            b.saturating_sub(rng.gen_range(0..128) * 512)
+        }
+        _ => rng.gen_range(0..size / 512) * 512,
+    };
+    off.min(size - 512)
+}
+
+/// Applies `rounds` random writes and zeroings to `img` and `mirror`, reopening once.
+fn random_writes(path: &Path, mirror: &mut [u8], seed: u64, rounds: usize) {
+    eprintln!("seed {seed:#x} for {}", path.display());
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let size = mirror.len() as u64;
+    let mut image = open_rw(path);
+    let cluster = image.cluster_size();
+    let mut data = vec![0u8; 300 * KIB as usize];
+    for round in 0..rounds {
+        if round == rounds / 2 {
+            drop(image);
+            check(path, false);
+            image = open_rw(path);
+        }
+        let off = pick_offset(&mut rng, size, cluster);
+        let mut len = rng.gen_range(1..=600u64) * 512;
+        let unaligned = rng.gen_range(0..20) == 0;
+        let (off, len) = if unaligned {
+            let o = (off + rng.gen_range(0..512)).min(size - 1);
+            (o, rng.gen_range(1..=3 * cluster).min(size - o))
+        } else {
+            len = len.min(size - off);
+            (off, len)
+        };
+        let range = off as usize..(off + len) as usize;
+        match rng.gen_range(0..20) {
+            0 | 1 => {
+                image.write_zeroes(off, len).expect("write_zeroes");
+                mirror[range].fill(0);
+            }
+            2 => image.flush().expect("flush"),
+            _ => {
+                let buf = &mut data[..len as usize];
+                rng.fill_bytes(buf);
+                io::write_at(&image, buf, off).expect("write_at");
+                mirror[range].copy_from_slice(buf);
+            }
+        }
+    }
+    compare_read(&image, mirror, "read back while open");
+    drop(image);
+}
+
+/// Checks `path` with qemu-img against `mirror` and reads it back read-only.
+fn verify(dir: &Path, path: &Path, mirror: &[u8]) {
+    let out = check(path, false);
+    assert!(!out.contains("ERROR"), "{out}");
+    let raw = dir.join("mirror.raw");
+    std::fs::write(&raw, mirror).expect("write mirror");
+    run(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "qcow2", s(&raw), s(path)],
+    );
+    compare_read(&open_ro(path), mirror, "read back after reopen");
+}
+
+fn fresh(options: &[&str], size: u64, seed: u64, rounds: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("img.qcow2");
+    create(&img, options, size);
+    let mut mirror = vec![0u8; size as usize];
+    random_writes(&img, &mut mirror, seed, rounds);
+    verify(dir.path(), &img, &mirror);
+}
+
+#[test]
+fn random_writes_v3_64k() {
+    fresh(&["-o", "compat=1.1"], 64 * MIB, 0x5eed_0001, 1500);
+}
+
+#[test]
+fn random_writes_v2() {
+    fresh(&["-o", "compat=0.10"], 48 * MIB, 0x5eed_0002, 1500);
+}
+
+#[test]
+fn random_writes_512_byte_clusters() {
+    fresh(
+        &["-o", "cluster_size=512"],
+        12 * MIB + 1536,
+        0x5eed_0003,
+        800,
+    );
+}
+
+#[test]
+fn random_writes_refcount_order_1_and_64() {
+    fresh(
+        &["-o", "cluster_size=4096,refcount_bits=2"],
+        16 * MIB,
+        0x5eed_0004,
+        500,
+    );
+    fresh(
+        &["-o", "cluster_size=4096,refcount_bits=64"],
+        16 * MIB,
+        0x5eed_0005,
+        500,
+    );
+}
+
+/// Random data in a raw file of `size` bytes, half of it left zero.
+fn random_raw(path: &Path, size: u64, seed: u64) -> Vec<u8> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut data = vec![0u8; size as usize];
+    for chunk in data.chunks_mut(64 * KIB as usize) {
+        if rng.gen_bool(0.5) {
+            rng.fill_bytes(chunk);
+            let n = 4096.min(chunk.len());
+            chunk[..n].fill(0x5a); // compressible part
+        }
+    }
+    std::fs::write(path, &data).expect("write raw");
+    data
+}
+
+/// A qcow2 image at `qcow2` made by `qemu-img convert` (with `extra` options) from random
+/// raw data of `size` bytes; returns that data.
+fn converted(dir: &Path, qcow2: &Path, extra: &[&str], size: u64, seed: u64) -> Vec<u8> {
+    let raw = dir.join("src.raw");
+    let data = random_raw(&raw, size, seed);
+    let mut args = vec!["convert", "-q", "-f", "raw", "-O", "qcow2"];
+    args.extend(extra);
+    args.extend([s(&raw), s(qcow2)]);
+    run("qemu-img", &args);
+    data
+}
+
+#[test]
+fn random_writes_over_qcow2_backing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("img.qcow2");
+    let size = 40 * MIB;
+    let mut mirror = converted(
+        dir.path(),
+        &dir.path().join("base.qcow2"),
+        &[],
+        size,
+        0xba5e,
+    );
+    create(&img, &["-b", "base.qcow2", "-F", "qcow2"], size);
+    random_writes(&img, &mut mirror, 0x5eed_0006, 1500);
+    verify(dir.path(), &img, &mirror);
+}
+
+#[test]
+fn random_writes_over_compressed_clusters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("img.qcow2");
+    let mut mirror = converted(dir.path(), &img, &["-c"], 24 * MIB, 0xc0c0);
+    random_writes(&img, &mut mirror, 0x5eed_0007, 1000);
+    verify(dir.path(), &img, &mirror);
+}
+
+/// Threads writing disjoint stripes that share clusters and L2 tables, while others read:
+/// copy-on-write under the lock must never lose a neighbour's in-place write.
+#[test]
+fn concurrent_writers_share_clusters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("img.qcow2");
+    let size = 8 * MIB;
+    create(&img, &["-o", "cluster_size=16384"], size);
+    const STRIPE: u64 = 6 * KIB;
+    const THREADS: u64 = 4;
+    let image = open_rw(&img);
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let image = &image;
+            scope.spawn(move || {
+                let mut rng = SmallRng::seed_from_u64(0xc0_0000 + t);
+                let mut buf = vec![0u8; STRIPE as usize];
+                for round in 0..3u64 {
+                    for stripe in (t..size / STRIPE).step_by(THREADS as usize) {
+                        let off = stripe * STRIPE;
+                        fill_pattern(&mut buf, round + 1, off);
+                        io::write_at(image, &buf, off).expect("write");
+                        if rng.gen_range(0..50) == 0 {
+                            image.flush().expect("flush");
+                        }
+                    }
+                }
+            });
+        }
+        let image = &image;
+        scope.spawn(move || {
+            let mut buf = vec![0u8; 64 * KIB as usize];
+            for i in 0..200u64 {
+                io::read_at(image, &mut buf, (i * 40 * KIB) % (size - 64 * KIB)).expect("read");
+            }
+        });
+    });
+    drop(image);
+    let mut mirror = vec![0u8; size as usize];
+    let written = (size / STRIPE * STRIPE) as usize;
+    fill_pattern(&mut mirror[..written], 3, 0);
+    verify(dir.path(), &img, &mirror);
+}
+
+#[test]
+fn refcount_table_grows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("img.qcow2");
+    let size = 48 * MIB;
+    create(&img, &["-o", "cluster_size=512"], size);
+    let before = open_ro(&img).header().refcount_table_offset;
+    let mut mirror = vec![0u8; size as usize];
+    let mut rng = SmallRng::seed_from_u64(0x9409);
+    {
+        let image = open_rw(&img);
+        let mut buf = vec![0u8; 3 * MIB as usize];
+        for i in 0..6u64 {
+            rng.fill_bytes(&mut buf);
+            let off = i * 7 * MIB + 512 * i;
+            io::write_at(&image, &buf, off).expect("write");
+            mirror[off as usize..off as usize + buf.len()].copy_from_slice(&buf);
+            if i == 0 {
+                // Later growths happen between two flushes: the table moves twice.
+                image.flush().expect("flush");
+            }
+        }
+    }
+    let after = open_ro(&img);
+    assert_ne!(
+        after.header().refcount_table_offset,
+        before,
+        "the refcount table did not move"
+    );
+    verify(dir.path(), &img, &mirror);
+}
+
+#[test]
+fn refuses_writes_read_only_and_with_snapshots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("img.qcow2");
+    create(&img, &[], 4 * MIB);
+    let ro = open_ro(&img);
+    assert!(!ro.writable());
+    assert!(io::write_at(&ro, &[1u8; 512], 0).is_err());
+    drop(ro);
+    assert!(open_rw(&img).writable());
+    run("qemu-img", &["snapshot", "-c", "snap", s(&img)]);
+    let file = ImageFile::open(&img, true, false).expect("open");
+    let options = OpenOptions {
+        writable: true,
+        ..OpenOptions::default()
+    };
+    let err = Qcow2Image::open(file, &options, 0)
+        .err()
+        .expect("snapshots refused");
+    assert!(err.to_string().contains("snapshots"), "{err}");
+}
+
+// ---- crash test ----
+
+const CRASH_SIZE: u64 = 24 * MIB;
+const WRITES_PER_EPOCH: usize = 12;
+
+/// One write of a crash-test epoch: offset, length, zeroing or pattern.
+fn epoch_ops(seed: u64, epoch: u64, cluster: u64) -> Vec<(u64, u64, bool)> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    (0..WRITES_PER_EPOCH)
+        .map(|_| {
+            let off = pick_offset(&mut rng, CRASH_SIZE, cluster);
+            let len = (rng.gen_range(1..=300u64) * 512).min(CRASH_SIZE - off);
+            (off, len, rng.gen_range(0..8) == 0)
+        })
+        .collect()
+}
+
+/// The pattern a crash-test write of `epoch` leaves at guest `offset` (8-byte aligned).
+fn pattern(epoch: u64, offset: u64) -> [u8; 8] {
+    ((epoch << 40) ^ offset ^ 0xa5a5_0000_0000_0000).to_le_bytes()
+}
+
+fn fill_pattern(buf: &mut [u8], epoch: u64, offset: u64) {
+    for (i, chunk) in buf.chunks_mut(8).enumerate() {
+        let p = pattern(epoch, offset + 8 * i as u64);
+        chunk.copy_from_slice(&p[..chunk.len()]);
+    }
+}
+
+fn apply(mirror: &mut [u8], seed: u64, epoch: u64, cluster: u64) {
+    for (off, len, zero) in epoch_ops(seed, epoch, cluster) {
+        let part = &mut mirror[off as usize..(off + len) as usize];
+        if zero {
+            part.fill(0);
+        } else {
+            fill_pattern(part, epoch, off);
+        }
+    }
+}
+
+/// The child side of the crash test: runs only when spawned by `crash_kill9`.
+#[test]
+fn crash_child() {
+    let Ok(path) = std::env::var("IMGBLK_CRASH_IMAGE") else {
+        return;
+    };
+    let seed: u64 = std::env::var("IMGBLK_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .expect("seed");
+    let image = open_rw(Path::new(&path));
+    let cluster = image.cluster_size();
+    let mut out = std::io::stdout();
+    let mut buf = vec![0u8; 300 * KIB as usize];
+    for epoch in 1.. {
+        for (off, len, zero) in epoch_ops(seed, epoch, cluster) {
+            if zero {
+                image.write_zeroes(off, len).expect("write_zeroes");
+            } else {
+                let part = &mut buf[..len as usize];
+                fill_pattern(part, epoch, off);
+                io::write_at(&image, part, off).expect("write");
+            }
+        }
+        image.flush().expect("flush");
+        writeln!(out, "flushed {epoch}").expect("pipe");
+        out.flush().expect("pipe");
+    }
+}
+
+#[test]
+fn crash_kill9() {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut rng = SmallRng::seed_from_u64(0xc4a5);
+    for round in 0..24u64 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("img.qcow2");
+        let (options, cluster): (&[&str], u64) = match round % 4 {
+            0 => (&["-o", "compat=1.1"], 64 * KIB),
+            1 => (&["-o", "compat=0.10,cluster_size=4096"], 4096),
+            2 => (&["-o", "cluster_size=512"], 512),
+            _ => (&["-b", "base.qcow2", "-F", "qcow2"], 64 * KIB),
+        };
+        // Over a backing file, what the image starts with is the backing file's data.
+        let base = if round % 4 == 3 {
+            converted(
+                dir.path(),
+                &dir.path().join("base.qcow2"),
+                &["-c"],
+                CRASH_SIZE,
+                round,
+            )
+        } else {
+            vec![0u8; CRASH_SIZE as usize]
+        };
+        create(&img, options, CRASH_SIZE);
+        let seed = rng.gen::<u64>();
+        eprintln!("crash round {round}: seed {seed:#x}");
+        let mut child = Command::new(&exe)
+            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env("IMGBLK_CRASH_IMAGE", &img)
+            .env("IMGBLK_CRASH_SEED", seed.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("child stdout");
+        let reader = std::thread::spawn(move || {
+            let mut last = 0u64;
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                // libtest may print "test crash_child ... " on the same line first.
+                if let Some((_, n)) = line.split_once("flushed ") {
+                    last = n.trim().parse().unwrap_or(last);
+                }
+            }
+            last
+        });
+        std::thread::sleep(std::time::Duration::from_millis(rng.gen_range(30..600)));
+        child.kill().expect("kill -9");
+        child.wait().expect("wait");
+        let last = reader.join().expect("reader");
+        eprintln!("  killed after epoch {last}");
+        check(&img, true);
+        // Everything up to `last` must be there; what epoch last+1 touched may be either.
+        let mut want = base;
+        for epoch in 1..=last {
+            apply(&mut want, seed, epoch, cluster);
+        }
+        let mut maybe = vec![false; CRASH_SIZE as usize];
+        for (off, len, _) in epoch_ops(seed, last + 1, cluster) {
+            maybe[off as usize..(off + len) as usize].fill(true);
+        }
+        let image = open_ro(&img);
+        let mut got = vec![0u8; CRASH_SIZE as usize];
+        io::read_at(&image, &mut got, 0).expect("read");
+        if let Some(bad) = (0..got.len()).find(|&i| !maybe[i] && got[i] != want[i]) {
+            panic!("round {round} (seed {seed:#x}): byte {bad} lost after epoch {last}");
+        }
+    }
+}
