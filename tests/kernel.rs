@@ -32,6 +32,8 @@ mod mount;
 mod partitions;
 #[path = "kernel/pieces.rs"]
 mod pieces;
+#[path = "kernel/qcow2_rw.rs"]
+mod qcow2_rw;
 #[path = "kernel/safety.rs"]
 mod safety;
 #[path = "kernel/vdisk.rs"]
