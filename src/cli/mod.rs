@@ -5,6 +5,7 @@ mod attach;
 mod cat;
 mod detach;
 mod doctor;
+mod fsck;
 mod info;
 mod inspect;
 mod list;
@@ -73,6 +74,7 @@ enum Command {
     Recover(recover::RecoverArgs),
     Info(info::InfoArgs),
     Inspect(inspect::InspectArgs),
+    Fsck(fsck::FsckArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -91,6 +93,7 @@ pub fn main() -> i32 {
         Command::Recover(args) => recover::run(args),
         Command::Info(args) => info::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Fsck(args) => fsck::run(args),
     };
     match result {
         Ok(code) => code,
