@@ -300,25 +300,19 @@ impl DiskImage for MemoryOverlay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::raw::RawImage;
     use rand::rngs::SmallRng;
     use rand::{Rng, RngCore, SeedableRng};
-    use std::io::Write;
 
     fn base(len: usize, seed: u64) -> (tempfile::NamedTempFile, Arc<dyn DiskImage>, Vec<u8>) {
-        let mut rng = SmallRng::seed_from_u64(seed);
         let mut bytes = vec![0u8; len];
-        rng.fill_bytes(&mut bytes);
-        let mut tmp = tempfile::NamedTempFile::new().unwrap();
-        tmp.write_all(&bytes).unwrap();
-        let image = RawImage::new(ImageFile::open(tmp.path(), false, false).unwrap());
-        (tmp, Arc::new(image), bytes)
+        SmallRng::seed_from_u64(seed).fill_bytes(&mut bytes);
+        let (tmp, image) = crate::layout::testutil::mem_image(&bytes);
+        (tmp, image, bytes)
     }
 
     fn read(image: &dyn DiskImage, offset: u64, len: usize) -> Vec<u8> {
         let mut buf = vec![0u8; len];
-        io::read_at(image, &mut buf, offset).unwrap();
-        buf
+        io::read_at(image, &mut buf, offset).map(|()| buf).unwrap()
     }
 
     #[test]

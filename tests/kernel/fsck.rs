@@ -249,3 +249,51 @@ fn fsck_sigint_detaches_everything() {
     assert_eq!(status.code(), Some(130));
     assert_nothing_left();
 }
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn fsck_overlay_memory_attach_writes_to_ram_only() {
+    let s = Scratch::new("overlay");
+    let image = s.path("disk.raw");
+    write_random(&image, 8 * MIB, 31);
+    let patch = s.path("patch");
+    write_random(&patch, MIB, 32);
+    let before = sha256(&image);
+
+    let dev = Device::attach(&image, &["--overlay", "memory"]);
+    assert_eq!(dev.info["writable"].as_bool(), Some(true), "{}", dev.info);
+    assert_eq!(dev.info["overlay"].as_str(), Some("memory"), "{}", dev.info);
+    assert!(!dev.kernel_read_only());
+    // the image is only read: a read-only attach may share it
+    let reader = Device::attach(&image, &[]);
+    cmd("dd")
+        .arg(format!("if={}", patch.display()))
+        .arg(format!("of={}", dev.path.display()))
+        .args([
+            "bs=64K",
+            "seek=16",
+            "oflag=direct",
+            "conv=notrunc",
+            "status=none",
+        ])
+        .ok();
+    assert_same_bytes(&dev.path, MIB, &patch, 0, MIB);
+    assert_same_bytes(&dev.path, 0, &image, 0, MIB);
+    assert_same_bytes(&dev.path, 2 * MIB, &image, 2 * MIB, 6 * MIB);
+    assert_same_bytes(&reader.path, 0, &image, 0, 8 * MIB);
+    reader.detach();
+    dev.detach();
+    assert_eq!(sha256(&image), before, "the overlay wrote to the image");
+    // qcow2 overlay files are refused with a clear message
+    let out = imgblk()
+        .args(["attach", "--overlay"])
+        .arg(&patch)
+        .arg(&image)
+        .fails();
+    assert!(
+        out.stderr.contains("not supported yet"),
+        "{}",
+        out.describe()
+    );
+    assert_nothing_left();
+}
