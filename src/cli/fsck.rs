@@ -49,7 +49,8 @@ Exit status (bits OR-ed together, like fsck(8)):
   8    operational error: an image could not be opened or attached (another writer
        holds it, for --repair), a checker is not installed, or a checker failed
   130  interrupted (SIGINT/SIGTERM); every device this run attached is detached
-  2    bad usage";
+  2    bad usage
+Images with no file system to check give 0, with a note on stderr.";
 
 /// Check the file systems inside images (e2fsck, xfs_repair, fsck.vfat, btrfs check).
 ///
@@ -393,7 +394,14 @@ fn run_check(shared: &Shared, check: &Check) -> CheckResult {
                     }
                 }
             }
-            Err(e) => result.message = Some(e.to_string()),
+            Err(e) => {
+                let hint = if shared.mode == Mode::Repair {
+                    " (--repair --overlay memory repairs into RAM instead)"
+                } else {
+                    ""
+                };
+                result.message = Some(format!("{e}{hint}"));
+            }
         }
     }
     result.seconds = (start.elapsed().as_secs_f64() * 10.0).round() / 10.0;
