@@ -24,6 +24,8 @@ mod errors;
 mod filesystems;
 #[path = "kernel/formats.rs"]
 mod formats;
+#[path = "kernel/fsck.rs"]
+mod fsck;
 #[path = "kernel/lifecycle.rs"]
 mod lifecycle;
 #[path = "kernel/mount.rs"]

@@ -39,6 +39,7 @@ complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "mount" -d 'Mount a fi
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "umount" -d 'Unmount what `imgblk mount` mounted, flush, and detach its device'
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "info" -d 'Show an image\'s format, virtual size and backing chain'
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "inspect" -d 'Show partitions, LVM volume groups and file systems inside images, without ublk'
+complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "fsck" -d 'Check the file systems inside images (e2fsck, xfs_repair, fsck.vfat, btrfs check)'
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
@@ -50,6 +51,7 @@ vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l queues -d 'Number of queues, each served by its own thread and io_uring' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s d -l depth -d 'Requests in flight per queue' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l overlay -d 'Make the device writable but keep every write in RAM (`memory`, the only kind so far): the image is opened read-only, may be shared with other readers, and is never changed; the writes are lost at detach. Memory use grows with what is written' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l l2-cache-mib -d 'Most MiB of qcow2 L2 tables to cache per image of the chain. The default (128) holds every table of a 1 TiB image with 64 KiB clusters; tables load on first use' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l rw -d 'Allow writes (the image must not be in use by another writer)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l foreground -d 'Serve from this process instead of a background daemon; stop with Ctrl-C'
@@ -143,15 +145,31 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l json -d 'Print
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect help" -f -a "attach" -d 'Expose an image as a block device /dev/ublkbN'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect help" -f -a "detach" -d 'Remove a device created by `imgblk attach`'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect help" -f -a "doctor" -d 'Check that this host can run imgblk, and say how to fix what is missing'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect help" -f -a "list" -d 'List ublk devices: imgblk\'s own, with their image, and orphaned ones'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect help" -f -a "map" -d 'Show the allocation map of an image, like `qemu-img map`'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect help" -f -a "cat" -d 'Copy an image\'s guest contents (the raw disk) to stdout or a file'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect help" -f -a "recover" -d 'Serve again a device whose daemon died (ublk USER_RECOVERY)'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect help" -f -a "mount" -d 'Mount a file system inside an image: attach the piece and mount it, in one step'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect help" -f -a "umount" -d 'Unmount what `imgblk mount` mounted, flush, and detach its device'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect help" -f -a "info" -d 'Show an image\'s format, virtual size and backing chain'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect help" -f -a "inspect" -d 'Show partitions, LVM volume groups and file systems inside images, without ublk'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s f -l format -d 'Image format of all the images; detected from each file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
+qcow2\t'QEMU copy-on-write v2/v3'
+vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
+vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
+vhdx\t'Microsoft VHDX (Hyper-V)'
+vdi\t'VirtualBox disk image'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s j -l jobs -d 'How many file systems to check at once' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l overlay -d 'With --repair: write the repairs into RAM (`memory`), leaving the image as it was' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l repair -d 'Repair what the checkers find (devices are attached read-write; refused while another writer holds the image)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l json -d 'Print the results as a JSON array instead of a table'
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s q -l quiet -d 'Only errors'
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "attach" -d 'Expose an image as a block device /dev/ublkbN'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "detach" -d 'Remove a device created by `imgblk attach`'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "doctor" -d 'Check that this host can run imgblk, and say how to fix what is missing'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "list" -d 'List ublk devices: imgblk\'s own, with their image, and orphaned ones'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "map" -d 'Show the allocation map of an image, like `qemu-img map`'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "cat" -d 'Copy an image\'s guest contents (the raw disk) to stdout or a file'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "recover" -d 'Serve again a device whose daemon died (ublk USER_RECOVERY)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "mount" -d 'Mount a file system inside an image: attach the piece and mount it, in one step'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "umount" -d 'Unmount what `imgblk mount` mounted, flush, and detach its device'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "info" -d 'Show an image\'s format, virtual size and backing chain'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "inspect" -d 'Show partitions, LVM volume groups and file systems inside images, without ublk'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "fsck" -d 'Check the file systems inside images (e2fsck, xfs_repair, fsck.vfat, btrfs check)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

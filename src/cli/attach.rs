@@ -3,6 +3,7 @@
 use super::piece::{open_source, PieceArgs, Source};
 use super::{print_json, EXIT_OK};
 use crate::error::{Error, ErrorKind, Result};
+use crate::image::overlay::MemoryOverlay;
 use crate::image::{DiskImage, Format, OpenOptions};
 use crate::ublk::daemon::{self, Notifier, Role};
 use crate::ublk::device::{self, DeviceConfig};
@@ -19,7 +20,8 @@ use std::sync::Arc;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  imgblk attach disk.qcow2\n  \
 imgblk attach --rw --queues 2 disk.raw\n  imgblk attach --part 2 disk.vmdk\n  \
-imgblk attach --lv vg0/root disk1.qcow2 disk2.qcow2\n  imgblk attach --json --foreground disk.qcow2")]
+imgblk attach --lv vg0/root disk1.qcow2 disk2.qcow2\n  imgblk attach --json --foreground disk.qcow2\n  \
+imgblk attach --overlay memory disk.vmdk   # writable; writes kept in RAM, image untouched")]
 pub struct AttachArgs {
     /// The image file (or block device) to serve; for --lv of a VG spanning several
     /// disks, all of them.
@@ -39,6 +41,11 @@ pub struct AttachArgs {
     /// Allow writes (the image must not be in use by another writer).
     #[arg(long)]
     rw: bool,
+    /// Make the device writable but keep every write in RAM (`memory`, the only kind so
+    /// far): the image is opened read-only, may be shared with other readers, and is never
+    /// changed; the writes are lost at detach. Memory use grows with what is written.
+    #[arg(long, value_name = "memory", value_parser = parse_overlay, conflicts_with = "rw")]
+    overlay: Option<Overlay>,
     /// Serve from this process instead of a background daemon; stop with Ctrl-C.
     #[arg(long)]
     foreground: bool,
@@ -58,6 +65,41 @@ pub struct AttachArgs {
     no_direct: bool,
 }
 
+/// Where `--overlay` sends writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlay {
+    /// A throw-away RAM overlay ([`MemoryOverlay`]).
+    Memory,
+}
+
+impl Overlay {
+    /// The name recorded and shown for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Overlay::Memory => "memory",
+        }
+    }
+}
+
+/// Parses `--overlay`: `memory`; overlay files are refused for now.
+pub fn parse_overlay(value: &str) -> std::result::Result<Overlay, String> {
+    match value {
+        "memory" => Ok(Overlay::Memory),
+        other => Err(format!(
+            "`{other}`: qcow2 overlay files are not supported yet; the only overlay is \
+             `memory` (writes kept in RAM, lost at detach)"
+        )),
+    }
+}
+
+/// Wraps `source`'s image in the overlay asked for, if any.
+pub(super) fn with_overlay(mut source: Source, overlay: Option<Overlay>) -> Result<Source> {
+    if let Some(Overlay::Memory) = overlay {
+        source.image = Arc::new(MemoryOverlay::new(source.image)?);
+    }
+    Ok(source)
+}
+
 /// Runs `imgblk attach`.
 pub fn run(args: AttachArgs) -> Result<i32> {
     let paths = canonical_paths(&args.images)?;
@@ -67,6 +109,8 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         r.image == paths[0]
             && r.piece == piece
             && r.writable == args.rw
+            && r.overlay.is_none()
+            && args.overlay.is_none()
             && device::is_recoverable(r)
     });
     if orphan.is_none() {
@@ -84,7 +128,10 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         force_share: args.force_share,
         l2_cache_bytes: args.l2_cache_mib.map(|mib| mib << 20),
     };
-    let source = open_served(&paths, &options, piece.as_deref())?;
+    let source = with_overlay(
+        open_served(&paths, &options, piece.as_deref())?,
+        args.overlay,
+    )?;
     let mut config = DeviceConfig {
         queues: args.queues,
         depth: args.depth,
@@ -99,7 +146,8 @@ pub fn run(args: AttachArgs) -> Result<i32> {
     let template = DeviceRecord {
         queues: config.queues,
         depth: config.depth,
-        writable: args.rw,
+        writable: args.rw || args.overlay.is_some(),
+        overlay: args.overlay.map(|o| o.name().to_string()),
         more_images: paths[1..].to_vec(),
         piece: source.piece,
         ..DeviceRecord::new(
@@ -245,13 +293,13 @@ fn tell_systemd_ready(record: &DeviceRecord) {
 fn refuse_conflicting_writer(image: &Path, writable: bool) -> Result<()> {
     let conflict = registry::all()
         .into_iter()
-        .find(|r| r.image == image && registry::pid_alive(r.pid) && (writable || r.writable));
+        .find(|r| r.image == image && registry::pid_alive(r.pid) && (writable || r.writes_image()));
     match conflict {
         Some(r) => Err(Error::new(
             ErrorKind::Busy,
             format!(
                 "already served {} by {} (pid {}); detach it first",
-                if r.writable {
+                if r.writes_image() {
                     "read-write"
                 } else {
                     "read-only"

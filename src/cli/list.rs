@@ -54,7 +54,11 @@ pub fn run(args: ListArgs) -> Result<i32> {
             r.format,
             human_size(r.size),
             r.queues,
-            if r.writable { "rw" } else { "ro" },
+            match (r.writable, &r.overlay) {
+                (true, Some(_)) => "ram",
+                (true, None) => "rw",
+                (false, _) => "ro",
+            },
             r.pid,
             row.state,
             r.image.display()

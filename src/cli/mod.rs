@@ -5,6 +5,7 @@ mod attach;
 mod cat;
 mod detach;
 mod doctor;
+mod fsck;
 mod info;
 mod inspect;
 mod list;
@@ -77,6 +78,7 @@ enum Command {
     Umount(mount::UmountArgs),
     Info(info::InfoArgs),
     Inspect(inspect::InspectArgs),
+    Fsck(fsck::FsckArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -100,6 +102,7 @@ pub fn main() -> i32 {
         Command::Umount(args) => mount::run_umount(args),
         Command::Info(args) => info::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Fsck(args) => fsck::run(args),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,7 @@ pub mod file;
 pub mod io;
 pub mod lock;
 pub mod open;
+pub mod overlay;
 pub mod qcow2;
 pub mod raw;
 pub mod status;

@@ -19,7 +19,7 @@ pub mod view;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use probe::{Content, ContentKind};
 pub use table::{Partition, PartitionTable, TableKind};

@@ -31,6 +31,10 @@ pub struct DeviceRecord {
     pub depth: u16,
     /// Whether the device accepts writes.
     pub writable: bool,
+    /// Where writes go when not to the image: `memory` for a RAM overlay (the image is
+    /// then only read, and the writes are lost at detach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<String>,
     /// Process id of the serving daemon.
     pub pid: u32,
     /// Where the daemon logs, if it runs in the background.
@@ -39,6 +43,11 @@ pub struct DeviceRecord {
 }
 
 impl DeviceRecord {
+    /// Whether the device writes to its image (a writable device with an overlay does not).
+    pub fn writes_image(&self) -> bool {
+        self.writable && self.overlay.is_none()
+    }
+
     /// Builds the record of a device serving `image`.
     pub fn new(id: u32, device: PathBuf, image: &Path, format: Format, size: u64) -> Self {
         DeviceRecord {
@@ -52,6 +61,7 @@ impl DeviceRecord {
             queues: 1,
             depth: 64,
             writable: false,
+            overlay: None,
             pid: std::process::id(),
             log: None,
         }
