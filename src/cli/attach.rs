@@ -27,6 +27,8 @@ pub struct AttachArgs {
     images: Vec<PathBuf>,
     #[command(flatten)]
     piece: PieceArgs,
+    #[command(flatten)]
+    luks: super::luks::LuksArgs,
     /// Image format; detected from the file's magic when omitted.
     #[arg(short, long, value_enum)]
     format: Option<Format>,
@@ -84,7 +86,8 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         force_share: args.force_share,
         l2_cache_bytes: args.l2_cache_mib.map(|mib| mib << 20),
     };
-    let source = open_served(&paths, &options, piece.as_deref())?;
+    let mut source = open_served(&paths, &options, piece.as_deref())?;
+    source.image = args.luks.apply(source.image)?;
     let mut config = DeviceConfig {
         queues: args.queues,
         depth: args.depth,

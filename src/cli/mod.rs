@@ -8,6 +8,7 @@ mod doctor;
 mod info;
 mod inspect;
 mod list;
+mod luks;
 mod map;
 mod piece;
 mod recover;

@@ -145,7 +145,10 @@ enum IvMode {
 enum Mode {
     Xts128(Box<Xts128<Aes128>>),
     Xts256(Box<Xts128<Aes256>>),
-    Cbc { key: Vec<u8>, essiv: Option<Aes256> },
+    Cbc {
+        key: Vec<u8>,
+        essiv: Option<Box<Aes256>>,
+    },
 }
 
 /// A LUKS cipher spec (`aes-xts-plain64`) keyed: encrypts and decrypts whole sectors.
@@ -189,7 +192,7 @@ impl SectorCipher {
                 )),
                 ("cbc", _, 16 | 24 | 32) => {
                     let essiv = (iv == IvMode::EssivSha256)
-                        .then(|| Aes256::new(&sha2::Sha256::digest(key)));
+                        .then(|| Box::new(Aes256::new(&sha2::Sha256::digest(key))));
                     Mode::Cbc {
                         key: key.to_vec(),
                         essiv,
