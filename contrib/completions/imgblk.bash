@@ -97,7 +97,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__attach)
-            opts="-f -d -U -v -q -h --part --lv --format --queues --depth --rw --foreground --json --force-share --l2-cache-mib --no-direct --verbose --quiet --help"
+            opts="-f -d -U -v -q -h --part --lv --luks --key-file --format --queues --depth --rw --foreground --json --force-share --l2-cache-mib --no-direct --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -108,6 +108,10 @@ _imgblk() {
                     return 0
                     ;;
                 --lv)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -143,7 +147,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__cat)
-            opts="-f -U -o -v -q -h --format --force-share --part --lv --output --sparse --progress --verbose --quiet --help"
+            opts="-f -U -o -v -q -h --format --force-share --part --lv --luks --key-file --output --sparse --progress --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -162,6 +166,10 @@ _imgblk() {
                     return 0
                     ;;
                 --lv)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -389,7 +397,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__inspect)
-            opts="-f -U -v -q -h --format --force-share --json --verbose --quiet --help"
+            opts="-f -U -v -q -h --format --force-share --json --key-file --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -401,6 +409,10 @@ _imgblk() {
                     ;;
                 -f)
                     COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)
