@@ -26,5 +26,7 @@ mod filesystems;
 mod formats;
 #[path = "kernel/lifecycle.rs"]
 mod lifecycle;
+#[path = "kernel/luks.rs"]
+mod luks;
 #[path = "kernel/partitions.rs"]
 mod partitions;
