@@ -100,6 +100,23 @@ pub fn af_merge(split: &[u8], key_len: usize, stripes: usize, hash: Hash) -> Res
     Ok(d)
 }
 
+/// Splits `key` into `stripes` AF stripes, the first `stripes - 1` taken from `random`
+/// (the inverse of [`af_merge`], for writing key slots and for tests).
+pub fn af_split(key: &[u8], random: &[u8], stripes: usize, hash: Hash) -> Result<Vec<u8>> {
+    let n = key.len();
+    if stripes == 0 || random.len() < n * (stripes - 1) {
+        return Err(Error::invalid("AF split needs stripes - 1 random stripes"));
+    }
+    let mut out = random[..n * (stripes - 1)].to_vec();
+    let mut d = vec![0u8; n];
+    for stripe in out.chunks_exact(n) {
+        d.iter_mut().zip(stripe).for_each(|(a, b)| *a ^= b);
+        hash.diffuse(&mut d);
+    }
+    out.extend(d.iter().zip(key).map(|(a, b)| a ^ b));
+    Ok(out)
+}
+
 /// Argon2i or Argon2id as LUKS2 parameterises them (memory in KiB).
 pub fn argon2(
     id: bool,
