@@ -40,7 +40,7 @@ fn encrypted(
     dir: &Path,
     size: usize,
     init: Option<&[u8]>,
-    args: &[&str],
+    args: &str,
 ) -> (std::path::PathBuf, Vec<u8>) {
     let path = dir.join("luks.img");
     let mut data = vec![0u8; size];
@@ -53,7 +53,7 @@ fn encrypted(
     std::fs::write(&key, PASS).unwrap();
     let reduce = format!("{}M", REDUCE / MIB);
     let mut all = vec!["reencrypt", "--encrypt", "--reduce-device-size", &reduce];
-    all.extend_from_slice(args);
+    all.extend(args.split_whitespace());
     all.push(path.to_str().unwrap());
     cryptsetup(&all, &key);
     data.truncate(size - REDUCE);
@@ -68,7 +68,7 @@ fn open_raw(path: &Path, writable: bool) -> Arc<dyn DiskImage> {
     Arc::from(open_image(path, &options).unwrap())
 }
 
-fn check(args: &[&str], sector: u64) {
+fn check(args: &str, sector: u64) {
     let dir = tempfile::tempdir().unwrap();
     let (path, plain) = encrypted(dir.path(), 20 * MIB, None, args);
     let volume = LuksVolume::open(open_raw(&path, false), PASS).unwrap();
@@ -80,69 +80,36 @@ fn check(args: &[&str], sector: u64) {
     if let Some(i) = (0..plain.len()).find(|&i| got[i] != plain[i]) {
         let same = |d: usize| plain.windows(16).position(|w| w == &got[d..d + 16]);
         panic!(
-            "{args:?}: decrypted data differs at {i} (found at {:?})",
+            "{args}: decrypted data differs at {i} (found at {:?})",
             same(i)
         );
     }
-    common::random_reads(&volume, &plain, &format!("{args:?}"), 7, 100);
+    common::random_reads(&volume, &plain, args, 7, 100);
 }
 
 #[test]
 fn luks2_pbkdf2_xts() {
-    let args = [
-        "--type",
-        "luks2",
-        "--pbkdf",
-        "pbkdf2",
-        "--pbkdf-force-iterations",
-        "1000",
-    ];
-    check(&args, 512);
+    let args = "--type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000";
+    check(args, 512);
 }
 
 #[test]
 fn luks2_argon2id_4k_sectors() {
-    let args = [
-        "--type",
-        "luks2",
-        "--pbkdf",
-        "argon2id",
-        "--pbkdf-force-iterations",
-        "4",
-        "--pbkdf-memory",
-        "32768",
-        "--pbkdf-parallel",
-        "2",
-        "--sector-size",
-        "4096",
-    ];
-    check(&args, 4096);
+    let args = "--type luks2 --pbkdf argon2id --pbkdf-force-iterations 4 --pbkdf-memory 32768 --pbkdf-parallel 2 --sector-size 4096";
+    check(args, 4096);
 }
 
 #[test]
 fn luks2_argon2i_aes128_sha512() {
-    let args = [
-        "--type",
-        "luks2",
-        "--pbkdf",
-        "argon2i",
-        "--pbkdf-force-iterations",
-        "4",
-        "--pbkdf-memory",
-        "8192",
-        "--key-size",
-        "256",
-        "--hash",
-        "sha512",
-    ];
-    check(&args, 512);
+    let args = "--type luks2 --pbkdf argon2i --pbkdf-force-iterations 4 --pbkdf-memory 8192 --key-size 256 --hash sha512";
+    check(args, 512);
 }
 
 /// LUKS1 needs dm-crypt to reencrypt, so these volumes are made empty with `luksFormat`:
 /// opening proves key derivation, AF merge and the digest (checked against the master
 /// key); a write then a read through a fresh open checks the data path (the VM test
 /// `kernel::luks` checks it against dm-crypt).
-fn check_luks1(args: &[&str]) {
+fn check_luks1(args: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("luks1.img");
     std::fs::write(&path, vec![0u8; 8 * MIB]).unwrap();
@@ -155,7 +122,7 @@ fn check_luks1(args: &[&str]) {
         "--pbkdf-force-iterations",
         "1000",
     ];
-    all.extend_from_slice(args);
+    all.extend(args.split_whitespace());
     all.push(path.to_str().unwrap());
     cryptsetup(&all, &key);
     let volume = LuksVolume::open(open_raw(&path, true), PASS).unwrap();
@@ -204,33 +171,19 @@ fn check_luks1(args: &[&str]) {
 
 #[test]
 fn luks1_pbkdf2_xts() {
-    check_luks1(&["--cipher", "aes-xts-plain64"]);
+    check_luks1("--cipher aes-xts-plain64");
 }
 
 #[test]
 fn luks1_cbc_essiv_sha1() {
-    check_luks1(&[
-        "--cipher",
-        "aes-cbc-essiv:sha256",
-        "--key-size",
-        "256",
-        "--hash",
-        "sha1",
-    ]);
+    check_luks1("--cipher aes-cbc-essiv:sha256 --key-size 256 --hash sha1");
 }
 
 #[test]
 fn wrong_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "--type",
-        "luks2",
-        "--pbkdf",
-        "pbkdf2",
-        "--pbkdf-force-iterations",
-        "1000",
-    ];
-    let (path, _) = encrypted(dir.path(), 12 * MIB, None, &args);
+    let args = "--type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000";
+    let (path, _) = encrypted(dir.path(), 12 * MIB, None, args);
     let before = std::fs::read(&path).unwrap();
     let err = LuksVolume::open(open_raw(&path, false), b"wrong")
         .err()
@@ -252,15 +205,8 @@ fn ext4_inside_is_discovered_and_writes_round_trip() {
         .expect("mkfs.ext4");
     assert!(out.status.success());
     let init = std::fs::read(&fs).unwrap();
-    let args = [
-        "--type",
-        "luks2",
-        "--pbkdf",
-        "pbkdf2",
-        "--pbkdf-force-iterations",
-        "1000",
-    ];
-    let (path, _) = encrypted(dir.path(), 20 * MIB, Some(&init), &args);
+    let args = "--type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000";
+    let (path, _) = encrypted(dir.path(), 20 * MIB, Some(&init), args);
     {
         let outer = discover(&[open_raw(&path, false)]);
         let node = &outer.disks[0];

@@ -36,7 +36,7 @@ impl Drop for Mapping {
 }
 
 /// A 32 MiB file formatted with `format` args; returns it and its key file.
-fn format(s: &Scratch, format: &[&str]) -> (PathBuf, PathBuf) {
+fn format(s: &Scratch, format: &str) -> (PathBuf, PathBuf) {
     let image = s.path("luks.img");
     std::fs::File::create(&image)
         .unwrap()
@@ -47,13 +47,13 @@ fn format(s: &Scratch, format: &[&str]) -> (PathBuf, PathBuf) {
     cmd("cryptsetup")
         .args(["luksFormat", "--batch-mode", "--key-file"])
         .arg(&key)
-        .args(format)
+        .args(format.split_whitespace())
         .arg(&image)
         .ok();
     (image, key)
 }
 
-fn cat_matches_dm_crypt(test: &str, args: &[&str]) {
+fn cat_matches_dm_crypt(test: &str, args: &str) {
     require_ublk();
     let s = Scratch::new(test);
     let (image, key) = format(&s, args);
@@ -105,14 +105,7 @@ fn cat_matches_dm_crypt(test: &str, args: &[&str]) {
 fn luks1_pbkdf2_cat_matches_dm_crypt() {
     cat_matches_dm_crypt(
         "luks1",
-        &[
-            "--type",
-            "luks1",
-            "--cipher",
-            "aes-xts-plain64",
-            "--pbkdf-force-iterations",
-            "1000",
-        ],
+        "--type luks1 --cipher aes-xts-plain64 --pbkdf-force-iterations 1000",
     );
 }
 
@@ -121,16 +114,7 @@ fn luks1_pbkdf2_cat_matches_dm_crypt() {
 fn luks1_cbc_essiv_cat_matches_dm_crypt() {
     cat_matches_dm_crypt(
         "luks1-essiv",
-        &[
-            "--type",
-            "luks1",
-            "--cipher",
-            "aes-cbc-essiv:sha256",
-            "--key-size",
-            "256",
-            "--pbkdf-force-iterations",
-            "1000",
-        ],
+        "--type luks1 --cipher aes-cbc-essiv:sha256 --key-size 256 --pbkdf-force-iterations 1000",
     );
 }
 
@@ -139,18 +123,7 @@ fn luks1_cbc_essiv_cat_matches_dm_crypt() {
 fn luks2_argon2id_cat_matches_dm_crypt() {
     cat_matches_dm_crypt(
         "luks2",
-        &[
-            "--type",
-            "luks2",
-            "--pbkdf",
-            "argon2id",
-            "--pbkdf-force-iterations",
-            "4",
-            "--pbkdf-memory",
-            "16384",
-            "--pbkdf-parallel",
-            "1",
-        ],
+        "--type luks2 --pbkdf argon2id --pbkdf-force-iterations 4 --pbkdf-memory 16384 --pbkdf-parallel 1",
     );
 }
 
@@ -159,16 +132,7 @@ fn luks2_argon2id_cat_matches_dm_crypt() {
 fn luks2_4k_sectors_cat_matches_dm_crypt() {
     cat_matches_dm_crypt(
         "luks2-4k",
-        &[
-            "--type",
-            "luks2",
-            "--pbkdf",
-            "pbkdf2",
-            "--pbkdf-force-iterations",
-            "1000",
-            "--sector-size",
-            "4096",
-        ],
+        "--type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --sector-size 4096",
     );
 }
 
@@ -177,15 +141,8 @@ fn luks2_4k_sectors_cat_matches_dm_crypt() {
 fn luks2_ext4_checks_clean_through_attach() {
     require_ublk();
     let s = Scratch::new("luks-ext4");
-    let args = [
-        "--type",
-        "luks2",
-        "--pbkdf",
-        "pbkdf2",
-        "--pbkdf-force-iterations",
-        "1000",
-    ];
-    let (image, key) = format(&s, &args);
+    let args = "--type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000";
+    let (image, key) = format(&s, args);
     {
         let map = Mapping::open(&image, &key, "luks-ext4");
         cmd("mkfs.ext4")

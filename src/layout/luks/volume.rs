@@ -71,12 +71,26 @@ impl LuksVolume {
         rel / SECTOR + self.iv_tweak
     }
 
-    /// The sector-aligned range covering `offset..offset + len`.
-    fn aligned(&self, offset: u64, len: usize) -> (u64, usize) {
+    /// Cuts a request of `len` bytes at `offset` into pieces of at most [`CHUNK`] bytes
+    /// and calls `f(done, n, start, aligned)` for each: the piece is bytes `done..done + n`
+    /// of the request, inside the whole sectors `start..start + aligned` of the volume.
+    fn pieces(
+        &self,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(usize, usize, u64, usize) -> Result<()>,
+    ) -> Result<()> {
         let ss = self.sector_size;
-        let start = offset / ss * ss;
-        let end = (offset + len as u64).div_ceil(ss) * ss;
-        (start, (end - start) as usize)
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            let pos = offset + done as u64;
+            let start = pos / ss * ss;
+            let end = (pos + n as u64).div_ceil(ss) * ss;
+            f(done, n, start, (end - start) as usize)?;
+            done += n;
+        }
+        Ok(())
     }
 
     fn read_aligned(&self, start: u64, buf: &mut [u8]) -> Result<()> {
@@ -187,23 +201,17 @@ impl DiskImage for LuksVolume {
 
     fn write_sync(&self, offset: u64, buf: &[u8]) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size)?;
-        let mut done = 0;
-        while done < buf.len() {
-            let n = (buf.len() - done).min(CHUNK);
-            let pos = offset + done as u64;
-            let (start, len) = self.aligned(pos, n);
+        self.pieces(offset, buf.len(), |done, n, start, len| {
             let mut tmp = vec![0u8; len];
-            let skip = (pos - start) as usize;
+            let skip = (offset + done as u64 - start) as usize;
             if skip != 0 || len != n {
                 self.read_aligned(start, &mut tmp)?;
             }
             tmp[skip..skip + n].copy_from_slice(&buf[done..done + n]);
             self.cipher
                 .encrypt(&mut tmp, self.sector_size as usize, self.iv_sector(start))?;
-            write_at(&*self.inner, &tmp, self.offset + start)?;
-            done += n;
-        }
-        Ok(())
+            write_at(&*self.inner, &tmp, self.offset + start)
+        })
     }
 
     fn flush(&self) -> Result<()> {
@@ -218,22 +226,16 @@ impl DiskImage for LuksVolume {
 impl TransformRead for LuksVolume {
     fn read_transformed(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size)?;
-        let mut done = 0;
-        while done < buf.len() {
-            let n = (buf.len() - done).min(CHUNK);
-            let pos = offset + done as u64;
-            let (start, len) = self.aligned(pos, n);
+        self.pieces(offset, buf.len(), |done, n, start, len| {
             let out = &mut buf[done..done + n];
-            if start == pos && len == n {
-                self.read_aligned(start, out)?;
-            } else {
-                let mut tmp = vec![0u8; len];
-                self.read_aligned(start, &mut tmp)?;
-                let skip = (pos - start) as usize;
-                out.copy_from_slice(&tmp[skip..skip + n]);
+            if len == n {
+                return self.read_aligned(start, out);
             }
-            done += n;
-        }
-        Ok(())
+            let mut tmp = vec![0u8; len];
+            self.read_aligned(start, &mut tmp)?;
+            let skip = (offset + done as u64 - start) as usize;
+            out.copy_from_slice(&tmp[skip..skip + n]);
+            Ok(())
+        })
     }
 }
