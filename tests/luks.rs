@@ -216,6 +216,32 @@ fn ext4_inside_is_discovered_and_writes_round_trip() {
         assert_eq!(inner.disks[0].label(), Some("secret"));
     }
 
+    // The command line: inspect shows what is inside, a wrong key fails cleanly.
+    let key = dir.path().join("key");
+    let inspect = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+        .args(["inspect", "--key-file"])
+        .arg(&key)
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.status.success(), "{text}");
+    assert!(
+        text.contains("luks-disk0") && text.contains("secret"),
+        "{text}"
+    );
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, b"nope").unwrap();
+    let cat = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+        .args(["cat", "--luks", "--key-file"])
+        .arg(&bad)
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&cat.stderr);
+    assert!(!cat.status.success() && cat.stdout.is_empty(), "{err}");
+    assert!(err.contains("no key slot matches"), "{err}");
+
     // Encrypt a write, then decrypt it again through a fresh open.
     let volume = LuksVolume::open(open_raw(&path, true), PASS).unwrap();
     let mut data = vec![0u8; 70_000];
