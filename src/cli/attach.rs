@@ -69,6 +69,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         r.image == paths[0]
             && r.piece == piece
             && r.writable == args.rw
+            && r.luks == args.luks.luks
             && device::is_recoverable(r)
     });
     if orphan.is_none() {
@@ -105,6 +106,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         writable: args.rw,
         more_images: paths[1..].to_vec(),
         piece: source.piece,
+        luks: args.luks.luks,
         ..DeviceRecord::new(
             0,
             PathBuf::new(),

@@ -36,6 +36,9 @@ pub struct DeviceRecord {
     /// Where the daemon logs, if it runs in the background.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<PathBuf>,
+    /// The device shows a decrypted LUKS volume (recovering it needs the key again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub luks: bool,
 }
 
 impl DeviceRecord {
@@ -54,6 +57,7 @@ impl DeviceRecord {
             writable: false,
             pid: std::process::id(),
             log: None,
+            luks: false,
         }
     }
 }
