@@ -28,6 +28,8 @@ mod formats;
 mod fsck;
 #[path = "kernel/lifecycle.rs"]
 mod lifecycle;
+#[path = "kernel/luks.rs"]
+mod luks;
 #[path = "kernel/mount.rs"]
 mod mount;
 #[path = "kernel/partitions.rs"]

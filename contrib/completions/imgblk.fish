@@ -43,6 +43,7 @@ complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "fsck" -d 'Check the f
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`); without it, the passphrase is asked for on the terminal' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s f -l format -d 'Image format; detected from the file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
 qcow2\t'QEMU copy-on-write v2/v3'
 vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
@@ -53,6 +54,7 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l queues -d 'Numb
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s d -l depth -d 'Requests in flight per queue' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l overlay -d 'Make the device writable but keep every write in RAM (`memory`, the only kind so far): the image is opened read-only, may be shared with other readers, and is never changed; the writes are lost at detach. Memory use grows with what is written' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l l2-cache-mib -d 'Most MiB of qcow2 L2 tables to cache per image of the chain. The default (128) holds every table of a 1 TiB image with 64 KiB clusters; tables load on first use' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l rw -d 'Allow writes (the image must not be in use by another writer)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l foreground -d 'Serve from this process instead of a background daemon; stop with Ctrl-C'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l json -d 'Print the device\'s details as JSON instead of its path'
@@ -96,8 +98,10 @@ vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`); without it, the passphrase is asked for on the terminal' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l sparse -d 'Leave holes for zero runs in the output file (needs a seekable output)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l progress -d 'Show a progress bar on stderr (default: when stderr is a terminal)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
@@ -140,6 +144,7 @@ vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
 vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l key-file -d 'Unlock the LUKS volumes found with the key in FILE and show what they hold, as disks named luks-NODE' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s U -l force-share -d 'Inspect even while a VM writes the images (no image locks)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l json -d 'Print JSON instead of a tree'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'

@@ -29,6 +29,8 @@ pub struct AttachArgs {
     images: Vec<PathBuf>,
     #[command(flatten)]
     piece: PieceArgs,
+    #[command(flatten)]
+    luks: super::luks::LuksArgs,
     /// Image format; detected from the file's magic when omitted.
     #[arg(short, long, value_enum)]
     format: Option<Format>,
@@ -111,6 +113,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
             && r.writable == args.rw
             && r.overlay.is_none()
             && args.overlay.is_none()
+            && r.luks == args.luks.luks
             && device::is_recoverable(r)
     });
     if orphan.is_none() {
@@ -128,10 +131,9 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         force_share: args.force_share,
         l2_cache_bytes: args.l2_cache_mib.map(|mib| mib << 20),
     };
-    let source = with_overlay(
-        open_served(&paths, &options, piece.as_deref())?,
-        args.overlay,
-    )?;
+    let mut source = open_served(&paths, &options, piece.as_deref())?;
+    source.image = args.luks.apply(source.image)?;
+    let source = with_overlay(source, args.overlay)?;
     let mut config = DeviceConfig {
         queues: args.queues,
         depth: args.depth,
@@ -150,6 +152,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         overlay: args.overlay.map(|o| o.name().to_string()),
         more_images: paths[1..].to_vec(),
         piece: source.piece,
+        luks: args.luks.luks,
         ..DeviceRecord::new(
             0,
             PathBuf::new(),

@@ -19,6 +19,8 @@ imgblk cat --sparse -o disk.raw disk.vmdk"
 pub struct CatArgs {
     #[command(flatten)]
     source: SourceArgs,
+    #[command(flatten)]
+    luks: super::luks::LuksArgs,
     /// Write to this file instead of stdout (created or truncated).
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -34,7 +36,7 @@ const CHUNK: u64 = 4 << 20;
 
 /// Runs `imgblk cat`.
 pub fn run(args: CatArgs) -> Result<i32> {
-    let image = open_source_for_reading(&args.source)?;
+    let image = args.luks.apply(open_source_for_reading(&args.source)?)?;
     let size = image.virtual_size();
     let bar = progress_bar(size, args.progress);
     match &args.output {

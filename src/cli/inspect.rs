@@ -29,6 +29,8 @@ pub struct InspectArgs {
     /// Print JSON instead of a tree.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    luks: super::luks::KeyFileArgs,
 }
 
 /// Runs `imgblk inspect`.
@@ -42,7 +44,7 @@ pub fn run(args: InspectArgs) -> Result<i32> {
     for path in &args.images {
         images.push(Arc::from(open_image(path, &options)?));
     }
-    let layout = discover(&images);
+    let layout = super::luks::unlock_all(&args.luks, &images, discover(&images))?;
     if args.json {
         print_json(&layout)?;
         return Ok(EXIT_OK);
@@ -51,8 +53,11 @@ pub fn run(args: InspectArgs) -> Result<i32> {
         "{:<22} {:<10} {:>12} {:>10}  {:<12} {:<16} UUID",
         "NAME", "KIND", "OFFSET", "SIZE", "TYPE", "LABEL"
     );
-    for (disk, path) in layout.disks.iter().zip(&args.images) {
-        println!("# {}: {}", disk.name, path.display());
+    for (i, disk) in layout.disks.iter().enumerate() {
+        match args.images.get(i) {
+            Some(path) => println!("# {}: {}", disk.name, path.display()),
+            None => println!("# {}: decrypted", disk.name),
+        }
         print_node(disk, "", true, true);
     }
     for vg in &layout.volume_groups {

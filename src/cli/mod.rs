@@ -9,6 +9,7 @@ mod fsck;
 mod info;
 mod inspect;
 mod list;
+mod luks;
 mod map;
 mod mount;
 mod piece;

@@ -53,6 +53,12 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
                 ),
             ));
         }
+        if record.luks {
+            return Err(Error::unsupported(format!(
+                "{} shows a decrypted LUKS volume and recover has no key: detach it and attach again with --luks",
+                record.device.display()
+            )));
+        }
         let options = OpenOptions {
             format: clap::ValueEnum::from_str(&record.format, true)
                 .ok()

@@ -9,6 +9,7 @@
 //! a hostile image makes discovery panic, loop or allocate without bound.
 
 pub mod gpt;
+pub mod luks;
 pub mod lvm;
 pub mod mbr;
 pub mod probe;

@@ -40,6 +40,9 @@ pub struct DeviceRecord {
     /// Where the daemon logs, if it runs in the background.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<PathBuf>,
+    /// The device shows a decrypted LUKS volume (recovering it needs the key again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub luks: bool,
 }
 
 impl DeviceRecord {
@@ -64,6 +67,7 @@ impl DeviceRecord {
             overlay: None,
             pid: std::process::id(),
             log: None,
+            luks: false,
         }
     }
 }

@@ -1,0 +1,161 @@
+//! LUKS volumes written through the kernel's dm-crypt (`cryptsetup open`), read back by
+//! imgblk's own decryption: `cat --luks` must give the plaintext byte for byte, and an
+//! ext4 inside must check clean through `attach --luks`.
+
+use crate::harness::*;
+use std::path::{Path, PathBuf};
+
+/// An opened dm-crypt mapping, closed on drop.
+struct Mapping {
+    name: String,
+}
+
+impl Mapping {
+    fn open(image: &Path, key: &Path, name: &str) -> Mapping {
+        let _ = cmd("modprobe")
+            .args(["-a", "dm-crypt", "xts", "essiv"])
+            .output();
+        cmd("cryptsetup")
+            .args(["open", "--batch-mode", "--key-file"])
+            .arg(key)
+            .arg(image)
+            .arg(name)
+            .ok();
+        Mapping { name: name.into() }
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/mapper/{}", self.name))
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        let _ = cmd("cryptsetup").arg("close").arg(&self.name).output();
+    }
+}
+
+/// A 32 MiB file formatted with `format` args; returns it and its key file.
+fn format(s: &Scratch, format: &str) -> (PathBuf, PathBuf) {
+    let image = s.path("luks.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(32 * MIB)
+        .unwrap();
+    let key = s.path("key");
+    std::fs::write(&key, b"kernel test passphrase\n").unwrap();
+    cmd("cryptsetup")
+        .args(["luksFormat", "--batch-mode", "--key-file"])
+        .arg(&key)
+        .args(format.split_whitespace())
+        .arg(&image)
+        .ok();
+    (image, key)
+}
+
+fn cat_matches_dm_crypt(test: &str, args: &str) {
+    require_ublk();
+    let s = Scratch::new(test);
+    let (image, key) = format(&s, args);
+    let payload = s.path("plain.bin");
+    {
+        let map = Mapping::open(&image, &key, test);
+        let size = cmd("blockdev")
+            .arg("--getsize64")
+            .arg(map.path())
+            .ok()
+            .stdout
+            .trim()
+            .parse::<u64>()
+            .unwrap();
+        write_random(&payload, size, 41);
+        cmd("dd")
+            .arg(format!("if={}", payload.display()))
+            .arg(format!("of={}", map.path().display()))
+            .args(["bs=1M", "oflag=direct", "status=none"])
+            .ok();
+    }
+    let out = s.path("out.bin");
+    imgblk()
+        .args(["cat", "--luks", "--key-file"])
+        .arg(&key)
+        .arg("-o")
+        .arg(&out)
+        .arg(&image)
+        .ok();
+    assert_eq!(file_size(&out), file_size(&payload));
+    assert_same_bytes(&out, 0, &payload, 0, file_size(&payload));
+
+    let bad = s.path("bad-key");
+    std::fs::write(&bad, b"not it").unwrap();
+    let failed = imgblk()
+        .args(["cat", "--luks", "--key-file"])
+        .arg(&bad)
+        .arg(&image)
+        .fails();
+    assert!(
+        failed.stderr.contains("no key slot matches"),
+        "{}",
+        failed.describe()
+    );
+}
+
+#[test]
+#[ignore = "needs ublk and dm-crypt: run by ci/test (in a VM if needed)"]
+fn luks1_pbkdf2_cat_matches_dm_crypt() {
+    cat_matches_dm_crypt(
+        "luks1",
+        "--type luks1 --cipher aes-xts-plain64 --pbkdf-force-iterations 1000",
+    );
+}
+
+#[test]
+#[ignore = "needs ublk and dm-crypt: run by ci/test (in a VM if needed)"]
+fn luks1_cbc_essiv_cat_matches_dm_crypt() {
+    cat_matches_dm_crypt(
+        "luks1-essiv",
+        "--type luks1 --cipher aes-cbc-essiv:sha256 --key-size 256 --pbkdf-force-iterations 1000",
+    );
+}
+
+#[test]
+#[ignore = "needs ublk and dm-crypt: run by ci/test (in a VM if needed)"]
+fn luks2_argon2id_cat_matches_dm_crypt() {
+    cat_matches_dm_crypt(
+        "luks2",
+        "--type luks2 --pbkdf argon2id --pbkdf-force-iterations 4 --pbkdf-memory 16384 --pbkdf-parallel 1",
+    );
+}
+
+#[test]
+#[ignore = "needs ublk and dm-crypt: run by ci/test (in a VM if needed)"]
+fn luks2_4k_sectors_cat_matches_dm_crypt() {
+    cat_matches_dm_crypt(
+        "luks2-4k",
+        "--type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --sector-size 4096",
+    );
+}
+
+#[test]
+#[ignore = "needs ublk and dm-crypt: run by ci/test (in a VM if needed)"]
+fn luks2_ext4_checks_clean_through_attach() {
+    require_ublk();
+    let s = Scratch::new("luks-ext4");
+    let args = "--type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000";
+    let (image, key) = format(&s, args);
+    {
+        let map = Mapping::open(&image, &key, "luks-ext4");
+        cmd("mkfs.ext4")
+            .args(["-q", "-F", "-L", "inside"])
+            .arg(map.path())
+            .ok();
+    }
+    let key_arg = key.to_str().unwrap();
+    let dev = Device::attach(&image, &["--luks", "--key-file", key_arg]);
+    cmd("e2fsck").arg("-fn").arg(&dev.path).ok();
+    let label = cmd("blkid")
+        .args(["-p", "-s", "LABEL", "-o", "value"])
+        .arg(&dev.path)
+        .ok();
+    assert_eq!(label.stdout.trim(), "inside", "{}", label.describe());
+}
