@@ -26,6 +26,8 @@ mod filesystems;
 mod formats;
 #[path = "kernel/fsck.rs"]
 mod fsck;
+#[path = "kernel/host_inputs.rs"]
+mod host_inputs;
 #[path = "kernel/lifecycle.rs"]
 mod lifecycle;
 #[path = "kernel/luks.rs"]

@@ -92,8 +92,14 @@ pub fn read(file: &ImageFile) -> Result<Footer> {
             let copy = bytes::read_vec(file, 0, FOOTER_BYTES, "VHD footer copy")?;
             match parse(&copy) {
                 Ok(footer) if footer.disk_type != DiskType::Fixed => {
-                    tracing::warn!(path = %file.path().display(), error = %err,
-                        "VHD footer at the end is damaged, using the copy at offset 0");
+                    if file.is_block_device() {
+                        // a VHD in a logical volume (Xen LVM SRs) ends before the device does
+                        tracing::debug!(path = %file.path().display(),
+                            "no VHD footer at the device's end; using the copy at offset 0");
+                    } else {
+                        tracing::warn!(path = %file.path().display(), error = %err,
+                            "VHD footer at the end is damaged, using the copy at offset 0");
+                    }
                     Ok(footer)
                 }
                 _ => Err(err),

@@ -1,0 +1,173 @@
+//! Images that live on host block devices, as on Xen LVM storage repositories and KVM
+//! hosts: a VHD written into a host logical volume, and a raw disk inside a host LUKS
+//! container opened with cryptsetup. imgblk serves and mounts them like files.
+
+use crate::harness::*;
+use std::path::{Path, PathBuf};
+
+/// A raw disk that is one ext4 holding /hello.txt, and its file-system bytes.
+fn ext4_disk(s: &Scratch, name: &str) -> PathBuf {
+    let dir = s.mkdir(&format!("{name}-root"));
+    std::fs::write(dir.join("hello.txt"), format!("hello from {name}\n")).unwrap();
+    let disk = s.path(&format!("{name}.raw"));
+    cmd("truncate").args(["-s", "24M"]).arg(&disk).ok();
+    cmd("mkfs.ext4")
+        .args(["-q", "-F", "-L", "root", "-d"])
+        .arg(&dir)
+        .arg(&disk)
+        .ok();
+    disk
+}
+
+fn read_file_via_mount(source: &Path, s: &Scratch, expect: &str) {
+    let mnt = s.mkdir("mnt");
+    imgblk()
+        .args(["mount", "--auto"])
+        .arg(source)
+        .arg(&mnt)
+        .ok();
+    let text = std::fs::read_to_string(mnt.join("hello.txt"));
+    imgblk().arg("umount").arg(&mnt).ok();
+    assert_eq!(text.unwrap(), expect);
+    assert!(
+        list_json().is_empty(),
+        "devices left behind: {:?}",
+        list_json()
+    );
+}
+
+/// Runs `body`, then `cleanup` whatever happened.
+fn with_cleanup(body: impl FnOnce() + std::panic::UnwindSafe, cleanup: impl FnOnce()) {
+    let result = std::panic::catch_unwind(body);
+    cleanup();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn vhd_inside_a_host_logical_volume() {
+    require_ublk();
+    let s = Scratch::new("vhd-in-lv");
+    let raw = ext4_disk(&s, "xenvdi");
+    let vhd = s.path("vdi.vhd");
+    cmd("qemu-img")
+        .args(["convert", "-O", "vpc"])
+        .arg(&raw)
+        .arg(&vhd)
+        .ok();
+    let reference = s.path("vdi.ref");
+    cmd("qemu-img")
+        .args(["convert", "-f", "vpc", "-O", "raw"])
+        .arg(&vhd)
+        .arg(&reference)
+        .ok();
+
+    let pv_file = s.path("sr.img");
+    cmd("truncate").args(["-s", "96M"]).arg(&pv_file).ok();
+    let pv = cmd("losetup")
+        .args(["--show", "-f"])
+        .arg(&pv_file)
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let config =
+        "activation { udev_sync = 0 udev_rules = 0 } devices { obtain_device_list_from_udev = 0 }";
+    let lvm = |args: &[&str]| {
+        cmd(args[0])
+            .args(["--devices", &pv, "--config", config])
+            .args(&args[1..])
+            .ok();
+    };
+    let vg = "VG_XenStorage-imgblktest";
+    let lv = format!("/dev/{vg}/VHD-0001");
+    with_cleanup(
+        || {
+            lvm(&["pvcreate", "-qq", "-y", &pv]);
+            lvm(&["vgcreate", "-qq", vg, &pv]);
+            lvm(&[
+                "lvcreate", "-qq", "-y", "-Zn", "-Wn", "-n", "VHD-0001", "-L", "48m", vg,
+            ]);
+            // A VHD in an LV is shorter than the LV: its footer is not at the device's end.
+            cmd("dd")
+                .arg(format!("if={}", vhd.display()))
+                .arg(format!("of={lv}"))
+                .args(["bs=1M", "oflag=direct", "status=none"])
+                .ok();
+            let dev = Device::attach(Path::new(&lv), &[]);
+            assert_eq!(dev.info["format"], "vpc", "{}", dev.info);
+            assert_device_equals(&dev.path, &reference);
+            dev.detach();
+            read_file_via_mount(Path::new(&lv), &s, "hello from xenvdi\n");
+        },
+        || {
+            let _ = cmd("vgchange")
+                .args(["--devices", &pv, "--config", config, "-an", vg])
+                .output();
+            let _ = cmd("losetup").arg("-d").arg(&pv).output();
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn raw_disk_inside_a_host_luks_container() {
+    require_ublk();
+    let s = Scratch::new("raw-in-luks");
+    let raw = ext4_disk(&s, "kvmguest");
+    let container = s.path("lvhd0.luks");
+    cmd("truncate").args(["-s", "48M"]).arg(&container).ok();
+    let key = s.path("key");
+    std::fs::write(&key, "correct horse battery staple").unwrap();
+    cmd("cryptsetup")
+        .args([
+            "luksFormat",
+            "-q",
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+        ])
+        .arg(&key)
+        .arg(&container)
+        .ok();
+    let name = "imgblk-test-cr_hd0";
+    cmd("cryptsetup")
+        .args(["open", "--key-file"])
+        .arg(&key)
+        .arg(&container)
+        .arg(name)
+        .ok();
+    let mapper = PathBuf::from(format!("/dev/mapper/{name}"));
+    with_cleanup(
+        || {
+            cmd("dd")
+                .arg(format!("if={}", raw.display()))
+                .arg(format!("of={}", mapper.display()))
+                .args(["bs=1M", "oflag=direct", "status=none"])
+                .ok();
+            let dev = Device::attach(&mapper, &[]);
+            assert_same_bytes(&dev.path, 0, &raw, 0, file_size(&raw));
+            dev.detach();
+            read_file_via_mount(&mapper, &s, "hello from kvmguest\n");
+            // and without host dm-crypt: imgblk decrypts the container itself
+            let plain = s.path("plain.out");
+            imgblk()
+                .args(["cat", "--luks", "--key-file"])
+                .arg(&key)
+                .arg(&container)
+                .arg("-o")
+                .arg(&plain)
+                .ok();
+            assert_same_bytes(&plain, 0, &raw, 0, file_size(&raw));
+        },
+        || {
+            let _ = cmd("cryptsetup").args(["close", name]).output();
+        },
+    );
+}
