@@ -229,6 +229,26 @@ impl DiskImage for Qcow2Image {
         let cluster_size = self.cluster_size();
         let l2_shift = cluster_bits + self.header.l2_bits();
         let l2_mask = (1u64 << self.header.l2_bits()) - 1;
+        // Fast path, the common request: inside one cluster that this image allocates.
+        let first_cluster = offset & !(cluster_size - 1);
+        if len > 0 && end <= first_cluster + cluster_size {
+            let l2_index = ((offset >> cluster_bits) & l2_mask) as usize;
+            if let Some(table) = self.l2_table((offset >> l2_shift) as usize)? {
+                if let Some(raw) = table.get(l2_index) {
+                    if let Some(source) = self.cluster_source(raw, first_cluster, offset)? {
+                        push_merged(
+                            out,
+                            Extent {
+                                len,
+                                depth: 0,
+                                source,
+                            },
+                        );
+                        return Ok(());
+                    }
+                }
+            }
+        }
         // Start of a run this image leaves unallocated, mapped once the run ends.
         let mut hole: Option<u64> = None;
         let mut pos = offset;

@@ -1,0 +1,191 @@
+//! The extent-lookup hot path: `DiskImage::map(offset, 4096, &mut extents)` at random
+//! 4 KiB-aligned offsets (pre-generated, so the generator is not measured).
+//!
+//! - `qcow2_warm`: a fully allocated 8 GiB qcow2 (`preallocation=metadata`, 64 KiB
+//!   clusters), every L2 table resident (the default cache); `qcow2_warm_512m` confines
+//!   the offsets to the first 512 MiB (one L2 table, which stays in the CPU caches).
+//! - `qcow2_cold`: the same image with a one-table L2 cache, so nearly every lookup
+//!   evicts a table and reads another (64 KiB `pread`, from the page cache).
+//! - `vmdk_sparse`: a 256 MiB monolithicSparse VMDK with every grain allocated.
+//! - `*_threads/2`: two threads sharing one image, each doing the same batch; the
+//!   throughput counts both threads' lookups, so perfect scaling doubles it.
+//!
+//! Needs `qemu-img` to build the images (in a temporary directory); run with
+//! `cargo bench --bench lookup`. Throughput is in lookups ("elements") per second.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use imgblk::image::{open_image, DiskImage, Extent, OpenOptions};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::hint::black_box;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Lookups per measured iteration (per thread).
+const BATCH: usize = 4096;
+/// Pre-generated offsets, cycled through.
+const OFFSETS: usize = 1 << 16;
+const LOOKUP: u64 = 4096;
+const SEED: u64 = 0x1b1c_0ffe;
+
+fn qemu_img(args: &[&str]) {
+    let status = Command::new("qemu-img")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("qemu-img not found: the lookup benchmark needs it to build images");
+    assert!(status.success(), "qemu-img {args:?} failed");
+}
+
+/// An 8 GiB qcow2 with every cluster allocated (metadata preallocation).
+fn make_qcow2(dir: &Path) -> PathBuf {
+    let path = dir.join("full.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "preallocation=metadata,cluster_size=65536",
+        path.to_str().unwrap(),
+        "8G",
+    ]);
+    path
+}
+
+/// A 256 MiB sparse VMDK converted from a raw file with data in every 64 KiB grain.
+fn make_vmdk(dir: &Path) -> PathBuf {
+    let raw = dir.join("data.raw");
+    let vmdk = dir.join("data.vmdk");
+    let mut file = std::fs::File::create(&raw).unwrap();
+    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8 | 1).collect();
+    for _ in 0..256 {
+        file.write_all(&chunk).unwrap();
+    }
+    drop(file);
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-O",
+        "vmdk",
+        raw.to_str().unwrap(),
+        vmdk.to_str().unwrap(),
+    ]);
+    std::fs::remove_file(&raw).unwrap();
+    vmdk
+}
+
+fn open(path: &Path, l2_cache_bytes: Option<u64>) -> Box<dyn DiskImage> {
+    let options = OpenOptions {
+        l2_cache_bytes,
+        ..OpenOptions::default()
+    };
+    open_image(path, &options).expect("open image")
+}
+
+fn offsets(size: u64, seed: u64) -> Vec<u64> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let blocks = size / LOOKUP;
+    (0..OFFSETS)
+        .map(|_| rng.gen_range(0..blocks) * LOOKUP)
+        .collect()
+}
+
+/// Maps `count` offsets starting at `start` (cycling), reusing `out`.
+fn lookups<'a>(
+    image: &'a dyn DiskImage,
+    offsets: &[u64],
+    start: usize,
+    count: usize,
+    out: &mut Vec<Extent<'a>>,
+) {
+    for i in 0..count {
+        let offset = offsets[(start + i) % offsets.len()];
+        out.clear();
+        image.map(offset, LOOKUP, out).unwrap();
+        black_box(out.first());
+    }
+}
+
+/// Runs `iters` batches on each of `threads` threads sharing `image`; the wall time.
+fn threaded(image: &dyn DiskImage, offsets: &[u64], threads: usize, iters: u64) -> Duration {
+    let barrier = std::sync::Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let barrier = &barrier;
+            s.spawn(move || {
+                let mut out = Vec::with_capacity(4);
+                barrier.wait();
+                let mut pos = t * OFFSETS / threads;
+                for _ in 0..iters {
+                    lookups(image, offsets, pos, BATCH, &mut out);
+                    pos = (pos + BATCH) % OFFSETS;
+                }
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        barrier.wait();
+        start.elapsed()
+    })
+}
+
+/// Benchmarks lookups spread over the first `span` bytes of `image` (all of it if `None`).
+fn bench_image(
+    c: &mut Criterion,
+    name: &str,
+    image: &dyn DiskImage,
+    span: Option<u64>,
+    threads: &[usize],
+) {
+    let offsets = offsets(span.unwrap_or(image.virtual_size()), SEED);
+    let mut group = c.benchmark_group(name);
+    // Warm the cache (and the page cache under it) before measuring.
+    lookups(image, &offsets, 0, OFFSETS, &mut Vec::new());
+    for &n in threads {
+        group.throughput(Throughput::Elements((BATCH * n) as u64));
+        group.bench_with_input(BenchmarkId::new("threads", n), &n, |b, &n| {
+            b.iter_custom(|iters| threaded(image, &offsets, n, iters))
+        });
+    }
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let qcow2 = make_qcow2(dir.path());
+    let vmdk = make_vmdk(dir.path());
+
+    let warm = open(&qcow2, None);
+    bench_image(c, "qcow2_warm", warm.as_ref(), None, &[1, 2]);
+    // One L2 table's worth (512 MiB, 64 KiB of entries): the CPU cost without cache misses.
+    bench_image(
+        c,
+        "qcow2_warm_512m",
+        warm.as_ref(),
+        Some(512 << 20),
+        &[1, 2],
+    );
+    drop(warm);
+
+    // One 64 KiB table resident out of 16: nearly every lookup reloads one.
+    let cold = open(&qcow2, Some(64 << 10));
+    bench_image(c, "qcow2_cold", cold.as_ref(), None, &[1]);
+    drop(cold);
+
+    let sparse = open(&vmdk, None);
+    bench_image(c, "vmdk_sparse", sparse.as_ref(), None, &[1, 2]);
+}
+
+criterion_group! {
+    name = lookup;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = benches
+}
+criterion_main!(lookup);

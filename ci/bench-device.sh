@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# The device half of ci/bench, run as root where ublk is (the VM or the host); not meant
+# to be run by hand. Writes one JSON object per measurement to $BENCH_RESULTS
+# (/vmout/raw.json in the VM).
+set -uo pipefail
+
+S=${IMGBLK_SCRATCH:?no scratch file system}
+RES=${BENCH_RESULTS:-/vmout/raw.json}
+RT=${BENCH_RUNTIME:-10}
+IMGBLK=${BENCH_IMGBLK:?}
+RUBLK=${BENCH_RUBLK:-}
+: > "$RES"
+say() { echo "bench: $*" >&2; }
+emit() { # emit KEY=VALUE... (values are JSON already or plain strings)
+  python3 - "$@" >> "$RES" <<'EOF'
+import json, sys
+obj = {}
+for arg in sys.argv[1:]:
+    k, v = arg.split("=", 1)
+    try:
+        obj[k] = json.loads(v)
+    except ValueError:
+        obj[k] = v
+print(json.dumps(obj))
+EOF
+}
+
+# --- environment ---------------------------------------------------------------------------
+emit kind=env kernel="$(uname -r)" cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')" \
+  nproc="$(nproc)" mem_kib="$(awk '/MemTotal/ {print $2}' /proc/meminfo)" \
+  fio="$(fio --version)" qemu_nbd="$(qemu-nbd --version | head -1)" files="${BENCH_FILES:-?}" \
+  size="${BENCH_SIZE:-1G}" runtime="$RT"
+
+# --- images (on the scratch ext4, so O_DIRECT works) ---------------------------------------
+say "preparing images in $S"
+fio --name=fill --filename="$S/img.raw" --size="${BENCH_SIZE:-1G}" --rw=write --bs=1M \
+  --ioengine=psync --direct=1 --refill_buffers=0 --output=/dev/null || exit 1
+qemu-img convert -O qcow2 -o cluster_size=65536 "$S/img.raw" "$S/img.qcow2" || exit 1
+cp "${BENCH_OUT_IN:?}/fs.qcow2" "$S/fs.qcow2" || exit 1
+sync; df -h "$S" >&2
+
+AIO=io_uring
+if ! qemu-nbd --help 2>&1 | grep -q io_uring; then AIO=threads; fi
+
+dev=""; pid=""; detach_cmd=()
+hwm() { [ -n "$pid" ] && awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null; }
+wait_dev() { # a device that reports a size
+  for _ in $(seq 100); do
+    [ -b "$1" ] && [ "$(blockdev --getsize64 "$1" 2>/dev/null || echo 0)" -gt 0 ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# attach TARGET FORMAT IMAGE RW: sets dev, pid and detach_cmd; non-zero with a reason in
+# $why when the target cannot serve it.
+attach() {
+  local target=$1 fmt=$2 img=$3 rw=$4 out
+  dev=""; pid=""; why=""; detach_cmd=()
+  case $target in
+    imgblk-q1|imgblk-q2)
+      local q=${target#imgblk-q}
+      local args=(attach --json --queues "$q")
+      [ "$rw" = rw ] && args+=(--rw)
+      out=$("$IMGBLK" "${args[@]}" "$img" 2>&1) || { why="attach failed: $(echo "$out" | tail -1)"; return 1; }
+      dev=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["device"])')
+      pid=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+      detach_cmd=("$IMGBLK" detach "$dev")
+      ;;
+    qemu-nbd)
+      local args=(--cache=none --aio="$AIO" -f "$fmt")
+      [ "$rw" = rw ] || args+=(--read-only)
+      qemu-nbd -c /dev/nbd0 "${args[@]}" "$img" >/tmp/nbd.log 2>&1 &
+      pid=$!
+      dev=/dev/nbd0
+      wait_dev $dev || { why="qemu-nbd did not connect: $(tail -1 /tmp/nbd.log)"; return 1; }
+      detach_cmd=(qemu-nbd -d /dev/nbd0)
+      ;;
+    loop)
+      [ "$fmt" = raw ] || { why="n/a (raw only)"; return 1; }
+      local args=(--direct-io=on -f --show)
+      [ "$rw" = rw ] || args+=(-r)
+      dev=$(losetup "${args[@]}" "$img" 2>&1) || { why="losetup failed: $dev"; return 1; }
+      detach_cmd=(losetup -d "$dev")
+      ;;
+    rublk)
+      [ -n "$RUBLK" ] || { why="not available: ${BENCH_RUBLK_WHY:-not built}"; return 1; }
+      [ "$fmt" = qcow2 ] || { why="n/a (qcow2 target only benchmarked)"; return 1; }
+      [ "$rw" = rw ] && { why="n/a (read-only comparison)"; return 1; }
+      local id=9
+      out=$("$RUBLK" add qcow2 -n $id --read-only -f "$img" 2>&1) || { why="not available: rublk add failed: $(echo "$out" | tail -1)"; return 1; }
+      dev=/dev/ublkb$id
+      wait_dev "$dev" || { why="not available: $dev did not appear"; "$RUBLK" del -n "$id" >/dev/null 2>&1; return 1; }
+      pid=$(cat "/sys/block/ublkb$id/ublk_pid" 2>/dev/null || pgrep -n -x rublk || true)
+      detach_cmd=("$RUBLK" del -n "$id")
+      ;;
+  esac
+  return 0
+}
+
+detach() {
+  [ ${#detach_cmd[@]} -gt 0 ] && "${detach_cmd[@]}" >/dev/null 2>&1
+  if [ "$1" = qemu-nbd ] && [ -n "$pid" ]; then wait "$pid" 2>/dev/null; fi
+  sleep 0.3
+}
+
+# run_fio NAME DEV extra fio args...: prints the JSON summary {iops, bw_mib, lat_us}
+run_fio() {
+  local name=$1 dev=$2; shift 2
+  fio --name="$name" --filename="$dev" --ioengine=io_uring --direct=1 --time_based \
+    --runtime="$RT" --ramp_time=1 --group_reporting --output-format=json "$@" 2>/dev/null |
+    python3 -c '
+import json, sys
+j = json.load(sys.stdin)["jobs"][0]
+side = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
+print(json.dumps({"iops": round(side["iops"], 1), "bw_mib": round(side["bw_bytes"] / 2**20, 2),
+                  "lat_us": round(side["clat_ns"]["mean"] / 1000, 1)}))'
+}
+
+TARGETS=(imgblk-q1 imgblk-q2 qemu-nbd rublk loop)
+WORKLOADS_READ=("randread-4k-qd1:--rw=randread --bs=4k --iodepth=1 --numjobs=1"
+  "randread-4k-qd32x2:--rw=randread --bs=4k --iodepth=32 --numjobs=2"
+  "seqread-1m:--rw=read --bs=1M --iodepth=4 --numjobs=1")
+WORKLOAD_WRITE="randwrite-4k-qd32:--rw=randwrite --bs=4k --iodepth=32 --numjobs=1"
+
+bench_target() { # bench_target FMT IMG RW TARGET WORKLOAD...
+  local fmt=$1 img=$2 rw=$3 target=$4; shift 4
+  if ! attach "$target" "$fmt" "$img" "$rw"; then
+    for w in "$@"; do emit kind=fio format="$fmt" target="$target" workload="${w%%:*}" na="$why"; done
+    say "$fmt $target: $why"
+    detach "$target"
+    return
+  fi
+  say "$fmt $target on $dev"
+  for w in "$@"; do
+    local r
+    # shellcheck disable=SC2086
+    r=$(run_fio "${w%%:*}" "$dev" ${w#*:})
+    if [ -n "$r" ]; then
+      emit kind=fio format="$fmt" target="$target" workload="${w%%:*}" result="$r"
+    else
+      emit kind=fio format="$fmt" target="$target" workload="${w%%:*}" na="fio failed"
+    fi
+    say "  ${w%%:*}: $r"
+  done
+  local h; h=$(hwm)
+  [ -n "$h" ] && emit kind=rss format="$fmt" target="$target" rw="$rw" vmhwm_kib="$h"
+  detach "$target"
+}
+
+for fmt in raw qcow2; do
+  for t in "${TARGETS[@]}"; do bench_target "$fmt" "$S/img.$fmt" ro "$t" "${WORKLOADS_READ[@]}"; done
+done
+# Writes last (they change the images, which nothing reads afterwards).
+for fmt in raw qcow2; do
+  for t in "${TARGETS[@]}"; do bench_target "$fmt" "$S/img.$fmt" rw "$t" "$WORKLOAD_WRITE"; done
+done
+
+# --- e2fsck -fn over many small files ------------------------------------------------------
+for t in imgblk-q1 imgblk-q2 qemu-nbd rublk; do
+  if ! attach "$t" qcow2 "$S/fs.qcow2" ro; then
+    emit kind=fsck target="$t" na="$why"; detach "$t"; continue
+  fi
+  echo 3 > /proc/sys/vm/drop_caches
+  start=$(date +%s.%N)
+  e2fsck -fn "$dev" > /tmp/fsck.log 2>&1; rc=$?
+  end=$(date +%s.%N)
+  secs=$(python3 -c "print(round($end - $start, 2))")
+  say "e2fsck via $t: ${secs}s (rc $rc)"
+  h=$(hwm)
+  emit kind=fsck target="$t" seconds="$secs" rc="$rc" vmhwm_kib="${h:-null}" \
+    summary="$(tail -1 /tmp/fsck.log)"
+  detach "$t"
+done
+say "done"

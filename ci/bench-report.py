@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""ci/bench's report: turns the device half's raw.json (one JSON object a line) into
+PREFIX.md and PREFIX.json. Usage: bench-report.py RAW.json PREFIX"""
+import datetime
+import json
+import os
+import sys
+
+raw_path, prefix = sys.argv[1], sys.argv[2]
+rows = [json.loads(line) for line in open(raw_path) if line.strip()]
+env = next((r for r in rows if r.get("kind") == "env"), {})
+TARGETS = ["imgblk-q1", "imgblk-q2", "qemu-nbd", "rublk", "loop"]
+WORKLOADS = [
+    ("randread-4k-qd1", "IOPS"),
+    ("randread-4k-qd32x2", "IOPS"),
+    ("seqread-1m", "MiB/s"),
+    ("randwrite-4k-qd32", "IOPS"),
+]
+
+
+def fio_value(fmt, workload, target):
+    for r in rows:
+        if (r.get("kind"), r.get("format"), r.get("workload"), r.get("target")) == (
+            "fio", fmt, workload, target):
+            if "result" in r:
+                unit = dict(WORKLOADS)[workload]
+                return r["result"]["bw_mib"] if unit == "MiB/s" else r["result"]["iops"]
+            return "n/a: " + str(r.get("na", ""))
+    return None
+
+
+def fmt_cell(v):
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
+
+
+def ratio(a, b, lower_is_better=False):
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not a or not b:
+        return "-"
+    return f"{(b / a if lower_is_better else a / b):.2f}"
+
+
+table = []
+out_json = {"date": datetime.date.today().isoformat(), "environment": {}, "results": []}
+for fmt in ["raw", "qcow2"]:
+    for workload, unit in WORKLOADS:
+        vals = {t: fio_value(fmt, workload, t) for t in TARGETS}
+        best = max([v for v in (vals["imgblk-q1"], vals["imgblk-q2"]) if isinstance(v, (int, float))],
+                   default=None)
+        table.append((f"{fmt} {workload} ({unit})", vals, best, False))
+        out_json["results"].append({"format": fmt, "workload": workload, "unit": unit, **vals})
+
+fsck = {r["target"]: r for r in rows if r.get("kind") == "fsck"}
+vals = {t: (fsck[t]["seconds"] if t in fsck and "seconds" in fsck[t] else
+            ("n/a: " + fsck[t]["na"] if t in fsck else None)) for t in TARGETS}
+vals["loop"] = "n/a (qcow2)"
+best = min([v for v in (vals["imgblk-q1"], vals["imgblk-q2"]) if isinstance(v, (int, float))], default=None)
+table.append((f"qcow2 e2fsck -fn, {env.get('files', '?')} files (s, lower is better)", vals, best, True))
+out_json["results"].append({"format": "qcow2", "workload": "e2fsck-fn", "unit": "s", **vals})
+
+rss = {}
+for r in rows:
+    if r.get("kind") == "rss" or (r.get("kind") == "fsck" and isinstance(r.get("vmhwm_kib"), int)):
+        t = r["target"]
+        rss[t] = max(rss.get(t, 0), int(r["vmhwm_kib"]))
+vals = {t: (round(rss[t] / 1024, 1) if t in rss else "n/a") for t in TARGETS}
+vals["loop"] = "n/a (kernel)"
+best = max([v for v in (vals["imgblk-q1"], vals["imgblk-q2"]) if isinstance(v, (int, float))], default=None)
+table.append(("daemon peak RSS, VmHWM (MiB, lower is better)", vals, best, True))
+out_json["results"].append({"workload": "peak-rss", "unit": "MiB", **vals})
+
+where = os.environ.get("BENCH_WHERE", "?")
+environment = {
+    "where": where,
+    "guest_kernel": env.get("kernel"),
+    "guest_cpu": env.get("cpu"),
+    "guest_cpus": env.get("nproc"),
+    "guest_mem_mib": int(env.get("mem_kib", 0)) // 1024,
+    "host_cpu": os.environ.get("BENCH_HOST_CPU"),
+    "fio": env.get("fio"),
+    "qemu_nbd": env.get("qemu_nbd"),
+    "fio_runtime_s": env.get("runtime"),
+    "image_size": env.get("size"),
+    "small_files": env.get("files"),
+}
+out_json["environment"] = environment
+out_json["raw"] = rows
+
+md = []
+md.append(f"# Device benchmark, {out_json['date']}\n")
+md.append("Produced by `ci/bench`. Numbers from one run; compare only within this table "
+          "(under TCG emulation absolute values mean little, ratios do).\n")
+md.append("## Environment\n")
+for k, v in environment.items():
+    md.append(f"- {k}: {v}")
+md.append("")
+md.append("## Results\n")
+md.append("Higher is better unless the row says otherwise. Ratios use the better of "
+          "imgblk q1/q2 and are >1 when imgblk is better.\n")
+md.append("| workload | imgblk q1 | imgblk q2 | qemu-nbd | rublk | loop | imgblk/qemu-nbd | imgblk/rublk | imgblk/loop |")
+md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for name, vals, best, lower in table:
+    cells = [fmt_cell(vals[t]) for t in TARGETS]
+    ratios = [ratio(best, vals[t], lower) for t in ("qemu-nbd", "rublk", "loop")]
+    md.append(f"| {name} | " + " | ".join(cells + ratios) + " |")
+md.append("")
+notes = sorted({f"{t}: {v}" for _, vals, _, _ in table for t, v in vals.items()
+                if isinstance(v, str) and v.startswith("n/a:")})
+if notes:
+    md.append("Not measured:\n")
+    md.extend(f"- {n}" for n in notes)
+    md.append("")
+md.append("## Settings\n")
+md.append(f"""- Images on the VM's scratch ext4 (loop-mounted, tmpfs-backed) so O_DIRECT works;
+  {env.get('size', '?')} raw filled by fio, qcow2 converted from it (64 KiB clusters, all allocated).
+- imgblk: `imgblk attach --queues 1|2` (depth 64 per queue, default L2 cache 128 MiB,
+  O_DIRECT on the image); `--rw` for the write rows.
+- qemu-nbd: `qemu-nbd -c /dev/nbd0 --cache=none --aio=io_uring` (threads if unsupported),
+  `--read-only` for reads.
+- loop: `losetup --direct-io=on` (raw only). rublk: `rublk add qcow2 -f IMG` (defaults).
+- fio: ioengine=io_uring, direct=1, time_based, runtime={env.get('runtime', '?')} s, ramp 1 s;
+  randread 4k iodepth=1 numjobs=1; randread 4k iodepth=32 numjobs=2; read 1M iodepth=4;
+  randwrite 4k iodepth=32 numjobs=1 (writes run after all reads).
+- e2fsck -fn: ext4 (1 GiB, built with `mkfs.ext4 -d` from {env.get('files', '?')} files of
+  100-6000 bytes in 500 directories) in a qcow2; page cache dropped before each run.
+- Peak RSS: VmHWM of the serving process (imgblk daemon, qemu-nbd, rublk), read before detaching;
+  the largest over its runs.
+""")
+open(prefix + ".md", "w").write("\n".join(md))
+with open(prefix + ".json", "w") as f:
+    json.dump(out_json, f, indent=2)
+    f.write("\n")
