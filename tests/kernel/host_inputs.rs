@@ -171,3 +171,132 @@ fn raw_disk_inside_a_host_luks_container() {
         },
     );
 }
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn lvm_inside_a_luks2_partition_inside_qcow2() {
+    require_ublk();
+    let s = Scratch::new("luks-lvm-qcow2");
+    let key = s.path("key");
+    std::fs::write(&key, "guest secret").unwrap();
+    // The LUKS2 container, holding an LVM PV with an ext4 LV, built with the real tools.
+    let container = s.path("part.luks");
+    cmd("truncate").args(["-s", "64M"]).arg(&container).ok();
+    cmd("cryptsetup")
+        .args([
+            "luksFormat",
+            "-q",
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "argon2id",
+            "--pbkdf-memory",
+            "8192",
+            "--iter-time",
+            "10",
+            "--key-file",
+        ])
+        .arg(&key)
+        .arg(&container)
+        .ok();
+    let name = "imgblk-test-guestcrypt";
+    cmd("cryptsetup")
+        .args(["open", "--key-file"])
+        .arg(&key)
+        .arg(&container)
+        .arg(name)
+        .ok();
+    let mapper = format!("/dev/mapper/{name}");
+    let config =
+        "activation { udev_sync = 0 udev_rules = 0 } devices { obtain_device_list_from_udev = 0 }";
+    let lvm = |args: &[&str]| {
+        cmd(args[0])
+            .args(["--devices", &mapper, "--config", config])
+            .args(&args[1..])
+            .ok();
+    };
+    let root = s.mkdir("lvroot");
+    std::fs::write(
+        root.join("hello.txt"),
+        "hello from an LV in LUKS in qcow2\n",
+    )
+    .unwrap();
+    let lv_sha = std::panic::catch_unwind(|| {
+        lvm(&["pvcreate", "-qq", "-y", &mapper]);
+        lvm(&["vgcreate", "-qq", "vgcrypt", &mapper]);
+        lvm(&[
+            "lvcreate", "-qq", "-y", "-Zn", "-Wn", "-n", "root", "-L", "32m", "vgcrypt",
+        ]);
+        cmd("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&root)
+            .arg("/dev/mapper/vgcrypt-root")
+            .ok();
+        let sha = cmd("sha256sum").arg("/dev/mapper/vgcrypt-root").ok().stdout;
+        lvm(&["vgchange", "-qq", "-an", "vgcrypt"]);
+        sha.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    });
+    let _ = cmd("cryptsetup").args(["close", name]).output();
+    let lv_sha = lv_sha.unwrap_or_else(|p| std::panic::resume_unwind(p));
+
+    // A GPT disk whose partition 1 is that container, converted to qcow2.
+    let raw = s.path("disk.raw");
+    cmd("truncate").args(["-s", "80M"]).arg(&raw).ok();
+    cmd("sh")
+        .arg("-c")
+        .arg("printf 'label: gpt\\nstart=2048, size=64M, type=linux\\n' | sfdisk --quiet \"$0\"")
+        .arg(&raw)
+        .ok();
+    cmd("dd")
+        .arg(format!("if={}", container.display()))
+        .arg(format!("of={}", raw.display()))
+        .args(["bs=512", "seek=2048", "conv=notrunc", "status=none"])
+        .ok();
+    let image = s.path("disk.qcow2");
+    cmd("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&image)
+        .ok();
+
+    let inspect = imgblk()
+        .args(["inspect", "--key-file"])
+        .arg(&key)
+        .arg(&image)
+        .ok()
+        .stdout;
+    assert!(inspect.contains("vgcrypt/root"), "{inspect}");
+
+    // imgblk decrypts partition 1 itself (no dm-crypt), and the LV inside is served and
+    // mounted from that device (no host LVM).
+    let plain = Device::attach(
+        &image,
+        &["--part", "1", "--luks", "--key-file", key.to_str().unwrap()],
+    );
+    let lv = Device::attach(&plain.path, &["--lv", "vgcrypt/root"]);
+    let sha = cmd("sha256sum").arg(&lv.path).ok().stdout;
+    assert_eq!(
+        sha.split_whitespace().next(),
+        Some(lv_sha.as_str()),
+        "LV bytes differ from dm's"
+    );
+    lv.detach();
+    let mnt = s.mkdir("mnt");
+    imgblk()
+        .args(["mount", "--lv", "vgcrypt/root"])
+        .arg(&plain.path)
+        .arg(&mnt)
+        .ok();
+    let text = std::fs::read_to_string(mnt.join("hello.txt"));
+    imgblk().arg("umount").arg(&mnt).ok();
+    plain.detach();
+    assert_eq!(text.unwrap(), "hello from an LV in LUKS in qcow2\n");
+    assert!(
+        list_json().is_empty(),
+        "devices left behind: {:?}",
+        list_json()
+    );
+}
