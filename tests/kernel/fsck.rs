@@ -297,3 +297,85 @@ fn fsck_overlay_memory_attach_writes_to_ram_only() {
     );
     assert_nothing_left();
 }
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn fsck_repairs_an_lv_inside_qcow2_and_checks_a_vmdk() {
+    let s = Scratch::new("fsck-lv");
+    let fs = corrupt_ext4(&s);
+    // A raw disk that is one LVM PV holding LV vgfsck/data = the corrupted ext4.
+    let disk = s.path("lvm.raw");
+    cmd("truncate").args(["-s", "48M"]).arg(&disk).ok();
+    let pv = cmd("losetup")
+        .args(["--show", "-f"])
+        .arg(&disk)
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let config =
+        "activation { udev_sync = 0 udev_rules = 0 } devices { obtain_device_list_from_udev = 0 }";
+    let built = std::panic::catch_unwind(|| {
+        let lvm = |args: &[&str]| {
+            cmd(args[0])
+                .args(["--devices", &pv, "--config", config])
+                .args(&args[1..])
+                .ok();
+        };
+        lvm(&["pvcreate", "-qq", "-y", &pv]);
+        lvm(&["vgcreate", "-qq", "vgfsck", &pv]);
+        lvm(&[
+            "lvcreate", "-qq", "-y", "-Zn", "-Wn", "-n", "data", "-L", "24m", "vgfsck",
+        ]);
+        cmd("dd")
+            .arg(format!("if={}", fs.display()))
+            .arg("of=/dev/mapper/vgfsck-data")
+            .args(["bs=1M", "oflag=direct", "status=none"])
+            .ok();
+        lvm(&["vgchange", "-qq", "-an", "vgfsck"]);
+    });
+    let _ = cmd("losetup").arg("-d").arg(&pv).output();
+    built.unwrap_or_else(|p| std::panic::resume_unwind(p));
+    let qcow2 = s.path("lvm.qcow2");
+    cmd("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&disk)
+        .arg(&qcow2)
+        .ok();
+
+    let (code, results, out) = fsck(&[], &qcow2);
+    assert_eq!(code, 4, "{}", out.describe());
+    let lv = results
+        .iter()
+        .find(|r| field(r, "piece") == "vgfsck/data")
+        .unwrap_or_else(|| panic!("{}", out.describe()));
+    assert_eq!(field(lv, "result"), "errors", "{}", out.describe());
+
+    // repaired in place, inside the qcow2; then clean, and the qcow2 is consistent
+    let (code, _, out) = fsck(&["--repair"], &qcow2);
+    assert_eq!(code, 1, "{}", out.describe());
+    let (code, _, out) = fsck(&[], &qcow2);
+    assert_eq!(code, 0, "{}", out.describe());
+    cmd("qemu-img")
+        .args(["check", "-f", "qcow2"])
+        .arg(&qcow2)
+        .ok();
+
+    // A VMDK (read-only format): errors found; repaired into RAM only.
+    let vmdk = s.path("corrupt.vmdk");
+    cmd("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "vmdk"])
+        .arg(&fs)
+        .arg(&vmdk)
+        .ok();
+    let (code, results, out) = fsck(&[], &vmdk);
+    assert_eq!(code, 4, "{}", out.describe());
+    assert_eq!(field(&results[0], "result"), "errors", "{}", out.describe());
+    let (_, results, out) = fsck(&["--repair", "--overlay", "memory"], &vmdk);
+    assert_eq!(
+        field(&results[0], "result"),
+        "repaired",
+        "{}",
+        out.describe()
+    );
+}
