@@ -313,29 +313,27 @@ fn fsck_repairs_an_lv_inside_qcow2_and_checks_a_vmdk() {
         .stdout
         .trim()
         .to_string();
-    let config =
-        "activation { udev_sync = 0 udev_rules = 0 } devices { obtain_device_list_from_udev = 0 }";
-    let built = std::panic::catch_unwind(|| {
-        let lvm = |args: &[&str]| {
-            cmd(args[0])
-                .args(["--devices", &pv, "--config", config])
-                .args(&args[1..])
+    with_cleanup(
+        || {
+            let lvm = |args: &[&str]| {
+                host_lvm(&pv, args).ok();
+            };
+            lvm(&["pvcreate", "-qq", "-y", &pv]);
+            lvm(&["vgcreate", "-qq", "vgfsck", &pv]);
+            lvm(&[
+                "lvcreate", "-qq", "-y", "-Zn", "-Wn", "-n", "data", "-L", "24m", "vgfsck",
+            ]);
+            cmd("dd")
+                .arg(format!("if={}", fs.display()))
+                .arg("of=/dev/mapper/vgfsck-data")
+                .args(["bs=1M", "oflag=direct", "status=none"])
                 .ok();
-        };
-        lvm(&["pvcreate", "-qq", "-y", &pv]);
-        lvm(&["vgcreate", "-qq", "vgfsck", &pv]);
-        lvm(&[
-            "lvcreate", "-qq", "-y", "-Zn", "-Wn", "-n", "data", "-L", "24m", "vgfsck",
-        ]);
-        cmd("dd")
-            .arg(format!("if={}", fs.display()))
-            .arg("of=/dev/mapper/vgfsck-data")
-            .args(["bs=1M", "oflag=direct", "status=none"])
-            .ok();
-        lvm(&["vgchange", "-qq", "-an", "vgfsck"]);
-    });
-    let _ = cmd("losetup").arg("-d").arg(&pv).output();
-    built.unwrap_or_else(|p| std::panic::resume_unwind(p));
+            lvm(&["vgchange", "-qq", "-an", "vgfsck"]);
+        },
+        || {
+            let _ = cmd("losetup").arg("-d").arg(&pv).output();
+        },
+    );
     let qcow2 = s.path("lvm.qcow2");
     cmd("qemu-img")
         .args(["convert", "-O", "qcow2"])

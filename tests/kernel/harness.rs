@@ -680,3 +680,26 @@ pub fn list_json() -> Vec<Value> {
         _ => panic!("list --json did not print a JSON array\n{}", out.describe()),
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Host LVM, for building fixtures the way real hosts and guests do
+
+/// An LVM tool (`args[0]`) confined to `device`, without udev (the VM has none), so a
+/// fixture never touches, or is touched by, any other VG.
+pub fn host_lvm(device: &str, args: &[&str]) -> Cmd {
+    const CONFIG: &str =
+        "activation { udev_sync = 0 udev_rules = 0 } devices { obtain_device_list_from_udev = 0 }";
+    cmd(args[0])
+        .args(["--devices", device, "--config", CONFIG])
+        .args(&args[1..])
+}
+
+/// Runs `body`, then `cleanup` whatever happened, and re-raises a panic of `body`.
+pub fn with_cleanup<T>(
+    body: impl FnOnce() -> T + std::panic::UnwindSafe,
+    cleanup: impl FnOnce(),
+) -> T {
+    let result = std::panic::catch_unwind(body);
+    cleanup();
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}

@@ -36,15 +36,6 @@ fn read_file_via_mount(source: &Path, s: &Scratch, expect: &str) {
     );
 }
 
-/// Runs `body`, then `cleanup` whatever happened.
-fn with_cleanup(body: impl FnOnce() + std::panic::UnwindSafe, cleanup: impl FnOnce()) {
-    let result = std::panic::catch_unwind(body);
-    cleanup();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-}
-
 #[test]
 #[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
 fn vhd_inside_a_host_logical_volume() {
@@ -73,13 +64,8 @@ fn vhd_inside_a_host_logical_volume() {
         .stdout
         .trim()
         .to_string();
-    let config =
-        "activation { udev_sync = 0 udev_rules = 0 } devices { obtain_device_list_from_udev = 0 }";
     let lvm = |args: &[&str]| {
-        cmd(args[0])
-            .args(["--devices", &pv, "--config", config])
-            .args(&args[1..])
-            .ok();
+        host_lvm(&pv, args).ok();
     };
     let vg = "VG_XenStorage-imgblktest";
     let lv = format!("/dev/{vg}/VHD-0001");
@@ -103,9 +89,7 @@ fn vhd_inside_a_host_logical_volume() {
             read_file_via_mount(Path::new(&lv), &s, "hello from xenvdi\n");
         },
         || {
-            let _ = cmd("vgchange")
-                .args(["--devices", &pv, "--config", config, "-an", vg])
-                .output();
+            let _ = host_lvm(&pv, &["vgchange", "-an", vg]).output();
             let _ = cmd("losetup").arg("-d").arg(&pv).output();
         },
     );
@@ -207,13 +191,8 @@ fn lvm_inside_a_luks2_partition_inside_qcow2() {
         .arg(name)
         .ok();
     let mapper = format!("/dev/mapper/{name}");
-    let config =
-        "activation { udev_sync = 0 udev_rules = 0 } devices { obtain_device_list_from_udev = 0 }";
     let lvm = |args: &[&str]| {
-        cmd(args[0])
-            .args(["--devices", &mapper, "--config", config])
-            .args(&args[1..])
-            .ok();
+        host_lvm(&mapper, args).ok();
     };
     let root = s.mkdir("lvroot");
     std::fs::write(
@@ -221,26 +200,29 @@ fn lvm_inside_a_luks2_partition_inside_qcow2() {
         "hello from an LV in LUKS in qcow2\n",
     )
     .unwrap();
-    let lv_sha = std::panic::catch_unwind(|| {
-        lvm(&["pvcreate", "-qq", "-y", &mapper]);
-        lvm(&["vgcreate", "-qq", "vgcrypt", &mapper]);
-        lvm(&[
-            "lvcreate", "-qq", "-y", "-Zn", "-Wn", "-n", "root", "-L", "32m", "vgcrypt",
-        ]);
-        cmd("mkfs.ext4")
-            .args(["-q", "-F", "-d"])
-            .arg(&root)
-            .arg("/dev/mapper/vgcrypt-root")
-            .ok();
-        let sha = cmd("sha256sum").arg("/dev/mapper/vgcrypt-root").ok().stdout;
-        lvm(&["vgchange", "-qq", "-an", "vgcrypt"]);
-        sha.split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    });
-    let _ = cmd("cryptsetup").args(["close", name]).output();
-    let lv_sha = lv_sha.unwrap_or_else(|p| std::panic::resume_unwind(p));
+    let lv_sha = with_cleanup(
+        || {
+            lvm(&["pvcreate", "-qq", "-y", &mapper]);
+            lvm(&["vgcreate", "-qq", "vgcrypt", &mapper]);
+            lvm(&[
+                "lvcreate", "-qq", "-y", "-Zn", "-Wn", "-n", "root", "-L", "32m", "vgcrypt",
+            ]);
+            cmd("mkfs.ext4")
+                .args(["-q", "-F", "-d"])
+                .arg(&root)
+                .arg("/dev/mapper/vgcrypt-root")
+                .ok();
+            let sha = cmd("sha256sum").arg("/dev/mapper/vgcrypt-root").ok().stdout;
+            lvm(&["vgchange", "-qq", "-an", "vgcrypt"]);
+            sha.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        },
+        || {
+            let _ = cmd("cryptsetup").args(["close", name]).output();
+        },
+    );
 
     // A GPT disk whose partition 1 is that container, converted to qcow2.
     let raw = s.path("disk.raw");

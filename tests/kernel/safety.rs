@@ -122,23 +122,24 @@ fn block_device_input_is_opened_exclusively() {
         .stdout
         .trim()
         .to_string();
-    let result = std::panic::catch_unwind(|| {
-        let dev = Device::attach(Path::new(&loop_dev), &[]);
-        assert_eq!(block_size(&dev.path), 32 * MIB);
-        assert_same_bytes(&dev.path, 0, &image, 0, 32 * MIB);
-        dev.detach();
-        let mnt = s.mkdir("mnt");
-        cmd("mount").arg(&loop_dev).arg(&mnt).ok();
-        let busy = imgblk().args(["attach", "--rw"]).arg(&loop_dev).fails();
-        cmd("umount").arg(&mnt).ok();
-        assert!(busy.stderr.contains("in use"), "{}", busy.describe());
-        let dev = Device::attach(Path::new(&loop_dev), &["--rw"]);
-        dev.detach();
-    });
-    cmd("losetup").arg("-d").arg(&loop_dev).ok();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    with_cleanup(
+        || {
+            let dev = Device::attach(Path::new(&loop_dev), &[]);
+            assert_eq!(block_size(&dev.path), 32 * MIB);
+            assert_same_bytes(&dev.path, 0, &image, 0, 32 * MIB);
+            dev.detach();
+            let mnt = s.mkdir("mnt");
+            cmd("mount").arg(&loop_dev).arg(&mnt).ok();
+            let busy = imgblk().args(["attach", "--rw"]).arg(&loop_dev).fails();
+            cmd("umount").arg(&mnt).ok();
+            assert!(busy.stderr.contains("in use"), "{}", busy.describe());
+            let dev = Device::attach(Path::new(&loop_dev), &["--rw"]);
+            dev.detach();
+        },
+        || {
+            cmd("losetup").arg("-d").arg(&loop_dev).ok();
+        },
+    );
 }
 
 #[test]
