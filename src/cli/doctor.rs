@@ -144,7 +144,7 @@ fn checks() -> Vec<Check> {
         ("fsck.vfat", "vfat"),
         ("btrfs", "btrfs"),
     ] {
-        let found = find_in_path(tool);
+        let found = super::find_program(tool);
         checks.push(Check::new(
             "fsck checker",
             Need::Optional,
@@ -267,14 +267,6 @@ fn module_available(release: &str) -> bool {
             .unwrap_or(false)
     };
     listed("modules.dep") || listed("modules.builtin")
-}
-
-fn find_in_path(tool: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/sbin", "/usr/sbin"].map(Into::into))
-        .map(|dir| dir.join(tool))
-        .find(|candidate| candidate.is_file())
 }
 
 #[cfg(test)]

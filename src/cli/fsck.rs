@@ -8,6 +8,7 @@
 use super::attach::{parse_overlay, Overlay};
 use super::piece::PieceArgs;
 use super::print_json;
+use super::{find_program, own_exe};
 use crate::error::{Error, Result};
 use crate::image::{open_image, DiskImage, Format, OpenOptions};
 use crate::layout::{discover, ContentKind, NodeKind};
@@ -302,20 +303,6 @@ fn checker(kind: ContentKind, repair: bool) -> Option<(&'static str, &'static [&
     })
 }
 
-/// Whether `program` is found in $PATH (or the sbin folders, which root's PATH may lack).
-fn find_program(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| {
-                m.is_file()
-                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
-            })
-        })
-}
-
 /// Runs the groups on `jobs` threads (a group's checks one after the other).
 fn run_all(
     shared: &Arc<Shared>,
@@ -474,10 +461,6 @@ fn detach(id: u32) -> Result<()> {
         crate::error::ErrorKind::Busy,
         String::from_utf8_lossy(&output.stderr).trim().to_string(),
     ))
-}
-
-fn own_exe() -> Result<PathBuf> {
-    std::env::current_exe().map_err(|e| Error::io("cannot find the imgblk executable", e))
 }
 
 fn wait_for_node(device: &Path) -> Result<()> {

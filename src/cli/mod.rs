@@ -199,6 +199,26 @@ fn open_source_for_reading(
     Ok(piece::open_source(&args.images, &options, name.as_deref())?.image)
 }
 
+/// Whether `program` is found in $PATH (or the sbin folders, which root's PATH may lack).
+pub(crate) fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(std::path::PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
+        })
+}
+
+/// This very program, for commands that run other imgblk commands as child processes
+/// (each attached device gets its own daemon).
+pub(crate) fn own_exe() -> crate::Result<std::path::PathBuf> {
+    std::env::current_exe().map_err(|e| Error::io("cannot find the imgblk executable", e))
+}
+
 /// Prints `value` as pretty JSON on stdout.
 fn print_json<T: serde::Serialize>(value: &T) -> crate::Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::invalid(e.to_string()))?;

@@ -86,8 +86,7 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
             )
         })?;
 
-    let mut attach =
-        Command::new(std::env::current_exe().map_err(|e| Error::io("cannot find imgblk", e))?);
+    let mut attach = Command::new(super::own_exe()?);
     attach.args(["attach", "--json"]).args(images);
     if let Some(format) = args.format {
         attach.args(["--format", &format.to_string()]);
@@ -127,10 +126,9 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
         .output()
         .map_err(|e| Error::io("cannot run mount", e))?;
     if !status.status.success() {
-        let detach =
-            Command::new(std::env::current_exe().map_err(|e| Error::io("cannot find imgblk", e))?)
-                .args(["detach", &device])
-                .status();
+        let detach = Command::new(super::own_exe()?)
+            .args(["detach", &device])
+            .status();
         if !matches!(detach, Ok(s) if s.success()) {
             tracing::warn!("could not detach {device} after the failed mount");
         }
@@ -175,11 +173,10 @@ pub fn run_umount(args: UmountArgs) -> Result<i32> {
     }
     let id = mount.id;
     let whole = format!("/dev/ublkb{id}");
-    let detached =
-        Command::new(std::env::current_exe().map_err(|e| Error::io("cannot find imgblk", e))?)
-            .args(["detach", &whole])
-            .status()
-            .map_err(|e| Error::io("cannot run imgblk detach", e))?;
+    let detached = Command::new(super::own_exe()?)
+        .args(["detach", &whole])
+        .status()
+        .map_err(|e| Error::io("cannot run imgblk detach", e))?;
     if !detached.success() {
         return Err(Error::new(
             ErrorKind::Busy,
