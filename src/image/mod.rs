@@ -87,7 +87,12 @@ pub struct CompressedCluster<'a> {
 }
 
 /// Where the bytes of one extent come from.
+///
+/// `repr(C, u8)` puts the tag in its own leading byte: with the default layout the tag
+/// hid in `CompressedCluster::codec`'s niche, and building an extent on the lookup hot
+/// path then stalled on partially overlapping stores and loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, u8)]
 pub enum Source<'a> {
     /// Bytes stored as they are at `offset` in `file`.
     Data {

@@ -37,6 +37,7 @@ pub enum Cluster {
 ///
 /// QEMU honours the zero flag in version 2 images too (where the spec calls the bit
 /// reserved), and so do we.
+#[inline(always)]
 pub fn decode_l2(entry: u64, cluster_bits: u32, guest_offset: u64) -> Result<Cluster> {
     if entry & L2_COMPRESSED != 0 {
         // x = 62 - (cluster_bits - 8) bits of offset, then the count of extra sectors.

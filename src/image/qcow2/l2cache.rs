@@ -1,12 +1,17 @@
 //! The bounded, lock-free-on-hit cache of L2 tables: the hot path of every qcow2 lookup.
 //!
-//! There is one slot per L1 entry, an [`ArcSwapOption`] holding the table when resident. A
-//! lookup of a resident table is an atomic load (no mutex, no reference-count traffic: the
-//! returned [`L2Ref`] is an `arc_swap` guard). A miss loads the table outside any lock and
-//! installs it with a compare-and-swap; when two threads miss on the same table at once
-//! the loser uses the winner's copy.
+//! There is one slot per L1 entry. When the capacity covers every slot (the default for
+//! images up to 1 TiB) nothing is ever evicted, and a slot is a [`OnceLock`]: a lookup of
+//! a resident table is one acquire load, and the returned [`L2Ref`] a plain borrow. This
+//! is the lookup hot path; an `arc_swap` guard cost two serializing atomic operations per
+//! lookup, most of its time.
 //!
-//! The cache holds at most `capacity` tables. Going over it triggers a clock sweep (second
+//! A bounded cache keeps an [`ArcSwapOption`] per slot instead: a lookup is an atomic
+//! load (no mutex, no reference-count traffic: the [`L2Ref`] is an `arc_swap` guard). In
+//! both modes a miss loads the table outside any lock and installs it atomically; when
+//! two threads miss on the same table at once the loser uses the winner's copy.
+//!
+//! A bounded cache holds at most `capacity` tables. Going over it triggers a clock sweep (second
 //! chance on a per-slot `referenced` bit) under a small mutex that only evictors take; a
 //! thread that finds the sweep busy just returns. Evicting swaps the slot back to empty;
 //! readers still holding the old table keep it alive until they drop their guard.
@@ -14,7 +19,7 @@
 use arc_swap::{ArcSwapOption, Guard};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 
 use crate::error::{Error, Result};
 
@@ -69,19 +74,30 @@ impl L2Table {
 }
 
 /// A borrowed, resident L2 table; it stays valid even if the cache evicts it meanwhile.
-pub struct L2Ref(Guard<Option<Arc<L2Table>>>);
+pub enum L2Ref<'a> {
+    /// A table of a cache that never evicts.
+    Pinned(&'a L2Table),
+    /// A table of a bounded cache, kept alive by the guard.
+    Guarded(Guard<Option<Arc<L2Table>>>),
+}
 
-impl Deref for L2Ref {
+impl Deref for L2Ref<'_> {
     type Target = L2Table;
 
     fn deref(&self) -> &L2Table {
-        self.0.as_deref().unwrap_or(&EMPTY)
+        match self {
+            L2Ref::Pinned(table) => table,
+            L2Ref::Guarded(guard) => guard.as_deref().unwrap_or(&EMPTY),
+        }
     }
 }
 
 /// One cache slot per L1 entry.
 #[derive(Default)]
 struct Slot {
+    /// The table, in a cache that never evicts.
+    pinned: OnceLock<L2Table>,
+    /// The table, in a bounded cache.
     table: ArcSwapOption<L2Table>,
     /// Set on every hit, cleared by the clock hand: the table's second chance.
     referenced: AtomicBool,
@@ -91,6 +107,8 @@ struct Slot {
 pub struct L2Cache {
     slots: Box<[Slot]>,
     capacity: usize,
+    /// Whether `capacity` covers every slot, so tables live in `Slot::pinned`.
+    pinned: bool,
     /// Tables resident or about to be (a loader counts itself before installing), so never
     /// less than the number of full slots.
     resident: AtomicUsize,
@@ -101,9 +119,11 @@ pub struct L2Cache {
 impl L2Cache {
     /// A cache for `slots` L1 entries keeping at most `capacity` tables (at least one).
     pub fn new(slots: usize, capacity: usize) -> L2Cache {
+        let capacity = capacity.max(1);
         L2Cache {
             slots: (0..slots).map(|_| Slot::default()).collect(),
-            capacity: capacity.max(1),
+            capacity,
+            pinned: capacity >= slots,
             resident: AtomicUsize::new(0),
             hand: Mutex::new(0),
         }
@@ -123,22 +143,40 @@ impl L2Cache {
     pub fn is_cached(&self, index: usize) -> bool {
         self.slots
             .get(index)
-            .is_some_and(|s| s.table.load().is_some())
+            .is_some_and(|s| s.pinned.get().is_some() || s.table.load().is_some())
     }
 
     /// The table of L1 entry `index`: from the cache without locking, or loaded by `load`
     /// and installed (evicting others if the cache is full).
-    pub fn get(&self, index: usize, load: impl FnOnce() -> Result<L2Table>) -> Result<L2Ref> {
-        let slot = self
-            .slots
-            .get(index)
-            .ok_or_else(|| Error::invalid(format!("L1 index {index} outside the L2 cache")))?;
+    #[inline]
+    pub fn get(&self, index: usize, load: impl FnOnce() -> Result<L2Table>) -> Result<L2Ref<'_>> {
+        if self.pinned {
+            if let Some(table) = self.slots.get(index).and_then(|s| s.pinned.get()) {
+                return Ok(L2Ref::Pinned(table));
+            }
+        }
+        self.get_slow(index, load)
+    }
+
+    /// [`get`](Self::get) for a bounded cache, or a miss: kept out of line so that the
+    /// pinned hit inlines into the lookup.
+    #[inline(never)]
+    fn get_slow(&self, index: usize, load: impl FnOnce() -> Result<L2Table>) -> Result<L2Ref<'_>> {
+        let slot = self.slot(index)?;
+        if self.pinned {
+            let table = load()?;
+            if slot.pinned.set(table).is_ok() {
+                self.resident.fetch_add(1, Ordering::SeqCst);
+            }
+            // Ours, or the copy of a thread that installed it first.
+            return Ok(L2Ref::Pinned(slot.pinned.get().unwrap_or(&EMPTY)));
+        }
         let cached = slot.table.load();
         if cached.is_some() {
             if !slot.referenced.load(Ordering::Relaxed) {
                 slot.referenced.store(true, Ordering::Relaxed);
             }
-            return Ok(L2Ref(cached));
+            return Ok(L2Ref::Guarded(cached));
         }
         drop(cached);
         let table = Arc::new(load()?);
@@ -149,30 +187,42 @@ impl L2Cache {
         if previous.is_some() {
             // Another thread installed it first: use that copy, and forget ours.
             self.resident.fetch_sub(1, Ordering::SeqCst);
-            return Ok(L2Ref(previous));
+            return Ok(L2Ref::Guarded(previous));
         }
         drop(previous);
         slot.referenced.store(true, Ordering::Relaxed);
         self.evict_over_capacity();
-        Ok(L2Ref(Guard::from_inner(Some(table))))
+        Ok(L2Ref::Guarded(Guard::from_inner(Some(table))))
+    }
+
+    /// The slot of L1 entry `index`.
+    fn slot(&self, index: usize) -> Result<&Slot> {
+        self.slots
+            .get(index)
+            .ok_or_else(|| Error::invalid(format!("L1 index {index} outside the L2 cache")))
     }
 
     /// Installs a freshly created `table` for L1 entry `index`, whose slot must be empty
     /// (the write path does this before publishing the L1 entry).
     pub fn install(&self, index: usize, table: L2Table) -> Result<()> {
-        let slot = self
-            .slots
-            .get(index)
-            .ok_or_else(|| Error::invalid(format!("L1 index {index} outside the L2 cache")))?;
+        let slot = self.slot(index)?;
+        let already = || {
+            Error::invalid(format!(
+                "L2 table {index} is already cached; cannot install a new one"
+            ))
+        };
+        if self.pinned {
+            slot.pinned.set(table).map_err(|_| already())?;
+            self.resident.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        }
         self.resident.fetch_add(1, Ordering::SeqCst);
         let previous = slot
             .table
             .compare_and_swap(&None::<Arc<L2Table>>, Some(Arc::new(table)));
         if previous.is_some() {
             self.resident.fetch_sub(1, Ordering::SeqCst);
-            return Err(Error::invalid(format!(
-                "L2 table {index} is already cached; cannot install a new one"
-            )));
+            return Err(already());
         }
         drop(previous);
         slot.referenced.store(true, Ordering::Relaxed);
@@ -296,5 +346,37 @@ mod tests {
         });
         // Installs racing with the last sweep may overshoot by one table per thread.
         assert!(cache.resident() <= 3 + 4, "resident {}", cache.resident());
+    }
+
+    #[test]
+    fn pinned_cache_never_evicts_and_rejects_a_second_install() {
+        let cache = L2Cache::new(8, 8);
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let cache = &cache;
+                s.spawn(move || {
+                    for round in 0..500u64 {
+                        let i = ((round + t) % 8) as usize;
+                        let got = cache.get(i, || Ok(table(i as u64 * 10))).unwrap();
+                        assert_eq!(got.get(1), Some(i as u64 * 10 + 1));
+                    }
+                });
+            }
+        });
+        assert_eq!(cache.resident(), 8);
+        assert!((0..8).all(|i| cache.is_cached(i)));
+        assert!(
+            cache.install(3, table(0)).is_err(),
+            "replaced a resident table"
+        );
+        let other = L2Cache::new(2, 2);
+        other.install(1, table(7)).unwrap();
+        assert_eq!(
+            other
+                .get(1, || panic!("installed table reloaded"))
+                .unwrap()
+                .get(0),
+            Some(7)
+        );
     }
 }

@@ -109,7 +109,8 @@ impl Qcow2Image {
     }
 
     /// The L2 table of L1 entry `l1_index`, or `None` if the entry has none.
-    fn l2_table(&self, l1_index: usize) -> Result<Option<L2Ref>> {
+    #[inline(always)]
+    fn l2_table(&self, l1_index: usize) -> Result<Option<L2Ref<'_>>> {
         let raw = self
             .l1
             .get(l1_index)
@@ -229,23 +230,28 @@ impl DiskImage for Qcow2Image {
         let cluster_size = self.cluster_size();
         let l2_shift = cluster_bits + self.header.l2_bits();
         let l2_mask = (1u64 << self.header.l2_bits()) - 1;
-        // Fast path, the common request: inside one cluster that this image allocates.
+        // Fast path, the common request: inside one cluster that this image stores as
+        // plain data. The extent is built in place: going through `cluster_source`'s
+        // `Result<Option<Source>>` cost a store-forwarding stall on every lookup.
         let first_cluster = offset & !(cluster_size - 1);
         if len > 0 && end <= first_cluster + cluster_size {
-            let l2_index = ((offset >> cluster_bits) & l2_mask) as usize;
             if let Some(table) = self.l2_table((offset >> l2_shift) as usize)? {
-                if let Some(raw) = table.get(l2_index) {
-                    if let Some(source) = self.cluster_source(raw, first_cluster, offset)? {
-                        push_merged(
-                            out,
-                            Extent {
-                                len,
-                                depth: 0,
-                                source,
+                let raw = table.get(((offset >> cluster_bits) & l2_mask) as usize);
+                if let Some(Ok(Cluster::Data(host))) =
+                    raw.map(|raw| entry::decode_l2(raw, cluster_bits, first_cluster))
+                {
+                    push_merged(
+                        out,
+                        Extent {
+                            len,
+                            depth: 0,
+                            source: Source::Data {
+                                file: &self.file,
+                                offset: host + (offset - first_cluster),
                             },
-                        );
-                        return Ok(());
-                    }
+                        },
+                    );
+                    return Ok(());
                 }
             }
         }
@@ -426,6 +432,7 @@ fn contiguous(prev: &Extent<'_>, next: &Extent<'_>) -> bool {
 }
 
 /// Appends `extent`, merging it into the last one when contiguous.
+#[inline(always)]
 fn push_merged<'a>(out: &mut Vec<Extent<'a>>, extent: Extent<'a>) {
     match out.last_mut() {
         Some(last) if contiguous(last, &extent) => last.len += extent.len,

@@ -200,7 +200,7 @@ impl Qcow2Image {
 
     /// The L2 table of `l1_index` for modification: created (in memory, published in
     /// the L1 table) if the entry has none.
-    fn writable_l2(&self, w: &mut Writer, l1_index: usize) -> Result<L2Ref> {
+    fn writable_l2(&self, w: &mut Writer, l1_index: usize) -> Result<L2Ref<'_>> {
         let raw = self
             .l1
             .get(l1_index)
@@ -230,7 +230,7 @@ impl Qcow2Image {
     }
 
     /// Stores `value` as L2 entry `l2_index` of the table of `l1_index`.
-    fn set_l2(w: &mut Writer, table: &L2Ref, l1_index: usize, l2_index: usize, value: u64) {
+    fn set_l2(w: &mut Writer, table: &L2Ref<'_>, l1_index: usize, l2_index: usize, value: u64) {
         if let Some(entry) = table.entries().get(l2_index) {
             entry.store(value, Ordering::Release);
         }
