@@ -29,7 +29,7 @@ EOF
 emit kind=env kernel="$(uname -r)" cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')" \
   nproc="$(nproc)" mem_kib="$(awk '/MemTotal/ {print $2}' /proc/meminfo)" \
   fio="$(fio --version)" qemu_nbd="$(qemu-nbd --version | head -1)" files="${BENCH_FILES:-?}" \
-  size="${BENCH_SIZE:-1G}" runtime="$RT"
+  size="${BENCH_SIZE:-1G}" runtime="$RT" rounds="${BENCH_ROUNDS:-3}"
 
 # --- images (on the scratch ext4, so O_DIRECT works) ---------------------------------------
 say "preparing images in $S"
@@ -42,8 +42,7 @@ sync; df -h "$S" >&2
 AIO=io_uring
 if ! qemu-nbd --help 2>&1 | grep -q io_uring; then AIO=threads; fi
 
-dev=""; pid=""; detach_cmd=()
-hwm() { [ -n "$pid" ] && awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null; }
+dev=""; pid=""; detach_cmd=(); why=""
 wait_dev() { # a device that reports a size
   for _ in $(seq 100); do
     [ -b "$1" ] && [ "$(blockdev --getsize64 "$1" 2>/dev/null || echo 0)" -gt 0 ] && return 0
@@ -70,11 +69,11 @@ attach() {
     qemu-nbd)
       local args=(--cache=none --aio="$AIO" -f "$fmt")
       [ "$rw" = rw ] || args+=(--read-only)
-      qemu-nbd -c /dev/nbd0 "${args[@]}" "$img" >/tmp/nbd.log 2>&1 &
+      dev=${NBD:-/dev/nbd0}
+      qemu-nbd -c "$dev" "${args[@]}" "$img" >/tmp/nbd.log 2>&1 &
       pid=$!
-      dev=/dev/nbd0
-      wait_dev $dev || { why="qemu-nbd did not connect: $(tail -1 /tmp/nbd.log)"; return 1; }
-      detach_cmd=(qemu-nbd -d /dev/nbd0)
+      wait_dev "$dev" || { why="qemu-nbd did not connect: $(tail -1 /tmp/nbd.log)"; return 1; }
+      detach_cmd=(qemu-nbd -d "$dev")
       ;;
     loop)
       [ "$fmt" = raw ] || { why="n/a (raw only)"; return 1; }
@@ -98,12 +97,6 @@ attach() {
   return 0
 }
 
-detach() {
-  [ ${#detach_cmd[@]} -gt 0 ] && "${detach_cmd[@]}" >/dev/null 2>&1
-  if [ "$1" = qemu-nbd ] && [ -n "$pid" ]; then wait "$pid" 2>/dev/null; fi
-  sleep 0.3
-}
-
 # run_fio NAME DEV extra fio args...: prints the JSON summary {iops, bw_mib, lat_us}
 run_fio() {
   local name=$1 dev=$2; shift 2
@@ -122,54 +115,98 @@ WORKLOADS_READ=("randread-4k-qd1:--rw=randread --bs=4k --iodepth=1 --numjobs=1"
   "randread-4k-qd32x2:--rw=randread --bs=4k --iodepth=32 --numjobs=2"
   "seqread-1m:--rw=read --bs=1M --iodepth=4 --numjobs=1")
 WORKLOAD_WRITE="randwrite-4k-qd32:--rw=randwrite --bs=4k --iodepth=32 --numjobs=1"
+ROUNDS=${BENCH_ROUNDS:-3}
 
-bench_target() { # bench_target FMT IMG RW TARGET WORKLOAD...
-  local fmt=$1 img=$2 rw=$3 target=$4; shift 4
-  if ! attach "$target" "$fmt" "$img" "$rw"; then
-    for w in "$@"; do emit kind=fio format="$fmt" target="$target" workload="${w%%:*}" na="$why"; done
-    say "$fmt $target: $why"
-    detach "$target"
-    return
-  fi
-  say "$fmt $target on $dev"
-  for w in "$@"; do
-    local r
-    # shellcheck disable=SC2086
-    r=$(run_fio "${w%%:*}" "$dev" ${w#*:})
-    if [ -n "$r" ]; then
-      emit kind=fio format="$fmt" target="$target" workload="${w%%:*}" result="$r"
-    else
-      emit kind=fio format="$fmt" target="$target" workload="${w%%:*}" na="fio failed"
-    fi
-    say "  ${w%%:*}: $r"
-  done
-  local h; h=$(hwm)
-  [ -n "$h" ] && emit kind=rss format="$fmt" target="$target" rw="$rw" vmhwm_kib="$h"
-  detach "$target"
+# Per-target state while several targets are attached at once.
+declare -A DEV PID DETACH PEAK
+# The qemu-nbd devices, one per target that needs one at a time.
+NBD_NEXT=0
+
+attach_keep() { # attach_keep TARGET FMT IMG RW: attach and remember; non-zero with $why
+  local t=$1
+  if [ "$t" = qemu-nbd ]; then NBD=/dev/nbd$NBD_NEXT; NBD_NEXT=$(((NBD_NEXT + 1) % 4)); fi
+  attach "$@" || return 1
+  DEV[$t]=$dev; PID[$t]=$pid; DETACH[$t]="${detach_cmd[*]}"
 }
 
+detach_keep() { # detach_keep TARGET: note its peak RSS, then detach it
+  local t=$1 h=""
+  [ -n "${PID[$t]:-}" ] && h=$(awk '/VmHWM/ {print $2}' "/proc/${PID[$t]}/status" 2>/dev/null)
+  if [ -n "$h" ] && [ "$h" -gt "${PEAK[$t]:-0}" ]; then PEAK[$t]=$h; fi
+  # shellcheck disable=SC2086
+  [ -n "${DETACH[$t]:-}" ] && ${DETACH[$t]} >/dev/null 2>&1
+  if [ "$t" = qemu-nbd ] && [ -n "${PID[$t]:-}" ]; then wait "${PID[$t]}" 2>/dev/null; fi
+  unset "DEV[$t]" "PID[$t]" "DETACH[$t]"
+  sleep 0.3
+}
+
+fio_round() { # fio_round FMT TARGET ROUND WORKLOAD: one fio run on DEV[TARGET], emitted
+  local fmt=$1 t=$2 round=$3 w=$4 r
+  # shellcheck disable=SC2086
+  r=$(run_fio "${w%%:*}" "${DEV[$t]}" ${w#*:})
+  if [ -n "$r" ]; then
+    emit kind=fio format="$fmt" target="$t" workload="${w%%:*}" round="$round" result="$r"
+  else
+    emit kind=fio format="$fmt" target="$t" workload="${w%%:*}" round="$round" na="fio failed"
+  fi
+  say "  $fmt ${w%%:*} round $round $t: $r"
+}
+
+# --- reads: every target attached to the same image at once, runs interleaved -----------
+# Interleaving (round 1 of every target, then round 2, ...) and taking medians keeps slow
+# drifts of an emulated machine from favouring whichever target ran first.
 for fmt in raw qcow2; do
-  for t in "${TARGETS[@]}"; do bench_target "$fmt" "$S/img.$fmt" ro "$t" "${WORKLOADS_READ[@]}"; done
-done
-# Writes last (they change the images, which nothing reads afterwards).
-for fmt in raw qcow2; do
-  for t in "${TARGETS[@]}"; do bench_target "$fmt" "$S/img.$fmt" rw "$t" "$WORKLOAD_WRITE"; done
+  live=()
+  for t in "${TARGETS[@]}"; do
+    if attach_keep "$t" "$fmt" "$S/img.$fmt" ro; then
+      live+=("$t"); say "$fmt $t on ${DEV[$t]}"
+    else
+      for w in "${WORKLOADS_READ[@]}"; do emit kind=fio format="$fmt" target="$t" workload="${w%%:*}" na="$why"; done
+      say "$fmt $t: $why"
+    fi
+  done
+  for w in "${WORKLOADS_READ[@]}"; do
+    for round in $(seq "$ROUNDS"); do
+      for t in "${live[@]}"; do fio_round "$fmt" "$t" "$round" "$w"; done
+    done
+  done
+  for t in "${live[@]}"; do detach_keep "$t"; done
 done
 
-# --- e2fsck -fn over many small files ------------------------------------------------------
-for t in imgblk-q1 imgblk-q2 qemu-nbd rublk; do
-  if ! attach "$t" qcow2 "$S/fs.qcow2" ro; then
-    emit kind=fsck target="$t" na="$why"; detach "$t"; continue
-  fi
-  echo 3 > /proc/sys/vm/drop_caches
-  start=$(date +%s.%N)
-  e2fsck -fn "$dev" > /tmp/fsck.log 2>&1; rc=$?
-  end=$(date +%s.%N)
-  secs=$(python3 -c "print(round($end - $start, 2))")
-  say "e2fsck via $t: ${secs}s (rc $rc)"
-  h=$(hwm)
-  emit kind=fsck target="$t" seconds="$secs" rc="$rc" vmhwm_kib="${h:-null}" \
-    summary="$(tail -1 /tmp/fsck.log)"
-  detach "$t"
+# --- writes: a fresh copy of the image per target and round ------------------------------
+for fmt in raw qcow2; do
+  for round in $(seq "$ROUNDS"); do
+    for t in "${TARGETS[@]}"; do
+      cp --sparse=always "$S/img.$fmt" "$S/copy.$fmt"
+      if attach_keep "$t" "$fmt" "$S/copy.$fmt" rw; then
+        fio_round "$fmt" "$t" "$round" "$WORKLOAD_WRITE"
+        detach_keep "$t"
+      elif [ "$round" = 1 ]; then
+        emit kind=fio format="$fmt" target="$t" workload="${WORKLOAD_WRITE%%:*}" na="$why"
+        say "$fmt $t: $why"
+      fi
+      rm -f "$S/copy.$fmt"
+    done
+  done
 done
+
+# --- e2fsck -fn over many small files, a fresh attach (cold caches) per run ---------------
+for round in $(seq "$ROUNDS"); do
+  for t in imgblk-q1 imgblk-q2 qemu-nbd rublk; do
+    if ! attach_keep "$t" qcow2 "$S/fs.qcow2" ro; then
+      [ "$round" = 1 ] && emit kind=fsck target="$t" na="$why"
+      continue
+    fi
+    echo 3 > /proc/sys/vm/drop_caches
+    start=$(date +%s.%N)
+    e2fsck -fn "${DEV[$t]}" > /tmp/fsck.log 2>&1; rc=$?
+    end=$(date +%s.%N)
+    secs=$(python3 -c "print(round($end - $start, 2))")
+    say "e2fsck via $t, round $round: ${secs}s (rc $rc)"
+    emit kind=fsck target="$t" round="$round" seconds="$secs" rc="$rc" summary="$(tail -1 /tmp/fsck.log)"
+    detach_keep "$t"
+  done
+done
+
+for t in "${!PEAK[@]}"; do emit kind=rss target="$t" vmhwm_kib="${PEAK[$t]}"; done
 say "done"

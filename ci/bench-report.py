@@ -4,6 +4,7 @@ PREFIX.md and PREFIX.json. Usage: bench-report.py RAW.json PREFIX"""
 import datetime
 import json
 import os
+import statistics
 import sys
 
 raw_path, prefix = sys.argv[1], sys.argv[2]
@@ -18,15 +19,25 @@ WORKLOADS = [
 ]
 
 
+def not_measured(why):
+    why = str(why or "")
+    return why if why.startswith("n/a") else "n/a: " + why
+
+
+def median_or_why(values, whys):
+    """The median of the rounds' values; else why there is none; None if never run."""
+    if values:
+        return round(statistics.median(values), 2)
+    return not_measured(whys[0]) if whys else None
+
+
 def fio_value(fmt, workload, target):
-    for r in rows:
-        if (r.get("kind"), r.get("format"), r.get("workload"), r.get("target")) == (
-            "fio", fmt, workload, target):
-            if "result" in r:
-                unit = dict(WORKLOADS)[workload]
-                return r["result"]["bw_mib"] if unit == "MiB/s" else r["result"]["iops"]
-            return "n/a: " + str(r.get("na", ""))
-    return None
+    unit = dict(WORKLOADS)[workload]
+    runs = [r for r in rows if (r.get("kind"), r.get("format"), r.get("workload"),
+                                r.get("target")) == ("fio", fmt, workload, target)]
+    values = [r["result"]["bw_mib"] if unit == "MiB/s" else r["result"]["iops"]
+              for r in runs if "result" in r]
+    return median_or_why(values, [r.get("na") for r in runs if "na" in r])
 
 
 def fmt_cell(v):
@@ -53,9 +64,13 @@ for fmt in ["raw", "qcow2"]:
         table.append((f"{fmt} {workload} ({unit})", vals, best, False))
         out_json["results"].append({"format": fmt, "workload": workload, "unit": unit, **vals})
 
-fsck = {r["target"]: r for r in rows if r.get("kind") == "fsck"}
-vals = {t: (fsck[t]["seconds"] if t in fsck and "seconds" in fsck[t] else
-            ("n/a: " + fsck[t]["na"] if t in fsck else None)) for t in TARGETS}
+def fsck_value(target):
+    runs = [r for r in rows if r.get("kind") == "fsck" and r.get("target") == target]
+    return median_or_why([r["seconds"] for r in runs if "seconds" in r],
+                         [r.get("na") for r in runs if "na" in r])
+
+
+vals = {t: fsck_value(t) for t in TARGETS}
 vals["loop"] = "n/a (qcow2)"
 best = min([v for v in (vals["imgblk-q1"], vals["imgblk-q2"]) if isinstance(v, (int, float))], default=None)
 table.append((f"qcow2 e2fsck -fn, {env.get('files', '?')} files (s, lower is better)", vals, best, True))
@@ -63,12 +78,11 @@ out_json["results"].append({"format": "qcow2", "workload": "e2fsck-fn", "unit": 
 
 rss = {}
 for r in rows:
-    if r.get("kind") == "rss" or (r.get("kind") == "fsck" and isinstance(r.get("vmhwm_kib"), int)):
-        t = r["target"]
-        rss[t] = max(rss.get(t, 0), int(r["vmhwm_kib"]))
+    if r.get("kind") == "rss":
+        rss[r["target"]] = max(rss.get(r["target"], 0), int(r["vmhwm_kib"]))
 vals = {t: (round(rss[t] / 1024, 1) if t in rss else "n/a") for t in TARGETS}
 vals["loop"] = "n/a (kernel)"
-best = max([v for v in (vals["imgblk-q1"], vals["imgblk-q2"]) if isinstance(v, (int, float))], default=None)
+best = min([v for v in (vals["imgblk-q1"], vals["imgblk-q2"]) if isinstance(v, (int, float))], default=None)
 table.append(("daemon peak RSS, VmHWM (MiB, lower is better)", vals, best, True))
 out_json["results"].append({"workload": "peak-rss", "unit": "MiB", **vals})
 
@@ -83,6 +97,7 @@ environment = {
     "fio": env.get("fio"),
     "qemu_nbd": env.get("qemu_nbd"),
     "fio_runtime_s": env.get("runtime"),
+    "rounds": env.get("rounds"),
     "image_size": env.get("size"),
     "small_files": env.get("files"),
 }
@@ -91,15 +106,16 @@ out_json["raw"] = rows
 
 md = []
 md.append(f"# Device benchmark, {out_json['date']}\n")
-md.append("Produced by `ci/bench`. Numbers from one run; compare only within this table "
-          "(under TCG emulation absolute values mean little, ratios do).\n")
+md.append("Produced by `ci/bench`. Numbers from one run of the VM; each cell is the median of "
+          f"{env.get('rounds', '?')} rounds, interleaved across targets. Compare only within this "
+          "table (under TCG emulation absolute values mean little, ratios do).\n")
 md.append("## Environment\n")
 for k, v in environment.items():
     md.append(f"- {k}: {v}")
 md.append("")
 md.append("## Results\n")
 md.append("Higher is better unless the row says otherwise. Ratios use the better of "
-          "imgblk q1/q2 and are >1 when imgblk is better.\n")
+          "imgblk q1/q2 (for RSS: the smaller) and are >1 when imgblk is better.\n")
 md.append("| workload | imgblk q1 | imgblk q2 | qemu-nbd | rublk | loop | imgblk/qemu-nbd | imgblk/rublk | imgblk/loop |")
 md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for name, vals, best, lower in table:
@@ -116,18 +132,20 @@ if notes:
 md.append("## Settings\n")
 md.append(f"""- Images on the VM's scratch ext4 (loop-mounted, tmpfs-backed) so O_DIRECT works;
   {env.get('size', '?')} raw filled by fio, qcow2 converted from it (64 KiB clusters, all allocated).
-- imgblk: `imgblk attach --queues 1|2` (depth 64 per queue, default L2 cache 128 MiB,
-  O_DIRECT on the image); `--rw` for the write rows.
+- imgblk: `imgblk attach --queues 1|2` (depth 64 per queue, 512 KiB buffers, default L2 cache
+  128 MiB, O_DIRECT on the image); `--rw` for the write rows.
 - qemu-nbd: `qemu-nbd -c /dev/nbd0 --cache=none --aio=io_uring` (threads if unsupported),
   `--read-only` for reads.
 - loop: `losetup --direct-io=on` (raw only). rublk: `rublk add qcow2 -f IMG` (defaults).
 - fio: ioengine=io_uring, direct=1, time_based, runtime={env.get('runtime', '?')} s, ramp 1 s;
   randread 4k iodepth=1 numjobs=1; randread 4k iodepth=32 numjobs=2; read 1M iodepth=4;
-  randwrite 4k iodepth=32 numjobs=1 (writes run after all reads).
-- e2fsck -fn: ext4 (1 GiB, built with `mkfs.ext4 -d` from {env.get('files', '?')} files of
-  100-6000 bytes in 500 directories) in a qcow2; page cache dropped before each run.
-- Peak RSS: VmHWM of the serving process (imgblk daemon, qemu-nbd, rublk), read before detaching;
-  the largest over its runs.
+  randwrite 4k iodepth=32 numjobs=1 (writes run after all reads, each on a fresh copy).
+- Reads: all targets attached to the image at once (read-only), fio runs interleaved round by
+  round. Writes and e2fsck: attached per run.
+- e2fsck -fn: ext4 (built on the host with `mkfs.ext4 -d` from {env.get('files', '?')} files of
+  100-3000 bytes in 1000 directories) in a qcow2; a fresh attach and dropped page cache per run.
+- Peak RSS: VmHWM of the serving process (imgblk daemon, qemu-nbd, rublk), read before each
+  detach; the largest over all its runs.
 """)
 open(prefix + ".md", "w").write("\n".join(md))
 with open(prefix + ".json", "w") as f:
