@@ -310,6 +310,32 @@ fn compressed_image() {
     );
 }
 
+#[test]
+fn zstd_compressed_images() {
+    let dir = tempfile::tempdir().unwrap();
+    for (seed, cluster) in [(5u64, "16k"), (6, "64k"), (7, "2M")] {
+        let options = format!("compression_type=zstd,cluster_size={cluster}");
+        let img = converted(
+            dir.path(),
+            8 * MIB,
+            true,
+            SEED ^ seed,
+            &["-c", "-o", &options],
+        );
+        let q = open_qcow2(&img, 1 << 20);
+        assert_eq!(q.header().codec, imgblk::image::Codec::Zstd, "{options}");
+        let image = check(&img);
+        let mut extents = Vec::new();
+        image.map(0, 8 * MIB, &mut extents).unwrap();
+        assert!(
+            extents
+                .iter()
+                .any(|e| matches!(e.source, Source::Compressed(_))),
+            "{options}: no compressed extents: {extents:?}"
+        );
+    }
+}
+
 /// Creates a qcow2 overlay at `path` of `size` on `backing` (as named, relative to the
 /// overlay) and runs the qemu-io `writes` on it.
 fn overlay(path: &Path, backing: &str, backing_fmt: &str, size: &str, writes: &[&str]) {
