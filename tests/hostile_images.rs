@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{make_raw, qemu_img};
+use common::{make_raw, qemu, qemu_img};
 use imgblk::image::{io, open_image, status::walk_status, OpenOptions};
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
@@ -48,6 +48,21 @@ fn seeds() -> &'static Vec<Seed> {
                 ("vpc", &["-O", "vpc"][..]),
                 ("vhdx", &["-O", "vhdx", "-o", "block_size=1M"][..]),
                 ("vdi", &["-O", "vdi"][..]),
+                (
+                    "qcow2-zstd",
+                    &[
+                        "-c",
+                        "-O",
+                        "qcow2",
+                        "-o",
+                        "cluster_size=4096,compression_type=zstd",
+                    ][..],
+                ),
+                // Gets a snapshot and changes after it, below.
+                (
+                    "qcow2-snapshot",
+                    &["-O", "qcow2", "-o", "cluster_size=4096"][..],
+                ),
             ] {
                 let out = dir.path().join(format!("seed.{name}"));
                 let mut full: Vec<&str> = vec!["convert"];
@@ -55,12 +70,30 @@ fn seeds() -> &'static Vec<Seed> {
                 full.push(raw_name);
                 full.push(out.to_str().unwrap());
                 qemu_img(dir.path(), &full);
+                if name == "qcow2-snapshot" {
+                    add_snapshot(&out);
+                }
                 let bytes = std::fs::read(&out).unwrap();
                 seeds.push((name, out, bytes));
             }
             (dir, seeds)
         })
         .1
+}
+
+/// Number of seed images.
+const SEEDS: usize = 10;
+
+/// Takes snapshot `s1` of the qcow2 at `path`, then overwrites some of its data.
+fn add_snapshot(path: &Path) {
+    let dir = path.parent().unwrap();
+    let name = path.to_str().unwrap();
+    qemu_img(dir, &["snapshot", "-c", "s1", name]);
+    qemu(
+        "qemu-io",
+        dir,
+        &["-f", "qcow2", "-c", "write -P 0x5a 64k 200k", name],
+    );
 }
 
 /// Opens, maps and reads `path` on a worker thread; panics if that panics or takes more
@@ -134,12 +167,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn corrupted_headers_and_tables_fail_cleanly(index in 0usize..8, edits in edits()) {
+    fn corrupted_headers_and_tables_fail_cleanly(index in 0usize..SEEDS, edits in edits()) {
         run_format(index, edits, false);
     }
 
     #[test]
-    fn corruption_anywhere_fails_cleanly(index in 0usize..8, edits in edits()) {
+    fn corruption_anywhere_fails_cleanly(index in 0usize..SEEDS, edits in edits()) {
         run_format(index, edits, true);
     }
 }
@@ -154,4 +187,61 @@ fn truncated_images_fail_cleanly() {
             exercise(&path);
         }
     }
+}
+
+/// Offset of the first snapshot table entry of the qcow2 at `bytes`.
+fn snapshots_offset(bytes: &[u8]) -> usize {
+    u64::from_be_bytes(bytes[64..72].try_into().unwrap()) as usize
+}
+
+/// One corrupted field of the snapshot table (or the header fields locating it) must fail
+/// the open with an error naming the file and the field.
+#[test]
+fn snapshot_table_fields_name_file_and_field() {
+    let (_, _, bytes) = seeds()
+        .iter()
+        .find(|(name, _, _)| *name == "qcow2-snapshot")
+        .unwrap();
+    let table = snapshots_offset(bytes);
+    let len = bytes.len();
+    let be32 = |v: u32| v.to_be_bytes().to_vec();
+    let be64 = |v: u64| v.to_be_bytes().to_vec();
+    let cases: Vec<(&str, usize, Vec<u8>)> = vec![
+        ("nb_snapshots", 60, be32(1 << 20)),
+        ("snapshots_offset", 64, be64(len as u64 * 2)),
+        ("snapshots_offset", 64, be64(table as u64 + 8)),
+        ("l1_table_offset", table, be64(0x1234)),
+        ("l1_table_offset", table, be64(1 << 60)),
+        ("l1_table_offset", table + 8, be32(u32::MAX)),
+        ("extra_data_size", table + 36, be32(1 << 20)),
+        ("past the end", table + 12, vec![0xff, 0xff, 0xff, 0xff]),
+        ("past the end", 60, be32(1000)), // more entries than the file holds
+    ];
+    for (field, at, value) in cases {
+        let mut corrupted = bytes.clone();
+        corrupted[at..at + value.len()].copy_from_slice(&value);
+        if field == "past the end" {
+            corrupted.truncate(table + 4096); // the table's cluster is the last one
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad-snapshots.qcow2");
+        std::fs::write(&path, corrupted).unwrap();
+        let err = match open_image(&path, &OpenOptions::default()) {
+            Ok(_) => panic!("{field} at {at:#x} = {value:02x?}: opened"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(field) && err.contains("bad-snapshots.qcow2"),
+            "{field} at {at:#x}: {err}"
+        );
+        exercise(&path);
+    }
+    // A file cut inside the table.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.qcow2");
+    std::fs::write(&path, &bytes[..table + 20]).unwrap();
+    let err = open_image(&path, &OpenOptions::default())
+        .err()
+        .expect("cut table");
+    assert!(err.to_string().contains("snapshot"), "{err}");
 }

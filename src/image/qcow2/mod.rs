@@ -5,6 +5,7 @@
 //! - [`header`]: the header, its extensions and every check on them.
 //! - [`entry`]: decoding of L1/L2 entries.
 //! - [`l2cache`]: the bounded L2 table cache, lock-free for resident tables.
+//! - [`snapshot`]: the internal snapshot table; a snapshot opens read-only.
 //! - [`refcount`]: refcount blocks and the cluster allocator (write path).
 //! - [`write`]: writes, flush ordering and crash consistency.
 //!
@@ -18,6 +19,7 @@ pub mod entry;
 pub mod header;
 pub mod l2cache;
 pub mod refcount;
+pub mod snapshot;
 pub mod write;
 
 #[cfg(test)]
@@ -48,6 +50,8 @@ pub struct Qcow2Image {
     l1: Box<[AtomicU64]>,
     l2: L2Cache,
     backing: Option<Box<dyn DiskImage>>,
+    /// The internal snapshots.
+    snapshots: Vec<snapshot::Snapshot>,
     /// Metadata state of the write path; `None` when open read-only.
     writer: Option<Mutex<write::Writer>>,
 }
@@ -57,7 +61,11 @@ impl Qcow2Image {
     /// chain, and its backing chain; writable when `file` was opened for writing.
     pub fn open(file: ImageFile, options: &OpenOptions, depth: u32) -> Result<Qcow2Image> {
         let path = file.path().to_path_buf();
-        let header = Header::read(&file)?;
+        let mut header = Header::read(&file)?;
+        let snapshots = snapshot::read_table(&file, &header)?;
+        if let Some(wanted) = &options.snapshot {
+            select_snapshot(&mut header, &snapshots, wanted, options, &file)?;
+        }
         let writer = if options.writable || file.writable() {
             Some(Mutex::new(write::Writer::open(&file, &header)?))
         } else {
@@ -84,6 +92,7 @@ impl Qcow2Image {
             l1,
             l2,
             backing,
+            snapshots,
             writer,
         })
     }
@@ -327,6 +336,10 @@ impl DiskImage for Qcow2Image {
         self.write_zeroes_impl(offset, len)
     }
 
+    fn snapshots(&self) -> &[snapshot::Snapshot] {
+        &self.snapshots
+    }
+
     fn chain(&self) -> Vec<ChainEntry> {
         let mut chain = vec![ChainEntry {
             path: self.file.path().to_path_buf(),
@@ -347,6 +360,43 @@ impl Drop for Qcow2Image {
             tracing::error!(path = %self.file.path().display(), "flushing qcow2 image on close failed: {e}");
         }
     }
+}
+
+/// Points `header` at snapshot `wanted` (a name, else an id) of `snapshots`, refusing a
+/// writable open: a snapshot is read-only.
+fn select_snapshot(
+    header: &mut Header,
+    snapshots: &[snapshot::Snapshot],
+    wanted: &str,
+    options: &OpenOptions,
+    file: &ImageFile,
+) -> Result<()> {
+    if options.writable || file.writable() {
+        return Err(Error::invalid(format!(
+            "snapshot '{wanted}' can only be opened read-only (to write to it, use an \
+             overlay: `attach --snapshot {wanted} --overlay memory`)"
+        ))
+        .with_path(file.path()));
+    }
+    let Some(found) = snapshot::find(snapshots, wanted) else {
+        let known: Vec<String> = snapshots
+            .iter()
+            .map(|s| format!("'{}' (id {})", s.name, s.id))
+            .collect();
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "no snapshot named or with id '{wanted}'; the image has {}",
+                if known.is_empty() {
+                    "no snapshots".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        )
+        .with_path(file.path()));
+    };
+    snapshot::apply(header, found).map_err(|e| e.with_path(file.path()))
 }
 
 /// Reads the L1 entries that cover the virtual size (the header check has made sure the
@@ -393,6 +443,7 @@ fn open_backing(
     let backing_options = OpenOptions {
         format: header.backing_format,
         writable: false,
+        snapshot: None,
         ..options.clone()
     };
     open_at_depth(&path, &backing_options, depth + 1)
