@@ -63,6 +63,10 @@ fn seeds() -> &'static Vec<Seed> {
                     "qcow2-snapshot",
                     &["-O", "qcow2", "-o", "cluster_size=4096"][..],
                 ),
+                (
+                    "qcow2-extended-l2",
+                    &["-O", "qcow2", "-o", "extended_l2=on,cluster_size=16k"][..],
+                ),
             ] {
                 let out = dir.path().join(format!("seed.{name}"));
                 let mut full: Vec<&str> = vec!["convert"];
@@ -82,7 +86,7 @@ fn seeds() -> &'static Vec<Seed> {
 }
 
 /// Number of seed images.
-const SEEDS: usize = 10;
+const SEEDS: usize = 11;
 
 /// Takes snapshot `s1` of the qcow2 at `path`, then overwrites some of its data.
 fn add_snapshot(path: &Path) {
@@ -244,4 +248,46 @@ fn snapshot_table_fields_name_file_and_field() {
         .err()
         .expect("cut table");
     assert!(err.to_string().contains("snapshot"), "{err}");
+}
+
+/// A subcluster bitmap that marks a subcluster both allocated and zero, and one that
+/// allocates subclusters of a compressed cluster: reads fail naming the file and the rule.
+#[test]
+fn extended_l2_bitmaps_name_file_and_rule() {
+    let (_, _, bytes) = seeds()
+        .iter()
+        .find(|(name, _, _)| *name == "qcow2-extended-l2")
+        .unwrap();
+    let be64 = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap());
+    let l1 = be64(40) as usize;
+    let l2 = (be64(l1) & 0x00ff_ffff_ffff_fe00) as usize;
+    assert!(
+        be64(l2) & 0x00ff_ffff_ffff_fe00 != 0,
+        "cluster 0 of the seed is allocated"
+    );
+    let cases: [(u64, u64, &str); 2] = [
+        (be64(l2), 1 | (1 << 32), "both allocated and zero"),
+        (
+            (1 << 62) | 0x10_0000,
+            1,
+            "compressed but has subcluster bits",
+        ),
+    ];
+    for (entry, bitmap, rule) in cases {
+        let mut corrupted = bytes.clone();
+        corrupted[l2..l2 + 8].copy_from_slice(&entry.to_be_bytes());
+        corrupted[l2 + 8..l2 + 16].copy_from_slice(&bitmap.to_be_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad-bitmap.qcow2");
+        std::fs::write(&path, corrupted).unwrap();
+        let image = open_image(&path, &OpenOptions::default()).unwrap();
+        let err = io::read_at(&*image, &mut [0u8; 4096], 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(rule) && err.contains("bad-bitmap.qcow2"),
+            "{err}"
+        );
+        exercise(&path);
+    }
 }

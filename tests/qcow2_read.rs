@@ -605,3 +605,71 @@ fn internal_snapshots() {
     let msg = open_snapshot(&base, "one").err().expect("raw").to_string();
     assert!(msg.contains("only qcow2"), "{msg}");
 }
+
+/// qemu-io writes that leave clusters of `cluster` bytes partly allocated at subcluster
+/// granularity: data subclusters, zero subclusters over a backing file, and whole zero
+/// and data clusters.
+fn subcluster_writes(cluster: u64) -> Vec<String> {
+    let sub = cluster / 32;
+    vec![
+        format!("write -P 0x51 {} {}", sub * 3, sub * 2),
+        format!("write -P 0x52 {} {}", cluster + sub * 31, sub + 100),
+        format!("write -z {} {}", cluster * 3 + sub * 5, sub * 4),
+        format!("write -z {} {}", cluster * 5, cluster),
+        format!("write -P 0x53 {} {}", cluster * 6 + 700, cluster * 2),
+        format!("write -P 0x54 {} {}", cluster * 9, sub),
+        format!("write -z {} {}", cluster * 9 + sub * 2, sub),
+    ]
+}
+
+#[test]
+fn extended_l2_subclusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = SmallRng::seed_from_u64(SEED ^ 10);
+    let base = dir.path().join("base.raw");
+    random_raw(&base, 24 * MIB, false, &mut rng);
+    for (cluster, name) in [(16u64 << 10, "16k"), (64 << 10, "64k"), (2 << 20, "2M")] {
+        let img = dir.path().join(format!("sub-{name}.qcow2"));
+        let options = format!("extended_l2=on,cluster_size={name}");
+        create(
+            &img,
+            &["-b", "base.raw", "-F", "raw", "-o", &options],
+            "24M",
+        );
+        qemu_io(&img, "qcow2", &subcluster_writes(cluster));
+        let image = check(&img);
+        let q = open_qcow2(&img, 1 << 20);
+        assert!(q.header().extended_l2(), "{options}");
+        // A cluster split into pieces: backing, data, backing (cluster 0).
+        let mut extents = Vec::new();
+        image.map(0, cluster, &mut extents).unwrap();
+        let depths: Vec<u32> = extents.iter().map(|e| e.depth).collect();
+        assert_eq!(depths, [1, 0, 1], "{options}: {extents:?}");
+        // No backing file: unallocated subclusters read as zeroes.
+        let plain = dir.path().join(format!("plain-{name}.qcow2"));
+        create(&plain, &["-o", &options], "24M");
+        qemu_io(&plain, "qcow2", &subcluster_writes(cluster));
+        check(&plain);
+    }
+    // zstd-compressed clusters with extended L2 entries (16 KiB clusters).
+    let img = converted(
+        dir.path(),
+        4 * MIB,
+        true,
+        SEED ^ 11,
+        &[
+            "-c",
+            "-o",
+            "extended_l2=on,cluster_size=16k,compression_type=zstd",
+        ],
+    );
+    qemu_io(&img, "qcow2", &subcluster_writes(16 << 10));
+    check(&img);
+    // Writing is refused, naming the feature.
+    let options = OpenOptions {
+        writable: true,
+        ..OpenOptions::default()
+    };
+    let msg = open_image(&img, &options).err().expect("rw").to_string();
+    assert!(msg.contains("extended L2"), "{msg}");
+}

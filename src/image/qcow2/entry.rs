@@ -1,4 +1,4 @@
-//! Decoding of L1 and L2 table entries (standard, non-extended L2 entries).
+//! Decoding of L1 and L2 table entries, standard and extended (with subclusters).
 
 use crate::error::{Error, Result};
 
@@ -62,6 +62,55 @@ pub fn decode_l2(entry: u64, cluster_bits: u32, guest_offset: u64) -> Result<Clu
         )));
     }
     Ok(Cluster::Data(host))
+}
+
+/// Subclusters per cluster with extended L2 entries.
+pub const SUBCLUSTERS: u32 = 32;
+
+/// What an extended L2 entry (`entry`, `bitmap`) says about subcluster `index` (0..32)
+/// of the guest cluster at `guest_offset`: `Data(host)` is the *cluster's* host offset
+/// (the caller adds the subcluster's offset), `Compressed` covers the whole cluster.
+///
+/// As QEMU's `qcow2_get_subcluster_type`: bit 0 of the entry is not a zero flag here; a
+/// compressed cluster must have an empty bitmap; a subcluster cannot be both allocated
+/// (bitmap bits 0..31) and zero (bits 32..63); without a host offset none may be allocated.
+/// A subcluster neither allocated nor zero is unallocated (read from the backing file),
+/// even in an allocated cluster.
+pub fn decode_extended_l2(
+    entry: u64,
+    bitmap: u64,
+    index: u32,
+    cluster_bits: u32,
+    guest_offset: u64,
+) -> Result<Cluster> {
+    let invalid = |what: &str| {
+        Err(Error::corrupt(format!(
+            "qcow2 extended L2 entry for guest offset {guest_offset:#x} (subcluster bitmap \
+             {bitmap:#018x}) {what}"
+        )))
+    };
+    let entry = if entry & L2_COMPRESSED != 0 {
+        if bitmap != 0 {
+            return invalid("is compressed but has subcluster bits set");
+        }
+        return decode_l2(entry, cluster_bits, guest_offset);
+    } else {
+        entry & !L2_ZERO
+    };
+    let alloc = bitmap as u32;
+    let zero = (bitmap >> 32) as u32;
+    if alloc & zero != 0 {
+        return invalid("has subclusters both allocated and zero");
+    }
+    let bit = 1u32 << (index % SUBCLUSTERS);
+    match decode_l2(entry, cluster_bits, guest_offset)? {
+        Cluster::Data(_) | Cluster::Unallocated if zero & bit != 0 => Ok(Cluster::Zero),
+        Cluster::Unallocated if alloc != 0 => {
+            invalid("has allocated subclusters but no host offset")
+        }
+        Cluster::Data(host) if alloc & bit != 0 => Ok(Cluster::Data(host)),
+        _ => Ok(Cluster::Unallocated),
+    }
 }
 
 /// Decodes an L1 entry: the file offset of its L2 table, or `None` if it has none.
@@ -140,6 +189,39 @@ mod tests {
                 stored_len: 2 * 512 - 0x1ff
             }
         );
+    }
+
+    #[test]
+    fn extended_entries() {
+        let host = (1u64 << 63) | 0x5_0000;
+        let bitmap = 0b0110 | (0b1000u64 << 32); // 1, 2 allocated; 3 zero
+        let sub = |i| decode_extended_l2(host, bitmap, i, 16, 0).unwrap();
+        assert_eq!(
+            sub(0),
+            Cluster::Unallocated,
+            "allocated cluster, clear bits"
+        );
+        assert_eq!(sub(1), Cluster::Data(0x5_0000));
+        assert_eq!(sub(3), Cluster::Zero);
+        assert_eq!(
+            decode_extended_l2(1, 0, 0, 16, 0).unwrap(),
+            Cluster::Unallocated,
+            "bit 0 is no zero flag"
+        );
+        assert_eq!(
+            decode_extended_l2(0, 1 << 40, 8, 16, 0).unwrap(),
+            Cluster::Zero,
+            "zero without a host offset"
+        );
+        let err = |entry, bitmap| {
+            decode_extended_l2(entry, bitmap, 0, 16, 0x7_0000)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(host, 1 | (1 << 32)).contains("both"));
+        assert!(err(0, 1).contains("no host offset"));
+        assert!(err(L2_COMPRESSED | 0x1234, 1).contains("compressed"));
+        assert!(err(0x5_0200, 2).contains("0x70000"), "unaligned");
     }
 
     #[test]

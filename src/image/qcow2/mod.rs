@@ -195,13 +195,49 @@ impl Qcow2Image {
         Ok(())
     }
 
+    /// The source of the guest bytes from `pos` on (`pos < chunk_end`, both inside the
+    /// cluster at `cluster_start`, entry `l2_index` of `table`) and where it ends: at
+    /// `chunk_end`, or with extended L2 entries at the end of `pos`'s subcluster. `None`
+    /// when unallocated here.
+    fn piece_source(
+        &self,
+        table: &L2Ref,
+        l2_index: usize,
+        cluster_start: u64,
+        pos: u64,
+        chunk_end: u64,
+    ) -> Result<(Option<Source<'_>>, u64)> {
+        let missing = || {
+            Error::corrupt(format!(
+                "qcow2 L2 table for guest offset {cluster_start:#x} has no entry {l2_index}"
+            ))
+            .with_path(self.file.path())
+        };
+        if !self.header.extended_l2() {
+            let raw = table.get(l2_index).ok_or_else(missing)?;
+            let cluster = entry::decode_l2(raw, self.header.cluster_bits, cluster_start)
+                .map_err(|e| e.with_path(self.file.path()))?;
+            return Ok((self.cluster_source(cluster, cluster_start, pos), chunk_end));
+        }
+        let raw = table.get(2 * l2_index).ok_or_else(missing)?;
+        let bitmap = table.get(2 * l2_index + 1).ok_or_else(missing)?;
+        let sub_bits = self.header.cluster_bits - 5;
+        let index = ((pos - cluster_start) >> sub_bits) as u32;
+        let cluster =
+            entry::decode_extended_l2(raw, bitmap, index, self.header.cluster_bits, cluster_start)
+                .map_err(|e| e.with_path(self.file.path()))?;
+        let end = match cluster {
+            Cluster::Compressed { .. } => chunk_end,
+            _ => chunk_end.min(cluster_start + (u64::from(index + 1) << sub_bits)),
+        };
+        Ok((self.cluster_source(cluster, cluster_start, pos), end))
+    }
+
     /// The source of the guest bytes from `pos` on, inside the cluster that starts at
-    /// `cluster_start` and whose L2 entry is `raw`; `None` when unallocated here.
-    fn cluster_source(&self, raw: u64, cluster_start: u64, pos: u64) -> Result<Option<Source<'_>>> {
-        let cluster = entry::decode_l2(raw, self.header.cluster_bits, cluster_start)
-            .map_err(|e| e.with_path(self.file.path()))?;
+    /// `cluster_start` and that `cluster` describes; `None` when unallocated here.
+    fn cluster_source(&self, cluster: Cluster, cluster_start: u64, pos: u64) -> Option<Source<'_>> {
         let within = pos - cluster_start;
-        Ok(match cluster {
+        match cluster {
             Cluster::Unallocated => None,
             Cluster::Zero => Some(Source::Zero),
             Cluster::Data(host) => Some(Source::Data {
@@ -218,7 +254,7 @@ impl Qcow2Image {
                     codec: self.header.codec,
                 }))
             }
-        })
+        }
     }
 }
 
@@ -243,8 +279,10 @@ impl DiskImage for Qcow2Image {
         if len > 0 && end <= first_cluster + cluster_size {
             let l2_index = ((offset >> cluster_bits) & l2_mask) as usize;
             if let Some(table) = self.l2_table((offset >> l2_shift) as usize)? {
-                if let Some(raw) = table.get(l2_index) {
-                    if let Some(source) = self.cluster_source(raw, first_cluster, offset)? {
+                if let (Some(source), run_end) =
+                    self.piece_source(&table, l2_index, first_cluster, offset, end)?
+                {
+                    if run_end == end {
                         push_merged(
                             out,
                             Extent {
@@ -273,11 +311,9 @@ impl DiskImage for Qcow2Image {
                 let cluster_start = pos & !(cluster_size - 1);
                 let chunk_end = table_end.min(cluster_start + cluster_size);
                 let l2_index = ((pos >> cluster_bits) & l2_mask) as usize;
-                let raw = table.get(l2_index).ok_or_else(|| {
-                    Error::corrupt(format!("qcow2 L2 table {l1_index} has no entry {l2_index}"))
-                        .with_path(self.file.path())
-                })?;
-                match self.cluster_source(raw, cluster_start, pos)? {
+                let (source, run_end) =
+                    self.piece_source(&table, l2_index, cluster_start, pos, chunk_end)?;
+                match source {
                     None => {
                         hole.get_or_insert(pos);
                     }
@@ -288,14 +324,14 @@ impl DiskImage for Qcow2Image {
                         push_merged(
                             out,
                             Extent {
-                                len: chunk_end - pos,
+                                len: run_end - pos,
                                 depth: 0,
                                 source,
                             },
                         );
                     }
                 }
-                pos = chunk_end;
+                pos = run_end;
             }
         }
         if let Some(start) = hole {

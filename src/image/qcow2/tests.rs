@@ -199,7 +199,7 @@ fn incompatible_features() {
         (9, ErrorKind::Unsupported, "feature bit 9"),
         (1, ErrorKind::Corrupt, "marked corrupt"),
         (2, ErrorKind::Unsupported, "external data file"),
-        (4, ErrorKind::Unsupported, "subclusters"),
+        (4, ErrorKind::Corrupt, "at least 14 with extended L2"), // 4 KiB clusters
         (3, ErrorKind::Corrupt, "compression_type is 0"),
     ];
     for (bit, kind, needle) in cases {
