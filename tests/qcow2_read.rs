@@ -673,3 +673,102 @@ fn extended_l2_subclusters() {
     let msg = open_image(&img, &options).err().expect("rw").to_string();
     assert!(msg.contains("extended L2"), "{msg}");
 }
+
+#[test]
+fn external_data_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut rng = SmallRng::seed_from_u64(SEED ^ 12);
+    let base = dir.path().join("base.raw");
+    random_raw(&base, 8 * MIB, false, &mut rng);
+    for (name, raw_external) in [("plain", false), ("raw", true)] {
+        let img = images.join(format!("{name}.qcow2"));
+        let data = images.join(format!("{name}.data"));
+        let mut options = format!("data_file={}", s(&data));
+        if raw_external {
+            options.push_str(",data_file_raw=on");
+        }
+        // QEMU allows no backing file with data_file_raw.
+        let backing: &[&str] = if raw_external {
+            &[]
+        } else {
+            &["-b", s(&base), "-F", "raw"]
+        };
+        create(
+            &img,
+            &[&["-o", options.as_str()][..], backing].concat(),
+            "8M",
+        );
+        qemu_io(&img, "qcow2", &pattern_writes(8 * MIB));
+        qemu_io(&img, "qcow2", &["write -z 2M 128k"]);
+        let image = check(&img);
+        let q = open_qcow2(&img, 1 << 20);
+        assert_eq!(q.header().data_file.as_deref(), Some(s(&data)));
+        assert_eq!(q.data_file().path(), data);
+        drop((image, q));
+
+        // A relative name is relative to the image's folder (QEMU takes it relative to
+        // its working directory; we do not depend on ours).
+        let relative = format!("data_file={name}.data");
+        qemu_img(&["amend", "-f", "qcow2", "-o", &relative, s(&img)]);
+        let want = std::fs::read(img.with_extension("expected.raw")).unwrap();
+        let image = open_image(&img, &OpenOptions::default()).unwrap();
+        let mut got = vec![0u8; want.len()];
+        io::read_at(&*image, &mut got, 0).unwrap();
+        assert!(
+            got == want,
+            "{name}: read with a relative data file name differs"
+        );
+        drop(image);
+
+        let writable = OpenOptions {
+            writable: true,
+            ..OpenOptions::default()
+        };
+        let msg = open_image(&img, &writable).err().expect("rw").to_string();
+        assert!(msg.contains("external data file"), "{msg}");
+        std::fs::rename(&data, images.join("moved")).unwrap();
+        let err = open_image(&img, &OpenOptions::default())
+            .err()
+            .expect("no data file");
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert!(err.to_string().contains(&format!("{name}.data")), "{err}");
+    }
+}
+
+#[test]
+fn persistent_bitmaps_are_ignored_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("bitmaps.qcow2");
+    create(&img, &[], "8M");
+    qemu_img(&["bitmap", "--add", s(&img), "b0"]);
+    qemu_io(&img, "qcow2", &pattern_writes(8 * MIB));
+    let q = open_qcow2(&img, 1 << 20);
+    assert!(
+        q.header().autoclear_features & 1 != 0,
+        "bitmaps autoclear bit set"
+    );
+    drop(q);
+    check(&img);
+    // A writable open clears the autoclear bits: QEMU then ignores the stale bitmaps.
+    let writable = OpenOptions {
+        writable: true,
+        ..OpenOptions::default()
+    };
+    let image = open_image(&img, &writable).unwrap();
+    io::write_at(&*image, &[7u8; 4096], 0).unwrap();
+    drop(image);
+    assert_eq!(open_qcow2(&img, 1 << 20).header().autoclear_features, 0);
+    // The bitmaps' clusters are leaks now (QEMU's rule for stale bitmaps), never errors.
+    let out = Command::new("qemu-img")
+        .args(["check", s(&img)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)) && !text.contains("ERROR"),
+        "qemu-img check: {text}"
+    );
+    check(&img);
+}

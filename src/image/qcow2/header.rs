@@ -30,6 +30,8 @@ pub const INCOMPAT_DIRTY: u32 = 0;
 pub const INCOMPAT_CORRUPT: u32 = 1;
 /// Incompatible feature bit: guest data lives in an external data file.
 pub const INCOMPAT_DATA_FILE: u32 = 2;
+/// Auto-clear feature bit: the external data file is a raw image of the guest.
+pub const AUTOCLEAR_RAW_EXTERNAL: u32 = 1;
 /// Incompatible feature bit: the `compression_type` field is not zlib.
 pub const INCOMPAT_COMPRESSION: u32 = 3;
 /// Incompatible feature bit: extended L2 entries (subclusters).
@@ -434,11 +436,13 @@ impl Header {
                          check it with `qemu-img check`",
                     ))
                 }
-                INCOMPAT_DATA_FILE => {
-                    return Err(Error::unsupported(
-                        "qcow2 images with an external data file are not supported yet",
+                INCOMPAT_DATA_FILE if self.data_file.is_none() => {
+                    return Err(Error::corrupt(
+                        "qcow2 image keeps its data in an external data file (incompatible \
+                         feature bit 2) but has no header extension naming it",
                     ))
                 }
+                INCOMPAT_DATA_FILE => {}
                 INCOMPAT_COMPRESSION => {}
                 INCOMPAT_EXTENDED_L2 if self.cluster_bits < MIN_EXTENDED_L2_CLUSTER_BITS => {
                     return Err(bad_field(

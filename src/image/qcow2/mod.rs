@@ -49,6 +49,8 @@ pub struct Qcow2Image {
     /// The L1 entries that cover the virtual size (atomics: the write path updates them).
     l1: Box<[AtomicU64]>,
     l2: L2Cache,
+    /// The external data file that guest data lives in, if the image has one.
+    data_file: Option<ImageFile>,
     backing: Option<Box<dyn DiskImage>>,
     /// The internal snapshots.
     snapshots: Vec<snapshot::Snapshot>,
@@ -85,12 +87,14 @@ impl Qcow2Image {
                 .min(l1.len())
         };
         let l2 = L2Cache::new(l1.len(), capacity);
+        let data_file = open_data_file(&path, &header, options)?;
         let backing = open_backing(&path, &header, options, depth)?;
         Ok(Qcow2Image {
             file,
             header,
             l1,
             l2,
+            data_file,
             backing,
             snapshots,
             writer,
@@ -105,6 +109,11 @@ impl Qcow2Image {
     /// The cluster size in bytes.
     pub fn cluster_size(&self) -> u64 {
         self.header.cluster_size()
+    }
+
+    /// The file guest data clusters live in: the external data file, or the image.
+    pub fn data_file(&self) -> &ImageFile {
+        self.data_file.as_ref().unwrap_or(&self.file)
     }
 
     /// The backing image, if any.
@@ -215,35 +224,55 @@ impl Qcow2Image {
         };
         if !self.header.extended_l2() {
             let raw = table.get(l2_index).ok_or_else(missing)?;
-            let cluster = entry::decode_l2(raw, self.header.cluster_bits, cluster_start)
-                .map_err(|e| e.with_path(self.file.path()))?;
-            return Ok((self.cluster_source(cluster, cluster_start, pos), chunk_end));
+            let data_file = self.data_file.is_some();
+            let cluster =
+                entry::decode_l2_in(raw, self.header.cluster_bits, cluster_start, data_file)
+                    .map_err(|e| e.with_path(self.file.path()))?;
+            return Ok((self.cluster_source(cluster, cluster_start, pos)?, chunk_end));
         }
         let raw = table.get(2 * l2_index).ok_or_else(missing)?;
         let bitmap = table.get(2 * l2_index + 1).ok_or_else(missing)?;
         let sub_bits = self.header.cluster_bits - 5;
         let index = ((pos - cluster_start) >> sub_bits) as u32;
-        let cluster =
-            entry::decode_extended_l2(raw, bitmap, index, self.header.cluster_bits, cluster_start)
-                .map_err(|e| e.with_path(self.file.path()))?;
+        let cluster = entry::decode_extended_l2(
+            raw,
+            bitmap,
+            index,
+            self.header.cluster_bits,
+            cluster_start,
+            self.data_file.is_some(),
+        )
+        .map_err(|e| e.with_path(self.file.path()))?;
         let end = match cluster {
             Cluster::Compressed { .. } => chunk_end,
             _ => chunk_end.min(cluster_start + (u64::from(index + 1) << sub_bits)),
         };
-        Ok((self.cluster_source(cluster, cluster_start, pos), end))
+        Ok((self.cluster_source(cluster, cluster_start, pos)?, end))
     }
 
     /// The source of the guest bytes from `pos` on, inside the cluster that starts at
     /// `cluster_start` and that `cluster` describes; `None` when unallocated here.
-    fn cluster_source(&self, cluster: Cluster, cluster_start: u64, pos: u64) -> Option<Source<'_>> {
+    fn cluster_source(
+        &self,
+        cluster: Cluster,
+        cluster_start: u64,
+        pos: u64,
+    ) -> Result<Option<Source<'_>>> {
         let within = pos - cluster_start;
-        match cluster {
+        Ok(match cluster {
             Cluster::Unallocated => None,
             Cluster::Zero => Some(Source::Zero),
             Cluster::Data(host) => Some(Source::Data {
-                file: &self.file,
+                file: self.data_file(),
                 offset: host + within,
             }),
+            Cluster::Compressed { .. } if self.data_file.is_some() => {
+                return Err(Error::corrupt(format!(
+                    "qcow2 L2 entry for guest offset {cluster_start:#x} is compressed, which \
+                     an image with an external data file cannot be"
+                ))
+                .with_path(self.file.path()))
+            }
             Cluster::Compressed { offset, stored_len } => {
                 Some(Source::Compressed(CompressedCluster {
                     file: &self.file,
@@ -254,7 +283,7 @@ impl Qcow2Image {
                     codec: self.header.codec,
                 }))
             }
-        }
+        })
     }
 }
 
@@ -463,6 +492,39 @@ pub fn resolve_backing_path(image: &Path, name: &str) -> PathBuf {
     image
         .parent()
         .map_or_else(|| name.to_path_buf(), |dir| dir.join(name))
+}
+
+/// Opens the external data file named in `header` (relative to the image's directory),
+/// read-only and locked as the image is; `None` when the image keeps its data itself.
+fn open_data_file(
+    image: &Path,
+    header: &Header,
+    options: &OpenOptions,
+) -> Result<Option<ImageFile>> {
+    let Some(name) = header
+        .data_file
+        .as_ref()
+        .filter(|_| header.has_incompatible(header::INCOMPAT_DATA_FILE))
+    else {
+        return Ok(None);
+    };
+    let path = resolve_backing_path(image, name);
+    let file = ImageFile::open(&path, false, options.direct).map_err(|e| {
+        if e.kind() == ErrorKind::NotFound {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "external data file {name:?} not found (tried {})",
+                    path.display()
+                ),
+            )
+            .with_path(image)
+        } else {
+            e
+        }
+    })?;
+    file.lock(options.lock_mode())?;
+    Ok(Some(file))
 }
 
 /// Opens the backing image named in `header`, read-only, one level deeper.

@@ -114,7 +114,9 @@ fn read_table_inner(file: &ImageFile, header: &Header) -> Result<Vec<Snapshot>> 
         }
         let var_len = extra_len as usize + id_len + name_len;
         let entry_len = (FIXED_LEN + var_len).div_ceil(8) * 8;
-        if pos + entry_len as u64 > file_len {
+        // The last entry's padding may lie past the end of the file (QEMU writes the
+        // table unpadded).
+        if pos + (FIXED_LEN + var_len) as u64 > file_len {
             return Err(past_end("table entry (with its id, name and extra data)"));
         }
         if pos + entry_len as u64 - start > MAX_TABLE_BYTES {

@@ -198,7 +198,7 @@ fn incompatible_features() {
         (5, ErrorKind::Unsupported, "feature bit 5"),
         (9, ErrorKind::Unsupported, "feature bit 9"),
         (1, ErrorKind::Corrupt, "marked corrupt"),
-        (2, ErrorKind::Unsupported, "external data file"),
+        (2, ErrorKind::Corrupt, "no header extension naming it"),
         (4, ErrorKind::Corrupt, "at least 14 with extended L2"), // 4 KiB clusters
         (3, ErrorKind::Corrupt, "compression_type is 0"),
     ];
