@@ -88,10 +88,29 @@ fn first_difference(got: &[u8], want: &[u8]) -> Option<usize> {
 /// Reads `image` fully and at 300 random places, comparing with QEMU's raw conversion
 /// of the file at `path`.
 fn assert_reads_like_qemu(image: &dyn DiskImage, path: &Path) {
-    let raw = path.with_extension("expected.raw");
-    qemu_img(&["convert", "-O", "raw", s(path), s(&raw)]);
-    let want = std::fs::read(&raw).unwrap();
+    assert_reads_like_qemu_convert(image, path, &[]);
+}
+
+/// [`assert_reads_like_qemu`] against `qemu-img convert` with `extra` options (`-l` for
+/// a snapshot). `qemu-img convert -l` keeps the image's current size, where a snapshot
+/// taken before a resize is its own (smaller) size: QEMU's output must then be zero past
+/// ours.
+fn assert_reads_like_qemu_convert(image: &dyn DiskImage, path: &Path, extra: &[&str]) {
+    let raw = path.with_extension(format!("expected{}.raw", extra.join("").replace('=', "")));
+    let mut args = vec!["convert", "-O", "raw"];
+    args.extend(extra);
+    args.extend([s(path), s(&raw)]);
+    qemu_img(&args);
+    let mut want = std::fs::read(&raw).unwrap();
     let size = image.virtual_size();
+    if !extra.is_empty() && size < want.len() as u64 {
+        assert!(
+            want[size as usize..].iter().all(|&b| b == 0),
+            "{}: qemu reads data past the snapshot's size",
+            path.display()
+        );
+        want.truncate(size as usize);
+    }
     assert_eq!(size, want.len() as u64, "{}: virtual size", path.display());
     let mut got = vec![0u8; want.len()];
     io::read_at(image, &mut got, 0).unwrap();
@@ -310,6 +329,32 @@ fn compressed_image() {
     );
 }
 
+#[test]
+fn zstd_compressed_images() {
+    let dir = tempfile::tempdir().unwrap();
+    for (seed, cluster) in [(5u64, "16k"), (6, "64k"), (7, "2M")] {
+        let options = format!("compression_type=zstd,cluster_size={cluster}");
+        let img = converted(
+            dir.path(),
+            8 * MIB,
+            true,
+            SEED ^ seed,
+            &["-c", "-o", &options],
+        );
+        let q = open_qcow2(&img, 1 << 20);
+        assert_eq!(q.header().codec, imgblk::image::Codec::Zstd, "{options}");
+        let image = check(&img);
+        let mut extents = Vec::new();
+        image.map(0, 8 * MIB, &mut extents).unwrap();
+        assert!(
+            extents
+                .iter()
+                .any(|e| matches!(e.source, Source::Compressed(_))),
+            "{options}: no compressed extents: {extents:?}"
+        );
+    }
+}
+
 /// Creates a qcow2 overlay at `path` of `size` on `backing` (as named, relative to the
 /// overlay) and runs the qemu-io `writes` on it.
 fn overlay(path: &Path, backing: &str, backing_fmt: &str, size: &str, writes: &[&str]) {
@@ -469,4 +514,261 @@ fn missing_backing_file_names_the_tried_path() {
     let msg = err.to_string();
     assert!(msg.contains(&tried.display().to_string()), "{msg}");
     assert!(msg.contains(s(&img)), "{msg}");
+}
+
+/// Opens `path` at snapshot `name` (read-only).
+fn open_snapshot(path: &Path, name: &str) -> imgblk::Result<Box<dyn DiskImage>> {
+    let options = OpenOptions {
+        snapshot: Some(name.into()),
+        ..OpenOptions::default()
+    };
+    open_image(path, &options)
+}
+
+#[test]
+fn internal_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    // A backing file under the image, so snapshots also read through to it.
+    let mut rng = SmallRng::seed_from_u64(SEED ^ 9);
+    let base = dir.path().join("base.raw");
+    random_raw(&base, 6 * MIB, true, &mut rng);
+    let img = dir.path().join("snap.qcow2");
+    overlay(
+        &img,
+        "base.raw",
+        "raw",
+        "8M",
+        &["write -P 0x11 0 1M", "write -z 3M 64k"],
+    );
+    qemu_img(&["snapshot", "-c", "one", s(&img)]);
+    qemu_io(
+        &img,
+        "qcow2",
+        &["write -P 0x22 512k 1M", "write -P 0x23 7M 300k"],
+    );
+    qemu_img(&["snapshot", "-c", "two", s(&img)]);
+    qemu_img(&["resize", "-q", s(&img), "12M"]);
+    qemu_io(
+        &img,
+        "qcow2",
+        &["write -P 0x33 100k 1M", "write -P 0x34 11M 1M"],
+    );
+    qemu_img(&["snapshot", "-c", "3", s(&img)]); // named like its own id
+    qemu_io(&img, "qcow2", &["write -P 0x44 0 64k"]);
+
+    let active = check(&img);
+    let listed = active.snapshots();
+    let names: Vec<(&str, &str, u64)> = listed
+        .iter()
+        .map(|s| (s.id.as_str(), s.name.as_str(), s.disk_size))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("1", "one", 8 * MIB),
+            ("2", "two", 8 * MIB),
+            ("3", "3", 12 * MIB)
+        ]
+    );
+    assert!(listed
+        .iter()
+        .all(|s| s.date_sec > 1_600_000_000 && s.vm_state_size == 0));
+    for name in ["one", "two", "3"] {
+        let snap = open_snapshot(&img, name).unwrap();
+        assert!(!snap.writable());
+        let option = format!("snapshot.name={name}");
+        assert_reads_like_qemu_convert(&*snap, &img, &["-l", &option]);
+    }
+    // By id, when no snapshot has that name.
+    let by_id = open_snapshot(&img, "2").unwrap();
+    assert_eq!(by_id.virtual_size(), 8 * MIB);
+    assert_reads_like_qemu_convert(&*by_id, &img, &["-l", "snapshot.id=2"]);
+
+    let err = open_snapshot(&img, "nope").err().expect("unknown snapshot");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("'two' (id 2)") && msg.contains("snap.qcow2"),
+        "{msg}"
+    );
+    drop((active, by_id));
+    let writable = OpenOptions {
+        snapshot: Some("one".into()),
+        writable: true,
+        ..OpenOptions::default()
+    };
+    let msg = open_image(&img, &writable)
+        .err()
+        .expect("writable")
+        .to_string();
+    assert!(msg.contains("read-only"), "{msg}");
+    let msg = open_snapshot(&base, "one").err().expect("raw").to_string();
+    assert!(msg.contains("only qcow2"), "{msg}");
+}
+
+/// qemu-io writes that leave clusters of `cluster` bytes partly allocated at subcluster
+/// granularity: data subclusters, zero subclusters over a backing file, and whole zero
+/// and data clusters.
+fn subcluster_writes(cluster: u64) -> Vec<String> {
+    let sub = cluster / 32;
+    vec![
+        format!("write -P 0x51 {} {}", sub * 3, sub * 2),
+        format!("write -P 0x52 {} {}", cluster + sub * 31, sub + 100),
+        format!("write -z {} {}", cluster * 3 + sub * 5, sub * 4),
+        format!("write -z {} {}", cluster * 5, cluster),
+        format!("write -P 0x53 {} {}", cluster * 6 + 700, cluster * 2),
+        format!("write -P 0x54 {} {}", cluster * 9, sub),
+        format!("write -z {} {}", cluster * 9 + sub * 2, sub),
+    ]
+}
+
+#[test]
+fn extended_l2_subclusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = SmallRng::seed_from_u64(SEED ^ 10);
+    let base = dir.path().join("base.raw");
+    random_raw(&base, 24 * MIB, false, &mut rng);
+    for (cluster, name) in [(16u64 << 10, "16k"), (64 << 10, "64k"), (2 << 20, "2M")] {
+        let img = dir.path().join(format!("sub-{name}.qcow2"));
+        let options = format!("extended_l2=on,cluster_size={name}");
+        create(
+            &img,
+            &["-b", "base.raw", "-F", "raw", "-o", &options],
+            "24M",
+        );
+        qemu_io(&img, "qcow2", &subcluster_writes(cluster));
+        let image = check(&img);
+        let q = open_qcow2(&img, 1 << 20);
+        assert!(q.header().extended_l2(), "{options}");
+        // A cluster split into pieces: backing, data, backing (cluster 0).
+        let mut extents = Vec::new();
+        image.map(0, cluster, &mut extents).unwrap();
+        let depths: Vec<u32> = extents.iter().map(|e| e.depth).collect();
+        assert_eq!(depths, [1, 0, 1], "{options}: {extents:?}");
+        // No backing file: unallocated subclusters read as zeroes.
+        let plain = dir.path().join(format!("plain-{name}.qcow2"));
+        create(&plain, &["-o", &options], "24M");
+        qemu_io(&plain, "qcow2", &subcluster_writes(cluster));
+        check(&plain);
+    }
+    // zstd-compressed clusters with extended L2 entries (16 KiB clusters).
+    let img = converted(
+        dir.path(),
+        4 * MIB,
+        true,
+        SEED ^ 11,
+        &[
+            "-c",
+            "-o",
+            "extended_l2=on,cluster_size=16k,compression_type=zstd",
+        ],
+    );
+    qemu_io(&img, "qcow2", &subcluster_writes(16 << 10));
+    check(&img);
+    // Writing is refused, naming the feature.
+    let options = OpenOptions {
+        writable: true,
+        ..OpenOptions::default()
+    };
+    let msg = open_image(&img, &options).err().expect("rw").to_string();
+    assert!(msg.contains("extended L2"), "{msg}");
+}
+
+#[test]
+fn external_data_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut rng = SmallRng::seed_from_u64(SEED ^ 12);
+    let base = dir.path().join("base.raw");
+    random_raw(&base, 8 * MIB, false, &mut rng);
+    for (name, raw_external) in [("plain", false), ("raw", true)] {
+        let img = images.join(format!("{name}.qcow2"));
+        let data = images.join(format!("{name}.data"));
+        let mut options = format!("data_file={}", s(&data));
+        if raw_external {
+            options.push_str(",data_file_raw=on");
+        }
+        // QEMU allows no backing file with data_file_raw.
+        let backing: &[&str] = if raw_external {
+            &[]
+        } else {
+            &["-b", s(&base), "-F", "raw"]
+        };
+        create(
+            &img,
+            &[&["-o", options.as_str()][..], backing].concat(),
+            "8M",
+        );
+        qemu_io(&img, "qcow2", &pattern_writes(8 * MIB));
+        qemu_io(&img, "qcow2", &["write -z 2M 128k"]);
+        let image = check(&img);
+        let q = open_qcow2(&img, 1 << 20);
+        assert_eq!(q.header().data_file.as_deref(), Some(s(&data)));
+        assert_eq!(q.data_file().path(), data);
+        drop((image, q));
+
+        // A relative name is relative to the image's folder (QEMU takes it relative to
+        // its working directory; we do not depend on ours).
+        let relative = format!("data_file={name}.data");
+        qemu_img(&["amend", "-f", "qcow2", "-o", &relative, s(&img)]);
+        let want = std::fs::read(img.with_extension("expected.raw")).unwrap();
+        let image = open_image(&img, &OpenOptions::default()).unwrap();
+        let mut got = vec![0u8; want.len()];
+        io::read_at(&*image, &mut got, 0).unwrap();
+        assert!(
+            got == want,
+            "{name}: read with a relative data file name differs"
+        );
+        drop(image);
+
+        let writable = OpenOptions {
+            writable: true,
+            ..OpenOptions::default()
+        };
+        let msg = open_image(&img, &writable).err().expect("rw").to_string();
+        assert!(msg.contains("external data file"), "{msg}");
+        std::fs::rename(&data, images.join("moved")).unwrap();
+        let err = open_image(&img, &OpenOptions::default())
+            .err()
+            .expect("no data file");
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert!(err.to_string().contains(&format!("{name}.data")), "{err}");
+    }
+}
+
+#[test]
+fn persistent_bitmaps_are_ignored_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("bitmaps.qcow2");
+    create(&img, &[], "8M");
+    qemu_img(&["bitmap", "--add", s(&img), "b0"]);
+    qemu_io(&img, "qcow2", &pattern_writes(8 * MIB));
+    let q = open_qcow2(&img, 1 << 20);
+    assert!(
+        q.header().autoclear_features & 1 != 0,
+        "bitmaps autoclear bit set"
+    );
+    drop(q);
+    check(&img);
+    // A writable open clears the autoclear bits: QEMU then ignores the stale bitmaps.
+    let writable = OpenOptions {
+        writable: true,
+        ..OpenOptions::default()
+    };
+    let image = open_image(&img, &writable).unwrap();
+    io::write_at(&*image, &[7u8; 4096], 0).unwrap();
+    drop(image);
+    assert_eq!(open_qcow2(&img, 1 << 20).header().autoclear_features, 0);
+    // The bitmaps' clusters are leaks now (QEMU's rule for stale bitmaps), never errors.
+    let out = Command::new("qemu-img")
+        .args(["check", s(&img)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)) && !text.contains("ERROR"),
+        "qemu-img check: {text}"
+    );
+    check(&img);
 }

@@ -268,6 +268,17 @@ fn random_writes_over_compressed_clusters() {
     verify(dir.path(), &img, &mirror);
 }
 
+#[test]
+fn random_writes_over_zstd_compressed_clusters() {
+    // Copy-on-write of a partly overwritten zstd cluster decompresses it first.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("img.qcow2");
+    let options = ["-c", "-o", "compression_type=zstd,cluster_size=16k"];
+    let mut mirror = converted(dir.path(), &img, &options, 8 * MIB, 0x2575);
+    random_writes(&img, &mut mirror, 0x5eed_0017, 400);
+    verify(dir.path(), &img, &mirror);
+}
+
 /// Threads writing disjoint stripes that share clusters and L2 tables, while others read:
 /// copy-on-write under the lock must never lose a neighbour's in-place write.
 #[test]

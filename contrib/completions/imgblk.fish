@@ -53,6 +53,7 @@ vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l queues -d 'Number of queues, each served by its own thread and io_uring' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s d -l depth -d 'Requests in flight per queue' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l overlay -d 'Make the device writable but keep every write in RAM (`memory`, the only kind so far): the image is opened read-only, may be shared with other readers, and is never changed; the writes are lost at detach. Memory use grows with what is written' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l snapshot -d 'Serve this internal snapshot of a qcow2 image (matched by name, then by id, as `qemu-img snapshot -l` lists them) instead of its current state. Read-only; with --overlay memory the device is writable and the writes stay in RAM' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l l2-cache-mib -d 'Most MiB of qcow2 L2 tables to cache per image of the chain. The default (128) holds every table of a 1 TiB image with 64 KiB clusters; tables load on first use' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l rw -d 'Allow writes (the image must not be in use by another writer)'
@@ -83,6 +84,7 @@ vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
 vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
@@ -96,6 +98,7 @@ vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
 vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`); without it, the passphrase is asked for on the terminal' -r -F
@@ -144,6 +147,7 @@ vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
 vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l snapshot -d 'Inspect this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l key-file -d 'Unlock the LUKS volumes found with the key in FILE and show what they hold, as disks named luks-NODE' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s U -l force-share -d 'Inspect even while a VM writes the images (no image locks)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l json -d 'Print JSON instead of a tree'

@@ -21,7 +21,8 @@ use std::sync::Arc;
 #[command(after_help = "Examples:\n  imgblk attach disk.qcow2\n  \
 imgblk attach --rw --queues 2 disk.raw\n  imgblk attach --part 2 disk.vmdk\n  \
 imgblk attach --lv vg0/root disk1.qcow2 disk2.qcow2\n  imgblk attach --json --foreground disk.qcow2\n  \
-imgblk attach --overlay memory disk.vmdk   # writable; writes kept in RAM, image untouched")]
+imgblk attach --overlay memory disk.vmdk   # writable; writes kept in RAM, image untouched\n  \
+imgblk attach --snapshot before-upgrade disk.qcow2   # an internal snapshot, read-only")]
 pub struct AttachArgs {
     /// The image file (or block device) to serve; for --lv of a VG spanning several
     /// disks, all of them.
@@ -48,6 +49,11 @@ pub struct AttachArgs {
     /// changed; the writes are lost at detach. Memory use grows with what is written.
     #[arg(long, value_name = "memory", value_parser = parse_overlay, conflicts_with = "rw")]
     overlay: Option<Overlay>,
+    /// Serve this internal snapshot of a qcow2 image (matched by name, then by id, as
+    /// `qemu-img snapshot -l` lists them) instead of its current state. Read-only; with
+    /// --overlay memory the device is writable and the writes stay in RAM.
+    #[arg(long, value_name = "NAME", conflicts_with = "rw")]
+    snapshot: Option<String>,
     /// Serve from this process instead of a background daemon; stop with Ctrl-C.
     #[arg(long)]
     foreground: bool,
@@ -114,6 +120,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
             && r.overlay.is_none()
             && args.overlay.is_none()
             && r.luks == args.luks.luks
+            && r.snapshot == args.snapshot
             && device::is_recoverable(r)
     });
     if orphan.is_none() {
@@ -130,6 +137,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         direct: !args.no_direct,
         force_share: args.force_share,
         l2_cache_bytes: args.l2_cache_mib.map(|mib| mib << 20),
+        snapshot: args.snapshot.clone(),
     };
     let mut source = open_served(&paths, &options, piece.as_deref())?;
     source.image = args.luks.apply(source.image)?;
@@ -153,6 +161,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         more_images: paths[1..].to_vec(),
         piece: source.piece,
         luks: args.luks.luks,
+        snapshot: args.snapshot,
         ..DeviceRecord::new(
             0,
             PathBuf::new(),

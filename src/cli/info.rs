@@ -2,6 +2,7 @@
 
 use super::{human_size, open_for_reading, print_json, ImageArgs, EXIT_OK};
 use crate::error::Result;
+use crate::image::qcow2::snapshot::{format_date, Snapshot};
 use crate::image::status::walk_status;
 use crate::image::ChainEntry;
 use serde::Serialize;
@@ -28,6 +29,9 @@ struct Info {
     /// Guest bytes that read as zero because no file stores them.
     unallocated: u64,
     chain: Vec<ChainEntry>,
+    /// Internal snapshots of the top file (qcow2).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    snapshots: Vec<Snapshot>,
 }
 
 /// Runs `imgblk info`.
@@ -50,6 +54,7 @@ pub fn run(args: InfoArgs) -> Result<i32> {
         allocated,
         unallocated,
         chain,
+        snapshots: image.snapshots().to_vec(),
     };
     if args.json {
         print_json(&info)?;
@@ -82,5 +87,25 @@ pub fn run(args: InfoArgs) -> Result<i32> {
         "unallocated (reads as zero): {}",
         human_size(info.unallocated)
     );
+    if !info.snapshots.is_empty() {
+        println!("snapshots:");
+        let id_width = info.snapshots.iter().map(|s| s.id.len()).max().unwrap_or(0);
+        let name_width = info
+            .snapshots
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(0);
+        for s in &info.snapshots {
+            println!(
+                "  {:id_width$}  {:name_width$}  {}  disk {}  vm state {}",
+                s.id,
+                s.name,
+                format_date(s.date_sec),
+                human_size(s.disk_size),
+                human_size(s.vm_state_size)
+            );
+        }
+    }
     Ok(EXIT_OK)
 }

@@ -26,6 +26,10 @@ pub struct InspectArgs {
     /// Inspect even while a VM writes the images (no image locks).
     #[arg(short = 'U', long)]
     force_share: bool,
+    /// Inspect this internal snapshot of a qcow2 image (by name, then by id) instead of
+    /// its current state.
+    #[arg(long, value_name = "NAME")]
+    snapshot: Option<String>,
     /// Print JSON instead of a tree.
     #[arg(long)]
     json: bool,
@@ -38,6 +42,7 @@ pub fn run(args: InspectArgs) -> Result<i32> {
     let options = OpenOptions {
         format: args.format,
         force_share: args.force_share,
+        snapshot: args.snapshot.clone(),
         ..OpenOptions::default()
     };
     let mut images: Vec<Arc<dyn DiskImage>> = Vec::new();

@@ -182,6 +182,10 @@ struct SourceArgs {
     /// read may then be inconsistent.
     #[arg(short = 'U', long)]
     force_share: bool,
+    /// Read this internal snapshot of a qcow2 image (by name, then by id) instead of its
+    /// current state.
+    #[arg(long, value_name = "NAME")]
+    snapshot: Option<String>,
     #[command(flatten)]
     piece: piece::PieceArgs,
 }
@@ -193,6 +197,7 @@ fn open_source_for_reading(
     let options = crate::image::OpenOptions {
         format: args.format,
         force_share: args.force_share,
+        snapshot: args.snapshot.clone(),
         ..crate::image::OpenOptions::default()
     };
     let name = args.piece.node_name();

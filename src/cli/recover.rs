@@ -65,6 +65,7 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
                 .map(|f: Format| f),
             writable: record.writable,
             direct: true,
+            snapshot: record.snapshot.clone(),
             ..OpenOptions::default()
         };
         let mut paths = vec![record.image.clone()];

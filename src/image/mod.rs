@@ -242,6 +242,11 @@ pub trait DiskImage: Send + Sync {
 
     /// The files of the image, top first, backing files after.
     fn chain(&self) -> Vec<ChainEntry>;
+
+    /// The internal snapshots of the top file (qcow2 only; empty elsewhere).
+    fn snapshots(&self) -> &[qcow2::snapshot::Snapshot] {
+        &[]
+    }
 }
 
 /// Checks that `offset..offset + len` lies inside an image of `size` bytes.

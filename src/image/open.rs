@@ -28,6 +28,9 @@ pub struct OpenOptions {
     /// Most bytes of qcow2 L2 tables to keep cached, per image of the chain; `None` for
     /// the default (see `qcow2::DEFAULT_L2_CACHE_BYTES`).
     pub l2_cache_bytes: Option<u64>,
+    /// Open this internal snapshot of a qcow2 image (matched by name, then by id)
+    /// instead of its active state; read-only. Applies to the top image only.
+    pub snapshot: Option<String>,
 }
 
 impl OpenOptions {
@@ -64,6 +67,13 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
         Some(format) => format,
         None => detect(&file)?,
     };
+    if let (Some(name), false) = (&options.snapshot, format == Format::Qcow2) {
+        return Err(Error::unsupported(format!(
+            "snapshot '{name}' asked for, but only qcow2 images have internal snapshots \
+             (this is {format})"
+        ))
+        .with_path(path));
+    }
     Ok(match format {
         Format::Raw => Box::new(RawImage::new(file)),
         Format::Qcow2 => Box::new(qcow2::Qcow2Image::open(file, options, depth)?),

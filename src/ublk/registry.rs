@@ -43,6 +43,9 @@ pub struct DeviceRecord {
     /// The device shows a decrypted LUKS volume (recovering it needs the key again).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub luks: bool,
+    /// The qcow2 internal snapshot served instead of the image's active state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 impl DeviceRecord {
@@ -68,6 +71,7 @@ impl DeviceRecord {
             pid: std::process::id(),
             log: None,
             luks: false,
+            snapshot: None,
         }
     }
 }

@@ -253,3 +253,67 @@ fn qcow2_over_raw_backing_file() {
         .ok();
     assert_matches_qemu(&s, &overlay, &[]);
 }
+
+/// Runs the qemu-io `commands` on the qcow2 `image`.
+fn qemu_io(image: &Path, commands: &[&str]) {
+    let mut io = cmd("qemu-io").args(["-f", "qcow2"]);
+    for command in commands {
+        io = io.arg("-c").arg(command);
+    }
+    io.arg(image).ok();
+}
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn qcow2_zstd_subclusters_and_snapshot_match_qemu_img() {
+    let s = Scratch::new("qcow2-features");
+    let raw = s.path("source.raw");
+    write_mixed(&raw, SIZE, 11);
+    // zstd-compressed clusters with extended L2 entries, then subcluster-sized writes:
+    // data, zero subclusters, partly written compressed clusters.
+    let image = s.path("zstd-subclusters.qcow2");
+    cmd("qemu-img")
+        .args(["convert", "-c", "-f", "raw", "-O", "qcow2", "-o"])
+        .arg("compression_type=zstd,extended_l2=on,cluster_size=64k")
+        .arg(&raw)
+        .arg(&image)
+        .ok();
+    qemu_io(
+        &image,
+        &[
+            "write -P 0x61 6k 4k",
+            "write -z 130k 8k",
+            "write -P 0x62 1M 70k",
+        ],
+    );
+    assert_matches_qemu(&s, &image, &[]);
+
+    // An internal snapshot, with data changed after it.
+    let snapped = s.path("snapped.qcow2");
+    cmd("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&snapped)
+        .ok();
+    cmd("qemu-img")
+        .args(["snapshot", "-c", "before"])
+        .arg(&snapped)
+        .ok();
+    qemu_io(&snapped, &["write -P 0x71 0 1M", "write -z 5M 256k"]);
+    let reference = s.path("before.reference.raw");
+    cmd("qemu-img")
+        .args(["convert", "-l", "snapshot.name=before", "-O", "raw"])
+        .arg(&snapped)
+        .arg(&reference)
+        .ok();
+    let dev = Device::attach(&snapped, &["--snapshot", "before"]);
+    assert_eq!(dev.info["snapshot"], "before", "{}", dev.info);
+    assert_eq!(dev.info["writable"], false, "{}", dev.info);
+    assert_device_equals(&dev.path, &reference);
+    dev.detach();
+    let out = imgblk()
+        .args(["attach", "--rw", "--snapshot", "before"])
+        .arg(&snapped)
+        .fails();
+    assert!(out.describe().contains("--snapshot"), "{}", out.describe());
+}

@@ -17,6 +17,8 @@ pub const V3_HEADER_LEN: usize = 104;
 pub const MIN_CLUSTER_BITS: u32 = 9;
 /// Largest cluster size exponent accepted (2 MiB clusters, QEMU's limit too).
 pub const MAX_CLUSTER_BITS: u32 = 21;
+/// Smallest cluster size exponent with extended L2 entries (16 KiB, as QEMU).
+pub const MIN_EXTENDED_L2_CLUSTER_BITS: u32 = 14;
 /// Most L1 entries accepted: a 32 MiB table, QEMU's limit.
 pub const MAX_L1_ENTRIES: u64 = (32 << 20) / 8;
 /// Longest backing file name the format allows.
@@ -28,6 +30,8 @@ pub const INCOMPAT_DIRTY: u32 = 0;
 pub const INCOMPAT_CORRUPT: u32 = 1;
 /// Incompatible feature bit: guest data lives in an external data file.
 pub const INCOMPAT_DATA_FILE: u32 = 2;
+/// Auto-clear feature bit: the external data file is a raw image of the guest.
+pub const AUTOCLEAR_RAW_EXTERNAL: u32 = 1;
 /// Incompatible feature bit: the `compression_type` field is not zlib.
 pub const INCOMPAT_COMPRESSION: u32 = 3;
 /// Incompatible feature bit: extended L2 entries (subclusters).
@@ -252,9 +256,14 @@ impl Header {
         1 << self.cluster_bits
     }
 
-    /// log2 of the number of entries in one L2 table.
+    /// log2 of the number of entries in one L2 table (8-byte entries, 16 when extended).
     pub fn l2_bits(&self) -> u32 {
-        self.cluster_bits - 3
+        self.cluster_bits - 3 - u32::from(self.extended_l2())
+    }
+
+    /// Whether L2 entries are extended (128 bits, with subcluster bitmaps).
+    pub fn extended_l2(&self) -> bool {
+        self.has_incompatible(INCOMPAT_EXTENDED_L2)
     }
 
     /// How many L1 entries cover the virtual size.
@@ -427,17 +436,26 @@ impl Header {
                          check it with `qemu-img check`",
                     ))
                 }
-                INCOMPAT_DATA_FILE => {
-                    return Err(Error::unsupported(
-                        "qcow2 images with an external data file are not supported yet",
+                INCOMPAT_DATA_FILE if self.data_file.is_none() => {
+                    return Err(Error::corrupt(
+                        "qcow2 image keeps its data in an external data file (incompatible \
+                         feature bit 2) but has no header extension naming it",
                     ))
                 }
+                INCOMPAT_DATA_FILE => {}
                 INCOMPAT_COMPRESSION => {}
-                INCOMPAT_EXTENDED_L2 => {
-                    return Err(Error::unsupported(
-                        "qcow2 extended L2 entries (subclusters) are not supported",
+                INCOMPAT_EXTENDED_L2 if self.cluster_bits < MIN_EXTENDED_L2_CLUSTER_BITS => {
+                    return Err(bad_field(
+                        "cluster_bits",
+                        20,
+                        self.cluster_bits,
+                        &format!(
+                            "must be at least {MIN_EXTENDED_L2_CLUSTER_BITS} with extended L2 \
+                             entries (32 subclusters of at least 512 bytes)"
+                        ),
                     ))
                 }
+                INCOMPAT_EXTENDED_L2 => {}
                 _ => {
                     let name = self
                         .feature_names

@@ -5,6 +5,7 @@
 //! - [`header`]: the header, its extensions and every check on them.
 //! - [`entry`]: decoding of L1/L2 entries.
 //! - [`l2cache`]: the bounded L2 table cache, lock-free for resident tables.
+//! - [`snapshot`]: the internal snapshot table; a snapshot opens read-only.
 //! - [`refcount`]: refcount blocks and the cluster allocator (write path).
 //! - [`write`]: writes, flush ordering and crash consistency.
 //!
@@ -18,6 +19,7 @@ pub mod entry;
 pub mod header;
 pub mod l2cache;
 pub mod refcount;
+pub mod snapshot;
 pub mod write;
 
 #[cfg(test)]
@@ -47,7 +49,11 @@ pub struct Qcow2Image {
     /// The L1 entries that cover the virtual size (atomics: the write path updates them).
     l1: Box<[AtomicU64]>,
     l2: L2Cache,
+    /// The external data file that guest data lives in, if the image has one.
+    data_file: Option<ImageFile>,
     backing: Option<Box<dyn DiskImage>>,
+    /// The internal snapshots.
+    snapshots: Vec<snapshot::Snapshot>,
     /// Metadata state of the write path; `None` when open read-only.
     writer: Option<Mutex<write::Writer>>,
 }
@@ -57,7 +63,11 @@ impl Qcow2Image {
     /// chain, and its backing chain; writable when `file` was opened for writing.
     pub fn open(file: ImageFile, options: &OpenOptions, depth: u32) -> Result<Qcow2Image> {
         let path = file.path().to_path_buf();
-        let header = Header::read(&file)?;
+        let mut header = Header::read(&file)?;
+        let snapshots = snapshot::read_table(&file, &header)?;
+        if let Some(wanted) = &options.snapshot {
+            select_snapshot(&mut header, &snapshots, wanted, options, &file)?;
+        }
         let writer = if options.writable || file.writable() {
             Some(Mutex::new(write::Writer::open(&file, &header)?))
         } else {
@@ -77,13 +87,16 @@ impl Qcow2Image {
                 .min(l1.len())
         };
         let l2 = L2Cache::new(l1.len(), capacity);
+        let data_file = open_data_file(&path, &header, options)?;
         let backing = open_backing(&path, &header, options, depth)?;
         Ok(Qcow2Image {
             file,
             header,
             l1,
             l2,
+            data_file,
             backing,
+            snapshots,
             writer,
         })
     }
@@ -96,6 +109,11 @@ impl Qcow2Image {
     /// The cluster size in bytes.
     pub fn cluster_size(&self) -> u64 {
         self.header.cluster_size()
+    }
+
+    /// The file guest data clusters live in: the external data file, or the image.
+    pub fn data_file(&self) -> &ImageFile {
+        self.data_file.as_ref().unwrap_or(&self.file)
     }
 
     /// The backing image, if any.
@@ -187,19 +205,75 @@ impl Qcow2Image {
         Ok(())
     }
 
+    /// The source of the guest bytes from `pos` on (`pos < chunk_end`, both inside the
+    /// cluster at `cluster_start`, entry `l2_index` of `table`) and where it ends: at
+    /// `chunk_end`, or with extended L2 entries at the end of `pos`'s subcluster. `None`
+    /// when unallocated here.
+    fn piece_source(
+        &self,
+        table: &L2Ref,
+        l2_index: usize,
+        cluster_start: u64,
+        pos: u64,
+        chunk_end: u64,
+    ) -> Result<(Option<Source<'_>>, u64)> {
+        let missing = || {
+            Error::corrupt(format!(
+                "qcow2 L2 table for guest offset {cluster_start:#x} has no entry {l2_index}"
+            ))
+            .with_path(self.file.path())
+        };
+        if !self.header.extended_l2() {
+            let raw = table.get(l2_index).ok_or_else(missing)?;
+            let data_file = self.data_file.is_some();
+            let cluster =
+                entry::decode_l2_in(raw, self.header.cluster_bits, cluster_start, data_file)
+                    .map_err(|e| e.with_path(self.file.path()))?;
+            return Ok((self.cluster_source(cluster, cluster_start, pos)?, chunk_end));
+        }
+        let raw = table.get(2 * l2_index).ok_or_else(missing)?;
+        let bitmap = table.get(2 * l2_index + 1).ok_or_else(missing)?;
+        let sub_bits = self.header.cluster_bits - 5;
+        let index = ((pos - cluster_start) >> sub_bits) as u32;
+        let cluster = entry::decode_extended_l2(
+            raw,
+            bitmap,
+            index,
+            self.header.cluster_bits,
+            cluster_start,
+            self.data_file.is_some(),
+        )
+        .map_err(|e| e.with_path(self.file.path()))?;
+        let end = match cluster {
+            Cluster::Compressed { .. } => chunk_end,
+            _ => chunk_end.min(cluster_start + (u64::from(index + 1) << sub_bits)),
+        };
+        Ok((self.cluster_source(cluster, cluster_start, pos)?, end))
+    }
+
     /// The source of the guest bytes from `pos` on, inside the cluster that starts at
-    /// `cluster_start` and whose L2 entry is `raw`; `None` when unallocated here.
-    fn cluster_source(&self, raw: u64, cluster_start: u64, pos: u64) -> Result<Option<Source<'_>>> {
-        let cluster = entry::decode_l2(raw, self.header.cluster_bits, cluster_start)
-            .map_err(|e| e.with_path(self.file.path()))?;
+    /// `cluster_start` and that `cluster` describes; `None` when unallocated here.
+    fn cluster_source(
+        &self,
+        cluster: Cluster,
+        cluster_start: u64,
+        pos: u64,
+    ) -> Result<Option<Source<'_>>> {
         let within = pos - cluster_start;
         Ok(match cluster {
             Cluster::Unallocated => None,
             Cluster::Zero => Some(Source::Zero),
             Cluster::Data(host) => Some(Source::Data {
-                file: &self.file,
+                file: self.data_file(),
                 offset: host + within,
             }),
+            Cluster::Compressed { .. } if self.data_file.is_some() => {
+                return Err(Error::corrupt(format!(
+                    "qcow2 L2 entry for guest offset {cluster_start:#x} is compressed, which \
+                     an image with an external data file cannot be"
+                ))
+                .with_path(self.file.path()))
+            }
             Cluster::Compressed { offset, stored_len } => {
                 Some(Source::Compressed(CompressedCluster {
                     file: &self.file,
@@ -231,14 +305,16 @@ impl DiskImage for Qcow2Image {
         let l2_shift = cluster_bits + self.header.l2_bits();
         let l2_mask = (1u64 << self.header.l2_bits()) - 1;
         // Fast path, the common request: inside one cluster that this image stores as
-        // plain data. The extent is built in place: going through `cluster_source`'s
-        // `Result<Option<Source>>` cost a store-forwarding stall on every lookup.
+        // plain data (standard L2 entries only). The extent is built in place: going
+        // through `piece_source`'s `Result<Option<Source>>` cost a store-forwarding stall
+        // on every lookup.
         let first_cluster = offset & !(cluster_size - 1);
-        if len > 0 && end <= first_cluster + cluster_size {
+        if len > 0 && end <= first_cluster + cluster_size && !self.header.extended_l2() {
             if let Some(table) = self.l2_table((offset >> l2_shift) as usize)? {
                 let raw = table.get(((offset >> cluster_bits) & l2_mask) as usize);
-                if let Some(Ok(Cluster::Data(host))) =
-                    raw.map(|raw| entry::decode_l2(raw, cluster_bits, first_cluster))
+                let data_file = self.data_file.is_some();
+                if let Some(Ok(Cluster::Data(host))) = raw
+                    .map(|raw| entry::decode_l2_in(raw, cluster_bits, first_cluster, data_file))
                 {
                     push_merged(
                         out,
@@ -246,7 +322,7 @@ impl DiskImage for Qcow2Image {
                             len,
                             depth: 0,
                             source: Source::Data {
-                                file: &self.file,
+                                file: self.data_file(),
                                 offset: host + (offset - first_cluster),
                             },
                         },
@@ -270,11 +346,9 @@ impl DiskImage for Qcow2Image {
                 let cluster_start = pos & !(cluster_size - 1);
                 let chunk_end = table_end.min(cluster_start + cluster_size);
                 let l2_index = ((pos >> cluster_bits) & l2_mask) as usize;
-                let raw = table.get(l2_index).ok_or_else(|| {
-                    Error::corrupt(format!("qcow2 L2 table {l1_index} has no entry {l2_index}"))
-                        .with_path(self.file.path())
-                })?;
-                match self.cluster_source(raw, cluster_start, pos)? {
+                let (source, run_end) =
+                    self.piece_source(&table, l2_index, cluster_start, pos, chunk_end)?;
+                match source {
                     None => {
                         hole.get_or_insert(pos);
                     }
@@ -285,14 +359,14 @@ impl DiskImage for Qcow2Image {
                         push_merged(
                             out,
                             Extent {
-                                len: chunk_end - pos,
+                                len: run_end - pos,
                                 depth: 0,
                                 source,
                             },
                         );
                     }
                 }
-                pos = chunk_end;
+                pos = run_end;
             }
         }
         if let Some(start) = hole {
@@ -333,6 +407,10 @@ impl DiskImage for Qcow2Image {
         self.write_zeroes_impl(offset, len)
     }
 
+    fn snapshots(&self) -> &[snapshot::Snapshot] {
+        &self.snapshots
+    }
+
     fn chain(&self) -> Vec<ChainEntry> {
         let mut chain = vec![ChainEntry {
             path: self.file.path().to_path_buf(),
@@ -353,6 +431,43 @@ impl Drop for Qcow2Image {
             tracing::error!(path = %self.file.path().display(), "flushing qcow2 image on close failed: {e}");
         }
     }
+}
+
+/// Points `header` at snapshot `wanted` (a name, else an id) of `snapshots`, refusing a
+/// writable open: a snapshot is read-only.
+fn select_snapshot(
+    header: &mut Header,
+    snapshots: &[snapshot::Snapshot],
+    wanted: &str,
+    options: &OpenOptions,
+    file: &ImageFile,
+) -> Result<()> {
+    if options.writable || file.writable() {
+        return Err(Error::invalid(format!(
+            "snapshot '{wanted}' can only be opened read-only (to write to it, use an \
+             overlay: `attach --snapshot {wanted} --overlay memory`)"
+        ))
+        .with_path(file.path()));
+    }
+    let Some(found) = snapshot::find(snapshots, wanted) else {
+        let known: Vec<String> = snapshots
+            .iter()
+            .map(|s| format!("'{}' (id {})", s.name, s.id))
+            .collect();
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "no snapshot named or with id '{wanted}'; the image has {}",
+                if known.is_empty() {
+                    "no snapshots".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        )
+        .with_path(file.path()));
+    };
+    snapshot::apply(header, found).map_err(|e| e.with_path(file.path()))
 }
 
 /// Reads the L1 entries that cover the virtual size (the header check has made sure the
@@ -385,6 +500,39 @@ pub fn resolve_backing_path(image: &Path, name: &str) -> PathBuf {
         .map_or_else(|| name.to_path_buf(), |dir| dir.join(name))
 }
 
+/// Opens the external data file named in `header` (relative to the image's directory),
+/// read-only and locked as the image is; `None` when the image keeps its data itself.
+fn open_data_file(
+    image: &Path,
+    header: &Header,
+    options: &OpenOptions,
+) -> Result<Option<ImageFile>> {
+    let Some(name) = header
+        .data_file
+        .as_ref()
+        .filter(|_| header.has_incompatible(header::INCOMPAT_DATA_FILE))
+    else {
+        return Ok(None);
+    };
+    let path = resolve_backing_path(image, name);
+    let file = ImageFile::open(&path, false, options.direct).map_err(|e| {
+        if e.kind() == ErrorKind::NotFound {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "external data file {name:?} not found (tried {})",
+                    path.display()
+                ),
+            )
+            .with_path(image)
+        } else {
+            e
+        }
+    })?;
+    file.lock(options.lock_mode())?;
+    Ok(Some(file))
+}
+
 /// Opens the backing image named in `header`, read-only, one level deeper.
 fn open_backing(
     image: &Path,
@@ -399,6 +547,7 @@ fn open_backing(
     let backing_options = OpenOptions {
         format: header.backing_format,
         writable: false,
+        snapshot: None,
         ..options.clone()
     };
     open_at_depth(&path, &backing_options, depth + 1)

@@ -198,8 +198,8 @@ fn incompatible_features() {
         (5, ErrorKind::Unsupported, "feature bit 5"),
         (9, ErrorKind::Unsupported, "feature bit 9"),
         (1, ErrorKind::Corrupt, "marked corrupt"),
-        (2, ErrorKind::Unsupported, "external data file"),
-        (4, ErrorKind::Unsupported, "subclusters"),
+        (2, ErrorKind::Corrupt, "no header extension naming it"),
+        (4, ErrorKind::Corrupt, "at least 14 with extended L2"), // 4 KiB clusters
         (3, ErrorKind::Corrupt, "compression_type is 0"),
     ];
     for (bit, kind, needle) in cases {
@@ -232,8 +232,17 @@ fn zstd_images_map_to_zstd_clusters() {
         (c.codec, c.offset, c.stored_len, c.skip),
         (Codec::Zstd, DATA_B, 3 * 512, 100)
     );
+    // The bytes there are no zstd frame: an error naming the file and the offset.
     let err = io::read_at(&img, &mut [0u8; 10], 5 * 4096 + 100).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    assert_eq!(err.kind(), ErrorKind::Corrupt);
+    assert!(
+        err.to_string().contains(&format!("offset {DATA_B:#x}")),
+        "{err}"
+    );
+    assert!(
+        err.path().is_some() && err.to_string().contains("zstd"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -76,7 +76,8 @@ impl Writer {
     pub fn open(file: &ImageFile, header: &Header) -> Result<Writer> {
         let refuse = |what: &str| {
             Err(Error::unsupported(format!(
-                "writing to qcow2 images with {what} is not supported"
+                "writing to qcow2 images with {what} is not supported; attach read-only \
+                 or with --overlay memory"
             ))
             .with_path(file.path()))
         };
