@@ -73,6 +73,8 @@ attach() {
       qemu-nbd -c "$dev" "${args[@]}" "$img" >/tmp/nbd.log 2>&1 &
       pid=$!
       wait_dev "$dev" || { why="qemu-nbd did not connect: $(tail -1 /tmp/nbd.log)"; return 1; }
+      # qemu-nbd -c forks a server and its first process exits: the kernel knows the server.
+      pid=$(cat "/sys/block/${dev#/dev/}/pid" 2>/dev/null || pgrep -n -f "qemu-nbd -c $dev" || true)
       detach_cmd=(qemu-nbd -d "$dev")
       ;;
     loop)
@@ -135,7 +137,9 @@ detach_keep() { # detach_keep TARGET: note its peak RSS, then detach it
   if [ -n "$h" ] && [ "$h" -gt "${PEAK[$t]:-0}" ]; then PEAK[$t]=$h; fi
   # shellcheck disable=SC2086
   [ -n "${DETACH[$t]:-}" ] && ${DETACH[$t]} >/dev/null 2>&1
-  if [ "$t" = qemu-nbd ] && [ -n "${PID[$t]:-}" ]; then wait "${PID[$t]}" 2>/dev/null; fi
+  if [ "$t" = qemu-nbd ] && [ -n "${PID[$t]:-}" ]; then
+    for _ in $(seq 50); do kill -0 "${PID[$t]}" 2>/dev/null || break; sleep 0.1; done
+  fi
   unset "DEV[$t]" "PID[$t]" "DETACH[$t]"
   sleep 0.3
 }
