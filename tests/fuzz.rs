@@ -1312,3 +1312,21 @@ fn huge_allocation_is_a_finding() {
         Ok(1 << 20)
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Regressions: inputs the targets found, minimized.
+
+/// fuzz_vdi case 84871: a VDI block map of 2^31 entries was refused with an error that
+/// named no file.
+#[test]
+fn vdi_block_map_too_large_names_the_file() {
+    let dir = scratch_dir();
+    let mut input = Input::new(image_seed("vdi"));
+    input.put(0x170, &(1u64 << 51).to_le_bytes()); // disk size: 2^31 blocks of 1 MiB
+    input.put(0x180, &0x8000_0000u32.to_le_bytes());
+    let scratch = Scratch::new(dir.path(), "big-map.vdi", &input.seed);
+    scratch.apply(&input);
+    let e = common::open_err(&scratch.path);
+    assert_eq!(e.path(), Some(scratch.path.as_path()), "{e}");
+    assert!(e.to_string().contains("block map"), "{e}");
+}
