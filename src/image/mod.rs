@@ -160,6 +160,18 @@ pub struct Extent<'a> {
     pub source: Source<'a>,
 }
 
+impl<'a> Extent<'a> {
+    /// The extent of `len` bytes that `layer` produces from its own `offset` on: how
+    /// images whose bytes need CPU work (decryption, or test images held in memory) map.
+    pub fn transformed(layer: &'a dyn TransformRead, offset: u64, len: u64) -> Self {
+        Extent {
+            len,
+            depth: 0,
+            source: Source::Transformed { layer, offset },
+        }
+    }
+}
+
 /// One file of an image chain, for `info` and locking.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChainEntry {

@@ -74,14 +74,17 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
         ))
         .with_path(path));
     }
-    Ok(match format {
-        Format::Raw => Box::new(RawImage::new(file)),
-        Format::Qcow2 => Box::new(qcow2::Qcow2Image::open(file, options, depth)?),
-        Format::Vmdk => Box::new(VmdkImage::open(file, options, depth)?),
-        Format::Vpc => Box::new(VhdImage::open(file, options, depth)?),
-        Format::Vhdx => Box::new(VhdxImage::open(file, options, depth)?),
-        Format::Vdi => Box::new(VdiImage::open(file, options, depth)?),
-    })
+    let image: Result<Box<dyn DiskImage>> = match format {
+        Format::Raw => Ok(Box::new(RawImage::new(file))),
+        Format::Qcow2 => qcow2::Qcow2Image::open(file, options, depth).map(|i| Box::new(i) as _),
+        Format::Vmdk => VmdkImage::open(file, options, depth).map(|i| Box::new(i) as _),
+        Format::Vpc => VhdImage::open(file, options, depth).map(|i| Box::new(i) as _),
+        Format::Vhdx => VhdxImage::open(file, options, depth).map(|i| Box::new(i) as _),
+        Format::Vdi => VdiImage::open(file, options, depth).map(|i| Box::new(i) as _),
+    };
+    // Every error names a file: the one it is about (a backing file, say) if the format
+    // named it, else this one.
+    image.map_err(|e| e.with_path(path))
 }
 
 /// Guesses the format from the first bytes of `file` (and, for fixed VHDs, which have no

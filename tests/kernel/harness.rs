@@ -327,6 +327,23 @@ pub fn qemu_img<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
     cmd("qemu-img").args(args).ok()
 }
 
+/// `qemu-img check` of a qcow2 image: 0 clean, 3 leaked clusters only (which a crash
+/// may leave, as the README says); anything else is corruption and panics. Returns
+/// whether clusters leaked.
+pub fn assert_not_corrupt(image: &Path, what: &str) -> bool {
+    let out = cmd("qemu-img")
+        .args(["check", "-f", "qcow2"])
+        .arg(image)
+        .output();
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(0) | Some(3)),
+        "{what}: {}",
+        out.describe()
+    );
+    code == Some(3)
+}
+
 /// What the guest sees of `image`, as a raw file written by qemu-img (the reference).
 pub fn reference_raw(image: &Path, out: &Path) -> PathBuf {
     qemu_img([

@@ -32,21 +32,6 @@ fn pattern(round: u32, block: u64, buf: &mut [u8]) {
     }
 }
 
-/// `qemu-img check`: 0 clean, 3 leaks only; anything else is corruption.
-fn assert_not_corrupt(image: &Path, what: &str) -> bool {
-    let out = cmd("qemu-img")
-        .args(["check", "-f", "qcow2"])
-        .arg(image)
-        .output();
-    let code = out.status.code();
-    assert!(
-        matches!(code, Some(0) | Some(3)),
-        "{what}: {}",
-        out.describe()
-    );
-    code == Some(3)
-}
-
 #[test]
 #[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
 fn random_writes_over_a_backing_file_read_back_and_check_clean() {

@@ -313,8 +313,8 @@ impl DiskImage for Qcow2Image {
             if let Some(table) = self.l2_table((offset >> l2_shift) as usize)? {
                 let raw = table.get(((offset >> cluster_bits) & l2_mask) as usize);
                 let data_file = self.data_file.is_some();
-                if let Some(Ok(Cluster::Data(host))) = raw
-                    .map(|raw| entry::decode_l2_in(raw, cluster_bits, first_cluster, data_file))
+                if let Some(Ok(Cluster::Data(host))) =
+                    raw.map(|raw| entry::decode_l2_in(raw, cluster_bits, first_cluster, data_file))
                 {
                     push_merged(
                         out,

@@ -177,6 +177,13 @@ pub struct SectorCipher {
 impl SectorCipher {
     /// Checks a cipher spec (`aes-xts-plain64`, `aes-cbc-essiv:sha256`) and the key size.
     pub fn check_spec(spec: &str, key_len: usize) -> Result<()> {
+        // No supported cipher takes more than 64 bytes of key: refuse a hostile length
+        // before allocating a key of that size.
+        if key_len > 64 {
+            return Err(Error::unsupported(format!(
+                "LUKS cipher {spec:?} with a {key_len}-byte key"
+            )));
+        }
         Self::new(spec, &vec![0u8; key_len]).map(|_| ())
     }
 

@@ -186,6 +186,14 @@ fn luks1_header_bounds() {
     // wrong key size for the cipher
     h[108..112].copy_from_slice(&7u32.to_be_bytes());
     assert!(luks1::parse(&h, 4 << 20).is_err());
+    // a key size of 1.6 GiB (fuzz_luks case 18729 allocated a zero key that long)
+    h[108..112].copy_from_slice(&0x6800_0020u32.to_be_bytes());
+    let e = luks1::parse(&h, 4 << 20).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(
+        SectorCipher::check_spec("aes-xts-plain64", usize::MAX).is_err(),
+        "no allocation of usize::MAX bytes"
+    );
 }
 
 #[test]

@@ -4,9 +4,7 @@ use super::crypto::{af_merge, argon2, SectorCipher};
 use super::{read_metadata, wrong_key, Kdf, Keyslot, Metadata, SECTOR};
 use crate::error::{Error, Result};
 use crate::image::io::{read_at, write_at};
-use crate::image::{
-    check_range, ChainEntry, DiskImage, Extent, Format, Source, TransformRead, WritePlan,
-};
+use crate::image::{check_range, ChainEntry, DiskImage, Extent, Format, TransformRead, WritePlan};
 use std::sync::Arc;
 
 /// Largest request decrypted in one piece; longer ones are cut.
@@ -167,14 +165,7 @@ impl DiskImage for LuksVolume {
     fn map<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
         check_range(offset, len, self.size)?;
         if len > 0 {
-            out.push(Extent {
-                len,
-                depth: 0,
-                source: Source::Transformed {
-                    layer: self,
-                    offset,
-                },
-            });
+            out.push(Extent::transformed(self, offset, len));
         }
         Ok(())
     }

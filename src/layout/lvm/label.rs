@@ -249,7 +249,6 @@ fn read_area(image: &dyn DiskImage, area: &DiskArea) -> Result<Option<String>> {
 
 /// The label sector of a PV, for tests and fixtures: `uuid` (32 characters, no dashes),
 /// `device_size` bytes, one data area at `pe_start` and the given metadata areas.
-#[cfg(test)]
 pub fn encode_label(uuid: &str, device_size: u64, pe_start: u64, mdas: &[DiskArea]) -> Vec<u8> {
     let mut b = vec![0u8; SECTOR as usize];
     b[0..8].copy_from_slice(b"LABELONE");
@@ -279,7 +278,7 @@ pub fn encode_label(uuid: &str, device_size: u64, pe_start: u64, mdas: &[DiskAre
 
 /// The bytes of a metadata area of `size` bytes at byte `start` of the PV, holding `text`
 /// at `offset` from the area's start (wrapping past its end like LVM's circular buffer).
-#[cfg(test)]
+/// For tests and fuzz seeds.
 pub fn encode_area(start: u64, size: u64, offset: u64, text: &str) -> Vec<u8> {
     let mut area = vec![0u8; size as usize];
     let mut body = text.as_bytes().to_vec();
