@@ -37,7 +37,7 @@ pub fn fill_from_extents(extents: &[Extent<'_>], buf: &mut [u8]) -> Result<()> {
 
 /// Reads and decompresses one cluster, copying the wanted part into `out`.
 pub fn read_compressed(cluster: &CompressedCluster<'_>, out: &mut [u8]) -> Result<()> {
-    let (stored, decoded) = decode_buffers(cluster)?;
+    let (stored, decoded) = decode_buffers(cluster);
     let mut stored = vec![0u8; stored];
     cluster.file.read_zero_padded(&mut stored, cluster.offset)?;
     let mut decoded = vec![0u8; decoded];
@@ -46,16 +46,10 @@ pub fn read_compressed(cluster: &CompressedCluster<'_>, out: &mut [u8]) -> Resul
     copy_from_cluster(cluster, &decoded, out)
 }
 
-/// Sizes of the stored and decoded buffers a compressed cluster needs, checked against
-/// sane limits so that a hostile image cannot ask for a huge allocation.
-pub fn decode_buffers(cluster: &CompressedCluster<'_>) -> Result<(usize, usize)> {
-    const LIMIT: u64 = 64 << 20;
-    if cluster.stored_len > LIMIT || cluster.cluster_size > LIMIT {
-        return Err(Error::corrupt("compressed cluster larger than 64 MiB")
-            .at(cluster.offset)
-            .with_path(cluster.file.path()));
-    }
-    Ok((cluster.stored_len as usize, cluster.cluster_size as usize))
+/// Sizes of the stored and decoded buffers a compressed cluster needs (bounded by
+/// [`CompressedCluster::new`]).
+pub fn decode_buffers(cluster: &CompressedCluster<'_>) -> (usize, usize) {
+    (cluster.stored_len as usize, cluster.cluster_size as usize)
 }
 
 /// Copies the part of a decoded cluster the extent refers to into `out`.

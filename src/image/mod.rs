@@ -70,6 +70,9 @@ pub enum Codec {
 }
 
 /// A compressed cluster that guest bytes live in.
+///
+/// Sizes are `u32` (built through [`CompressedCluster::new`], which bounds them) to keep
+/// [`Source`], and so every [`Extent`] a lookup produces, small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompressedCluster<'a> {
     /// File holding the compressed bytes.
@@ -77,13 +80,53 @@ pub struct CompressedCluster<'a> {
     /// Where the compressed bytes start in `file`.
     pub offset: u64,
     /// How many bytes to read (an upper bound for qcow2: the stream ends before it).
-    pub stored_len: u64,
+    pub stored_len: u32,
     /// Size of the cluster once decompressed.
-    pub cluster_size: u64,
+    pub cluster_size: u32,
     /// Where the wanted guest bytes start inside the decompressed cluster.
-    pub skip: u64,
+    pub skip: u32,
     /// The encoding.
     pub codec: Codec,
+}
+
+impl<'a> CompressedCluster<'a> {
+    /// Largest stored or decoded size accepted, so that a hostile image cannot ask for a
+    /// huge allocation.
+    pub const LIMIT: u64 = 64 << 20;
+
+    /// A compressed cluster of `file` at `offset`; an error naming the file if a size is
+    /// over [`Self::LIMIT`] or `skip` lies outside the cluster.
+    pub fn new(
+        file: &'a ImageFile,
+        offset: u64,
+        stored_len: u64,
+        cluster_size: u64,
+        skip: u64,
+        codec: Codec,
+    ) -> Result<Self> {
+        let bounded = |v: u64| {
+            u32::try_from(v)
+                .ok()
+                .filter(|&v| u64::from(v) <= Self::LIMIT)
+        };
+        match (bounded(stored_len), bounded(cluster_size), bounded(skip)) {
+            (Some(stored_len), Some(cluster_size), Some(skip)) if skip < cluster_size => {
+                Ok(CompressedCluster {
+                    file,
+                    offset,
+                    stored_len,
+                    cluster_size,
+                    skip,
+                    codec,
+                })
+            }
+            _ => Err(Error::corrupt(format!(
+                "compressed cluster of {stored_len} stored bytes, {cluster_size} decoded,                  from byte {skip}: over the 64 MiB limit or outside the cluster"
+            ))
+            .at(offset)
+            .with_path(file.path())),
+        }
+    }
 }
 
 /// Where the bytes of one extent come from.
@@ -268,5 +311,15 @@ pub fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
         _ => Err(Error::invalid(format!(
             "range {offset}+{len} lies beyond the end of the {size}-byte image"
         ))),
+    }
+}
+#[cfg(test)]
+mod layout_tests {
+    /// Every lookup builds and copies extents: a variant growing `Source` (as
+    /// `CompressedCluster` with `u64` sizes once did, to 72-byte extents) costs the hot path.
+    #[test]
+    fn extents_stay_small() {
+        assert!(std::mem::size_of::<super::Source<'_>>() <= 40);
+        assert!(std::mem::size_of::<super::Extent<'_>>() <= 56);
     }
 }

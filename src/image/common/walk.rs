@@ -127,14 +127,8 @@ impl<'a> Walker<'a> {
                         .at(offset)
                         .with_path(file.path()));
                     }
-                    let cluster = CompressedCluster {
-                        file,
-                        offset,
-                        stored_len,
-                        cluster_size: size,
-                        skip: within,
-                        codec,
-                    };
+                    let cluster =
+                        CompressedCluster::new(file, offset, stored_len, size, within, codec)?;
                     out.push(self.extent(piece, Source::Compressed(cluster)));
                 }
             }

@@ -275,14 +275,14 @@ impl Qcow2Image {
                 .with_path(self.file.path()))
             }
             Cluster::Compressed { offset, stored_len } => {
-                Some(Source::Compressed(CompressedCluster {
-                    file: &self.file,
+                Some(Source::Compressed(CompressedCluster::new(
+                    &self.file,
                     offset,
                     stored_len,
-                    cluster_size: self.cluster_size(),
-                    skip: within,
-                    codec: self.header.codec,
-                }))
+                    self.cluster_size(),
+                    within,
+                    self.header.codec,
+                )?))
             }
         })
     }
