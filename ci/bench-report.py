@@ -89,6 +89,7 @@ out_json["results"].append({"workload": "peak-rss", "unit": "MiB", **vals})
 where = os.environ.get("BENCH_WHERE", "?")
 environment = {
     "where": where,
+    "imgblk_commit": os.environ.get("BENCH_COMMIT", "unknown"),
     "guest_kernel": env.get("kernel"),
     "guest_cpu": env.get("cpu"),
     "guest_cpus": env.get("nproc"),

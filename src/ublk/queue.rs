@@ -124,6 +124,17 @@ fn request_buffer(buf: &mut [u8], len: u64) -> Result<&mut [u8]> {
 
 /// Reads every extent into its part of `buf`; data reads run concurrently on the ring.
 async fn read_extents(extents: &[Extent<'_>], buf: &mut [u8]) -> Result<()> {
+    // The common request, one run of data: no allocation, no join.
+    if let [Extent {
+        len,
+        source: Source::Data { file, offset },
+        ..
+    }] = extents
+    {
+        if *len == buf.len() as u64 {
+            return read_fully(file, *offset, buf).await;
+        }
+    }
     let mut reads = Vec::with_capacity(extents.len());
     let mut compressed = Vec::new();
     let mut rest = buf;
@@ -152,6 +163,16 @@ async fn read_extents(extents: &[Extent<'_>], buf: &mut [u8]) -> Result<()> {
 
 /// Writes `buf` through the `Data` extents of a write mapping, concurrently.
 async fn write_extents(extents: &[Extent<'_>], buf: &[u8]) -> Result<()> {
+    if let [Extent {
+        len,
+        source: Source::Data { file, offset },
+        ..
+    }] = extents
+    {
+        if *len == buf.len() as u64 {
+            return write_fully(file, *offset, buf).await;
+        }
+    }
     let mut writes = Vec::with_capacity(extents.len());
     let mut rest = buf;
     for extent in extents {
