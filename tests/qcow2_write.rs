@@ -517,3 +517,97 @@ fn crash_kill9() {
         }
     }
 }
+
+/// Random discards mixed with writes and flushes. A discard drops the whole clusters in
+/// its range (they read as zeroes, even over a backing file), except over a backing file
+/// in a version 2 image (`keeps_backed`), which has no zero flag: those stay as they were.
+fn random_discards(path: &Path, mirror: &mut [u8], seed: u64, keeps_backed: bool) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let size = mirror.len() as u64;
+    let image = open_rw(path);
+    let cluster = image.cluster_size();
+    for _ in 0..400 {
+        let off = pick_offset(&mut rng, size, cluster);
+        let len = rng.gen_range(1..=4 * cluster).min(size - off);
+        let range = off as usize..(off + len) as usize;
+        match rng.gen_range(0..10) {
+            0..=5 => {
+                image.discard(off, len).expect("discard");
+                let first = off.div_ceil(cluster) * cluster;
+                let last = ((off + len) / cluster * cluster).max(first);
+                let whole_end = if off + len == size { size } else { last };
+                if !keeps_backed && whole_end > first {
+                    mirror[first as usize..whole_end as usize].fill(0);
+                }
+            }
+            6 => image.flush().expect("flush"),
+            _ => {
+                let mut buf = vec![0u8; len as usize];
+                rng.fill_bytes(&mut buf);
+                io::write_at(&image, &buf, off).expect("write_at");
+                mirror[range].copy_from_slice(&buf);
+            }
+        }
+    }
+    compare_read(&image, mirror, "read back after discards");
+}
+
+/// Bytes the file takes on disk.
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("stat").blocks() * 512
+}
+
+#[test]
+fn discard_frees_clusters_without_leaks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("img.qcow2");
+    let size = 24 * MIB;
+    create(&img, &[], size);
+    let mut mirror = vec![0u8; size as usize];
+    {
+        let image = open_rw(&img);
+        let mut rng = SmallRng::seed_from_u64(0xd15c);
+        rng.fill_bytes(&mut mirror);
+        io::write_at(&image, &mirror, 0).expect("fill");
+    }
+    let full = allocated(&img);
+    random_discards(&img, &mut mirror, 0xd15c_0001, false);
+    verify(dir.path(), &img, &mirror);
+    {
+        // Everything gone: the data clusters' space is back with the file system.
+        let image = open_rw(&img);
+        image.discard(0, size).expect("discard all");
+    }
+    mirror.fill(0);
+    verify(dir.path(), &img, &mirror);
+    let left = allocated(&img);
+    assert!(
+        left < full / 4,
+        "{left} bytes still allocated after discarding all of {full}"
+    );
+}
+
+#[test]
+fn discard_over_backing_reads_zero_in_v3_and_keeps_data_in_v2() {
+    for (compat, keeps_backed) in [("1.1", false), ("0.10", true)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("img.qcow2");
+        let size = 16 * MIB;
+        let mut mirror = converted(
+            dir.path(),
+            &dir.path().join("base.qcow2"),
+            &[],
+            size,
+            0xba5e,
+        );
+        let compat = format!("compat={compat}");
+        create(
+            &img,
+            &["-b", "base.qcow2", "-F", "qcow2", "-o", &compat],
+            size,
+        );
+        random_discards(&img, &mut mirror, 0xd15c_0002, keeps_backed);
+        verify(dir.path(), &img, &mirror);
+    }
+}

@@ -1,7 +1,8 @@
 //! qcow2 written through /dev/ublkbN: random writes over a backing file read back exactly
 //! and leave an image `qemu-img check` calls clean; and a daemon killed with SIGKILL in
 //! the middle of a write storm, twenty times over, never corrupts the image and never
-//! loses a write that was flushed.
+//! loses a write that was flushed; and `fstrim` of a file system on qcow2 gives the
+//! clusters of deleted files back.
 
 use crate::harness::*;
 use rand::rngs::SmallRng;
@@ -176,4 +177,53 @@ fn sigkill_during_a_write_storm_never_corrupts_or_loses_flushed_writes() {
         "{} flushed blocks verified; {leaks} of 20 crashes left leaked clusters",
         flushed.len()
     );
+}
+
+/// Bytes `path` takes on disk.
+fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn fstrim_on_qcow2_frees_the_clusters_of_deleted_files() {
+    let s = Scratch::new("qcow2-trim");
+    let image = s.path("trim.qcow2");
+    qemu_img([
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        image.to_str().unwrap(),
+        "64M",
+    ]);
+    let mut dev = Device::attach(&image, &["--rw"]);
+    let path = dev.path.clone();
+    cmd("mkfs.ext4")
+        .args(["-q", "-E", "nodiscard"])
+        .arg(&path)
+        .ok();
+    let mnt = s.path("mnt");
+    dev.mount(&path, &mnt, "");
+    write_random(&mnt.join("big"), 24 * MIB, 9);
+    cmd("sync").ok();
+    let before = allocated_bytes(&image);
+    std::fs::remove_file(mnt.join("big")).unwrap();
+    cmd("fstrim").arg("-v").arg(&mnt).ok();
+    dev.umount(&mnt);
+    dev.detach();
+    let after = allocated_bytes(&image);
+    assert!(
+        !assert_not_corrupt(&image, "after fstrim"),
+        "discarded clusters leaked"
+    );
+    assert!(
+        after + 16 * MIB < before,
+        "fstrim of a deleted 24 MiB file left the image at {after} bytes (from {before})"
+    );
+    // The file system is intact.
+    let dev = Device::attach(&image, &[]);
+    cmd("e2fsck").arg("-fn").arg(&dev.path).ok();
+    dev.detach();
 }

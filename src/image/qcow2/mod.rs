@@ -397,6 +397,11 @@ impl DiskImage for Qcow2Image {
         self.flush_impl()
     }
 
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.discard_impl(offset, len)
+            .map_err(|e| e.with_path(self.file.path()))
+    }
+
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         if self.writer.is_none() {
             return Err(

@@ -146,14 +146,15 @@ impl Refcounts {
         Ok(())
     }
 
-    /// Decrements the refcount of the cluster at host offset `offset`.
-    pub fn decrement(&mut self, file: &ImageFile, offset: u64) -> Result<()> {
+    /// Decrements the refcount of the cluster at host offset `offset`; true if that freed
+    /// it (the count reached zero).
+    pub fn decrement(&mut self, file: &ImageFile, offset: u64) -> Result<bool> {
         let cluster = offset >> self.cluster_bits;
         let value = self.get(file, cluster)?;
         if value > 0 {
             self.set(file, cluster, value - 1)?;
         }
-        Ok(())
+        Ok(value == 1)
     }
 
     /// Block index and entry index inside it of `cluster`.

@@ -39,9 +39,13 @@
 //! shared without the COPIED bit (there should be none: images with internal snapshots
 //! are refused) are copied and left allocated.
 //!
-//! `discard` is a no-op; `write_zeroes` sets the zero flag on whole clusters of version 3
-//! images (keeping an unshared cluster allocated, as QEMU's "preallocated zero cluster")
-//! and writes zeroes elsewhere. The dirty bit and lazy refcounts are never used: refcounts
+//! `discard` of whole clusters drops them: the L2 entry becomes a zero cluster (where a
+//! backing file would otherwise show through; version 3 only, else the cluster is kept) or
+//! unallocated, and the host cluster is freed in step 5 of the next flush, its space given
+//! back to the file system with a punched hole (the cluster itself is not reused). Parts of
+//! clusters are left alone: a discard is only advice. `write_zeroes` sets the zero flag on
+//! whole clusters of version 3 images (keeping an unshared cluster allocated, as QEMU's
+//! "preallocated zero cluster") and writes zeroes elsewhere. The dirty bit and lazy refcounts are never used: refcounts
 //! on disk are always exact or too high.
 
 use super::entry::{self, Cluster, L1_OFFSET_MASK, L2_COMPRESSED, L2_OFFSET_MASK, L2_ZERO};
@@ -349,6 +353,48 @@ impl Qcow2Image {
         Ok(())
     }
 
+    pub(super) fn discard_impl(&self, offset: u64, len: u64) -> Result<()> {
+        check_range(offset, len, self.virtual_size())?;
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let (l1_index, l2_index, cluster_start) = self.locate(pos);
+            let chunk_end = end.min(cluster_start + self.cluster_size());
+            let whole = pos == cluster_start && chunk_end == self.cluster_end(cluster_start);
+            pos = chunk_end;
+            if !whole {
+                continue;
+            }
+            let mut w = self.writer()?;
+            let backed = self
+                .backing
+                .as_ref()
+                .is_some_and(|b| cluster_start < b.virtual_size());
+            let raw = match self.l2_table(l1_index)? {
+                Some(table) => table.get(l2_index).unwrap_or(0),
+                None => 0,
+            };
+            let value = match (backed, self.header.version >= 3) {
+                (false, _) => 0,
+                (true, true) => L2_ZERO,
+                // Unallocated would show the backing file, and v2 has no zero flag.
+                (true, false) => continue,
+            };
+            if raw & !COPIED == value {
+                continue;
+            }
+            let table = self.writable_l2(&mut w, l1_index)?;
+            if raw & L2_COMPRESSED != 0 {
+                w.pending_free
+                    .extend(compressed_clusters(raw, self.header.cluster_bits));
+            } else if raw & L2_OFFSET_MASK != 0 {
+                w.pending_free.push(raw & L2_OFFSET_MASK);
+            }
+            Self::set_l2(&mut w, &table, l1_index, l2_index, value);
+        }
+        Ok(())
+    }
+
     pub(super) fn flush_impl(&self) -> Result<()> {
         let Some(_) = &self.writer else {
             return Ok(());
@@ -393,7 +439,10 @@ impl Qcow2Image {
         w.dirty_l1.clear();
         self.file.sync_data()?;
         for offset in std::mem::take(&mut w.pending_free) {
-            w.refcounts.decrement(&self.file, offset)?;
+            if w.refcounts.decrement(&self.file, offset)? {
+                // Never reused, so its space can go back to the file system at once.
+                self.file.punch_hole(offset, self.cluster_size())?;
+            }
         }
         // Lost decrements only leak: no barrier needed after these.
         w.refcounts.write_back(&self.file, w.header_table)?;
