@@ -242,19 +242,21 @@ fn converted(dir: &Path, qcow2: &Path, extra: &[&str], size: u64, seed: u64) -> 
     data
 }
 
+/// `img.qcow2` in `dir` over a backing `base.qcow2` of random data, created with the
+/// extra `options`; returns its path and the data it reads as.
+fn over_backing(dir: &Path, size: u64, options: &[&str]) -> (std::path::PathBuf, Vec<u8>) {
+    let img = dir.join("img.qcow2");
+    let mirror = converted(dir, &dir.join("base.qcow2"), &[], size, 0xba5e);
+    let mut all = vec!["-b", "base.qcow2", "-F", "qcow2"];
+    all.extend(options);
+    create(&img, &all, size);
+    (img, mirror)
+}
+
 #[test]
 fn random_writes_over_qcow2_backing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let img = dir.path().join("img.qcow2");
-    let size = 40 * MIB;
-    let mut mirror = converted(
-        dir.path(),
-        &dir.path().join("base.qcow2"),
-        &[],
-        size,
-        0xba5e,
-    );
-    create(&img, &["-b", "base.qcow2", "-F", "qcow2"], size);
+    let (img, mut mirror) = over_backing(dir.path(), 40 * MIB, &[]);
     random_writes(&img, &mut mirror, 0x5eed_0006, 1500);
     verify(dir.path(), &img, &mirror);
 }
@@ -592,21 +594,8 @@ fn discard_frees_clusters_without_leaks() {
 fn discard_over_backing_reads_zero_in_v3_and_keeps_data_in_v2() {
     for (compat, keeps_backed) in [("1.1", false), ("0.10", true)] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let img = dir.path().join("img.qcow2");
-        let size = 16 * MIB;
-        let mut mirror = converted(
-            dir.path(),
-            &dir.path().join("base.qcow2"),
-            &[],
-            size,
-            0xba5e,
-        );
         let compat = format!("compat={compat}");
-        create(
-            &img,
-            &["-b", "base.qcow2", "-F", "qcow2", "-o", &compat],
-            size,
-        );
+        let (img, mut mirror) = over_backing(dir.path(), 16 * MIB, &["-o", &compat]);
         random_discards(&img, &mut mirror, 0xd15c_0002, keeps_backed);
         verify(dir.path(), &img, &mirror);
     }

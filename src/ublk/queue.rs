@@ -122,18 +122,23 @@ fn request_buffer(buf: &mut [u8], len: u64) -> Result<&mut [u8]> {
         .ok_or_else(|| Error::invalid(format!("request of {len} bytes exceeds the I/O buffer")))
 }
 
+/// The file and offset of a mapping that is one run of data `len` bytes long.
+fn single_data_run<'a>(extents: &[Extent<'a>], len: usize) -> Option<(&'a ImageFile, u64)> {
+    match extents {
+        [Extent {
+            len: run,
+            source: Source::Data { file, offset },
+            ..
+        }] if *run == len as u64 => Some((*file, *offset)),
+        _ => None,
+    }
+}
+
 /// Reads every extent into its part of `buf`; data reads run concurrently on the ring.
 async fn read_extents(extents: &[Extent<'_>], buf: &mut [u8]) -> Result<()> {
     // The common request, one run of data: no allocation, no join.
-    if let [Extent {
-        len,
-        source: Source::Data { file, offset },
-        ..
-    }] = extents
-    {
-        if *len == buf.len() as u64 {
-            return read_fully(file, *offset, buf).await;
-        }
+    if let Some((file, offset)) = single_data_run(extents, buf.len()) {
+        return read_fully(file, offset, buf).await;
     }
     let mut reads = Vec::with_capacity(extents.len());
     let mut compressed = Vec::new();
@@ -163,15 +168,8 @@ async fn read_extents(extents: &[Extent<'_>], buf: &mut [u8]) -> Result<()> {
 
 /// Writes `buf` through the `Data` extents of a write mapping, concurrently.
 async fn write_extents(extents: &[Extent<'_>], buf: &[u8]) -> Result<()> {
-    if let [Extent {
-        len,
-        source: Source::Data { file, offset },
-        ..
-    }] = extents
-    {
-        if *len == buf.len() as u64 {
-            return write_fully(file, *offset, buf).await;
-        }
+    if let Some((file, offset)) = single_data_run(extents, buf.len()) {
+        return write_fully(file, offset, buf).await;
     }
     let mut writes = Vec::with_capacity(extents.len());
     let mut rest = buf;

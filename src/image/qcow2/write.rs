@@ -59,6 +59,19 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 
+/// One cluster's part of a guest range (see `Qcow2Image::cluster_chunks`).
+struct ClusterChunk {
+    l1_index: usize,
+    l2_index: usize,
+    /// Guest offset of the cluster.
+    cluster_start: u64,
+    /// The part of the range inside the cluster.
+    start: u64,
+    end: u64,
+    /// Whether that part is the whole cluster (up to the end of the disk).
+    whole: bool,
+}
+
 /// L1/L2 entry bit 63: the cluster's refcount is exactly 1 (may be written in place).
 pub const COPIED: u64 = 1 << 63;
 /// Header offset of `autoclear_features` (version 3).
@@ -157,6 +170,35 @@ impl Qcow2Image {
     /// End of the cluster starting at `cluster_start`, clipped to the virtual size.
     fn cluster_end(&self, cluster_start: u64) -> u64 {
         (cluster_start + self.cluster_size()).min(self.virtual_size())
+    }
+
+    /// The guest range `offset..offset + len` cut at cluster boundaries, checked against
+    /// the virtual size: what the range-wide operations walk.
+    fn cluster_chunks(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<impl Iterator<Item = ClusterChunk> + '_> {
+        check_range(offset, len, self.virtual_size())?;
+        let end = offset + len;
+        let mut pos = offset;
+        Ok(std::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            let (l1_index, l2_index, cluster_start) = self.locate(pos);
+            let chunk_end = end.min(cluster_start + self.cluster_size());
+            let chunk = ClusterChunk {
+                l1_index,
+                l2_index,
+                cluster_start,
+                start: pos,
+                end: chunk_end,
+                whole: pos == cluster_start && chunk_end == self.cluster_end(cluster_start),
+            };
+            pos = chunk_end;
+            Some(chunk)
+        }))
     }
 
     pub(super) fn map_write_impl<'a>(
@@ -317,23 +359,16 @@ impl Qcow2Image {
     }
 
     pub(super) fn write_zeroes_impl(&self, offset: u64, len: u64) -> Result<()> {
-        check_range(offset, len, self.virtual_size())?;
-        let end = offset + len;
-        let mut pos = offset;
-        while pos < end {
-            let (l1_index, l2_index, cluster_start) = self.locate(pos);
-            let chunk_end = end.min(cluster_start + self.cluster_size());
-            let whole = pos == cluster_start && chunk_end == self.cluster_end(cluster_start);
+        for chunk in self.cluster_chunks(offset, len)? {
+            let (l1_index, l2_index, whole) = (chunk.l1_index, chunk.l2_index, chunk.whole);
             let mut w = self.writer()?;
-            if whole && self.reads_as_zero_unallocated(l1_index, l2_index, cluster_start)? {
-                pos = chunk_end;
+            if whole && self.reads_as_zero_unallocated(l1_index, l2_index, chunk.cluster_start)? {
                 continue;
             }
             if !whole || self.header.version < 3 {
                 // Zero flags need version 3; partial clusters are written.
                 drop(w);
-                io::write_zeroes_by_writing(self, pos, chunk_end - pos)?;
-                pos = chunk_end;
+                io::write_zeroes_by_writing(self, chunk.start, chunk.end - chunk.start)?;
                 continue;
             }
             let table = self.writable_l2(&mut w, l1_index)?;
@@ -348,20 +383,13 @@ impl Qcow2Image {
                 L2_ZERO
             };
             Self::set_l2(&mut w, &table, l1_index, l2_index, value);
-            pos = chunk_end;
         }
         Ok(())
     }
 
     pub(super) fn discard_impl(&self, offset: u64, len: u64) -> Result<()> {
-        check_range(offset, len, self.virtual_size())?;
-        let end = offset + len;
-        let mut pos = offset;
-        while pos < end {
-            let (l1_index, l2_index, cluster_start) = self.locate(pos);
-            let chunk_end = end.min(cluster_start + self.cluster_size());
-            let whole = pos == cluster_start && chunk_end == self.cluster_end(cluster_start);
-            pos = chunk_end;
+        for chunk in self.cluster_chunks(offset, len)? {
+            let (l1_index, l2_index, whole) = (chunk.l1_index, chunk.l2_index, chunk.whole);
             if !whole {
                 continue;
             }
@@ -369,7 +397,7 @@ impl Qcow2Image {
             let backed = self
                 .backing
                 .as_ref()
-                .is_some_and(|b| cluster_start < b.virtual_size());
+                .is_some_and(|b| chunk.cluster_start < b.virtual_size());
             let raw = match self.l2_table(l1_index)? {
                 Some(table) => table.get(l2_index).unwrap_or(0),
                 None => 0,
