@@ -31,13 +31,43 @@ def median_or_why(values, whys):
     return not_measured(whys[0]) if whys else None
 
 
-def fio_value(fmt, workload, target):
-    unit = dict(WORKLOADS)[workload]
-    runs = [r for r in rows if (r.get("kind"), r.get("format"), r.get("workload"),
+def fio_runs(fmt, workload, target):
+    return [r for r in rows if (r.get("kind"), r.get("format"), r.get("workload"),
                                 r.get("target")) == ("fio", fmt, workload, target)]
-    values = [r["result"]["bw_mib"] if unit == "MiB/s" else r["result"]["iops"]
-              for r in runs if "result" in r]
-    return median_or_why(values, [r.get("na") for r in runs if "na" in r])
+
+
+def fio_result(workload, run):
+    unit = dict(WORKLOADS)[workload]
+    return run["result"]["bw_mib"] if unit == "MiB/s" else run["result"]["iops"]
+
+
+def fio_value(fmt, workload, target):
+    runs = fio_runs(fmt, workload, target)
+    return median_or_why([fio_result(workload, r) for r in runs if "result" in r],
+                         [r.get("na") for r in runs if "na" in r])
+
+
+def by_round(runs, value):
+    """{round: value} of the runs that have a result."""
+    return {r.get("round", 1): value(r) for r in runs if "result" in r or "seconds" in r}
+
+
+def paired_ratios(per_target, lower_is_better):
+    """imgblk (the better of q1 and q2 in each round) against each peer, round by round;
+    the median of those ratios. Pairing within a round cancels the slow drifts of an
+    emulated machine that medians of the absolute numbers still carry."""
+    pick = min if lower_is_better else max
+    out = {}
+    for peer in ("qemu-nbd", "rublk", "loop"):
+        ratios = []
+        for rnd, theirs in per_target.get(peer, {}).items():
+            ours = [per_target[t][rnd] for t in ("imgblk-q1", "imgblk-q2")
+                    if rnd in per_target.get(t, {})]
+            if ours and theirs and pick(ours):
+                best = pick(ours)
+                ratios.append(theirs / best if lower_is_better else best / theirs)
+        out[peer] = f"{statistics.median(ratios):.2f}" if ratios else "-"
+    return out
 
 
 def fmt_cell(v):
@@ -48,33 +78,34 @@ def fmt_cell(v):
     return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
 
 
-def ratio(a, b, lower_is_better=False):
-    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not a or not b:
-        return "-"
-    return f"{(b / a if lower_is_better else a / b):.2f}"
-
-
 table = []
 out_json = {"date": datetime.date.today().isoformat(), "environment": {}, "results": []}
 for fmt in ["raw", "qcow2"]:
     for workload, unit in WORKLOADS:
         vals = {t: fio_value(fmt, workload, t) for t in TARGETS}
-        best = max([v for v in (vals["imgblk-q1"], vals["imgblk-q2"]) if isinstance(v, (int, float))],
-                   default=None)
-        table.append((f"{fmt} {workload} ({unit})", vals, best, False))
-        out_json["results"].append({"format": fmt, "workload": workload, "unit": unit, **vals})
+        ratios = paired_ratios({t: by_round(fio_runs(fmt, workload, t),
+                                            lambda r, w=workload: fio_result(w, r))
+                                for t in TARGETS}, False)
+        table.append((f"{fmt} {workload} ({unit})", vals, ratios))
+        out_json["results"].append({"format": fmt, "workload": workload, "unit": unit, **vals,
+                                    "ratios": ratios})
+
+def fsck_runs(target):
+    return [r for r in rows if r.get("kind") == "fsck" and r.get("target") == target]
+
 
 def fsck_value(target):
-    runs = [r for r in rows if r.get("kind") == "fsck" and r.get("target") == target]
+    runs = fsck_runs(target)
     return median_or_why([r["seconds"] for r in runs if "seconds" in r],
                          [r.get("na") for r in runs if "na" in r])
 
 
 vals = {t: fsck_value(t) for t in TARGETS}
 vals["loop"] = "n/a (qcow2)"
-best = min([v for v in (vals["imgblk-q1"], vals["imgblk-q2"]) if isinstance(v, (int, float))], default=None)
-table.append((f"qcow2 e2fsck -fn, {env.get('files', '?')} files (s, lower is better)", vals, best, True))
-out_json["results"].append({"format": "qcow2", "workload": "e2fsck-fn", "unit": "s", **vals})
+ratios = paired_ratios({t: by_round(fsck_runs(t), lambda r: r["seconds"]) for t in TARGETS}, True)
+table.append((f"qcow2 e2fsck -fn, {env.get('files', '?')} files (s, lower is better)", vals, ratios))
+out_json["results"].append({"format": "qcow2", "workload": "e2fsck-fn", "unit": "s", **vals,
+                            "ratios": ratios})
 
 rss = {}
 for r in rows:
@@ -82,9 +113,11 @@ for r in rows:
         rss[r["target"]] = max(rss.get(r["target"], 0), int(r["vmhwm_kib"]))
 vals = {t: (round(rss[t] / 1024, 1) if t in rss else "n/a") for t in TARGETS}
 vals["loop"] = "n/a (kernel)"
-best = min([v for v in (vals["imgblk-q1"], vals["imgblk-q2"]) if isinstance(v, (int, float))], default=None)
-table.append(("daemon peak RSS, VmHWM (MiB, lower is better)", vals, best, True))
-out_json["results"].append({"workload": "peak-rss", "unit": "MiB", **vals})
+ours = min([vals[t] for t in ("imgblk-q1", "imgblk-q2") if isinstance(vals[t], float)], default=None)
+ratios = {peer: (f"{vals[peer] / ours:.2f}" if ours and isinstance(vals[peer], float) else "-")
+          for peer in ("qemu-nbd", "rublk", "loop")}
+table.append(("daemon peak RSS, VmHWM (MiB, lower is better)", vals, ratios))
+out_json["results"].append({"workload": "peak-rss", "unit": "MiB", **vals, "ratios": ratios})
 
 where = os.environ.get("BENCH_WHERE", "?")
 environment = {
@@ -115,16 +148,16 @@ for k, v in environment.items():
     md.append(f"- {k}: {v}")
 md.append("")
 md.append("## Results\n")
-md.append("Higher is better unless the row says otherwise. Ratios use the better of "
-          "imgblk q1/q2 (for RSS: the smaller) and are >1 when imgblk is better.\n")
+md.append("Higher is better unless the row says otherwise. Ratios are >1 when imgblk is "
+          "better: per round, the better of imgblk q1/q2 against the peer's run of the same "
+          "round, then the median over the rounds (for RSS: the smaller imgblk peak).\n")
 md.append("| workload | imgblk q1 | imgblk q2 | qemu-nbd | rublk | loop | imgblk/qemu-nbd | imgblk/rublk | imgblk/loop |")
 md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-for name, vals, best, lower in table:
+for name, vals, ratios in table:
     cells = [fmt_cell(vals[t]) for t in TARGETS]
-    ratios = [ratio(best, vals[t], lower) for t in ("qemu-nbd", "rublk", "loop")]
-    md.append(f"| {name} | " + " | ".join(cells + ratios) + " |")
+    md.append(f"| {name} | " + " | ".join(cells + [ratios[p] for p in ("qemu-nbd", "rublk", "loop")]) + " |")
 md.append("")
-notes = sorted({f"{t}: {v}" for _, vals, _, _ in table for t, v in vals.items()
+notes = sorted({f"{t}: {v}" for _, vals, _ in table for t, v in vals.items()
                 if isinstance(v, str) and v.startswith("n/a:")})
 if notes:
     md.append("Not measured:\n")
