@@ -600,3 +600,41 @@ fn discard_over_backing_reads_zero_in_v3_and_keeps_data_in_v2() {
         verify(dir.path(), &img, &mirror);
     }
 }
+
+#[test]
+fn overlay_files_take_writes_and_leave_the_base_alone() {
+    use imgblk::image::qcow2::create::create_overlay;
+    use imgblk::image::Format;
+    for (format, name) in [
+        (Format::Raw, "base.raw"),
+        (Format::Qcow2, "base.qcow2"),
+        (Format::Vmdk, "base.vmdk"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let size = 12 * MIB + 4096; // not a whole number of clusters
+        let raw = dir.path().join("data.raw");
+        let mut mirror = random_raw(&raw, size, 0x0e01);
+        let base = dir.path().join(name);
+        if format != Format::Raw {
+            let fmt = format.to_string();
+            run(
+                "qemu-img",
+                &["convert", "-q", "-f", "raw", "-O", &fmt, s(&raw), s(&base)],
+            );
+        } else {
+            std::fs::rename(&raw, &base).expect("rename");
+        }
+        let base_bytes = std::fs::read(&base).expect("read base");
+        let overlay = dir.path().join("overlay.qcow2");
+        create_overlay(&overlay, &base, format, size).expect("create overlay");
+        let info = run("qemu-img", &["info", s(&overlay)]);
+        assert!(info.contains(s(&base)), "{info}");
+        check(&overlay, false);
+        random_writes(&overlay, &mut mirror, 0x0e02, 600);
+        verify(dir.path(), &overlay, &mirror);
+        assert!(
+            std::fs::read(&base).expect("read base") == base_bytes,
+            "{format}: the base changed"
+        );
+    }
+}

@@ -4,7 +4,7 @@ use super::piece::{open_source, PieceArgs, Source};
 use super::{print_json, EXIT_OK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::overlay::MemoryOverlay;
-use crate::image::{DiskImage, Format, OpenOptions};
+use crate::image::{qcow2, DiskImage, Format, OpenOptions};
 use crate::ublk::daemon::{self, Notifier, Role};
 use crate::ublk::device::{self, DeviceConfig};
 use crate::ublk::registry::{self, DeviceRecord};
@@ -22,6 +22,7 @@ use std::sync::Arc;
 imgblk attach --rw --queues 2 disk.raw\n  imgblk attach --part 2 disk.vmdk\n  \
 imgblk attach --lv vg0/root disk1.qcow2 disk2.qcow2\n  imgblk attach --json --foreground disk.qcow2\n  \
 imgblk attach --overlay memory disk.vmdk   # writable; writes kept in RAM, image untouched\n  \
+imgblk attach --overlay /tmp/fix.qcow2 disk.vmdk   # writable; writes kept in a new qcow2\n  \
 imgblk attach --snapshot before-upgrade disk.qcow2   # an internal snapshot, read-only")]
 pub struct AttachArgs {
     /// The image file (or block device) to serve; for --lv of a VG spanning several
@@ -44,10 +45,15 @@ pub struct AttachArgs {
     /// Allow writes (the image must not be in use by another writer).
     #[arg(long)]
     rw: bool,
-    /// Make the device writable but keep every write in RAM (`memory`, the only kind so
-    /// far): the image is opened read-only, may be shared with other readers, and is never
-    /// changed; the writes are lost at detach. Memory use grows with what is written.
-    #[arg(long, value_name = "memory", value_parser = parse_overlay, conflicts_with = "rw")]
+    /// Make the device writable but send every write to an overlay, so that the image is
+    /// opened read-only, may be shared with other readers, and is never changed. `memory`
+    /// keeps the writes in RAM (lost at detach; memory use grows with what is written).
+    /// Any other value is the path of a new qcow2 file to create, backed by the image (its
+    /// absolute path and format recorded, as `qemu-img create -b IMAGE -F FMT` would):
+    /// the writes stay in it after detach, for `qemu-img commit`, a later attach, or
+    /// deleting. The file must not exist yet (write `./memory` for a file of that name).
+    /// A file overlay needs a whole image: no --part, --lv, --luks or --snapshot.
+    #[arg(long, value_name = "memory|FILE", value_parser = parse_overlay, conflicts_with = "rw")]
     overlay: Option<Overlay>,
     /// Serve this internal snapshot of a qcow2 image (matched by name, then by id, as
     /// `qemu-img snapshot -l` lists them) instead of its current state. Read-only; with
@@ -74,38 +80,85 @@ pub struct AttachArgs {
 }
 
 /// Where `--overlay` sends writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Overlay {
     /// A throw-away RAM overlay ([`MemoryOverlay`]).
     Memory,
+    /// A new qcow2 file backed by the image (see [`qcow2::create::create_overlay`]).
+    File(PathBuf),
 }
 
 impl Overlay {
-    /// The name recorded and shown for it.
-    pub fn name(self) -> &'static str {
+    /// The name recorded and shown for it: `memory`, or the overlay file's path.
+    pub fn name(&self) -> String {
         match self {
-            Overlay::Memory => "memory",
+            Overlay::Memory => "memory".to_string(),
+            Overlay::File(path) => path.display().to_string(),
         }
     }
 }
 
-/// Parses `--overlay`: `memory`; overlay files are refused for now.
+/// Parses `--overlay`: `memory`, or the path of a qcow2 file to create.
 pub fn parse_overlay(value: &str) -> std::result::Result<Overlay, String> {
     match value {
         "memory" => Ok(Overlay::Memory),
-        other => Err(format!(
-            "`{other}`: qcow2 overlay files are not supported yet; the only overlay is \
-             `memory` (writes kept in RAM, lost at detach)"
-        )),
+        "" => Err("an overlay is `memory` or the path of a new qcow2 file".to_string()),
+        path => Ok(Overlay::File(PathBuf::from(path))),
     }
 }
 
-/// Wraps `source`'s image in the overlay asked for, if any.
-pub(super) fn with_overlay(mut source: Source, overlay: Option<Overlay>) -> Result<Source> {
+/// Wraps `source`'s image in a RAM overlay if asked for (a file overlay is opened in its
+/// place instead: [`open_file_overlay`]).
+pub(super) fn with_overlay(mut source: Source, overlay: Option<&Overlay>) -> Result<Source> {
     if let Some(Overlay::Memory) = overlay {
         source.image = Arc::new(MemoryOverlay::new(source.image)?);
     }
     Ok(source)
+}
+
+/// For `--overlay FILE`: creates the qcow2 `file` over the whole image `base` (opened
+/// read-only first, to learn its format and size) and opens it writable; the base stays
+/// read-only underneath as its backing file.
+fn open_file_overlay(base: &Path, file: &Path, options: &OpenOptions) -> Result<Source> {
+    let (format, size) = {
+        let source = open_served(&[base.to_path_buf()], options, None)?;
+        (source.format, source.image.virtual_size())
+    };
+    qcow2::create::create_overlay(file, base, format, size)?;
+    tracing::info!(overlay = %file.display(), base = %base.display(), "created the overlay");
+    open_overlay(file, options)
+}
+
+/// Opens the existing overlay `file` writable (for attach, and for recover).
+pub(super) fn open_overlay(file: &Path, options: &OpenOptions) -> Result<Source> {
+    let options = OpenOptions {
+        format: Some(Format::Qcow2),
+        writable: true,
+        ..options.clone()
+    };
+    open_served(&[file.to_path_buf()], &options, None)
+}
+
+/// Refuses `--overlay FILE` where a qcow2 backing reference cannot express what is served.
+fn check_file_overlay(args: &AttachArgs, piece: Option<&str>) -> Result<()> {
+    let why = if piece.is_some() {
+        Some("a partition or LV")
+    } else if args.luks.luks {
+        Some("a decrypted LUKS volume")
+    } else if args.snapshot.is_some() {
+        Some("an internal snapshot")
+    } else if args.images.len() > 1 {
+        Some("several images")
+    } else {
+        None
+    };
+    match why {
+        Some(what) => Err(Error::unsupported(format!(
+            "--overlay FILE makes a qcow2 backed by a whole image, which cannot stand for {what}; \
+             use --overlay memory"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Runs `imgblk attach`.
@@ -139,9 +192,14 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         l2_cache_bytes: args.l2_cache_mib.map(|mib| mib << 20),
         snapshot: args.snapshot.clone(),
     };
-    let mut source = open_served(&paths, &options, piece.as_deref())?;
-    source.image = args.luks.apply(source.image)?;
-    let source = with_overlay(source, args.overlay)?;
+    let source = if let Some(Overlay::File(file)) = &args.overlay {
+        check_file_overlay(&args, piece.as_deref())?;
+        open_file_overlay(&paths[0], file, &options)?
+    } else {
+        let mut source = open_served(&paths, &options, piece.as_deref())?;
+        source.image = args.luks.apply(source.image)?;
+        with_overlay(source, args.overlay.as_ref())?
+    };
     let mut config = DeviceConfig {
         queues: args.queues,
         depth: args.depth,
@@ -157,7 +215,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         queues: config.queues,
         depth: config.depth,
         writable: args.rw || args.overlay.is_some(),
-        overlay: args.overlay.map(|o| o.name().to_string()),
+        overlay: args.overlay.as_ref().map(Overlay::name),
         more_images: paths[1..].to_vec(),
         piece: source.piece,
         luks: args.luks.luks,

@@ -175,7 +175,12 @@ pub fn run(args: FsckArgs) -> Result<i32> {
             "--overlay only matters with --repair (a read-only check writes nothing)",
         ));
     }
-    let mode = match (args.repair, args.overlay) {
+    if let Some(Overlay::File(_)) = &args.overlay {
+        return Err(Error::invalid(
+            "fsck --overlay takes `memory` only: every filesystem it checks gets its own RAM overlay",
+        ));
+    }
+    let mode = match (args.repair, &args.overlay) {
         (false, _) => Mode::ReadOnly,
         (true, None) => Mode::Repair,
         (true, Some(_)) => Mode::RepairInMemory,

@@ -1,10 +1,11 @@
 //! `imgblk recover`: take over a device whose daemon died, without failing its I/O.
 
-use super::attach::{launch, open_served};
+use super::attach::{launch, open_overlay, open_served};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{Format, OpenOptions};
 use crate::ublk::device::{self, DeviceConfig};
 use crate::ublk::registry;
+use std::path::Path;
 
 /// Serve again a device whose daemon died (ublk USER_RECOVERY).
 ///
@@ -41,6 +42,14 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
         None => registry::all()
             .into_iter()
             .filter(device::is_recoverable)
+            .filter(|r| {
+                let lost = r.overlay.as_deref() == Some("memory");
+                if lost {
+                    tracing::warn!(device = %r.device.display(),
+                        "not recovered: its RAM overlay died with its daemon; detach it");
+                }
+                !lost
+            })
             .collect(),
     };
     for record in records {
@@ -68,9 +77,26 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
             snapshot: record.snapshot.clone(),
             ..OpenOptions::default()
         };
-        let mut paths = vec![record.image.clone()];
-        paths.extend(record.more_images.iter().cloned());
-        let image = open_served(&paths, &options, record.piece.as_deref())?.image;
+        let image = match record.overlay.as_deref() {
+            // The writes lived in the dead daemon's memory: serving the image again would
+            // silently undo them under the filesystem on top.
+            Some("memory") => {
+                return Err(Error::unsupported(format!(
+                    "{} had a RAM overlay, lost with its daemon: it cannot be recovered; \
+                     unmount what uses it and `imgblk detach {}`",
+                    record.device.display(),
+                    record.id
+                )))
+            }
+            // The writes are in the overlay file: serve it again (the image stays its
+            // read-only backing file).
+            Some(file) => open_overlay(Path::new(file), &options)?.image,
+            None => {
+                let mut paths = vec![record.image.clone()];
+                paths.extend(record.more_images.iter().cloned());
+                open_served(&paths, &options, record.piece.as_deref())?.image
+            }
+        };
         let config = DeviceConfig {
             queues: record.queues,
             depth: record.depth,

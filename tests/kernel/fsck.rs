@@ -250,25 +250,21 @@ fn fsck_sigint_detaches_everything() {
     assert_nothing_left();
 }
 
-#[test]
-#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
-fn fsck_overlay_memory_attach_writes_to_ram_only() {
-    let s = Scratch::new("overlay");
+/// The overlay tests' 8 MiB image, a 1 MiB patch, and the image's checksum.
+fn overlay_fixture(s: &Scratch) -> (PathBuf, PathBuf, String) {
     let image = s.path("disk.raw");
     write_random(&image, 8 * MIB, 31);
     let patch = s.path("patch");
     write_random(&patch, MIB, 32);
     let before = sha256(&image);
+    (image, patch, before)
+}
 
-    let dev = Device::attach(&image, &["--overlay", "memory"]);
-    assert_eq!(dev.info["writable"].as_bool(), Some(true), "{}", dev.info);
-    assert_eq!(dev.info["overlay"].as_str(), Some("memory"), "{}", dev.info);
-    assert!(!dev.kernel_read_only());
-    // the image is only read: a read-only attach may share it
-    let reader = Device::attach(&image, &[]);
+/// Writes `patch` at 1 MiB of `dev`, bypassing the page cache.
+fn write_patch(patch: &Path, dev: &Path) {
     cmd("dd")
         .arg(format!("if={}", patch.display()))
-        .arg(format!("of={}", dev.path.display()))
+        .arg(format!("of={}", dev.display()))
         .args([
             "bs=64K",
             "seek=16",
@@ -277,24 +273,95 @@ fn fsck_overlay_memory_attach_writes_to_ram_only() {
             "status=none",
         ])
         .ok();
+}
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn fsck_overlay_memory_attach_writes_to_ram_only() {
+    let s = Scratch::new("overlay");
+    let (image, patch, before) = overlay_fixture(&s);
+
+    let dev = Device::attach(&image, &["--overlay", "memory"]);
+    assert_eq!(dev.info["writable"].as_bool(), Some(true), "{}", dev.info);
+    assert_eq!(dev.info["overlay"].as_str(), Some("memory"), "{}", dev.info);
+    assert!(!dev.kernel_read_only());
+    // the image is only read: a read-only attach may share it
+    let reader = Device::attach(&image, &[]);
+    write_patch(&patch, &dev.path);
     assert_same_bytes(&dev.path, MIB, &patch, 0, MIB);
     assert_same_bytes(&dev.path, 0, &image, 0, MIB);
     assert_same_bytes(&dev.path, 2 * MIB, &image, 2 * MIB, 6 * MIB);
     assert_same_bytes(&reader.path, 0, &image, 0, 8 * MIB);
     reader.detach();
+    // The writes died with the daemon: recover must not serve the bare image instead.
+    let pid = dev.pid.expect("attach --json gives the daemon pid");
+    cmd("kill").args(["-9", &pid.to_string()]).ok();
+    assert!(wait_until(Duration::from_secs(10), || process_gone(pid)));
+    let out = imgblk().arg("recover").arg(&dev.path).fails();
+    assert!(out.stderr.contains("RAM overlay"), "{}", out.describe());
     dev.detach();
     assert_eq!(sha256(&image), before, "the overlay wrote to the image");
-    // qcow2 overlay files are refused with a clear message
+    assert_nothing_left();
+}
+
+/// `attach --overlay FILE`: a new qcow2 backed by the image takes the writes and keeps
+/// them after detach; the image is unchanged; what cannot be a backing file is refused.
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn attach_overlay_file_keeps_writes_in_a_new_qcow2() {
+    let s = Scratch::new("overlay-file");
+    let (image, patch, before) = overlay_fixture(&s);
+    let file = s.path("fix.qcow2");
+
+    let dev = Device::attach(&image, &["--overlay", file.to_str().unwrap()]);
+    assert_eq!(dev.info["writable"].as_bool(), Some(true), "{}", dev.info);
+    assert_eq!(dev.info["overlay"].as_str(), file.to_str(), "{}", dev.info);
+    let reader = Device::attach(&image, &[]);
+    write_patch(&patch, &dev.path);
+    assert_same_bytes(&dev.path, MIB, &patch, 0, MIB);
+    assert_same_bytes(&reader.path, 0, &image, 0, 8 * MIB);
+    reader.detach();
+    // The same file again is refused rather than overwritten.
     let out = imgblk()
         .args(["attach", "--overlay"])
-        .arg(&patch)
+        .arg(&file)
         .arg(&image)
         .fails();
+    assert!(out.stderr.contains("overlay"), "{}", out.describe());
+    dev.detach();
+    assert_eq!(sha256(&image), before, "the overlay wrote to the image");
+
     assert!(
-        out.stderr.contains("not supported yet"),
-        "{}",
-        out.describe()
+        !assert_not_corrupt(&file, "a detached overlay"),
+        "the overlay leaked"
     );
+    let info = qemu_img(["info", "--output=json", file.to_str().unwrap()]).stdout;
+    assert!(
+        info.contains(image.to_str().unwrap())
+            && info.contains("\"backing-filename-format\": \"raw\""),
+        "{info}"
+    );
+    let flat = reference_raw(&file, &s.path("flat.raw"));
+    assert_same_bytes(&flat, MIB, &patch, 0, MIB);
+    assert_same_bytes(&flat, 0, &image, 0, MIB);
+    assert_same_bytes(&flat, 2 * MIB, &image, 2 * MIB, 6 * MIB);
+
+    for extra in [&["--part", "1"][..], &["--snapshot", "s"][..]] {
+        let other = s.path("other.qcow2");
+        let out = imgblk()
+            .arg("attach")
+            .args(extra)
+            .arg("--overlay")
+            .arg(&other)
+            .arg(&image)
+            .fails();
+        assert!(
+            out.stderr.contains("--overlay memory") || out.stderr.contains("snapshot"),
+            "{}",
+            out.describe()
+        );
+        assert!(!other.exists(), "{extra:?}: created the overlay anyway");
+    }
     assert_nothing_left();
 }
 

@@ -15,6 +15,7 @@
 //! deepest image that covers it (like `qemu-img map`): past the end of a shorter backing
 //! file, that is the image above it.
 
+pub mod create;
 pub mod entry;
 pub mod header;
 pub mod l2cache;
