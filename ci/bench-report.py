@@ -168,7 +168,7 @@ md.append(f"""- Images on the VM's scratch ext4 (loop-mounted, tmpfs-backed) so 
   {env.get('size', '?')} raw filled by fio, qcow2 converted from it (64 KiB clusters, all allocated).
 - imgblk: `imgblk attach --queues 1|2` (depth 64 per queue, 512 KiB buffers, default L2 cache
   128 MiB, O_DIRECT on the image); `--rw` for the write rows.
-- qemu-nbd: `qemu-nbd -c /dev/nbd0 --cache=none --aio=io_uring` (threads if unsupported),
+- qemu-nbd: `qemu-nbd -c /dev/nbdN --cache=none --aio=io_uring` (threads if unsupported),
   `--read-only` for reads.
 - loop: `losetup --direct-io=on` (raw only). rublk: `rublk add qcow2 -f IMG` (defaults).
 - fio: ioengine=io_uring, direct=1, time_based, runtime={env.get('runtime', '?')} s, ramp 1 s;
