@@ -126,7 +126,10 @@ fn open_file_overlay(base: &Path, file: &Path, options: &OpenOptions) -> Result<
     };
     qcow2::create::create_overlay(file, base, format, size)?;
     tracing::info!(overlay = %file.display(), base = %base.display(), "created the overlay");
-    open_overlay(file, options)
+    open_overlay(file, options).inspect_err(|_| {
+        // Nothing was written to it yet: do not leave an unusable file behind.
+        let _ = std::fs::remove_file(file);
+    })
 }
 
 /// Opens the existing overlay `file` writable (for attach, and for recover).
