@@ -45,8 +45,8 @@
 //! back to the file system with a punched hole (the cluster itself is not reused). Parts of
 //! clusters are left alone: a discard is only advice. `write_zeroes` sets the zero flag on
 //! whole clusters of version 3 images (keeping an unshared cluster allocated, as QEMU's
-//! "preallocated zero cluster") and writes zeroes elsewhere. The dirty bit and lazy refcounts are never used: refcounts
-//! on disk are always exact or too high.
+//! "preallocated zero cluster") and writes zeroes elsewhere. The dirty bit and lazy
+//! refcounts are never used: refcounts on disk are always exact or too high.
 
 use super::entry::{self, Cluster, L1_OFFSET_MASK, L2_COMPRESSED, L2_OFFSET_MASK, L2_ZERO};
 use super::header::{self, Header};
