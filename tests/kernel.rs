@@ -18,6 +18,8 @@
 #[path = "kernel/harness.rs"]
 mod harness;
 
+#[path = "kernel/data_path.rs"]
+mod data_path;
 #[path = "kernel/errors.rs"]
 mod errors;
 #[path = "kernel/filesystems.rs"]

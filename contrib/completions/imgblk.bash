@@ -115,7 +115,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__attach)
-            opts="-f -d -U -v -q -h --part --lv --luks --key-file --format --queues --depth --rw --overlay --snapshot --foreground --json --force-share --l2-cache-mib --no-direct --verbose --quiet --help"
+            opts="-f -d -U -v -q -h --part --lv --luks --key-file --format --queues --depth --zero-copy --rw --overlay --snapshot --foreground --json --force-share --l2-cache-mib --no-direct --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -151,6 +151,10 @@ _imgblk() {
                     ;;
                 -d)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --zero-copy)
+                    COMPREPLY=($(compgen -W "auto on off" -- "${cur}"))
                     return 0
                     ;;
                 --overlay)

@@ -6,7 +6,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::image::overlay::MemoryOverlay;
 use crate::image::{qcow2, DiskImage, Format, OpenOptions};
 use crate::ublk::daemon::{self, Notifier, Role};
-use crate::ublk::device::{self, DeviceConfig};
+use crate::ublk::device::{self, DeviceConfig, ZeroCopy};
 use crate::ublk::registry::{self, DeviceRecord};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -42,6 +42,13 @@ pub struct AttachArgs {
     /// Requests in flight per queue.
     #[arg(short, long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
     depth: u16,
+    /// How request data moves between the kernel and the image. `auto` uses zero copy
+    /// where the kernel offers it (Linux 6.16+: the ublk driver lends the daemon each
+    /// request's own pages, and image I/O goes straight between them and the file);
+    /// elsewhere, and with `off`, each request is copied once through a buffer in the
+    /// daemon. `on` fails on a kernel without zero copy.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = ZeroCopy::Auto)]
+    zero_copy: ZeroCopy,
     /// Allow writes (the image must not be in use by another writer).
     #[arg(long)]
     rw: bool,
@@ -206,6 +213,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
     let mut config = DeviceConfig {
         queues: args.queues,
         depth: args.depth,
+        zero_copy: args.zero_copy,
         ..DeviceConfig::default()
     };
     if let Some(orphan) = &orphan {
@@ -327,6 +335,7 @@ fn serve(
         let record = DeviceRecord {
             id: live.id,
             device: live.block_path.clone(),
+            zero_copy: live.zero_copy,
             log: log.or(template.log),
             ..template
         };

@@ -122,7 +122,9 @@ fn checks() -> Vec<Check> {
         fix,
     ));
     if control {
-        checks.push(features_check());
+        let features = libublk::ctrl::UblkCtrl::get_features();
+        checks.push(features_check(features));
+        checks.push(zero_copy_check(features.unwrap_or(0)));
     }
     checks.push(io_uring_check());
     let root = nix::unistd::geteuid().is_root();
@@ -159,7 +161,7 @@ fn checks() -> Vec<Check> {
     checks
 }
 
-fn features_check() -> Check {
+fn features_check(features: Option<u64>) -> Check {
     const FEATURES: [(u32, &str); 7] = [
         (0, "ZERO_COPY"),
         (3, "USER_RECOVERY"),
@@ -169,7 +171,7 @@ fn features_check() -> Check {
         (11, "AUTO_BUF_REG"),
         (12, "QUIESCE"),
     ];
-    match libublk::ctrl::UblkCtrl::get_features() {
+    match features {
         Some(bits) => {
             let names: Vec<&str> = FEATURES
                 .iter()
@@ -192,6 +194,21 @@ fn features_check() -> Check {
             "needs root, and Linux 6.1+ for the query",
         ),
     }
+}
+
+fn zero_copy_check(features: u64) -> Check {
+    let offered = crate::ublk::device::offers_zero_copy(features);
+    Check::new(
+        "zero copy",
+        Need::Optional,
+        offered,
+        if offered {
+            "available: image data moves straight between the request and the file".into()
+        } else {
+            "not available: each request is copied once through the daemon".into()
+        },
+        "boot Linux 6.16 or later (ublk's AUTO_BUF_REG; Debian 13 has 6.18 in trixie-backports)",
+    )
 }
 
 fn io_uring_check() -> Check {

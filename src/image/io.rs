@@ -43,7 +43,8 @@ pub fn read_compressed(cluster: &CompressedCluster<'_>, out: &mut [u8]) -> Resul
     let mut decoded = vec![0u8; decoded];
     compress::decompress(cluster.codec, &stored, &mut decoded)
         .map_err(|e| e.at(cluster.offset).with_path(cluster.file.path()))?;
-    copy_from_cluster(cluster, &decoded, out)
+    out.copy_from_slice(cluster_part(cluster, &decoded, out.len())?);
+    Ok(())
 }
 
 /// Sizes of the stored and decoded buffers a compressed cluster needs (bounded by
@@ -52,18 +53,16 @@ pub fn decode_buffers(cluster: &CompressedCluster<'_>) -> (usize, usize) {
     (cluster.stored_len as usize, cluster.cluster_size as usize)
 }
 
-/// Copies the part of a decoded cluster the extent refers to into `out`.
-pub fn copy_from_cluster(
+/// The `len` bytes of a decoded cluster that the extent refers to.
+pub fn cluster_part<'d>(
     cluster: &CompressedCluster<'_>,
-    decoded: &[u8],
-    out: &mut [u8],
-) -> Result<()> {
+    decoded: &'d [u8],
+    len: usize,
+) -> Result<&'d [u8]> {
     let start = cluster.skip as usize;
-    let part = decoded
-        .get(start..start + out.len())
-        .ok_or_else(|| Error::corrupt("compressed extent lies outside its cluster"))?;
-    out.copy_from_slice(part);
-    Ok(())
+    decoded
+        .get(start..start + len)
+        .ok_or_else(|| Error::corrupt("compressed extent lies outside its cluster"))
 }
 
 /// Writes `buf` as guest bytes at `offset`.

@@ -25,8 +25,10 @@ pub struct DeviceConfig {
     pub queues: u16,
     /// In-flight requests per queue.
     pub depth: u16,
-    /// Largest request in bytes (also the per-tag buffer size).
+    /// Largest request in bytes (also the per-tag buffer size in copy mode).
     pub io_buf_bytes: u32,
+    /// Whether request data moves by zero copy (see [`super::data`]).
+    pub zero_copy: ZeroCopy,
     /// Take over this existing device, left quiesced by a daemon that died, instead of
     /// adding a new one (ublk USER_RECOVERY).
     pub recover: Option<u32>,
@@ -38,7 +40,50 @@ impl Default for DeviceConfig {
             queues: 1,
             depth: 64,
             io_buf_bytes: 512 << 10,
+            zero_copy: ZeroCopy::Auto,
             recover: None,
+        }
+    }
+}
+
+/// When a device moves request data by zero copy rather than through a buffer per tag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ZeroCopy {
+    /// Where the kernel offers it (Linux 6.16+).
+    #[default]
+    Auto,
+    /// Always: fail on a kernel without it.
+    On,
+    /// Never: copy through the daemon's buffers on every kernel.
+    Off,
+}
+
+/// The ublk features zero copy is built on: the driver registers each request's pages
+/// in the queue's io_uring (`AUTO_BUF_REG`), and the daemon writes bytes it computes into
+/// them with `pwrite` on `/dev/ublkcN` (`USER_COPY`).
+const ZERO_COPY_FLAGS: u64 = sys::UBLK_F_AUTO_BUF_REG as u64 | sys::UBLK_F_USER_COPY as u64;
+
+/// Whether a ublk driver offering `features` (`UBLK_U_CMD_GET_FEATURES`, or a device's
+/// flags) can move request data by zero copy.
+pub fn offers_zero_copy(features: u64) -> bool {
+    features & ZERO_COPY_FLAGS == ZERO_COPY_FLAGS
+}
+
+impl ZeroCopy {
+    /// The device flags that carry out this choice on a driver offering `features`.
+    fn flags(self, features: u64) -> Result<u64> {
+        let offered = offers_zero_copy(features);
+        match self {
+            ZeroCopy::Off => Ok(0),
+            ZeroCopy::Auto => Ok(if offered { ZERO_COPY_FLAGS } else { 0 }),
+            ZeroCopy::On if offered => Ok(ZERO_COPY_FLAGS),
+            ZeroCopy::On => Err(Error::new(
+                ErrorKind::Kernel,
+                format!(
+                    "zero copy needs a ublk driver with UBLK_F_AUTO_BUF_REG and \
+                     UBLK_F_USER_COPY (Linux 6.16 or later); this one offers {features:#x}"
+                ),
+            )),
         }
     }
 }
@@ -50,6 +95,8 @@ pub struct LiveDevice {
     pub id: u32,
     /// The block device node.
     pub block_path: PathBuf,
+    /// Whether request data moves by zero copy.
+    pub zero_copy: bool,
 }
 
 /// Checks that this kernel and process can create ublk devices, with an actionable error.
@@ -111,13 +158,14 @@ where
             "cannot add a ublk device",
         ),
     };
+    let features = UblkCtrl::get_features().unwrap_or(0);
     let ctrl = UblkCtrlBuilder::default()
         .name("imgblk")
         .id(id)
         .nr_queues(config.queues)
         .depth(config.depth)
         .io_buf_bytes(config.io_buf_bytes)
-        .ctrl_flags(recovery_flags())
+        .ctrl_flags(recovery_flags(features) | config.zero_copy.flags(features)?)
         .dev_flags(dev_flags)
         .build()
         .map_err(|e| ublk_error(what, e))?;
@@ -141,9 +189,11 @@ where
     };
     let flush_image = image.clone();
     let supervise = move |ctrl: &UblkCtrl| {
+        let info = ctrl.dev_info();
         let live = LiveDevice {
-            id: ctrl.dev_info().dev_id,
+            id: info.dev_id,
             block_path: PathBuf::from(ctrl.get_bdev_path()),
+            zero_copy: offers_zero_copy(info.flags),
         };
         wait_for_node(&live.block_path);
         tracing::info!(device = %live.block_path.display(), "device is live");
@@ -181,14 +231,15 @@ fn mark_io_flusher() {
     }
 }
 
-/// USER_RECOVERY with reissue where the driver offers it: if the daemon dies, the device
-/// is quiesced rather than failed, and a new daemon (`imgblk recover`, or `attach` of the
-/// same image) takes it over and replays the requests that were in flight.
-fn recovery_flags() -> u64 {
+/// USER_RECOVERY with reissue where the driver (offering `features`) has it: if the daemon
+/// dies, the device is quiesced rather than failed, and a new daemon (`imgblk recover`, or
+/// `attach` of the same image) takes it over and replays the requests that were in flight.
+fn recovery_flags(features: u64) -> u64 {
     let wanted = u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE);
-    match UblkCtrl::get_features() {
-        Some(features) if features & wanted == wanted => wanted,
-        _ => 0,
+    if features & wanted == wanted {
+        wanted
+    } else {
+        0
     }
 }
 

@@ -2,6 +2,7 @@
 //! serving it from per-queue io_uring threads, and keeping records for `list`/`detach`.
 
 pub mod daemon;
+pub mod data;
 pub mod device;
 pub mod queue;
 pub mod registry;

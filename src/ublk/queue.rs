@@ -1,16 +1,19 @@
 //! One ublk queue: a thread with its own io_uring, one async task per tag. Each task maps
 //! its request through the shared [`DiskImage`] (no lock on the read path) and carries the
 //! extents out as io_uring reads and writes on the queue's ring — the same ring that
-//! carries the ublk commands, so there is no thread hop per request.
+//! carries the ublk commands, so there is no thread hop per request. The bytes move by
+//! copy or zero copy, as the device was created ([`super::data`]).
 
+use super::data::{Data, Registered, Scratch};
 use crate::error::{Error, Result};
-use crate::image::io::{copy_from_cluster, decode_buffers};
+use crate::image::io::{cluster_part, decode_buffers};
 use crate::image::{compress, CompressedCluster, DiskImage, Extent, ImageFile, Source, WritePlan};
-use io_uring::{opcode, types};
+use io_uring::squeue;
 use libublk::helpers::IoBuf;
-use libublk::io::{UblkDev, UblkQueue};
-use libublk::uring_async::ublk_submit_sqe_async;
+use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
+use libublk::uring_async::{ublk_reap_io_events_with_update_queue, ublk_wake_task};
 use libublk::{sys, BufDesc, UblkError, UblkUringData};
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -23,13 +26,20 @@ pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>) {
             return;
         }
     };
+    let shared = Rc::new(QueueShared {
+        scratch: Scratch::default(),
+        link_results: (0..dev.dev_info.queue_depth)
+            .map(|_| Cell::new(None))
+            .collect(),
+    });
     let executor = Rc::new(smol::LocalExecutor::new());
     let tasks: Vec<_> = (0..dev.dev_info.queue_depth)
         .map(|tag| {
             let queue = queue.clone();
             let image = image.clone();
+            let shared = shared.clone();
             executor.spawn(async move {
-                match serve_tag(&queue, tag, &*image).await {
+                match serve_tag(&queue, tag, &*image, &shared).await {
                     Ok(()) | Err(UblkError::QueueIsDown) => {}
                     Err(e) => tracing::error!(queue = qid, tag, error = %e, "I/O task failed"),
                 }
@@ -40,11 +50,102 @@ pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>) {
     smol::block_on(executor.run(async move {
         let run_ops = || while ticker.try_tick() {};
         let done = || tasks.iter().all(|task| task.is_finished());
-        if let Err(e) = libublk::wait_and_handle_io_events(&queue, Some(20), run_ops, done).await {
+        if let Err(e) = event_loop(&queue, &shared, run_ops, done).await {
             tracing::error!(queue = qid, error = %e, "queue event loop failed");
         }
     }));
     tracing::debug!(queue = qid, "queue stopped");
+}
+
+/// What the tasks of one queue share.
+struct QueueShared {
+    /// For bytes that pass through daemon memory in zero-copy mode.
+    scratch: Scratch,
+    /// Per tag, the result of its last linked transfer, which tells why a commit was
+    /// cancelled (the transfer failed or fell short).
+    link_results: Vec<Cell<Option<i32>>>,
+}
+
+/// Marks the `user_data` of a transfer linked to its commit (with the tag in the low
+/// bits). [`event_loop`] keeps its result for the task, which looks at it only if the
+/// commit was cancelled, instead of waking a future as libublk does for its own.
+const LINKED_TRANSFER: u64 = UblkUringData::Target as u64 | 1 << 61;
+
+/// libublk's event loop (submit and wait, reap completions and wake the tasks, run them),
+/// with the results of linked transfers set aside for their tags.
+async fn event_loop<R: Fn(), D: Fn() -> bool>(
+    queue: &UblkQueue<'_>,
+    shared: &QueueShared,
+    run_ops: R,
+    done: D,
+) -> Result<(), UblkError> {
+    let idle = io_uring::types::Timespec::new().sec(20);
+    let wait =
+        || async { libublk::uring_poll_io_fn::<io_uring::squeue::Entry>(queue, Some(idle), 1) };
+    let reap = |timed_out| {
+        ublk_reap_io_events_with_update_queue(queue, timed_out, None, |cqe| {
+            let data = cqe.user_data();
+            if data & LINKED_TRANSFER == LINKED_TRANSFER {
+                if let Some(slot) = shared.link_results.get((data & 0xffff) as usize) {
+                    slot.set(Some(cqe.result()));
+                }
+            } else {
+                ublk_wake_task(data, cqe);
+            }
+        })
+    };
+    libublk::run_uring_tasks(wait, reap, run_ops, done).await
+}
+
+/// Where one tag's requests keep their bytes (see [`super::data`]).
+enum TagBuffer {
+    /// Copy mode: a buffer of the largest request size in daemon memory.
+    Copied(IoBuf<u8>),
+    /// Zero copy: the request's own pages, registered as fixed buffer `tag`.
+    Registered(Registered),
+}
+
+impl TagBuffer {
+    fn new(queue: &UblkQueue<'_>, tag: u16) -> Self {
+        let dev = queue.dev;
+        if queue.support_auto_buf_zc() {
+            TagBuffer::Registered(Registered {
+                index: tag,
+                cdev: dev.tgt.fds[0],
+                copy_base: UblkIOCtx::ublk_user_copy_pos(queue.get_qid(), tag, 0),
+            })
+        } else {
+            TagBuffer::Copied(IoBuf::new(dev.dev_info.max_io_buf_bytes as usize))
+        }
+    }
+
+    /// How the FETCH and COMMIT commands of the tag describe its buffer.
+    fn desc(&self) -> BufDesc<'_> {
+        match self {
+            TagBuffer::Copied(buf) => BufDesc::Slice(buf.as_slice()),
+            TagBuffer::Registered(pages) => BufDesc::AutoReg(sys::ublk_auto_buf_reg {
+                index: pages.index,
+                flags: 0,
+                reserved0: 0,
+                reserved1: 0,
+            }),
+        }
+    }
+
+    /// The first `len` bytes, for a request of that size.
+    fn data(&mut self, len: u64) -> Result<Data<'_>> {
+        let too_big = || Error::invalid(format!("request of {len} bytes exceeds the I/O buffer"));
+        match self {
+            TagBuffer::Copied(buf) => usize::try_from(len)
+                .ok()
+                .and_then(|len| buf.as_mut_slice().get_mut(..len))
+                .map(Data::Memory)
+                .ok_or_else(too_big),
+            TagBuffer::Registered(pages) => u32::try_from(len)
+                .map(|len| Data::pages(*pages, len))
+                .map_err(|_| too_big()),
+        }
+    }
 }
 
 /// Fetches, serves and commits requests for one tag until the queue goes down.
@@ -52,10 +153,15 @@ async fn serve_tag(
     queue: &UblkQueue<'_>,
     tag: u16,
     image: &dyn DiskImage,
+    shared: &QueueShared,
 ) -> Result<(), UblkError> {
-    let mut buf = IoBuf::<u8>::new(queue.dev.dev_info.max_io_buf_bytes as usize);
+    let mut buffer = TagBuffer::new(queue, tag);
+    let io_buf = match &buffer {
+        TagBuffer::Copied(buf) => Some(buf),
+        TagBuffer::Registered(_) => None,
+    };
     queue
-        .submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
+        .submit_io_prep_cmd(tag, buffer.desc(), 0, io_buf)
         .await?;
     let mut extents = Vec::with_capacity(16);
     loop {
@@ -66,7 +172,20 @@ async fn serve_tag(
             len: u64::from(iod.nr_sectors) << 9,
         };
         extents.clear();
-        let result = match serve(image, &request, buf.as_mut_slice(), &mut extents).await {
+        let served = match prepare(image, &request, &mut extents) {
+            Ok(Work::Transfer(transfer)) => {
+                match transfer_linked(queue, tag, &mut buffer, &request, transfer, shared).await? {
+                    LinkOutcome::Committed => continue,
+                    LinkOutcome::Broken(result) => {
+                        transfer.finish(&mut buffer, &request, result).await
+                    }
+                    LinkOutcome::Skipped => transfer.finish(&mut buffer, &request, None).await,
+                }
+            }
+            Ok(work) => carry_out(work, image, &request, &mut buffer, &extents, shared).await,
+            Err(e) => Err(e),
+        };
+        let result = match served {
             Ok(()) => request.len as i32,
             Err(e) => {
                 tracing::warn!(queue = queue.get_qid(), op = request.op, offset = request.offset,
@@ -75,7 +194,7 @@ async fn serve_tag(
             }
         };
         queue
-            .submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), result)
+            .submit_io_commit_cmd(tag, buffer.desc(), result)
             .await?;
     }
 }
@@ -88,185 +207,246 @@ struct Request {
     len: u64,
 }
 
-/// Carries out one request.
-async fn serve<'a>(
+/// What a request needs, once mapped.
+enum Work<'a> {
+    /// All its bytes move to or from one run of one file: a single SQE.
+    Transfer(Transfer<'a>),
+    /// Read the mapped extents.
+    Read,
+    /// Write into the mapped data extents.
+    Write,
+    /// Hand the write to the image, which allocates or copies on write itself.
+    WriteSync,
+    /// Nothing more (flush, discard and write-zeroes are done while preparing).
+    Done,
+}
+
+/// Maps `req` (or, for requests without data, carries it out) and says what is left.
+fn prepare<'a>(
     image: &'a dyn DiskImage,
     req: &Request,
-    buf: &mut [u8],
     extents: &mut Vec<Extent<'a>>,
-) -> Result<()> {
+) -> Result<Work<'a>> {
+    let transfer = |extents: &[Extent<'a>], write| {
+        single_data_run(extents, req.len).map(|(file, offset)| {
+            Work::Transfer(Transfer {
+                file,
+                offset,
+                write,
+            })
+        })
+    };
     match req.op {
         sys::UBLK_IO_OP_READ => {
-            let buf = request_buffer(buf, req.len)?;
             image.map(req.offset, req.len, extents)?;
-            read_extents(extents, buf).await
+            Ok(transfer(extents, false).unwrap_or(Work::Read))
         }
-        sys::UBLK_IO_OP_WRITE => {
-            let buf = request_buffer(buf, req.len)?;
-            match image.map_write(req.offset, req.len, extents)? {
-                WritePlan::Mapped => write_extents(extents, buf).await,
-                WritePlan::Synchronous => image.write_sync(req.offset, buf),
-            }
+        sys::UBLK_IO_OP_WRITE => match image.map_write(req.offset, req.len, extents)? {
+            WritePlan::Mapped => Ok(transfer(extents, true).unwrap_or(Work::Write)),
+            WritePlan::Synchronous => Ok(Work::WriteSync),
+        },
+        sys::UBLK_IO_OP_FLUSH => image.flush().map(|()| Work::Done),
+        sys::UBLK_IO_OP_DISCARD => image.discard(req.offset, req.len).map(|()| Work::Done),
+        sys::UBLK_IO_OP_WRITE_ZEROES => {
+            image.write_zeroes(req.offset, req.len).map(|()| Work::Done)
         }
-        sys::UBLK_IO_OP_FLUSH => image.flush(),
-        sys::UBLK_IO_OP_DISCARD => image.discard(req.offset, req.len),
-        sys::UBLK_IO_OP_WRITE_ZEROES => image.write_zeroes(req.offset, req.len),
         op => Err(Error::unsupported(format!("ublk operation {op}"))),
     }
 }
 
-fn request_buffer(buf: &mut [u8], len: u64) -> Result<&mut [u8]> {
-    usize::try_from(len)
-        .ok()
-        .and_then(|len| buf.get_mut(..len))
-        .ok_or_else(|| Error::invalid(format!("request of {len} bytes exceeds the I/O buffer")))
+/// Carries out what [`prepare`] left to do.
+async fn carry_out(
+    work: Work<'_>,
+    image: &dyn DiskImage,
+    req: &Request,
+    buffer: &mut TagBuffer,
+    extents: &[Extent<'_>],
+    shared: &QueueShared,
+) -> Result<()> {
+    match work {
+        Work::Transfer(transfer) => transfer.finish(buffer, req, None).await,
+        Work::Read => read_extents(extents, buffer.data(req.len)?, &shared.scratch).await,
+        Work::Write => write_extents(extents, buffer.data(req.len)?).await,
+        Work::WriteSync => buffer
+            .data(req.len)?
+            .with_bytes(&shared.scratch, |bytes| image.write_sync(req.offset, bytes)),
+        Work::Done => Ok(()),
+    }
+}
+
+/// A request's single transfer ([`Work::Transfer`]).
+#[derive(Clone, Copy)]
+struct Transfer<'a> {
+    file: &'a ImageFile,
+    offset: u64,
+    write: bool,
+}
+
+impl Transfer<'_> {
+    /// Moves the bytes from `done` on (all of them for `None`, or a negative `done`:
+    /// after a failure the transfer starts over, and reports the error if it recurs).
+    async fn finish(self, buffer: &mut TagBuffer, req: &Request, done: Option<i32>) -> Result<()> {
+        let data = buffer.data(req.len)?;
+        let done = done
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n <= data.len())
+            .unwrap_or(0);
+        let (_, rest) = data.split_at(done);
+        let offset = self.offset + done as u64;
+        if self.write {
+            rest.write_to(self.file, offset).await
+        } else {
+            rest.read_from(self.file, offset).await
+        }
+    }
+}
+
+/// How [`transfer_linked`] went.
+enum LinkOutcome {
+    /// The transfer moved every byte and the commit went out after it: the next request
+    /// of the tag has arrived.
+    Committed,
+    /// The transfer failed or fell short (after this many bytes or with this -errno, if
+    /// known), so the commit was cancelled: finish the request and commit it.
+    Broken(Option<i32>),
+    /// The ring had no room for the pair, or the queue is stopping: nothing was submitted.
+    Skipped,
+}
+
+/// Submits a request's transfer and its commit as one linked pair: the kernel commits
+/// the request as soon as the transfer completes in full, without waiting for the daemon
+/// to see the transfer's completion and submit the commit itself.
+///
+/// (Not with `IOSQE_CQE_SKIP_SUCCESS` on the transfer, which would spare the daemon that
+/// completion too: when such a transfer fails, the kernel posts no completion for the
+/// cancelled commit either, and the task would wait for it forever.)
+async fn transfer_linked(
+    queue: &UblkQueue<'_>,
+    tag: u16,
+    buffer: &mut TagBuffer,
+    req: &Request,
+    transfer: Transfer<'_>,
+    shared: &QueueShared,
+) -> Result<LinkOutcome, UblkError> {
+    let room = libublk::with_task_io_ring_mut(|ring| {
+        let sq = ring.submission();
+        sq.capacity() - sq.len() >= 2
+    });
+    if !room || queue.is_stopping() {
+        return Ok(LinkOutcome::Skipped);
+    }
+    let sqe = match buffer
+        .data(req.len)
+        .and_then(|data| data.transfer_sqe(transfer.file, transfer.offset, transfer.write))
+    {
+        Ok(sqe) => sqe,
+        Err(_) => return Ok(LinkOutcome::Skipped),
+    };
+    let sqe = sqe
+        .flags(squeue::Flags::IO_LINK)
+        .user_data(LINKED_TRANSFER | u64::from(tag));
+    let slot = &shared.link_results[usize::from(tag)];
+    slot.set(None);
+    // Both SQEs are queued before this task yields, so no other task's SQE can come
+    // between them, and the room check above keeps libublk from flushing the ring
+    // between them (which would cut the link).
+    // SAFETY: the SQE points into the request's buffer (or registered pages), which stay
+    // valid until the commit completes or is cancelled, and this task awaits that.
+    libublk::with_task_io_ring_mut(|ring| unsafe { ring.submission().push(&sqe) })
+        .map_err(|_| UblkError::OtherError(-libc::EBUSY))?;
+    let mut commit = std::pin::pin!(queue.submit_io_commit_cmd(tag, buffer.desc(), req.len as i32));
+    if let std::task::Poll::Ready(fetched) = futures::poll!(commit.as_mut()) {
+        return fetched.map(|_| LinkOutcome::Committed);
+    }
+    match commit.await? {
+        res if res == -libc::ECANCELED => Ok(LinkOutcome::Broken(slot.take())),
+        _ => Ok(LinkOutcome::Committed),
+    }
 }
 
 /// The file and offset of a mapping that is one run of data `len` bytes long.
-fn single_data_run<'a>(extents: &[Extent<'a>], len: usize) -> Option<(&'a ImageFile, u64)> {
+fn single_data_run<'a>(extents: &[Extent<'a>], len: u64) -> Option<(&'a ImageFile, u64)> {
     match extents {
         [Extent {
             len: run,
             source: Source::Data { file, offset },
             ..
-        }] if *run == len as u64 => Some((*file, *offset)),
+        }] if *run == len => Some((*file, *offset)),
         _ => None,
     }
 }
 
-/// Reads every extent into its part of `buf`; data reads run concurrently on the ring.
-async fn read_extents(extents: &[Extent<'_>], buf: &mut [u8]) -> Result<()> {
-    // The common request, one run of data: no allocation, no join.
-    if let Some((file, offset)) = single_data_run(extents, buf.len()) {
-        return read_fully(file, offset, buf).await;
-    }
+/// Splits the next `len` bytes of an extent off `rest`.
+fn take<'b>(rest: &mut Option<Data<'b>>, len: u64, what: &str) -> Result<Data<'b>> {
+    let data = rest
+        .take()
+        .ok_or_else(|| Error::corrupt(what.to_string()))?;
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&len| len <= data.len())
+        .ok_or_else(|| Error::corrupt(what.to_string()))?;
+    let (part, tail) = data.split_at(len);
+    *rest = Some(tail);
+    Ok(part)
+}
+
+/// Reads every extent into its part of `data`; data reads (and zero fills of registered
+/// pages) run concurrently on the ring.
+async fn read_extents(extents: &[Extent<'_>], data: Data<'_>, scratch: &Scratch) -> Result<()> {
     let mut reads = Vec::with_capacity(extents.len());
+    let mut zeroes = Vec::new();
     let mut compressed = Vec::new();
-    let mut rest = buf;
+    let mut rest = Some(data);
     for extent in extents {
-        let len = usize::try_from(extent.len)
-            .ok()
-            .filter(|&len| len <= rest.len())
-            .ok_or_else(|| Error::corrupt("extent map overruns the request"))?;
-        let (part, tail) = rest.split_at_mut(len);
-        rest = tail;
+        let part = take(&mut rest, extent.len, "extent map overruns the request")?;
         match extent.source {
-            Source::Data { file, offset } => reads.push(read_fully(file, offset, part)),
-            Source::Zero | Source::Unallocated => part.fill(0),
+            Source::Data { file, offset } => reads.push(part.read_from(file, offset)),
+            Source::Zero | Source::Unallocated => zeroes.push(part.zero()),
             Source::Compressed(cluster) => compressed.push((cluster, part)),
-            Source::Transformed { layer, offset } => layer.read_transformed(offset, part)?,
+            Source::Transformed { layer, offset } => {
+                part.fill_with(scratch, |buf| layer.read_transformed(offset, buf))?
+            }
         }
     }
-    for result in futures::future::join_all(reads).await {
-        result?;
-    }
+    let (read, zeroed) = futures::future::join(
+        futures::future::join_all(reads),
+        futures::future::join_all(zeroes),
+    )
+    .await;
+    read.into_iter().chain(zeroed).collect::<Result<()>>()?;
     for (cluster, part) in compressed {
         read_compressed(&cluster, part).await?;
     }
     Ok(())
 }
 
-/// Writes `buf` through the `Data` extents of a write mapping, concurrently.
-async fn write_extents(extents: &[Extent<'_>], buf: &[u8]) -> Result<()> {
-    if let Some((file, offset)) = single_data_run(extents, buf.len()) {
-        return write_fully(file, offset, buf).await;
-    }
+/// Writes `data` through the `Data` extents of a write mapping, concurrently.
+async fn write_extents(extents: &[Extent<'_>], data: Data<'_>) -> Result<()> {
     let mut writes = Vec::with_capacity(extents.len());
-    let mut rest = buf;
+    let mut rest = Some(data);
     for extent in extents {
         let Source::Data { file, offset } = extent.source else {
             return Err(Error::corrupt("write mapping returned a non-data extent"));
         };
-        let len = usize::try_from(extent.len)
-            .ok()
-            .filter(|&len| len <= rest.len())
-            .ok_or_else(|| Error::corrupt("write mapping overruns the request"))?;
-        let (part, tail) = rest.split_at(len);
-        rest = tail;
-        writes.push(write_fully(file, offset, part));
+        let part = take(&mut rest, extent.len, "write mapping overruns the request")?;
+        writes.push(part.write_to(file, offset));
     }
-    for result in futures::future::join_all(writes).await {
-        result?;
-    }
-    Ok(())
+    futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .collect()
 }
 
-/// Reads `buf.len()` bytes at `offset`, resubmitting after short reads; bytes past the end
-/// of the file read as zero (a backing file may be shorter than the disk).
-async fn read_fully(file: &ImageFile, offset: u64, buf: &mut [u8]) -> Result<()> {
-    let mut done = 0usize;
-    while done < buf.len() {
-        let pos = offset + done as u64;
-        let part = &mut buf[done..];
-        let chunk = part.len().min(1 << 30) as u32;
-        let fd = file.data_fd(pos, u64::from(chunk), part.as_ptr() as usize);
-        let sqe = opcode::Read::new(types::Fd(fd), part.as_mut_ptr(), chunk)
-            .offset(pos)
-            .build();
-        match submit(sqe).await {
-            0 => {
-                part.fill(0);
-                break;
-            }
-            n if n > 0 => done += n as usize,
-            e if e == -libc::EINTR || e == -libc::EAGAIN => {}
-            e => {
-                return Err(
-                    Error::io("read failed", std::io::Error::from_raw_os_error(-e))
-                        .at(pos)
-                        .with_path(file.path()),
-                )
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Writes all of `buf` at `offset`, resubmitting after short writes.
-async fn write_fully(file: &ImageFile, offset: u64, buf: &[u8]) -> Result<()> {
-    let mut done = 0usize;
-    while done < buf.len() {
-        let pos = offset + done as u64;
-        let part = &buf[done..];
-        let chunk = part.len().min(1 << 30) as u32;
-        let fd = file.data_fd(pos, u64::from(chunk), part.as_ptr() as usize);
-        let sqe = opcode::Write::new(types::Fd(fd), part.as_ptr(), chunk)
-            .offset(pos)
-            .build();
-        match submit(sqe).await {
-            n if n > 0 => done += n as usize,
-            e if e == -libc::EINTR || e == -libc::EAGAIN => {}
-            0 => {
-                return Err(Error::corrupt("write made no progress")
-                    .at(pos)
-                    .with_path(file.path()))
-            }
-            e => {
-                return Err(
-                    Error::io("write failed", std::io::Error::from_raw_os_error(-e))
-                        .at(pos)
-                        .with_path(file.path()),
-                )
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Reads a compressed cluster on the ring and decompresses the wanted part into `out`.
-async fn read_compressed(cluster: &CompressedCluster<'_>, out: &mut [u8]) -> Result<()> {
+/// Reads a compressed cluster on the ring and puts the wanted part of it into `out`.
+async fn read_compressed(cluster: &CompressedCluster<'_>, out: Data<'_>) -> Result<()> {
     let (stored_len, decoded_len) = decode_buffers(cluster);
     let mut stored = vec![0u8; stored_len];
-    read_fully(cluster.file, cluster.offset, &mut stored).await?;
+    Data::Memory(&mut stored)
+        .read_from(cluster.file, cluster.offset)
+        .await?;
     let mut decoded = vec![0u8; decoded_len];
     compress::decompress(cluster.codec, &stored, &mut decoded)
         .map_err(|e| e.at(cluster.offset).with_path(cluster.file.path()))?;
-    copy_from_cluster(cluster, &decoded, out)
-}
-
-/// Submits one SQE on this queue's ring and waits for its result (negative errno on error).
-async fn submit(sqe: io_uring::squeue::Entry) -> i32 {
-    ublk_submit_sqe_async(sqe, UblkUringData::Target as u64)
-        .await
-        .unwrap_or(-libc::EIO)
+    let len = out.len();
+    out.put(cluster_part(cluster, &decoded, len)?)
 }

@@ -29,6 +29,10 @@ pub struct DeviceRecord {
     pub queues: u16,
     /// Depth of each queue.
     pub depth: u16,
+    /// Whether request data moves by zero copy (the driver lends the daemon the request's
+    /// own pages) rather than through a buffer per tag.
+    #[serde(default)]
+    pub zero_copy: bool,
     /// Whether the device accepts writes.
     pub writable: bool,
     /// Where writes go when not to the image: `memory` for a RAM overlay (the image is
@@ -66,6 +70,7 @@ impl DeviceRecord {
             size,
             queues: 1,
             depth: 64,
+            zero_copy: false,
             writable: false,
             overlay: None,
             pid: std::process::id(),

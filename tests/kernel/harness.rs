@@ -51,6 +51,17 @@ pub fn require_ublk() {
     );
 }
 
+/// Whether this kernel's ublk driver moves data by zero copy (`UBLK_F_AUTO_BUF_REG`):
+/// Linux 6.16 or later. Tests check that imgblk uses it there, and only there.
+pub fn kernel_has_zero_copy() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    (major, minor) >= (6, 16)
+}
+
 // ---------------------------------------------------------------------------------------
 // Running commands
 

@@ -271,6 +271,13 @@ fn doctor_is_green_on_a_ublk_kernel() {
             .contains("USER_RECOVERY"),
         "{features}"
     );
+    let zero_copy = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "zero copy")
+        .expect("zero copy listed");
+    assert_eq!(zero_copy["ok"], kernel_has_zero_copy(), "{zero_copy}");
     let text = imgblk().arg("doctor").ok().stdout;
     assert!(
         text.contains("imgblk can attach images on this host"),
