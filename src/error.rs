@@ -44,8 +44,16 @@ impl ErrorKind {
 }
 
 /// An error with its kind, a message, and where it happened.
+///
+/// Boxed, so that every `Result` of the crate is a word wider than its value: lookups on
+/// the I/O hot path return `Result`s, and an inline error (some 90 bytes) made each of
+/// them a memory round trip.
 #[derive(Debug, thiserror::Error)]
-pub struct Error {
+#[error(transparent)]
+pub struct Error(Box<Inner>);
+
+#[derive(Debug, thiserror::Error)]
+struct Inner {
     kind: ErrorKind,
     message: String,
     path: Option<PathBuf>,
@@ -60,13 +68,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A new error of `kind` saying `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
+        Error(Box::new(Inner {
             kind,
             message: message.into(),
             path: None,
             offset: None,
             source: None,
-        }
+        }))
     }
 
     /// A corrupt-image error naming the offending field.
@@ -93,36 +101,35 @@ impl Error {
             _ if source.raw_os_error() == Some(libc::EBUSY) => ErrorKind::Busy,
             _ => ErrorKind::Io,
         };
-        Error {
-            source: Some(source),
-            ..Self::new(kind, message)
-        }
+        let mut error = Self::new(kind, message);
+        error.0.source = Some(source);
+        error
     }
 
     /// Names the file the error is about, unless one is named already (the innermost wins).
     pub fn with_path(mut self, path: &Path) -> Self {
-        self.path.get_or_insert_with(|| path.to_path_buf());
+        self.0.path.get_or_insert_with(|| path.to_path_buf());
         self
     }
 
     /// Records the byte offset the error is about, unless one is recorded already.
     pub fn at(mut self, offset: u64) -> Self {
-        self.offset.get_or_insert(offset);
+        self.0.offset.get_or_insert(offset);
         self
     }
 
     /// The kind, for callers that branch on it.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// The file the error is about, if known.
     pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
+        self.0.path.as_deref()
     }
 }
 
-impl fmt::Display for Error {
+impl fmt::Display for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(path) = &self.path {
             write!(f, "{}: ", path.display())?;
