@@ -1,5 +1,8 @@
-//! The extent-lookup hot path: `DiskImage::map(offset, 4096, &mut extents)` at random
-//! 4 KiB-aligned offsets (pre-generated, so the generator is not measured).
+//! The extent-lookup hot path at random 4 KiB-aligned offsets (pre-generated, so the
+//! generator is not measured), two ways: `map` (`DiskImage::map(offset, 4096, &mut
+//! extents)`, the general lookup, one extent list per request) and `data_run`
+//! (`DiskImage::data_run(offset, 4096)`, what a ublk queue asks first for every read:
+//! the file and offset when the range is one run of data, with no extent list).
 //!
 //! - `qcow2_warm`: a fully allocated 8 GiB qcow2 (`preallocation=metadata`, 64 KiB
 //!   clusters), every L2 table resident (the default cache); `qcow2_warm_512m` confines
@@ -93,9 +96,19 @@ fn offsets(size: u64, seed: u64) -> Vec<u64> {
         .collect()
 }
 
-/// Maps `count` offsets starting at `start` (cycling), reusing `out`.
+/// Which lookup a benchmark times.
+#[derive(Clone, Copy)]
+enum Api {
+    /// `DiskImage::map` into a reused extent list.
+    Map,
+    /// `DiskImage::data_run`.
+    DataRun,
+}
+
+/// Looks up `count` offsets starting at `start` (cycling), reusing `out` for `map`.
 fn lookups<'a>(
     image: &'a dyn DiskImage,
+    api: Api,
     offsets: &[u64],
     start: usize,
     count: usize,
@@ -107,14 +120,27 @@ fn lookups<'a>(
     let mask = offsets.len() - 1;
     for i in 0..count {
         let offset = offsets[(start + i) & mask];
-        out.clear();
-        image.map(offset, LOOKUP, out).unwrap();
-        black_box(out.first());
+        match api {
+            Api::Map => {
+                out.clear();
+                image.map(offset, LOOKUP, out).unwrap();
+                black_box(out.first());
+            }
+            Api::DataRun => {
+                black_box(image.data_run(offset, LOOKUP).unwrap());
+            }
+        }
     }
 }
 
 /// Runs `iters` batches on each of `threads` threads sharing `image`; the wall time.
-fn threaded(image: &dyn DiskImage, offsets: &[u64], threads: usize, iters: u64) -> Duration {
+fn threaded(
+    image: &dyn DiskImage,
+    api: Api,
+    offsets: &[u64],
+    threads: usize,
+    iters: u64,
+) -> Duration {
     let barrier = std::sync::Barrier::new(threads + 1);
     std::thread::scope(|s| {
         for t in 0..threads {
@@ -124,7 +150,7 @@ fn threaded(image: &dyn DiskImage, offsets: &[u64], threads: usize, iters: u64) 
                 barrier.wait();
                 let mut pos = t * OFFSETS / threads;
                 for _ in 0..iters {
-                    lookups(image, offsets, pos, BATCH, &mut out);
+                    lookups(image, api, offsets, pos, BATCH, &mut out);
                     pos = (pos + BATCH) % OFFSETS;
                 }
                 barrier.wait();
@@ -137,7 +163,8 @@ fn threaded(image: &dyn DiskImage, offsets: &[u64], threads: usize, iters: u64) 
     })
 }
 
-/// Benchmarks lookups spread over the first `span` bytes of `image` (all of it if `None`).
+/// Benchmarks lookups spread over the first `span` bytes of `image` (all of it if `None`),
+/// with `map` and with `data_run`.
 fn bench_image(
     c: &mut Criterion,
     name: &str,
@@ -146,16 +173,18 @@ fn bench_image(
     threads: &[usize],
 ) {
     let offsets = offsets(span.unwrap_or(image.virtual_size()), SEED);
-    let mut group = c.benchmark_group(name);
     // Warm the cache (and the page cache under it) before measuring.
-    lookups(image, &offsets, 0, OFFSETS, &mut Vec::new());
-    for &n in threads {
-        group.throughput(Throughput::Elements((BATCH * n) as u64));
-        group.bench_with_input(BenchmarkId::new("threads", n), &n, |b, &n| {
-            b.iter_custom(|iters| threaded(image, &offsets, n, iters))
-        });
+    lookups(image, Api::Map, &offsets, 0, OFFSETS, &mut Vec::new());
+    for (api, suffix) in [(Api::Map, ""), (Api::DataRun, "_data_run")] {
+        let mut group = c.benchmark_group(format!("{name}{suffix}"));
+        for &n in threads {
+            group.throughput(Throughput::Elements((BATCH * n) as u64));
+            group.bench_with_input(BenchmarkId::new("threads", n), &n, |b, &n| {
+                b.iter_custom(|iters| threaded(image, api, &offsets, n, iters))
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 fn benches(c: &mut Criterion) {

@@ -4,6 +4,8 @@
 //!
 //! Needs qemu-utils (`qemu-img`, `qemu-io`); without them the tests fail, saying so.
 
+mod common;
+
 use imgblk::image::qcow2::Qcow2Image;
 use imgblk::image::{io, open_image, DiskImage, ImageFile, OpenOptions, Source};
 use imgblk::ErrorKind;
@@ -11,12 +13,14 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{PoisonError, RwLock};
 
 const SEED: u64 = 0x1d6b_0c0f_2024;
 const MIB: u64 = 1 << 20;
 
 /// Runs `tool args`, failing the test with its stderr if it cannot run or fails.
 fn run(tool: &str, args: &[&str]) -> Vec<u8> {
+    let _running = CHILDREN.read().unwrap_or_else(PoisonError::into_inner);
     let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
         panic!("cannot run `{tool}` ({e}): these tests need qemu-utils (qemu-img, qemu-io); see ci/install-deps")
     });
@@ -27,6 +31,18 @@ fn run(tool: &str, args: &[&str]) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// Held shared while a qemu tool runs, and alone by [`open_writable`]. A child that one
+/// test thread forks holds every descriptor of this process until it execs, and with
+/// them the (QEMU-style, per open file) image locks of the other threads' images: a
+/// writable open that races such a fork fails on the child's copy of a read lock.
+static CHILDREN: RwLock<()> = RwLock::new(());
+
+/// `open_image` with `options` that open for writing, never while a child process runs.
+fn open_writable(path: &Path, options: &OpenOptions) -> imgblk::Result<Box<dyn DiskImage>> {
+    let _alone = CHILDREN.write().unwrap_or_else(PoisonError::into_inner);
+    open_image(path, options)
 }
 
 fn qemu_img(args: &[&str]) {
@@ -238,6 +254,7 @@ fn check(path: &Path) -> Box<dyn DiskImage> {
     let image = open_image(path, &OpenOptions::default()).unwrap();
     assert_reads_like_qemu(&*image, path);
     assert_maps_like_qemu(&*image, path);
+    common::check_data_runs(&*image, &path.display().to_string(), SEED, 400);
     image
 }
 
@@ -270,6 +287,7 @@ fn v3_pattern_and_converted_images() {
 
     let converted = converted(dir.path(), 8 * MIB, false, SEED, &[]);
     let image = check(&converted);
+    assert!(common::check_data_runs(&*image, "converted", SEED, 400) > 0);
     // Clusters converted in order are contiguous: a 1 MiB read is a single extent.
     let mut extents = Vec::new();
     image.map(MIB, MIB, &mut extents).unwrap();
@@ -405,6 +423,7 @@ fn backing_chain() {
     let dir = tempfile::tempdir().unwrap();
     let top = make_chain(dir.path());
     let image = check(&top);
+    assert!(common::check_data_runs(&*image, "chain", SEED, 400) > 0);
     let chain = image.chain();
     let names: Vec<_> = chain
         .iter()
@@ -597,7 +616,7 @@ fn internal_snapshots() {
         writable: true,
         ..OpenOptions::default()
     };
-    let msg = open_image(&img, &writable)
+    let msg = open_writable(&img, &writable)
         .err()
         .expect("writable")
         .to_string();
@@ -670,7 +689,7 @@ fn extended_l2_subclusters() {
         writable: true,
         ..OpenOptions::default()
     };
-    let msg = open_image(&img, &options).err().expect("rw").to_string();
+    let msg = open_writable(&img, &options).err().expect("rw").to_string();
     assert!(msg.contains("extended L2"), "{msg}");
 }
 
@@ -726,7 +745,10 @@ fn external_data_files() {
             writable: true,
             ..OpenOptions::default()
         };
-        let msg = open_image(&img, &writable).err().expect("rw").to_string();
+        let msg = open_writable(&img, &writable)
+            .err()
+            .expect("rw")
+            .to_string();
         assert!(msg.contains("external data file"), "{msg}");
         std::fs::rename(&data, images.join("moved")).unwrap();
         let err = open_image(&img, &OpenOptions::default())
@@ -756,7 +778,7 @@ fn persistent_bitmaps_are_ignored_safely() {
         writable: true,
         ..OpenOptions::default()
     };
-    let image = open_image(&img, &writable).unwrap();
+    let image = open_writable(&img, &writable).unwrap();
     io::write_at(&*image, &[7u8; 4096], 0).unwrap();
     drop(image);
     assert_eq!(open_qcow2(&img, 1 << 20).header().autoclear_features, 0);

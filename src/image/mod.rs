@@ -243,6 +243,17 @@ pub trait DiskImage: Send + Sync {
     /// adding up to exactly `len`. The range must lie within `virtual_size()`.
     fn map<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()>;
 
+    /// Where `offset..offset + len` lives when it is one run of plain data in one host
+    /// file: that file and the offset in it. The hot path of reading: a request that
+    /// maps this way needs no extent list. `None` when it is not (the range spans pieces,
+    /// is zero, compressed, unallocated, or needs decrypting) or the format does not say:
+    /// [`DiskImage::map`] answers then. A `Some` always agrees with `map`, which would
+    /// give exactly one `Data` extent for the range.
+    fn data_run(&self, offset: u64, len: u64) -> Result<Option<(&ImageFile, u64)>> {
+        let _ = (offset, len);
+        Ok(None)
+    }
+
     /// Like [`DiskImage::map`], but for reporting allocation (`imgblk map`, sparse copies)
     /// rather than for I/O: formats that can tell holes cheaply only here (raw files, via
     /// `SEEK_HOLE`) report them as `Zero` or `Unallocated` extents.
@@ -305,13 +316,21 @@ pub trait DiskImage: Send + Sync {
 }
 
 /// Checks that `offset..offset + len` lies inside an image of `size` bytes.
+#[inline]
 pub fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
-        _ => Err(Error::invalid(format!(
-            "range {offset}+{len} lies beyond the end of the {size}-byte image"
-        ))),
+        _ => Err(range_error(offset, len, size)),
     }
+}
+
+/// [`check_range`]'s error, out of the lookup hot path.
+#[cold]
+#[inline(never)]
+fn range_error(offset: u64, len: u64, size: u64) -> Error {
+    Error::invalid(format!(
+        "range {offset}+{len} lies beyond the end of the {size}-byte image"
+    ))
 }
 #[cfg(test)]
 mod layout_tests {

@@ -182,6 +182,16 @@ impl DiskImage for MemoryOverlay {
         self.base.virtual_size()
     }
 
+    fn data_run(&self, offset: u64, len: u64) -> Result<Option<(&ImageFile, u64)>> {
+        check_range(offset, len, self.virtual_size())?;
+        let (first, end) = Self::sectors(offset, len);
+        match self.bitmap.run(first, end) {
+            (true, run_end) if run_end >= end => Ok(Some((&self.file, offset))),
+            (false, run_end) if run_end >= end => self.base.data_run(offset, len),
+            _ => Ok(None),
+        }
+    }
+
     fn map<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
         check_range(offset, len, self.virtual_size())?;
         let end = offset + len;
@@ -349,6 +359,16 @@ mod tests {
         assert_eq!(extents[1].len, 1024);
         assert_eq!(extents[1].depth, 0);
         assert_eq!(extents[0].depth, 1);
+        // the read hot path: written sectors from the overlay, the rest from the base
+        let (file, offset) = overlay.data_run(4096, 1024).unwrap().expect("written");
+        assert_eq!((file.path(), offset), (overlay.file.path(), 4096));
+        let (file, offset) = overlay.data_run(0, 4096).unwrap().expect("from the base");
+        assert_eq!((file.path(), offset), (tmp.path(), 0));
+        assert_eq!(
+            overlay.data_run(4096 - 512, 1024).unwrap(),
+            None,
+            "half and half"
+        );
         // a second write to the same sectors is an overwrite in place
         extents.clear();
         assert_eq!(

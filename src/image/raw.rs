@@ -25,6 +25,11 @@ impl DiskImage for RawImage {
         self.file.len()
     }
 
+    fn data_run(&self, offset: u64, len: u64) -> Result<Option<(&ImageFile, u64)>> {
+        check_range(offset, len, self.virtual_size())?;
+        Ok(Some((&self.file, offset)))
+    }
+
     fn map<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
         check_range(offset, len, self.virtual_size())?;
         out.push(Extent {

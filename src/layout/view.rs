@@ -3,7 +3,7 @@
 //! request to the inner image's own `map`, so they add no copy and no lock.
 
 use crate::error::{Error, Result};
-use crate::image::{check_range, ChainEntry, DiskImage, Extent, Format, WritePlan};
+use crate::image::{check_range, ChainEntry, DiskImage, Extent, Format, ImageFile, WritePlan};
 use std::sync::Arc;
 
 /// Most stripes a segment may have (LVM's own limit).
@@ -46,6 +46,11 @@ impl DiskImage for SliceView {
     fn map<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
         check_range(offset, len, self.len)?;
         self.inner.map(self.start + offset, len, out)
+    }
+
+    fn data_run(&self, offset: u64, len: u64) -> Result<Option<(&ImageFile, u64)>> {
+        check_range(offset, len, self.len)?;
+        self.inner.data_run(self.start + offset, len)
     }
 
     fn writable(&self) -> bool {
@@ -254,6 +259,18 @@ impl DiskImage for SegmentView {
         self.for_each_piece(offset, len, |image, off, n| image.map(off, n, out))
     }
 
+    fn data_run(&self, offset: u64, len: u64) -> Result<Option<(&ImageFile, u64)>> {
+        let mut pieces = Vec::with_capacity(1);
+        self.for_each_piece(offset, len, |image, off, n| {
+            pieces.push((image, off, n));
+            Ok(())
+        })?;
+        match pieces[..] {
+            [(image, off, n)] => image.data_run(off, n),
+            _ => Ok(None),
+        }
+    }
+
     fn writable(&self) -> bool {
         let images = self.images();
         !images.is_empty() && images.iter().all(|i| i.writable())
@@ -345,6 +362,9 @@ mod tests {
         assert_eq!(part.virtual_size(), 2048);
         assert_eq!(read(&part, 0, 2), vec![2, 2]);
         assert_eq!(read(&part, 2047, 1), vec![5]);
+        let (file, offset) = part.data_run(512, 1024).unwrap().expect("raw data");
+        assert_eq!((file.path(), offset), (_t.path(), 1536));
+        assert!(part.data_run(2047, 2).is_err(), "run past the slice");
         io::write_at(&part, &[0xaa], 10).unwrap();
         assert_eq!(read(&*disk, 1034, 1), vec![0xaa]);
         part.write_zeroes(0, 1).unwrap();
@@ -392,6 +412,10 @@ mod tests {
         let mut extents = Vec::new();
         lv.map(0, 5120, &mut extents).unwrap();
         assert_eq!(extents.len(), 5, "one extent per chunk");
+        // One chunk is one run of one image; a range across chunks is not.
+        let (file, offset) = lv.data_run(2048, 1024).unwrap().expect("in one chunk");
+        assert_eq!((file.path(), offset), (_b.path(), 2048));
+        assert_eq!(lv.data_run(1024 + 1020, 8).unwrap(), None);
         io::write_at(&lv, &[0xee; 4], 1024 + 1022).unwrap();
         assert_eq!(read(&*a, 2048 + 1022, 2), vec![0xee; 2]);
         assert_eq!(read(&*b, 2048, 2), vec![0xee; 2]);

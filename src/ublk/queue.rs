@@ -238,6 +238,13 @@ fn prepare<'a>(
     };
     match req.op {
         sys::UBLK_IO_OP_READ => {
+            if let Some((file, offset)) = image.data_run(req.offset, req.len)? {
+                return Ok(Work::Transfer(Transfer {
+                    file,
+                    offset,
+                    write: false,
+                }));
+            }
             image.map(req.offset, req.len, extents)?;
             Ok(transfer(extents, false).unwrap_or(Work::Read))
         }

@@ -1,7 +1,7 @@
 //! Helpers for the image-format integration tests: qemu tools, test data, comparison.
 #![allow(dead_code)]
 
-use imgblk::image::{io, open_image, DiskImage, OpenOptions};
+use imgblk::image::{io, open_image, DiskImage, Extent, OpenOptions, Source};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::os::unix::fs::FileExt;
@@ -103,6 +103,42 @@ pub fn compare(image: &dyn DiskImage, expected: &[u8], what: &str, seed: u64) {
         pos += n;
     }
     random_reads(image, &want, what, seed, 300);
+    check_data_runs(image, what, seed, 300);
+}
+
+/// Checks [`DiskImage::data_run`] against `map` at `rounds` random sector-aligned ranges
+/// of 512 B to 1 MiB from `seed`: every run it reports must be exactly the one data
+/// extent `map` gives for the range. Returns how many runs it reported.
+pub fn check_data_runs(image: &dyn DiskImage, what: &str, seed: u64, rounds: usize) -> usize {
+    let size = image.virtual_size() / 512 * 512;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut extents = Vec::new();
+    let mut hits = 0;
+    for round in 0..rounds {
+        let len = [512, 4096, 65536, 1 << 20][rng.gen_range(0..4)].min(size);
+        let offset = rng.gen_range(0..=(size - len) / 512) * 512;
+        let run = image
+            .data_run(offset, len)
+            .unwrap_or_else(|e| panic!("{what}: data_run({offset}, {len}): {e}"));
+        extents.clear();
+        image
+            .map(offset, len, &mut extents)
+            .unwrap_or_else(|e| panic!("{what}: map({offset}, {len}): {e}"));
+        let Some((file, host)) = run else { continue };
+        hits += 1;
+        match extents.as_slice() {
+            [Extent {
+                len: l,
+                source: Source::Data { file: f, offset: o },
+                ..
+            }] if *l == len && std::ptr::eq(*f, file) && *o == host => {}
+            other => panic!(
+                "{what}: round {round}: data_run({offset}, {len}) = {} at {host}, but map gives {other:?}",
+                file.path().display()
+            ),
+        }
+    }
+    hits
 }
 
 /// `rounds` reads at random offsets and lengths from `seed`, each compared with `want`.

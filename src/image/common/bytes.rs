@@ -84,16 +84,24 @@ pub fn bounded_count(count: u64, limit: u64, what: &str) -> Result<usize> {
 }
 
 /// Checks that `len` bytes at `offset` lie inside `file`.
+#[inline]
 pub fn check_in_file(file: &ImageFile, offset: u64, len: u64, what: &str) -> Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= file.len() => Ok(()),
-        _ => Err(Error::corrupt(format!(
-            "{what} ({len} bytes at offset {offset:#x}) extends past the end of the file ({} bytes)",
-            file.len()
-        ))
-        .at(offset)
-        .with_path(file.path())),
+        _ => Err(past_file_end(file, offset, len, what)),
     }
+}
+
+/// [`check_in_file`]'s error, out of the lookup hot path.
+#[cold]
+#[inline(never)]
+fn past_file_end(file: &ImageFile, offset: u64, len: u64, what: &str) -> Error {
+    Error::corrupt(format!(
+        "{what} ({len} bytes at offset {offset:#x}) extends past the end of the file ({} bytes)",
+        file.len()
+    ))
+    .at(offset)
+    .with_path(file.path())
 }
 
 /// Reads `len` bytes at `offset` after checking they lie inside the file (so a hostile

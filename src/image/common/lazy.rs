@@ -32,6 +32,7 @@ impl<T> LazyTables<T> {
     }
 
     /// The table in slot `index`, loading it with `load` on first use.
+    #[inline]
     pub fn get_or_load(
         &self,
         index: usize,

@@ -153,6 +153,56 @@ impl<'a> Walker<'a> {
             .map_err(|e| e.with_path(path))
     }
 
+    /// [`DiskImage::data_run`] of the block-mapped area (as [`Walker::map`] takes it): the
+    /// file and offset when all `len` bytes from `rel` on lie in one block that stores
+    /// them as data here, or in the parent through an absent block; `None` otherwise.
+    #[inline]
+    pub fn data_run(
+        &self,
+        base: u64,
+        rel: u64,
+        len: u64,
+        lookup: impl FnOnce(u64) -> Result<Block<'a>>,
+    ) -> Result<Option<(&'a ImageFile, u64)>> {
+        if self.block_size == 0 || len == 0 {
+            return Ok(None);
+        }
+        let within = rel % self.block_size;
+        if within
+            .checked_add(len)
+            .map_or(true, |end| end > self.block_size)
+        {
+            return Ok(None);
+        }
+        match lookup(rel / self.block_size)? {
+            Block::Data { file, offset } => {
+                super::bytes::check_in_file(file, offset + within, len, "data block")?;
+                Ok(Some((file, offset + within)))
+            }
+            Block::Absent => match self.parent {
+                Some(parent) if base + rel + len <= parent.virtual_size() => {
+                    parent.data_run(base + rel, len)
+                }
+                _ => Ok(None),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// [`Walker::data_run`] of a single-file image, checked and named as [`Walker::map_image`].
+    pub fn data_run_image(
+        &self,
+        path: &std::path::Path,
+        size: u64,
+        offset: u64,
+        len: u64,
+        lookup: impl FnOnce(u64) -> Result<Block<'a>>,
+    ) -> Result<Option<(&'a ImageFile, u64)>> {
+        crate::image::check_range(offset, len, size)?;
+        self.data_run(0, offset, len, lookup)
+            .map_err(|e| e.with_path(path))
+    }
+
     fn extent(&self, len: u64, source: Source<'a>) -> Extent<'a> {
         Extent {
             len,

@@ -150,12 +150,21 @@ impl L2Cache {
     /// and installed (evicting others if the cache is full).
     #[inline]
     pub fn get(&self, index: usize, load: impl FnOnce() -> Result<L2Table>) -> Result<L2Ref<'_>> {
-        if self.pinned {
-            if let Some(table) = self.slots.get(index).and_then(|s| s.pinned.get()) {
-                return Ok(L2Ref::Pinned(table));
-            }
+        if let Some(table) = self.pinned_table(index) {
+            return Ok(L2Ref::Pinned(table));
         }
         self.get_slow(index, load)
+    }
+
+    /// The table of L1 entry `index` if this cache never evicts and holds it: the lookup
+    /// hot path, a plain borrow. (A cache holds a table only for an L1 entry that points
+    /// at it, or, while the write path creates it, is about to.)
+    #[inline(always)]
+    pub fn pinned_table(&self, index: usize) -> Option<&L2Table> {
+        if !self.pinned {
+            return None;
+        }
+        self.slots.get(index)?.pinned.get()
     }
 
     /// [`get`](Self::get) for a bounded cache, or a miss: kept out of line so that the

@@ -43,6 +43,14 @@ use std::sync::Mutex;
 /// enough to keep every table of a 1 TiB image with 64 KiB clusters resident.
 pub const DEFAULT_L2_CACHE_BYTES: u64 = 128 << 20;
 
+/// What [`Qcow2Image::one_cluster`] found.
+enum Lookup {
+    /// Plain data at this offset of the data file.
+    Data(u64),
+    /// Not allocated in this image.
+    Unallocated,
+}
+
 /// A qcow2 image with its backing chain.
 pub struct Qcow2Image {
     file: ImageFile,
@@ -170,6 +178,49 @@ impl Qcow2Image {
         let mut buf = vec![0u8; size as usize];
         self.file.read_exact_at(&mut buf, host)?;
         Ok(L2Table::from_be_bytes(&buf))
+    }
+
+    /// What this image holds for `offset..offset + len` when the range lies inside one
+    /// cluster with a standard L2 entry that stores it as plain data or leaves it
+    /// unallocated; `None` for anything else (several clusters, zero, compressed,
+    /// extended L2 entries), which `map`'s general path sorts out. Errors as `map` would
+    /// give them.
+    #[inline(always)]
+    fn one_cluster(&self, offset: u64, len: u64) -> Result<Option<Lookup>> {
+        let cluster_bits = self.header.cluster_bits;
+        let first_cluster = offset & !((1u64 << cluster_bits) - 1);
+        let in_one = len > 0
+            && offset
+                .checked_add(len)
+                .is_some_and(|end| end <= first_cluster + (1 << cluster_bits));
+        if !in_one || self.header.extended_l2() {
+            return Ok(None);
+        }
+        check_range(offset, len, self.virtual_size()).in_file(self.file.path())?;
+        let l1_index = (offset >> (cluster_bits + self.header.l2_bits())) as usize;
+        let loaded;
+        let table = match self.l2.pinned_table(l1_index) {
+            Some(table) => table,
+            None => match self.l2_table(l1_index)? {
+                Some(table) => {
+                    loaded = table;
+                    &*loaded
+                }
+                None => return Ok(Some(Lookup::Unallocated)),
+            },
+        };
+        let l2_mask = (1u64 << self.header.l2_bits()) - 1;
+        let raw = table.get(((offset >> cluster_bits) & l2_mask) as usize);
+        let data_file = self.data_file.is_some();
+        Ok(
+            match raw.map(|raw| entry::decode_l2_in(raw, cluster_bits, first_cluster, data_file)) {
+                Some(Ok(Cluster::Data(host))) => {
+                    Some(Lookup::Data(host + (offset - first_cluster)))
+                }
+                Some(Ok(Cluster::Unallocated)) => Some(Lookup::Unallocated),
+                _ => None,
+            },
+        )
     }
 
     /// Appends the extents of `offset..end`, a range this image does not allocate: the
@@ -306,31 +357,21 @@ impl DiskImage for Qcow2Image {
         let l2_shift = cluster_bits + self.header.l2_bits();
         let l2_mask = (1u64 << self.header.l2_bits()) - 1;
         // Fast path, the common request: inside one cluster that this image stores as
-        // plain data (standard L2 entries only). The extent is built in place: going
-        // through `piece_source`'s `Result<Option<Source>>` cost a store-forwarding stall
-        // on every lookup.
-        let first_cluster = offset & !(cluster_size - 1);
-        if len > 0 && end <= first_cluster + cluster_size && !self.header.extended_l2() {
-            if let Some(table) = self.l2_table((offset >> l2_shift) as usize)? {
-                let raw = table.get(((offset >> cluster_bits) & l2_mask) as usize);
-                let data_file = self.data_file.is_some();
-                if let Some(Ok(Cluster::Data(host))) =
-                    raw.map(|raw| entry::decode_l2_in(raw, cluster_bits, first_cluster, data_file))
-                {
-                    push_merged(
-                        out,
-                        Extent {
-                            len,
-                            depth: 0,
-                            source: Source::Data {
-                                file: self.data_file(),
-                                offset: host + (offset - first_cluster),
-                            },
-                        },
-                    );
-                    return Ok(());
-                }
-            }
+        // plain data. The extent is built in place: going through `piece_source`'s
+        // `Result<Option<Source>>` cost a store-forwarding stall on every lookup.
+        if let Some(Lookup::Data(host)) = self.one_cluster(offset, len)? {
+            push_merged(
+                out,
+                Extent {
+                    len,
+                    depth: 0,
+                    source: Source::Data {
+                        file: self.data_file(),
+                        offset: host,
+                    },
+                },
+            );
+            return Ok(());
         }
         // Start of a run this image leaves unallocated, mapped once the run ends.
         let mut hole: Option<u64> = None;
@@ -374,6 +415,19 @@ impl DiskImage for Qcow2Image {
             self.map_unallocated(start, end, out)?;
         }
         Ok(())
+    }
+
+    fn data_run(&self, offset: u64, len: u64) -> Result<Option<(&ImageFile, u64)>> {
+        match self.one_cluster(offset, len)? {
+            Some(Lookup::Data(host)) => Ok(Some((self.data_file(), host))),
+            Some(Lookup::Unallocated) => match &self.backing {
+                Some(backing) if offset + len <= backing.virtual_size() => {
+                    backing.data_run(offset, len)
+                }
+                _ => Ok(None),
+            },
+            None => Ok(None),
+        }
     }
 
     fn writable(&self) -> bool {

@@ -40,6 +40,16 @@ impl VdiImage {
         self.header.image_type
     }
 
+    /// How the block map maps guest ranges.
+    fn walker(&self) -> Walker<'_> {
+        Walker {
+            depth: self.depth,
+            parent: None,
+            block_size: self.header.block_size,
+            sector_size: 512,
+        }
+    }
+
     fn lookup(&self, block: u64) -> Block<'_> {
         let entry = usize::try_from(block)
             .ok()
@@ -72,21 +82,17 @@ impl DiskImage for VdiImage {
     }
 
     fn map<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
-        let walker = Walker {
-            depth: self.depth,
-            parent: None,
-            block_size: self.header.block_size,
-            sector_size: 512,
-        };
         let size = self.header.disk_size;
-        walker.map_image(
-            self.file.path(),
-            size,
-            offset,
-            len,
-            |b| Ok(self.lookup(b)),
-            out,
-        )
+        let lookup = |b| Ok(self.lookup(b));
+        self.walker()
+            .map_image(self.file.path(), size, offset, len, lookup, out)
+    }
+
+    fn data_run(&self, offset: u64, len: u64) -> Result<Option<(&ImageFile, u64)>> {
+        let size = self.header.disk_size;
+        let lookup = |b| Ok(self.lookup(b));
+        self.walker()
+            .data_run_image(self.file.path(), size, offset, len, lookup)
     }
 
     fn chain(&self) -> Vec<ChainEntry> {

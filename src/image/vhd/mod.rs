@@ -90,6 +90,33 @@ impl VhdImage {
     }
 }
 
+impl VhdImage {
+    /// How the blocks map guest ranges (a fixed disk is one block holding everything).
+    fn walker(&self) -> Walker<'_> {
+        let block_size = self
+            .bat
+            .as_ref()
+            .map_or(self.size.max(512), Bat::block_size);
+        Walker {
+            depth: self.depth,
+            parent: self.parent.as_deref(),
+            block_size,
+            sector_size: 512,
+        }
+    }
+
+    /// What block `block` holds.
+    fn block(&self, block: u64) -> Result<Block<'_>> {
+        match &self.bat {
+            Some(bat) => bat.lookup(&self.file, block),
+            None => Ok(Block::Data {
+                file: &self.file,
+                offset: 0,
+            }),
+        }
+    }
+}
+
 impl DiskImage for VhdImage {
     fn format(&self) -> Format {
         Format::Vpc
@@ -100,25 +127,15 @@ impl DiskImage for VhdImage {
     }
 
     fn map<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
-        // A fixed disk is one block holding everything.
-        let block_size = self
-            .bat
-            .as_ref()
-            .map_or(self.size.max(512), Bat::block_size);
-        let walker = Walker {
-            depth: self.depth,
-            parent: self.parent.as_deref(),
-            block_size,
-            sector_size: 512,
-        };
-        let lookup = |block| match &self.bat {
-            Some(bat) => bat.lookup(&self.file, block),
-            None => Ok(Block::Data {
-                file: &self.file,
-                offset: 0,
-            }),
-        };
-        walker.map_image(self.file.path(), self.size, offset, len, lookup, out)
+        let lookup = |block| self.block(block);
+        self.walker()
+            .map_image(self.file.path(), self.size, offset, len, lookup, out)
+    }
+
+    fn data_run(&self, offset: u64, len: u64) -> Result<Option<(&ImageFile, u64)>> {
+        let lookup = |block| self.block(block);
+        self.walker()
+            .data_run_image(self.file.path(), self.size, offset, len, lookup)
     }
 
     fn chain(&self) -> Vec<ChainEntry> {

@@ -66,6 +66,18 @@ impl VhdxImage {
     }
 }
 
+impl VhdxImage {
+    /// How the BAT's blocks map guest ranges.
+    fn walker(&self) -> Walker<'_> {
+        Walker {
+            depth: self.depth,
+            parent: self.parent.as_deref(),
+            block_size: self.bat.block_size(),
+            sector_size: self.meta.logical_sector_size,
+        }
+    }
+}
+
 impl DiskImage for VhdxImage {
     fn format(&self) -> Format {
         Format::Vhdx
@@ -76,15 +88,17 @@ impl DiskImage for VhdxImage {
     }
 
     fn map<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
-        let walker = Walker {
-            depth: self.depth,
-            parent: self.parent.as_deref(),
-            block_size: self.bat.block_size(),
-            sector_size: self.meta.logical_sector_size,
-        };
         let lookup = |block| self.bat.lookup(&self.file, block);
         let size = self.meta.virtual_size;
-        walker.map_image(self.file.path(), size, offset, len, lookup, out)
+        self.walker()
+            .map_image(self.file.path(), size, offset, len, lookup, out)
+    }
+
+    fn data_run(&self, offset: u64, len: u64) -> Result<Option<(&ImageFile, u64)>> {
+        let lookup = |block| self.bat.lookup(&self.file, block);
+        let size = self.meta.virtual_size;
+        self.walker()
+            .data_run_image(self.file.path(), size, offset, len, lookup)
     }
 
     fn chain(&self) -> Vec<ChainEntry> {

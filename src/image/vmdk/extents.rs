@@ -128,6 +128,34 @@ fn open_one(
     }
 }
 
+/// [`crate::image::DiskImage::data_run`] through `extents`: when `offset..offset + len`
+/// (inside the disk) lies in one extent, as one run of data.
+#[inline]
+pub fn data_run<'a>(
+    extents: &'a [VmdkExtent],
+    walker: Walker<'a>,
+    offset: u64,
+    len: u64,
+) -> Result<Option<(&'a ImageFile, u64)>> {
+    let index = extents.partition_point(|e| e.start + e.len <= offset);
+    let Some(extent) = extents.get(index) else {
+        return Ok(None);
+    };
+    let rel = offset - extent.start;
+    if rel + len > extent.len {
+        return Ok(None);
+    }
+    match &extent.kind {
+        ExtentKind::Flat { file, offset } => Ok(Some((file, offset + rel))),
+        ExtentKind::Sparse(sparse) => Walker {
+            block_size: sparse.grain_bytes(),
+            ..walker
+        }
+        .data_run(extent.start, rel, len, |grain| sparse.lookup(grain)),
+        ExtentKind::Zero | ExtentKind::NoAccess => Ok(None),
+    }
+}
+
 /// Appends extents for `offset..offset + len` (inside the disk) through `extents`.
 pub fn map<'a>(
     extents: &'a [VmdkExtent],

@@ -118,6 +118,18 @@ impl VmdkImage {
     }
 }
 
+impl VmdkImage {
+    /// How the extents map guest ranges (sparse ones set their grain size).
+    fn walker(&self) -> Walker<'_> {
+        Walker {
+            depth: self.depth,
+            parent: self.parent.as_deref(),
+            block_size: 512,
+            sector_size: 512,
+        }
+    }
+}
+
 impl DiskImage for VmdkImage {
     fn format(&self) -> Format {
         Format::Vmdk
@@ -129,13 +141,14 @@ impl DiskImage for VmdkImage {
 
     fn map<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
         check_range(offset, len, self.size)?;
-        let walker = Walker {
-            depth: self.depth,
-            parent: self.parent.as_deref(),
-            block_size: 512,
-            sector_size: 512,
-        };
-        extents::map(&self.extents, walker, offset, len, out).map_err(|e| e.with_path(&self.path))
+        extents::map(&self.extents, self.walker(), offset, len, out)
+            .map_err(|e| e.with_path(&self.path))
+    }
+
+    fn data_run(&self, offset: u64, len: u64) -> Result<Option<(&ImageFile, u64)>> {
+        check_range(offset, len, self.size)?;
+        extents::data_run(&self.extents, self.walker(), offset, len)
+            .map_err(|e| e.with_path(&self.path))
     }
 
     fn chain(&self) -> Vec<ChainEntry> {

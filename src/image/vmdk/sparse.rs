@@ -65,6 +65,7 @@ impl SparseExtent {
     }
 
     /// What grain `grain` (counted from the start of the extent) holds.
+    #[inline]
     pub fn lookup(&self, grain: u64) -> Result<Block<'_>> {
         let per_gt = self.header.gtes_per_gt;
         let gt_index = usize::try_from(grain / per_gt).unwrap_or(usize::MAX);
@@ -99,6 +100,7 @@ impl SparseExtent {
     }
 
     /// Turns a grain table entry into a block.
+    #[inline]
     fn decode(&self, grain: u64, entry: u64, gt_offset: u64) -> Result<Block<'_>> {
         let bad = |what: String| {
             Err(Error::corrupt(what)
