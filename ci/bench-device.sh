@@ -42,7 +42,7 @@ sync; df -h "$S" >&2
 AIO=io_uring
 if ! qemu-nbd --help 2>&1 | grep -q io_uring; then AIO=threads; fi
 
-dev=""; pid=""; detach_cmd=(); why=""
+dev=""; pid=""; detach_cmd=(); why=""; zero_copy=false
 wait_dev() { # a device that reports a size
   for _ in $(seq 100); do
     [ -b "$1" ] && [ "$(blockdev --getsize64 "$1" 2>/dev/null || echo 0)" -gt 0 ] && return 0
@@ -64,6 +64,7 @@ attach() {
       out=$("$IMGBLK" "${args[@]}" "$img" 2>&1) || { why="attach failed: $(echo "$out" | tail -1)"; return 1; }
       dev=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["device"])')
       pid=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+      zero_copy=$(echo "$out" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["zero_copy"]))')
       detach_cmd=("$IMGBLK" detach "$dev")
       ;;
     qemu-nbd)
@@ -164,6 +165,7 @@ for fmt in raw qcow2; do
   for t in "${TARGETS[@]}"; do
     if attach_keep "$t" "$fmt" "$S/img.$fmt" ro; then
       live+=("$t"); say "$fmt $t on ${DEV[$t]}"
+      case $t in imgblk-*) emit kind=imgblk target="$t" zero_copy="$zero_copy" ;; esac
     else
       for w in "${WORKLOADS_READ[@]}"; do emit kind=fio format="$fmt" target="$t" workload="${w%%:*}" na="$why"; done
       say "$fmt $t: $why"

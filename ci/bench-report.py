@@ -119,11 +119,47 @@ ratios = {peer: (f"{vals[peer] / ours:.2f}" if ours and isinstance(vals[peer], f
 table.append(("daemon peak RSS, VmHWM (MiB, lower is better)", vals, ratios))
 out_json["results"].append({"workload": "peak-rss", "unit": "MiB", **vals, "ratios": ratios})
 
+# The benchmark issue's goals, checked against this table.
+def ratio_of(fmt_workload, peer):
+    for name, _vals, ratios in table:
+        if name.startswith(fmt_workload):
+            try:
+                return float(ratios[peer])
+            except ValueError:
+                return None
+    return None
+
+
+def rss_of(target):
+    v = vals_rss.get(target)
+    return v if isinstance(v, float) else None
+
+
+vals_rss = table[-1][1]
+GOALS = [
+    ("qcow2 randread 4k QD32x2, imgblk/qemu-nbd", ratio_of("qcow2 randread-4k-qd32x2", "qemu-nbd"), ">=", 4.0),
+    ("qcow2 randread 4k QD32x2, imgblk/rublk", ratio_of("qcow2 randread-4k-qd32x2", "rublk"), ">=", 1.3),
+    ("qcow2 randread 4k QD1, imgblk/qemu-nbd", ratio_of("qcow2 randread-4k-qd1", "qemu-nbd"), ">=", 1.5),
+    ("raw seqread 1M, imgblk/loop", ratio_of("raw seqread-1m", "loop"), ">=", 0.9),
+    ("e2fsck -fn, qemu-nbd time / imgblk time", ratio_of("qcow2 e2fsck", "qemu-nbd"), ">=", 1.5),
+    ("daemon peak RSS, imgblk q1 (MiB)", rss_of("imgblk-q1"), "<=", 64.0),
+    ("daemon peak RSS, imgblk q2 (MiB)", rss_of("imgblk-q2"), "<=", 64.0),
+]
+goals = []
+for what, got, op, want in GOALS:
+    met = None if got is None else (got >= want if op == ">=" else got <= want)
+    goals.append({"goal": what, "measured": got, "wanted": f"{op} {want:g}", "met": met})
+out_json["goals"] = goals
+
+modes = sorted({f"{r['target']}: {'zero copy' if r.get('zero_copy') else 'copy'}"
+                for r in rows if r.get("kind") == "imgblk"})
+
 where = os.environ.get("BENCH_WHERE", "?")
 environment = {
     "where": where,
     "imgblk_commit": os.environ.get("BENCH_COMMIT", "unknown"),
     "guest_kernel": env.get("kernel"),
+    "imgblk_data_path": ", ".join(modes) or "?",
     "guest_cpu": env.get("cpu"),
     "guest_cpus": env.get("nproc"),
     "guest_mem_mib": int(env.get("mem_kib", 0)) // 1024,
@@ -163,11 +199,20 @@ if notes:
     md.append("Not measured:\n")
     md.extend(f"- {n}" for n in notes)
     md.append("")
+md.append("## Goals\n")
+md.append("| goal | measured | wanted | met |")
+md.append("|---|---:|---:|---|")
+for g in goals:
+    got = "-" if g["measured"] is None else f"{g['measured']:.2f}"
+    met = {True: "yes", False: "**no**", None: "not measured"}[g["met"]]
+    md.append(f"| {g['goal']} | {got} | {g['wanted']} | {met} |")
+md.append("")
 md.append("## Settings\n")
 md.append(f"""- Images on the VM's scratch ext4 (loop-mounted, tmpfs-backed) so O_DIRECT works;
   {env.get('size', '?')} raw filled by fio, qcow2 converted from it (64 KiB clusters, all allocated).
-- imgblk: `imgblk attach --queues 1|2` (depth 64 per queue, 512 KiB buffers, default L2 cache
-  128 MiB, O_DIRECT on the image); `--rw` for the write rows.
+- imgblk: `imgblk attach --queues 1|2` (depth 64 per queue, 512 KiB requests, default L2
+  cache 128 MiB, O_DIRECT on the image, `--zero-copy auto`: zero copy where the kernel has
+  it, else one copy through 512 KiB buffers per tag); `--rw` for the write rows.
 - qemu-nbd: `qemu-nbd -c /dev/nbdN --cache=none --aio=io_uring` (threads if unsupported),
   `--read-only` for reads.
 - loop: `losetup --direct-io=on` (raw only). rublk: `rublk add qcow2 -f IMG` (defaults).
