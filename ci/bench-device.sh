@@ -11,6 +11,18 @@ IMGBLK=${BENCH_IMGBLK:?}
 RUBLK=${BENCH_RUBLK:-}
 : > "$RES"
 say() { echo "bench: $*" >&2; }
+# guard SECS CMD...: run CMD, killed after SECS; on a timeout the log gets what the guest
+# looked like (a hung benchmark must end with a reason, not eat the VM's whole time budget)
+guard() {
+  local secs=$1 rc; shift
+  timeout -k 10 "$secs" "$@"; rc=$?
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    say "TIMEOUT after ${secs}s: $*"
+    { free -m; df -m "$S"; ps -eo pid,stat,rss,wchan:24,args | grep -E 'imgblk|qemu-nbd|rublk|fio|cp ' | grep -v grep
+      dmesg | tail -40; } >&2
+  fi
+  return "$rc"
+}
 emit() { # emit KEY=VALUE... (values are JSON already or plain strings)
   python3 - "$@" >> "$RES" <<'EOF'
 import json, sys
@@ -61,7 +73,7 @@ attach() {
       local q=${target#imgblk-q}
       local args=(attach --json --queues "$q")
       [ "$rw" = rw ] && args+=(--rw)
-      out=$("$IMGBLK" "${args[@]}" "$img" 2>&1) || { why="attach failed: $(echo "$out" | tail -1)"; return 1; }
+      out=$(guard 120 "$IMGBLK" "${args[@]}" "$img" 2>&1) || { why="attach failed: $(echo "$out" | tail -1)"; return 1; }
       dev=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["device"])')
       pid=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
       zero_copy=$(echo "$out" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["zero_copy"]))')
@@ -103,7 +115,7 @@ attach() {
 # run_fio NAME DEV extra fio args...: prints the JSON summary {iops, bw_mib, lat_us}
 run_fio() {
   local name=$1 dev=$2; shift 2
-  fio --name="$name" --filename="$dev" --ioengine=io_uring --direct=1 --time_based \
+  guard $((RT * 4 + 60)) fio --name="$name" --filename="$dev" --ioengine=io_uring --direct=1 --time_based \
     --runtime="$RT" --ramp_time=1 --group_reporting --output-format=json "$@" 2>/dev/null |
     python3 -c '
 import json, sys
@@ -137,7 +149,7 @@ detach_keep() { # detach_keep TARGET: note its peak RSS, then detach it
   [ -n "${PID[$t]:-}" ] && h=$(awk '/VmHWM/ {print $2}' "/proc/${PID[$t]}/status" 2>/dev/null)
   if [ -n "$h" ] && [ "$h" -gt "${PEAK[$t]:-0}" ]; then PEAK[$t]=$h; fi
   # shellcheck disable=SC2086
-  [ -n "${DETACH[$t]:-}" ] && ${DETACH[$t]} >/dev/null 2>&1
+  [ -n "${DETACH[$t]:-}" ] && guard 120 ${DETACH[$t]} >/dev/null
   if [ "$t" = qemu-nbd ] && [ -n "${PID[$t]:-}" ]; then
     for _ in $(seq 50); do kill -0 "${PID[$t]}" 2>/dev/null || break; sleep 0.1; done
   fi
@@ -183,7 +195,7 @@ done
 for fmt in raw qcow2; do
   for round in $(seq "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
-      cp --sparse=always "$S/img.$fmt" "$S/copy.$fmt"
+      guard 300 cp --sparse=always "$S/img.$fmt" "$S/copy.$fmt" || continue
       if attach_keep "$t" "$fmt" "$S/copy.$fmt" rw; then
         fio_round "$fmt" "$t" "$round" "$WORKLOAD_WRITE"
         detach_keep "$t"
@@ -205,7 +217,7 @@ for round in $(seq "$ROUNDS"); do
     fi
     echo 3 > /proc/sys/vm/drop_caches
     start=$(date +%s.%N)
-    e2fsck -fn "${DEV[$t]}" > /tmp/fsck.log 2>&1; rc=$?
+    guard 900 e2fsck -fn "${DEV[$t]}" > /tmp/fsck.log 2>&1; rc=$?
     end=$(date +%s.%N)
     secs=$(python3 -c "print(round($end - $start, 2))")
     say "e2fsck via $t, round $round: ${secs}s (rc $rc)"
