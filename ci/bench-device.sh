@@ -195,7 +195,10 @@ done
 for fmt in raw qcow2; do
   for round in $(seq "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
+      # synced: O_DIRECT writes over a copy still dirty in the page cache would each wait
+      # for writeback (an imgblk raw run measured 785 IOPS unsynced, 10,034 synced)
       guard 300 cp --sparse=always "$S/img.$fmt" "$S/copy.$fmt" || continue
+      sync
       if attach_keep "$t" "$fmt" "$S/copy.$fmt" rw; then
         fio_round "$fmt" "$t" "$round" "$WORKLOAD_WRITE"
         detach_keep "$t"

@@ -210,15 +210,16 @@ md.append("")
 md.append("## Settings\n")
 md.append(f"""- Images on the VM's scratch ext4 (loop-mounted, tmpfs-backed) so O_DIRECT works;
   {env.get('size', '?')} raw filled by fio, qcow2 converted from it (64 KiB clusters, all allocated).
-- imgblk: `imgblk attach --queues 1|2` (depth 64 per queue, 512 KiB requests, default L2
-  cache 128 MiB, O_DIRECT on the image, `--zero-copy auto`: zero copy where the kernel has
-  it, else one copy through 512 KiB buffers per tag); `--rw` for the write rows.
+- imgblk: `imgblk attach --queues 1|2` (depth 64 per queue, default L2 cache 128 MiB,
+  O_DIRECT on the image, `--zero-copy auto`: zero copy with 512 KiB requests where the
+  kernel has it, else one copy through a buffer per tag, within 32 MiB per device: 512 KiB
+  requests with one queue, 256 KiB with two); `--rw` for the write rows.
 - qemu-nbd: `qemu-nbd -c /dev/nbdN --cache=none --aio=io_uring` (threads if unsupported),
   `--read-only` for reads.
 - loop: `losetup --direct-io=on` (raw only). rublk: `rublk add qcow2 -f IMG` (defaults).
 - fio: ioengine=io_uring, direct=1, time_based, runtime={env.get('runtime', '?')} s, ramp 1 s;
   randread 4k iodepth=1 numjobs=1; randread 4k iodepth=32 numjobs=2; read 1M iodepth=4;
-  randwrite 4k iodepth=32 numjobs=1 (writes run after all reads, each on a fresh copy).
+  randwrite 4k iodepth=32 numjobs=1 (writes run after all reads, each on a fresh, synced copy).
 - Reads: all targets attached to the image at once (read-only), fio runs interleaved round by
   round. Writes and e2fsck: attached per run.
 - e2fsck -fn: ext4 (built on the host with `mkfs.ext4 -d` from {env.get('files', '?')} files of

@@ -25,7 +25,8 @@ pub struct DeviceConfig {
     pub queues: u16,
     /// In-flight requests per queue.
     pub depth: u16,
-    /// Largest request in bytes (also the per-tag buffer size in copy mode).
+    /// Largest request in bytes; a device that copies may get less (see [`request_bytes`]),
+    /// as it keeps a buffer this size per tag.
     pub io_buf_bytes: u32,
     /// Whether request data moves by zero copy (see [`super::data`]).
     pub zero_copy: ZeroCopy,
@@ -159,13 +160,18 @@ where
         ),
     };
     let features = UblkCtrl::get_features().unwrap_or(0);
+    let zero_copy_flags = config.zero_copy.flags(features)?;
+    let config = DeviceConfig {
+        io_buf_bytes: request_bytes(&config, zero_copy_flags != 0),
+        ..config
+    };
     let ctrl = UblkCtrlBuilder::default()
         .name("imgblk")
         .id(id)
         .nr_queues(config.queues)
         .depth(config.depth)
         .io_buf_bytes(config.io_buf_bytes)
-        .ctrl_flags(recovery_flags(features) | config.zero_copy.flags(features)?)
+        .ctrl_flags(recovery_flags(features) | zero_copy_flags)
         .dev_flags(dev_flags)
         .build()
         .map_err(|e| ublk_error(what, e))?;
@@ -258,6 +264,29 @@ pub fn is_recoverable(record: &super::registry::DeviceRecord) -> bool {
     })
     .join()
     .unwrap_or(false)
+}
+
+/// Daemon memory for the per-tag buffers of a device that copies (no zero copy): every
+/// tag of every queue has one, and big sequential reads touch all of their pages.
+const COPY_BUFFERS_BUDGET: u64 = 32 << 20;
+/// The smallest largest request a copying device is given, however many tags it has.
+const MIN_REQUEST_BYTES: u32 = 64 << 10;
+
+/// The largest request of the device: `config.io_buf_bytes` with zero copy (the daemon
+/// holds no request data), else as much as keeps the buffers of all tags within
+/// [`COPY_BUFFERS_BUDGET`] (512 KiB for one queue of 64 tags, 256 KiB for two), a power
+/// of two.
+fn request_bytes(config: &DeviceConfig, zero_copy: bool) -> u32 {
+    if zero_copy {
+        return config.io_buf_bytes;
+    }
+    let tags = u64::from(config.queues) * u64::from(config.depth);
+    let share = COPY_BUFFERS_BUDGET / tags.max(1);
+    let fitting = if share == 0 { 0 } else { 1u64 << share.ilog2() };
+    let largest = config.io_buf_bytes;
+    u32::try_from(fitting)
+        .unwrap_or(u32::MAX)
+        .clamp(MIN_REQUEST_BYTES.min(largest), largest)
 }
 
 /// Fills in size, block sizes and the features the image supports.
@@ -384,4 +413,41 @@ pub fn ublk_mounts() -> Vec<DeviceMount> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(queues: u16, depth: u16) -> DeviceConfig {
+        DeviceConfig {
+            queues,
+            depth,
+            ..DeviceConfig::default()
+        }
+    }
+
+    #[test]
+    fn copying_devices_keep_their_buffers_within_the_budget() {
+        assert_eq!(request_bytes(&shape(1, 64), false), 512 << 10);
+        assert_eq!(request_bytes(&shape(2, 64), false), 256 << 10);
+        assert_eq!(request_bytes(&shape(3, 64), false), 128 << 10);
+        for (queues, depth) in [(1, 64), (2, 64), (3, 50), (4, 128), (8, 32)] {
+            let config = shape(queues, depth);
+            let total = request_bytes(&config, false) as u64 * queues as u64 * depth as u64;
+            assert!(total <= COPY_BUFFERS_BUDGET, "{queues}x{depth}: {total}");
+        }
+        // Very many tags: requests no smaller than the floor.
+        assert_eq!(request_bytes(&shape(64, 4096), false), MIN_REQUEST_BYTES);
+    }
+
+    #[test]
+    fn zero_copy_and_small_requests_keep_the_configured_size() {
+        assert_eq!(request_bytes(&shape(8, 256), true), 512 << 10);
+        let small = DeviceConfig {
+            io_buf_bytes: 16 << 10,
+            ..shape(2, 64)
+        };
+        assert_eq!(request_bytes(&small, false), 16 << 10);
+    }
 }
