@@ -37,32 +37,37 @@ pub fn fill_from_extents(extents: &[Extent<'_>], buf: &mut [u8]) -> Result<()> {
 
 /// Reads and decompresses one cluster, copying the wanted part into `out`.
 pub fn read_compressed(cluster: &CompressedCluster<'_>, out: &mut [u8]) -> Result<()> {
-    let (stored, decoded) = decode_buffers(cluster);
-    let mut stored = vec![0u8; stored];
+    let mut stored = stored_buffer(cluster);
     cluster.file.read_zero_padded(&mut stored, cluster.offset)?;
-    let mut decoded = vec![0u8; decoded];
-    compress::decompress(cluster.codec, &stored, &mut decoded)
-        .map_err(|e| e.at(cluster.offset).with_path(cluster.file.path()))?;
-    out.copy_from_slice(cluster_part(cluster, &decoded, out.len())?);
-    Ok(())
+    decode_part(cluster, &stored, out.len(), |part| {
+        out.copy_from_slice(part);
+        Ok(())
+    })
 }
 
-/// Sizes of the stored and decoded buffers a compressed cluster needs (bounded by
-/// [`CompressedCluster::new`]).
-pub fn decode_buffers(cluster: &CompressedCluster<'_>) -> (usize, usize) {
-    (cluster.stored_len as usize, cluster.cluster_size as usize)
+/// A buffer for the stored bytes of a compressed cluster (its size bounded by
+/// [`CompressedCluster::new`]), to read them into.
+pub fn stored_buffer(cluster: &CompressedCluster<'_>) -> Vec<u8> {
+    vec![0u8; cluster.stored_len as usize]
 }
 
-/// The `len` bytes of a decoded cluster that the extent refers to.
-pub fn cluster_part<'d>(
+/// Decompresses a cluster's `stored` bytes and hands `put` the `len` bytes of it that
+/// the extent refers to: the part of reading a compressed cluster that is the same
+/// however the stored bytes were read and wherever the result goes.
+pub fn decode_part(
     cluster: &CompressedCluster<'_>,
-    decoded: &'d [u8],
+    stored: &[u8],
     len: usize,
-) -> Result<&'d [u8]> {
+    put: impl FnOnce(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut decoded = vec![0u8; cluster.cluster_size as usize];
+    compress::decompress(cluster.codec, stored, &mut decoded)
+        .map_err(|e| e.at(cluster.offset).with_path(cluster.file.path()))?;
     let start = cluster.skip as usize;
-    decoded
+    let part = decoded
         .get(start..start + len)
-        .ok_or_else(|| Error::corrupt("compressed extent lies outside its cluster"))
+        .ok_or_else(|| Error::corrupt("compressed extent lies outside its cluster"))?;
+    put(part)
 }
 
 /// Writes `buf` as guest bytes at `offset`.

@@ -6,8 +6,8 @@
 
 use super::data::{Data, Registered, Scratch};
 use crate::error::{Error, Result};
-use crate::image::io::{cluster_part, decode_buffers};
-use crate::image::{compress, CompressedCluster, DiskImage, Extent, ImageFile, Source, WritePlan};
+use crate::image::io::{decode_part, stored_buffer};
+use crate::image::{CompressedCluster, DiskImage, Extent, ImageFile, Source, WritePlan};
 use io_uring::squeue;
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
@@ -227,29 +227,25 @@ fn prepare<'a>(
     req: &Request,
     extents: &mut Vec<Extent<'a>>,
 ) -> Result<Work<'a>> {
-    let transfer = |extents: &[Extent<'a>], write| {
-        single_data_run(extents, req.len).map(|(file, offset)| {
-            Work::Transfer(Transfer {
-                file,
-                offset,
-                write,
-            })
+    let transfer = |(file, offset): (&'a ImageFile, u64), write| {
+        Work::Transfer(Transfer {
+            file,
+            offset,
+            write,
         })
     };
     match req.op {
         sys::UBLK_IO_OP_READ => {
-            if let Some((file, offset)) = image.data_run(req.offset, req.len)? {
-                return Ok(Work::Transfer(Transfer {
-                    file,
-                    offset,
-                    write: false,
-                }));
+            if let Some(run) = image.data_run(req.offset, req.len)? {
+                return Ok(transfer(run, false));
             }
             image.map(req.offset, req.len, extents)?;
-            Ok(transfer(extents, false).unwrap_or(Work::Read))
+            Ok(single_data_run(extents, req.len).map_or(Work::Read, |run| transfer(run, false)))
         }
         sys::UBLK_IO_OP_WRITE => match image.map_write(req.offset, req.len, extents)? {
-            WritePlan::Mapped => Ok(transfer(extents, true).unwrap_or(Work::Write)),
+            WritePlan::Mapped => Ok(
+                single_data_run(extents, req.len).map_or(Work::Write, |run| transfer(run, true))
+            ),
             WritePlan::Synchronous => Ok(Work::WriteSync),
         },
         sys::UBLK_IO_OP_FLUSH => image.flush().map(|()| Work::Done),
@@ -446,14 +442,9 @@ async fn write_extents(extents: &[Extent<'_>], data: Data<'_>) -> Result<()> {
 
 /// Reads a compressed cluster on the ring and puts the wanted part of it into `out`.
 async fn read_compressed(cluster: &CompressedCluster<'_>, out: Data<'_>) -> Result<()> {
-    let (stored_len, decoded_len) = decode_buffers(cluster);
-    let mut stored = vec![0u8; stored_len];
+    let mut stored = stored_buffer(cluster);
     Data::Memory(&mut stored)
         .read_from(cluster.file, cluster.offset)
         .await?;
-    let mut decoded = vec![0u8; decoded_len];
-    compress::decompress(cluster.codec, &stored, &mut decoded)
-        .map_err(|e| e.at(cluster.offset).with_path(cluster.file.path()))?;
-    let len = out.len();
-    out.put(cluster_part(cluster, &decoded, len)?)
+    decode_part(cluster, &stored, out.len(), |part| out.put(part))
 }
