@@ -260,13 +260,15 @@ impl DiskImage for SegmentView {
     }
 
     fn data_run(&self, offset: u64, len: u64) -> Result<Option<(&ImageFile, u64)>> {
-        let mut pieces = Vec::with_capacity(1);
+        // The only piece, counted rather than collected: no allocation per request.
+        let (mut pieces, mut only) = (0, None);
         self.for_each_piece(offset, len, |image, off, n| {
-            pieces.push((image, off, n));
+            pieces += 1;
+            only = Some((image, off, n));
             Ok(())
         })?;
-        match pieces[..] {
-            [(image, off, n)] => image.data_run(off, n),
+        match (pieces, only) {
+            (1, Some((image, off, n))) => image.data_run(off, n),
             _ => Ok(None),
         }
     }
