@@ -88,9 +88,7 @@ impl VhdImage {
     pub fn unique_id(&self) -> [u8; 16] {
         self.footer.unique_id
     }
-}
 
-impl VhdImage {
     /// How the blocks map guest ranges (a fixed disk is one block holding everything).
     fn walker(&self) -> Walker<'_> {
         let block_size = self

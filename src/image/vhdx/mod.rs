@@ -64,9 +64,7 @@ impl VhdxImage {
     pub fn logical_sector_size(&self) -> u64 {
         self.meta.logical_sector_size
     }
-}
 
-impl VhdxImage {
     /// How the BAT's blocks map guest ranges.
     fn walker(&self) -> Walker<'_> {
         Walker {

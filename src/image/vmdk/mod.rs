@@ -116,9 +116,7 @@ impl VmdkImage {
     pub fn descriptor(&self) -> &Descriptor {
         &self.descriptor
     }
-}
 
-impl VmdkImage {
     /// How the extents map guest ranges (sparse ones set their grain size).
     fn walker(&self) -> Walker<'_> {
         Walker {
