@@ -168,6 +168,7 @@ environment = {
     "qemu_nbd": env.get("qemu_nbd"),
     "fio_runtime_s": env.get("runtime"),
     "rounds": env.get("rounds"),
+    "goal_rounds": env.get("goal_rounds"),
     "image_size": env.get("size"),
     "small_files": env.get("files"),
 }
@@ -177,7 +178,9 @@ out_json["raw"] = rows
 md = []
 md.append(f"# Device benchmark, {out_json['date']}\n")
 md.append("Produced by `ci/bench`. Numbers from one run of the VM; each cell is the median of "
-          f"{env.get('rounds', '?')} rounds, interleaved across targets. Compare only within this "
+          f"{env.get('rounds', '?')} rounds"
+          + (f" ({env['goal_rounds']} for the rows a goal is read from)" if "goal_rounds" in env else "")
+          + ", interleaved across targets. Compare only within this "
           "table (under TCG emulation absolute values mean little, ratios do).\n")
 md.append("## Environment\n")
 for k, v in environment.items():
