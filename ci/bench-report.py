@@ -53,19 +53,21 @@ def by_round(runs, value):
 
 
 def paired_ratios(per_target, lower_is_better):
-    """imgblk (the better of q1 and q2 in each round) against each peer, round by round;
-    the median of those ratios. Pairing within a round cancels the slow drifts of an
-    emulated machine that medians of the absolute numbers still carry."""
-    pick = min if lower_is_better else max
+    """imgblk against each peer, round by round, and the median of those ratios. imgblk is
+    the configuration (q1 or q2) with the better median over the rounds: picking the better
+    of the two in each round would favour imgblk with the luckier of two noisy runs.
+    Pairing within a round cancels the slow drifts of an emulated machine that medians of
+    the absolute numbers still carry."""
+    configs = [t for t in ("imgblk-q1", "imgblk-q2") if per_target.get(t)]
     out = {}
+    if not configs:
+        return {peer: "-" for peer in ("qemu-nbd", "rublk", "loop")}
+    pick = min if lower_is_better else max
+    ours = per_target[pick(configs, key=lambda t: statistics.median(per_target[t].values()))]
     for peer in ("qemu-nbd", "rublk", "loop"):
-        ratios = []
-        for rnd, theirs in per_target.get(peer, {}).items():
-            ours = [per_target[t][rnd] for t in ("imgblk-q1", "imgblk-q2")
-                    if rnd in per_target.get(t, {})]
-            if ours and theirs and pick(ours):
-                best = pick(ours)
-                ratios.append(theirs / best if lower_is_better else best / theirs)
+        ratios = [theirs / ours[rnd] if lower_is_better else ours[rnd] / theirs
+                  for rnd, theirs in per_target.get(peer, {}).items()
+                  if theirs and ours.get(rnd)]
         out[peer] = f"{statistics.median(ratios):.2f}" if ratios else "-"
     return out
 
@@ -188,8 +190,9 @@ for k, v in environment.items():
 md.append("")
 md.append("## Results\n")
 md.append("Higher is better unless the row says otherwise. Ratios are >1 when imgblk is "
-          "better: per round, the better of imgblk q1/q2 against the peer's run of the same "
-          "round, then the median over the rounds (for RSS: the smaller imgblk peak).\n")
+          "better: imgblk's better configuration for the row (q1 or q2, by its median) against "
+          "the peer's run of the same round, then the median over the rounds (for RSS: the "
+          "smaller imgblk peak).\n")
 md.append("| workload | imgblk q1 | imgblk q2 | qemu-nbd | rublk | loop | imgblk/qemu-nbd | imgblk/rublk | imgblk/loop |")
 md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for name, vals, ratios in table:
