@@ -11,6 +11,8 @@ raw_path, prefix = sys.argv[1], sys.argv[2]
 rows = [json.loads(line) for line in open(raw_path) if line.strip()]
 env = next((r for r in rows if r.get("kind") == "env"), {})
 TARGETS = ["imgblk-q1", "imgblk-q2", "qemu-nbd", "rublk", "loop"]
+# The targets imgblk is compared against, one ratio column each.
+PEERS = ("qemu-nbd", "rublk", "loop")
 WORKLOADS = [
     ("randread-4k-qd1", "IOPS"),
     ("randread-4k-qd32x2", "IOPS"),
@@ -59,12 +61,11 @@ def paired_ratios(per_target, lower_is_better):
     Pairing within a round cancels the slow drifts of an emulated machine that medians of
     the absolute numbers still carry."""
     configs = [t for t in ("imgblk-q1", "imgblk-q2") if per_target.get(t)]
-    out = {}
-    if not configs:
-        return {peer: "-" for peer in ("qemu-nbd", "rublk", "loop")}
     pick = min if lower_is_better else max
-    ours = per_target[pick(configs, key=lambda t: statistics.median(per_target[t].values()))]
-    for peer in ("qemu-nbd", "rublk", "loop"):
+    ours = per_target[pick(configs, key=lambda t: statistics.median(per_target[t].values()))] \
+        if configs else {}
+    out = {}
+    for peer in PEERS:
         ratios = [theirs / ours[rnd] if lower_is_better else ours[rnd] / theirs
                   for rnd, theirs in per_target.get(peer, {}).items()
                   if theirs and ours.get(rnd)]
@@ -117,7 +118,7 @@ vals = {t: (round(rss[t] / 1024, 1) if t in rss else "n/a") for t in TARGETS}
 vals["loop"] = "n/a (kernel)"
 ours = min([vals[t] for t in ("imgblk-q1", "imgblk-q2") if isinstance(vals[t], float)], default=None)
 ratios = {peer: (f"{vals[peer] / ours:.2f}" if ours and isinstance(vals[peer], float) else "-")
-          for peer in ("qemu-nbd", "rublk", "loop")}
+          for peer in PEERS}
 table.append(("daemon peak RSS, VmHWM (MiB, lower is better)", vals, ratios))
 out_json["results"].append({"workload": "peak-rss", "unit": "MiB", **vals, "ratios": ratios})
 
@@ -197,7 +198,7 @@ md.append("| workload | imgblk q1 | imgblk q2 | qemu-nbd | rublk | loop | imgblk
 md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for name, vals, ratios in table:
     cells = [fmt_cell(vals[t]) for t in TARGETS]
-    md.append(f"| {name} | " + " | ".join(cells + [ratios[p] for p in ("qemu-nbd", "rublk", "loop")]) + " |")
+    md.append(f"| {name} | " + " | ".join(cells + [ratios[p] for p in PEERS]) + " |")
 md.append("")
 notes = sorted({f"{t}: {v}" for _, vals, _ in table for t, v in vals.items()
                 if isinstance(v, str) and v.startswith("n/a:")})
