@@ -7,6 +7,8 @@ set -uo pipefail
 S=${IMGBLK_SCRATCH:?no scratch file system}
 RES=${BENCH_RESULTS:-/vmout/raw.json}
 RT=${BENCH_RUNTIME:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+GOAL_ROUNDS=${BENCH_GOAL_ROUNDS:-7}
 IMGBLK=${BENCH_IMGBLK:?}
 RUBLK=${BENCH_RUBLK:-}
 : > "$RES"
@@ -41,7 +43,7 @@ EOF
 emit kind=env kernel="$(uname -r)" cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')" \
   nproc="$(nproc)" mem_kib="$(awk '/MemTotal/ {print $2}' /proc/meminfo)" \
   fio="$(fio --version)" qemu_nbd="$(qemu-nbd --version | head -1)" files="${BENCH_FILES:-?}" \
-  size="${BENCH_SIZE:-1G}" runtime="$RT" rounds="${BENCH_ROUNDS:-3}" goal_rounds="${BENCH_GOAL_ROUNDS:-7}"
+  size="${BENCH_SIZE:-1G}" runtime="$RT" rounds="$ROUNDS" goal_rounds="$GOAL_ROUNDS"
 
 # --- images (on the scratch ext4, so O_DIRECT works) ---------------------------------------
 say "preparing images in $S"
@@ -130,8 +132,6 @@ WORKLOADS_READ=("randread-4k-qd1:--rw=randread --bs=4k --iodepth=1 --numjobs=1"
   "randread-4k-qd32x2:--rw=randread --bs=4k --iodepth=32 --numjobs=2"
   "seqread-1m:--rw=read --bs=1M --iodepth=4 --numjobs=1")
 WORKLOAD_WRITE="randwrite-4k-qd32:--rw=randwrite --bs=4k --iodepth=32 --numjobs=1"
-ROUNDS=${BENCH_ROUNDS:-3}
-GOAL_ROUNDS=${BENCH_GOAL_ROUNDS:-7}
 # rounds_for FMT WORKLOAD: how many rounds a measurement gets. The rows a goal is read
 # from get more: single rounds move by up to 2x under emulation, and a median of three
 # paired ratios still lands on either side of a bar it sits near.
