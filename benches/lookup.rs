@@ -9,7 +9,9 @@
 //!   the offsets to the first 512 MiB (one L2 table, which stays in the CPU caches).
 //! - `qcow2_cold`: the same image with a one-table L2 cache, so nearly every lookup
 //!   evicts a table and reads another (64 KiB `pread`, from the page cache).
-//! - `vmdk_sparse`: a 256 MiB monolithicSparse VMDK with every grain allocated.
+//! - `vmdk_sparse`, `vhd_dynamic`, `vhdx_dynamic`, `vdi_dynamic`: a 256 MiB image of each
+//!   block-mapped format, converted from a raw file with data everywhere, so every grain
+//!   (64 KiB) or block (VHD 2 MiB, VHDX 1 MiB, VDI 1 MiB) is allocated.
 //! - `*_threads/2`: two threads sharing one image, each doing the same batch; the
 //!   throughput counts both threads' lookups, so perfect scaling doubles it.
 //!
@@ -58,26 +60,28 @@ fn make_qcow2(dir: &Path) -> PathBuf {
     path
 }
 
-/// A 256 MiB sparse VMDK converted from a raw file with data in every 64 KiB grain.
-fn make_vmdk(dir: &Path) -> PathBuf {
+/// A 256 MiB raw file with data in every 64 KiB (so every grain or block of a conversion
+/// is allocated), the source the block-mapped formats are converted from.
+fn make_raw(dir: &Path) -> PathBuf {
     let raw = dir.join("data.raw");
-    let vmdk = dir.join("data.vmdk");
     let mut file = std::fs::File::create(&raw).unwrap();
     let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8 | 1).collect();
     for _ in 0..256 {
         file.write_all(&chunk).unwrap();
     }
-    drop(file);
-    qemu_img(&[
-        "convert",
-        "-q",
-        "-O",
-        "vmdk",
-        raw.to_str().unwrap(),
-        vmdk.to_str().unwrap(),
-    ]);
-    std::fs::remove_file(&raw).unwrap();
-    vmdk
+    raw
+}
+
+/// `raw` converted by `qemu-img convert -O format` with `options` (`-o`, if any).
+fn convert(raw: &Path, format: &str, options: &str) -> PathBuf {
+    let out = raw.with_extension(format);
+    let mut args = vec!["convert", "-q", "-O", format];
+    if !options.is_empty() {
+        args.extend(["-o", options]);
+    }
+    args.extend([raw.to_str().unwrap(), out.to_str().unwrap()]);
+    qemu_img(&args);
+    out
 }
 
 fn open(path: &Path, l2_cache_bytes: Option<u64>) -> Box<dyn DiskImage> {
@@ -190,7 +194,6 @@ fn bench_image(
 fn benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let qcow2 = make_qcow2(dir.path());
-    let vmdk = make_vmdk(dir.path());
 
     let warm = open(&qcow2, None);
     bench_image(c, "qcow2_warm", warm.as_ref(), None, &[1, 2]);
@@ -209,8 +212,17 @@ fn benches(c: &mut Criterion) {
     bench_image(c, "qcow2_cold", cold.as_ref(), None, &[1]);
     drop(cold);
 
-    let sparse = open(&vmdk, None);
-    bench_image(c, "vmdk_sparse", sparse.as_ref(), None, &[1, 2]);
+    // The block-mapped formats, every block allocated, through the shared block walker.
+    let raw = make_raw(dir.path());
+    for (name, format, options) in [
+        ("vmdk_sparse", "vmdk", ""),
+        ("vhd_dynamic", "vpc", "subformat=dynamic"),
+        ("vhdx_dynamic", "vhdx", "subformat=dynamic,block_size=1M"),
+        ("vdi_dynamic", "vdi", ""),
+    ] {
+        let image = open(&convert(&raw, format, options), None);
+        bench_image(c, name, image.as_ref(), None, &[1, 2]);
+    }
 }
 
 criterion_group! {
