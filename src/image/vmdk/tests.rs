@@ -165,6 +165,27 @@ fn sample_grains(grain_bytes: usize) -> Vec<(u64, Option<Vec<u8>>)> {
 }
 
 #[test]
+fn grain_tables_of_any_length_map_the_same_bytes() {
+    // The lookup splits a grain index by shift and mask when numGTEsPerGT is a power of
+    // two and by division otherwise: both must find every grain.
+    let dir = tempfile::tempdir().unwrap();
+    let grains = sample_grains(4096);
+    for gtes in [1, 3, 4, 5] {
+        let h = Hosted {
+            gtes,
+            ..Hosted::new(84)
+        };
+        let path = write(dir.path(), &format!("g{gtes}.vmdk"), &h.build(&grains));
+        let image = open(&path).unwrap();
+        assert_eq!(
+            read_all(&image).unwrap(),
+            expected(84, 8, &grains),
+            "{gtes} entries per grain table"
+        );
+    }
+}
+
+#[test]
 fn hosted_sparse_reads_data_zero_and_holes() {
     let dir = tempfile::tempdir().unwrap();
     let h = Hosted::new(84); // 10.5 grains: a short last grain, GTs of 4 grains
