@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """ci/bench's report: turns the device half's raw.json (one JSON object a line) into
-PREFIX.md and PREFIX.json. Usage: bench-report.py RAW.json PREFIX"""
+PREFIX.md and PREFIX.json. Usage: bench-report.py RAW.json PREFIX; bench-report.py
+--goal-rows prints the rows the goals are read from, "FMT WORKLOAD" a line."""
 import datetime
 import json
 import os
