@@ -4,7 +4,7 @@
 use super::header::GD_AT_END;
 use super::*;
 use crate::error::ErrorKind;
-use crate::image::common::testutil::{open_with, put, read_all, write};
+use crate::image::common::testutil::{open_with, put, read_all, read_in_pieces, write};
 use crate::image::io::read_at;
 use crate::image::Source;
 use std::io::Write;
@@ -165,23 +165,30 @@ fn sample_grains(grain_bytes: usize) -> Vec<(u64, Option<Vec<u8>>)> {
 }
 
 #[test]
-fn grain_tables_of_any_length_map_the_same_bytes() {
+fn grain_tables_and_grains_of_any_length_map_the_same_bytes() {
     // The lookup splits a grain index by shift and mask when numGTEsPerGT is a power of
-    // two and by division otherwise: both must find every grain.
+    // two and by division otherwise; grains need not be a power of two either (QEMU
+    // reads any grain size): every combination must find every grain, whole or sector by
+    // sector (`map`'s one-grain fast path).
     let dir = tempfile::tempdir().unwrap();
-    let grains = sample_grains(4096);
-    for gtes in [1, 3, 4, 5] {
-        let h = Hosted {
-            gtes,
-            ..Hosted::new(84)
-        };
-        let path = write(dir.path(), &format!("g{gtes}.vmdk"), &h.build(&grains));
-        let image = open(&path).unwrap();
-        assert_eq!(
-            read_all(&image).unwrap(),
-            expected(84, 8, &grains),
-            "{gtes} entries per grain table"
-        );
+    for grain in [8u64, 3] {
+        let grains = sample_grains(grain as usize * SECTOR);
+        for gtes in [1, 3, 4, 5] {
+            let h = Hosted {
+                gtes,
+                grain,
+                ..Hosted::new(84)
+            };
+            let name = format!("g{gtes}-{grain}.vmdk");
+            let image = open(&write(dir.path(), &name, &h.build(&grains))).unwrap();
+            let want = expected(84, grain, &grains);
+            assert_eq!(read_all(&image).unwrap(), want, "{name}");
+            assert_eq!(
+                read_in_pieces(&image, SECTOR).unwrap(),
+                want,
+                "{name}, sector by sector"
+            );
+        }
     }
 }
 
@@ -194,6 +201,10 @@ fn hosted_sparse_reads_data_zero_and_holes() {
     let image = open(&path).unwrap();
     assert_eq!(image.virtual_size(), 84 * 512);
     assert_eq!(read_all(&image).unwrap(), expected(84, 8, &grains));
+    assert_eq!(
+        read_in_pieces(&image, 4096).unwrap(),
+        expected(84, 8, &grains)
+    );
     let mut extents = Vec::new();
     image.map(4096, 4096, &mut extents).unwrap();
     assert_eq!(
@@ -218,6 +229,10 @@ fn stream_optimized_with_footer_directory() {
     let path = write(dir.path(), "s.vmdk", &bytes);
     let image = open(&path).unwrap();
     assert_eq!(read_all(&image).unwrap(), expected(80, 8, &grains));
+    assert_eq!(
+        read_in_pieces(&image, SECTOR).unwrap(),
+        expected(80, 8, &grains)
+    );
 
     // Without the end-of-stream marker the footer is not trusted.
     let mut broken = bytes.clone();
@@ -327,6 +342,15 @@ fn descriptor_with_flat_zero_sparse_and_noaccess_extents() {
     assert_eq!(&buf[..8 * SECTOR], &flat[2 * SECTOR..10 * SECTOR]);
     assert!(buf[8 * SECTOR..16 * SECTOR].iter().all(|&b| b == 0));
     assert_eq!(&buf[16 * SECTOR..], &grains[0].1.as_ref().unwrap()[..]);
+    for sector in 0..24 {
+        let mut one = [0u8; SECTOR];
+        read_at(&image, &mut one, (sector * SECTOR) as u64).unwrap();
+        assert_eq!(
+            one,
+            buf[sector * SECTOR..][..SECTOR],
+            "sector {sector} alone"
+        );
+    }
     let err = read_at(&image, &mut buf[..SECTOR], 24 * 512).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported);
     assert!(
@@ -375,10 +399,19 @@ fn child_over_parent_and_chain_errors() {
     let mut want = base_data.clone();
     want[4096..8192].copy_from_slice(grains[0].1.as_ref().unwrap());
     assert_eq!(read_all(&image).unwrap(), want);
+    assert_eq!(read_in_pieces(&image, SECTOR).unwrap(), want);
     assert_eq!(image.cid(), Some(0xbbbb0002));
     let mut extents = Vec::new();
     image.map(0, 8192, &mut extents).unwrap();
     assert_eq!((extents[0].depth, extents[1].depth), (1, 0));
+    // One grain at a time: the child's own grain, then the parent's through a hole.
+    for (offset, depth) in [(4096, 0), (0, 1)] {
+        extents.clear();
+        image.map(offset, 4096, &mut extents).unwrap();
+        assert_eq!(extents.len(), 1);
+        assert_eq!(extents[0].depth, depth, "grain at {offset}");
+        assert!(matches!(extents[0].source, Source::Data { .. }));
+    }
 
     h.descriptor = Some(child_desc("aaaa0009"));
     let path = write(dir.path(), "child.vmdk", &h.build(&grains));
@@ -419,6 +452,7 @@ fn cowd_and_sesparse_extents() {
     let mut want = vec![0u8; 64 * SECTOR];
     want[16384..20480].copy_from_slice(&g);
     assert_eq!(read_all(&image).unwrap(), want);
+    assert_eq!(read_in_pieces(&image, SECTOR).unwrap(), want);
 
     // seSparse: const header, volatile header at 1, GD at 2, GT at 3 (64 sectors),
     // grains at 67.
@@ -453,6 +487,7 @@ fn cowd_and_sesparse_extents() {
     let mut want = vec![0u8; 8192 * SECTOR];
     want[8192..12288].copy_from_slice(&g);
     assert_eq!(read_all(&image).unwrap(), want);
+    assert_eq!(read_in_pieces(&image, SECTOR).unwrap(), want);
 
     put(&mut se, SECTOR + 24, &1u64.to_le_bytes());
     let err = open(&write(dir.path(), "dirty.vmdk", &se)).unwrap_err();
