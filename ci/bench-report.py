@@ -193,8 +193,9 @@ out_json["raw"] = rows
 
 md = []
 md.append(f"# Device benchmark, {out_json['date']}\n")
+rounds = env.get("rounds", "?")
 md.append("Produced by `ci/bench`. Numbers from one run of the VM; each cell is the median of "
-          f"{env.get('rounds', '?')} rounds"
+          f"{rounds} {'round' if str(rounds) == '1' else 'rounds'}"
           + (f" ({env['goal_rounds']} for the rows a goal is read from)" if "goal_rounds" in env else "")
           + ", interleaved across targets. Compare only within this "
           "table (under TCG emulation absolute values mean little, ratios do).\n")

@@ -7,8 +7,10 @@
 //! Every case must end in data or a clean error. A case fails on a panic, on running
 //! longer than [`DEADLINE`] (a watchdog aborts the process and names the case), on an
 //! allocation that would take the thread past [`ALLOC_LIMIT`] bytes (the counting
-//! allocator below refuses it and names the case), or on an error opening an image file
-//! that does not name the file.
+//! allocator below refuses it and names the case), on an error opening an image file
+//! that does not name the file, where `data_run` (the lookup a ublk queue makes) reports a
+//! run of data that `map` does not give, or where a range read in pieces gives other bytes
+//! than read whole.
 //!
 //! Cases are numbered; case `n` draws its mutations from a PRNG seeded with `n`, so a
 //! failure replays with `FUZZ_SEED=n FUZZ_CASES=1`. Knobs (environment):
@@ -23,7 +25,7 @@ mod common;
 
 use imgblk::image::status::walk_status;
 use imgblk::image::{
-    io, open_image, ChainEntry, DiskImage, Extent, Format, OpenOptions, TransformRead,
+    io, open_image, ChainEntry, DiskImage, Extent, Format, OpenOptions, Source, TransformRead,
 };
 use imgblk::layout::luks::{read_metadata as luks_metadata, LuksVolume};
 use imgblk::layout::lvm::label::{encode_area, encode_label};
@@ -45,8 +47,8 @@ use std::time::{Duration, Instant};
 const DEADLINE: Duration = Duration::from_secs(20);
 /// Most bytes one case may hold allocated at once.
 const ALLOC_LIMIT: usize = 256 << 20;
-/// Byte every data block of the seeds' guest data is filled with: blocks of the seed
-/// files made only of it (or of zeroes) are data, the others metadata.
+/// Byte the seeds' guest data is filled with, after each sector's tag ([`data_sector`]):
+/// blocks of the seed files of that shape (or of zeroes) are data, the others metadata.
 const DATA_BYTE: u8 = 0xd7;
 
 // ---------------------------------------------------------------------------------------
@@ -301,9 +303,7 @@ impl Input {
         let hot = seed
             .chunks(512)
             .enumerate()
-            .filter(|(i, b)| {
-                *i == 0 || !(b.iter().all(|&x| x == 0) || b.iter().all(|&x| x == DATA_BYTE))
-            })
+            .filter(|(i, b)| *i == 0 || !(b.iter().all(|&x| x == 0) || is_data_sector(b)))
             .map(|(i, _)| i)
             .collect();
         let seed = Arc::new(seed);
@@ -553,18 +553,36 @@ fn tool(dir: &Path, program: &str, args: &[&str], stdin: Option<&str>) {
     );
 }
 
-/// The guest data of the image seeds: 8 MiB with a few runs of [`DATA_BYTE`].
+/// Sector of guest data at byte `at` of the seeds' disk: an 8-byte tag (`at`) then
+/// [`DATA_BYTE`]s, so that data read from the wrong place shows.
+fn data_sector(at: u64) -> [u8; 512] {
+    let mut sector = [DATA_BYTE; 512];
+    sector[..8].copy_from_slice(&at.to_le_bytes());
+    sector
+}
+
+/// Whether a 512-byte block of a seed file is a [`data_sector`].
+fn is_data_sector(block: &[u8]) -> bool {
+    block.len() == 512 && block[8..].iter().all(|&x| x == DATA_BYTE)
+}
+
+/// The guest data of the image seeds: 8 MiB with a few runs of [`data_sector`]s.
 fn seed_raw(dir: &Path) -> PathBuf {
     let path = dir.join("seed.raw");
     let file = std::fs::File::create(&path).unwrap();
     file.set_len(8 << 20).unwrap();
     for (at, len) in [
-        (0u64, 65536usize),
+        (0u64, 65536u64),
         ((1 << 20) + 4096, 8192),
         (3 << 20, 100_000),
         ((8 << 20) - 8192, 8192),
     ] {
-        file.write_all_at(&vec![DATA_BYTE; len], at).unwrap();
+        let data: Vec<u8> = (at..at + len)
+            .step_by(512)
+            .flat_map(data_sector)
+            .take(len as usize)
+            .collect();
+        file.write_all_at(&data, at).unwrap();
     }
     path
 }
@@ -969,11 +987,13 @@ fn fix_luks2(input: &mut Input, _: &mut SmallRng) {
 // What a case runs.
 
 /// Reads `image` the way a user of it would: allocation status of the first 16 MiB and
-/// a few reads, at both ends and at random places.
+/// a few reads, at both ends, at random places and inside the runs of data the status
+/// found (where a read crosses block boundaries between stored blocks).
 fn read_around(image: &dyn DiskImage, rng: &mut SmallRng) {
     let size = image.virtual_size();
     let head = size.min(16 << 20);
     let mut extents = Vec::new();
+    let mut data = Vec::new();
     let mut pos = 0;
     while pos < head {
         let len = (1u64 << 20).min(head - pos);
@@ -981,17 +1001,75 @@ fn read_around(image: &dyn DiskImage, rng: &mut SmallRng) {
         if image.block_status(pos, len, &mut extents).is_err() {
             break;
         }
+        let mut at = pos;
+        for extent in &extents {
+            if matches!(extent.source, Source::Data { .. }) {
+                data.push(at..at.saturating_add(extent.len));
+            }
+            at = at.saturating_add(extent.len);
+        }
         pos += len;
     }
     let mut buf = vec![0u8; 64 << 10];
     for _ in 0..4 {
         let len = rng.gen_range(1..=buf.len() as u64).min(size);
-        let offset = match rng.gen_range(0..3) {
+        let offset = match rng.gen_range(0..4) {
             0 => 0,
             1 => size - len,
+            2 if !data.is_empty() => {
+                let run = &data[rng.gen_range(0..data.len())];
+                rng.gen_range(run.clone()).min(size - len)
+            }
             _ => rng.gen_range(0..=size - len),
         };
-        let _ = io::read_at(image, &mut buf[..len as usize], offset);
+        if io::read_at(image, &mut buf[..len as usize], offset).is_ok() {
+            check_pieces(image, &buf[..len as usize], offset, rng);
+        }
+        check_data_run(image, offset, len);
+        // And as a ublk queue asks: whole 4 KiB blocks.
+        let block = offset / 4096 * 4096;
+        check_data_run(image, block, 4096.min(size - block));
+    }
+}
+
+/// Read in a few pieces, the range `whole` was read from at `offset` must give the same
+/// bytes: a piece inside one block takes the lookup's fast path (`data_run`, in qcow2's and
+/// VMDK's `map`), a range across blocks the walker. Panics (a finding) when they differ.
+fn check_pieces(image: &dyn DiskImage, whole: &[u8], offset: u64, rng: &mut SmallRng) {
+    let mut cuts: Vec<usize> = (0..rng.gen_range(1..4))
+        .map(|_| {
+            let cut = rng.gen_range(0..=whole.len());
+            // Half of the cuts on a 4 KiB boundary of the disk, as a ublk request's.
+            match rng.gen() {
+                true => ((offset as usize + cut) / 4096 * 4096).saturating_sub(offset as usize),
+                false => cut,
+            }
+        })
+        .chain([0, whole.len()])
+        .collect();
+    cuts.sort_unstable();
+    let mut pieces = vec![0u8; whole.len()];
+    for cut in cuts.windows(2) {
+        let (from, to) = (cut[0], cut[1]);
+        if io::read_at(image, &mut pieces[from..to], offset + from as u64).is_err() {
+            return;
+        }
+    }
+    if let Some(at) = pieces.iter().zip(whole).position(|(a, b)| a != b) {
+        panic!(
+            "reading {} bytes at {offset} whole and in pieces (cut at {cuts:?}) differs at byte {at}",
+            whole.len()
+        );
+    }
+}
+
+/// Where `data_run` (a ublk queue's first question) reports a run of data for the range,
+/// `map` must give exactly that one data extent: panics (a finding) when they differ.
+fn check_data_run(image: &dyn DiskImage, offset: u64, len: u64) {
+    if let Ok(Some(run)) = image.data_run(offset, len) {
+        if let Err(e) = common::run_agrees_with_map(image, offset, len, run) {
+            panic!("the device's lookup disagrees with map: {e}");
+        }
     }
 }
 
@@ -1319,7 +1397,8 @@ fn seeds_open_and_map_whole() {
         assert!(total >= 8 << 20, "{name}");
         let mut buf = vec![0u8; 65536];
         io::read_at(&*image, &mut buf, 0).unwrap();
-        assert!(buf.iter().all(|&b| b == DATA_BYTE), "{name}");
+        let want: Vec<u8> = (0..65536).step_by(512).flat_map(data_sector).collect();
+        assert!(buf == want, "{name}");
     }
     let lvm = mem_image(&Input::new(lvm_seed()));
     let layout = discover(&[lvm]);

@@ -1,7 +1,7 @@
 //! Helpers for the image-format integration tests: qemu tools, test data, comparison.
 #![allow(dead_code)]
 
-use imgblk::image::{io, open_image, DiskImage, Extent, OpenOptions, Source};
+use imgblk::image::{io, open_image, DiskImage, Extent, ImageFile, OpenOptions, Source};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::os::unix::fs::FileExt;
@@ -112,7 +112,6 @@ pub fn compare(image: &dyn DiskImage, expected: &[u8], what: &str, seed: u64) {
 pub fn check_data_runs(image: &dyn DiskImage, what: &str, seed: u64, rounds: usize) -> usize {
     let size = image.virtual_size() / 512 * 512;
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut extents = Vec::new();
     let mut hits = 0;
     for round in 0..rounds {
         let len = [512, 4096, 65536, 1 << 20][rng.gen_range(0..4)].min(size);
@@ -120,25 +119,45 @@ pub fn check_data_runs(image: &dyn DiskImage, what: &str, seed: u64, rounds: usi
         let run = image
             .data_run(offset, len)
             .unwrap_or_else(|e| panic!("{what}: data_run({offset}, {len}): {e}"));
-        extents.clear();
-        image
-            .map(offset, len, &mut extents)
-            .unwrap_or_else(|e| panic!("{what}: map({offset}, {len}): {e}"));
-        let Some((file, host)) = run else { continue };
-        hits += 1;
-        match extents.as_slice() {
-            [Extent {
-                len: l,
-                source: Source::Data { file: f, offset: o },
-                ..
-            }] if *l == len && std::ptr::eq(*f, file) && *o == host => {}
-            other => panic!(
-                "{what}: round {round}: data_run({offset}, {len}) = {} at {host}, but map gives {other:?}",
-                file.path().display()
-            ),
+        match run {
+            Some(run) => {
+                hits += 1;
+                run_agrees_with_map(image, offset, len, run)
+                    .unwrap_or_else(|e| panic!("{what}: round {round}: {e}"));
+            }
+            None => image
+                .map(offset, len, &mut Vec::new())
+                .unwrap_or_else(|e| panic!("{what}: map({offset}, {len}): {e}")),
         }
     }
     hits
+}
+
+/// Checks a run that `data_run(offset, len)` reported (its file and offset) against
+/// `map`, which must give exactly that one data extent for the range; the error says how
+/// the two differ.
+pub fn run_agrees_with_map(
+    image: &dyn DiskImage,
+    offset: u64,
+    len: u64,
+    (file, host): (&ImageFile, u64),
+) -> Result<(), String> {
+    let run = format!(
+        "data_run({offset}, {len}) = {} at {host}",
+        file.path().display()
+    );
+    let mut extents = Vec::new();
+    if let Err(e) = image.map(offset, len, &mut extents) {
+        return Err(format!("{run}, but map fails: {e}"));
+    }
+    match extents.as_slice() {
+        [Extent {
+            len: l,
+            source: Source::Data { file: f, offset: o },
+            ..
+        }] if *l == len && std::ptr::eq(*f, file) && *o == host => Ok(()),
+        other => Err(format!("{run}, but map gives {other:?}")),
+    }
 }
 
 /// `rounds` reads at random offsets and lengths from `seed`, each compared with `want`.
