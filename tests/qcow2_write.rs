@@ -75,6 +75,19 @@ fn open_rw(path: &Path) -> Qcow2Image {
     Qcow2Image::open(file, &options, 0).expect("open qcow2 writable")
 }
 
+/// The error a writable open of `path` must give.
+fn open_rw_err(path: &Path) -> imgblk::Error {
+    let file = ImageFile::open(path, true, false).expect("open image read-write");
+    let options = OpenOptions {
+        writable: true,
+        ..OpenOptions::default()
+    };
+    match Qcow2Image::open(file, &options, 0) {
+        Ok(_) => panic!("{} opened writable, an error was expected", path.display()),
+        Err(e) => e,
+    }
+}
+
 fn open_ro(path: &Path) -> Qcow2Image {
     let file = ImageFile::open(path, false, false).expect("open image");
     Qcow2Image::open(file, &OpenOptions::default(), 0).expect("open qcow2")
@@ -368,14 +381,7 @@ fn refuses_writes_read_only_and_with_snapshots() {
     drop(ro);
     assert!(open_rw(&img).writable());
     run("qemu-img", &["snapshot", "-c", "snap", s(&img)]);
-    let file = ImageFile::open(&img, true, false).expect("open");
-    let options = OpenOptions {
-        writable: true,
-        ..OpenOptions::default()
-    };
-    let err = Qcow2Image::open(file, &options, 0)
-        .err()
-        .expect("snapshots refused");
+    let err = open_rw_err(&img);
     assert!(err.to_string().contains("snapshots"), "{err}");
 }
 
@@ -637,4 +643,144 @@ fn overlay_files_take_writes_and_leave_the_base_alone() {
             "{format}: the base changed"
         );
     }
+}
+
+/// A 1 MiB image (64 KiB clusters) with guest clusters 0 and 1 written by QEMU (0x11, 0x22),
+/// then its first L2 entry pointed at `target(l1_offset, file_len)` with the COPIED bit,
+/// as a corrupt image might have it. Returns the image's path and its L1 table's offset.
+fn corrupt_first_entry(dir: &Path, target: impl Fn(u64, u64) -> u64) -> (std::path::PathBuf, u64) {
+    let img = dir.join("corrupt.qcow2");
+    create(&img, &["-o", "cluster_size=65536"], MIB);
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x11 0 64k",
+            "-c",
+            "write -P 0x22 64k 64k",
+            s(&img),
+        ],
+    );
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let be64 = |at: u64| {
+        let mut b = [0u8; 8];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, at).unwrap();
+        u64::from_be_bytes(b)
+    };
+    let l1 = be64(40);
+    let l2 = be64(l1) & 0x00ff_ffff_ffff_fe00;
+    let entry = target(l1, file.metadata().unwrap().len()) | 1 << 63;
+    std::os::unix::fs::FileExt::write_all_at(&file, &entry.to_be_bytes(), l2).unwrap();
+    (img, l1)
+}
+
+/// The bytes of the cluster at `offset` of `path`.
+fn cluster_bytes(path: &Path, offset: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; 64 * KIB as usize];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &std::fs::File::open(path).unwrap(),
+        &mut buf,
+        offset,
+    )
+    .unwrap();
+    buf
+}
+
+#[test]
+fn writes_and_discards_keep_off_metadata_a_corrupt_entry_names() {
+    // QEMU refuses such a write ("Preventing invalid write on metadata"); imgblk copies on
+    // write into a new cluster, and a discard leaves the named cluster alone.
+    for discard in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, l1) = corrupt_first_entry(dir.path(), |l1, _| l1);
+        let l1_before = cluster_bytes(&img, l1);
+        {
+            let image = open_rw(&img);
+            if discard {
+                image.discard(0, 64 * KIB).expect("discard");
+            } else {
+                io::write_at(&image, &[0x5a; 64 * KIB as usize], 0).expect("write");
+            }
+            image.flush().expect("flush");
+        }
+        assert!(
+            cluster_bytes(&img, l1) == l1_before,
+            "discard {discard}: the L1 table changed"
+        );
+        // The data cluster the entry lost is leaked; nothing is corrupt.
+        check(&img, true);
+        let image = open_ro(&img);
+        let mut got = vec![0u8; 128 * KIB as usize];
+        io::read_at(&image, &mut got, 0).unwrap();
+        let first = if discard { 0 } else { 0x5a };
+        assert!(
+            got[..64 * KIB as usize].iter().all(|&b| b == first),
+            "discard {discard}"
+        );
+        assert!(
+            got[64 * KIB as usize..].iter().all(|&b| b == 0x22),
+            "discard {discard}"
+        );
+    }
+}
+
+#[test]
+fn writes_to_a_cluster_past_the_end_of_the_file_are_copied_on_write() {
+    // The named cluster lies where the allocator places new clusters: written in place,
+    // it would be shared with the next cluster allocated.
+    let dir = tempfile::tempdir().unwrap();
+    let (img, _) = corrupt_first_entry(dir.path(), |_, len| len.div_ceil(64 * KIB) * 64 * KIB);
+    {
+        let image = open_rw(&img);
+        io::write_at(&image, &[0x5a; 64 * KIB as usize], 0).unwrap();
+        io::write_at(&image, &[0x33; 64 * KIB as usize], 256 * KIB).unwrap();
+        image.flush().unwrap();
+    }
+    check(&img, true);
+    let image = open_ro(&img);
+    for (offset, byte) in [(0, 0x5a), (64 * KIB, 0x22), (256 * KIB, 0x33)] {
+        let mut got = vec![0u8; 64 * KIB as usize];
+        io::read_at(&image, &mut got, offset).unwrap();
+        assert!(got.iter().all(|&b| b == byte), "guest offset {offset}");
+    }
+}
+
+#[test]
+fn an_l2_table_in_the_refcount_table_refuses_a_writable_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("clash.qcow2");
+    create(&img, &["-o", "cluster_size=65536"], MIB);
+    run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x11 0 64k", s(&img)],
+    );
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let mut header = [0u8; 56];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, 0).unwrap();
+    let l1 = u64::from_be_bytes(header[40..48].try_into().unwrap());
+    let refcount_table = u64::from_be_bytes(header[48..56].try_into().unwrap());
+    std::os::unix::fs::FileExt::write_all_at(&file, &(refcount_table | 1 << 63).to_be_bytes(), l1)
+        .unwrap();
+    let err = open_rw_err(&img);
+    assert_eq!(err.path(), Some(img.as_path()), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("an L2 table and the refcount table share host cluster"),
+        "{text}"
+    );
+    open_ro(&img);
+    // An empty L1 table has no cluster: QEMU puts one of size 0 at offset 0, the header's.
+    let empty = dir.path().join("empty.qcow2");
+    create(&empty, &[], 0);
+    assert_eq!(open_rw(&empty).virtual_size(), 0);
 }

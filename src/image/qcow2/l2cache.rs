@@ -52,6 +52,20 @@ impl L2Table {
         L2Table { entries }
     }
 
+    /// Clears bit 63 (COPIED) of every entry for which `pick` holds, before the table is
+    /// shared; returns how many entries changed.
+    pub fn clear_copied_where(&mut self, pick: impl Fn(u64) -> bool) -> usize {
+        let mut cleared = 0;
+        for entry in &mut self.entries {
+            let raw = *entry.get_mut();
+            if pick(raw) {
+                *entry.get_mut() = raw & !(1 << 63);
+                cleared += 1;
+            }
+        }
+        cleared
+    }
+
     /// The raw entry at `index`, or `None` past the end of the table.
     pub fn get(&self, index: usize) -> Option<u64> {
         self.entries.get(index).map(|e| e.load(Ordering::Acquire))

@@ -17,6 +17,7 @@
 
 pub mod create;
 pub mod entry;
+pub mod guard;
 pub mod header;
 pub mod l2cache;
 pub mod refcount;
@@ -65,6 +66,8 @@ pub struct Qcow2Image {
     snapshots: Vec<snapshot::Snapshot>,
     /// Metadata state of the write path; `None` when open read-only.
     writer: Option<Mutex<write::Writer>>,
+    /// The clusters writes must keep off; `None` when open read-only.
+    guard: Option<guard::MetadataGuard>,
 }
 
 impl Qcow2Image {
@@ -78,7 +81,7 @@ impl Qcow2Image {
             select_snapshot(&mut header, &snapshots, wanted, options, &file)?;
         }
         let writer = if options.writable || file.writable() {
-            Some(Mutex::new(write::Writer::open(&file, &header)?))
+            Some(write::Writer::open(&file, &header)?)
         } else {
             None
         };
@@ -86,6 +89,12 @@ impl Qcow2Image {
             tracing::warn!(path = %path.display(), "qcow2 image is marked dirty (not closed cleanly); reading it anyway");
         }
         let l1 = read_l1(&file, &header)?;
+        let guard = writer
+            .as_ref()
+            .map(|w| w.metadata_guard(&header, &l1, file.len()))
+            .transpose()
+            .map_err(|e| e.with_path(&path))?;
+        let writer = writer.map(Mutex::new);
         let cache_bytes = options.l2_cache_bytes.unwrap_or(DEFAULT_L2_CACHE_BYTES);
         // A writable image keeps every table it loads: dirty tables are never evicted.
         let capacity = if writer.is_some() {
@@ -107,6 +116,7 @@ impl Qcow2Image {
             backing,
             snapshots,
             writer,
+            guard,
         })
     }
 
@@ -177,7 +187,21 @@ impl Qcow2Image {
         }
         let mut buf = vec![0u8; size as usize];
         self.file.read_exact_at(&mut buf, host)?;
-        Ok(L2Table::from_be_bytes(&buf))
+        let mut table = L2Table::from_be_bytes(&buf);
+        if let Some(guard) = &self.guard {
+            let disarmed = guard.disarm(&mut table);
+            if disarmed > 0 {
+                tracing::warn!(
+                    path = %self.file.path().display(),
+                    l1_index,
+                    entries = disarmed,
+                    "qcow2 L2 table names metadata or clusters past the end of the file as \
+                     data: writes to those clusters copy on write instead (the image is corrupt; \
+                     see `qemu-img check`)"
+                );
+            }
+        }
+        Ok(table)
     }
 
     /// What this image holds for `offset..offset + len` when the range lies inside one

@@ -96,6 +96,11 @@ impl Refcounts {
         self.cluster_bits + 3 - self.refcount_order
     }
 
+    /// Host offsets of the refcount blocks the table names.
+    pub fn block_offsets(&self) -> impl Iterator<Item = u64> + '_ {
+        self.table.iter().copied().filter(|&offset| offset != 0)
+    }
+
     /// Where the table is now (offset, clusters), as the header should say after the next
     /// write-back.
     pub fn table_location(&self) -> (u64, u64) {

@@ -4,7 +4,8 @@
 //!
 //! - Overwrites of clusters that are allocated, standard and not shared (L2 entry with the
 //!   COPIED bit) are [`WritePlan::Mapped`]: the caller writes in place, no metadata changes.
-//!   `map_write` is as lock-free as `map`.
+//!   `map_write` is as lock-free as `map`. Entries read from the file that name metadata,
+//!   or a cluster past the file's end, lose the COPIED bit first ([`super::guard`]).
 //! - Everything else goes through `write_sync`, serialised by one mutex per image: it
 //!   allocates a cluster (a bump allocator at the end of the file, see [`super::refcount`]),
 //!   copies on write the parts of the cluster the request does not cover (read through
@@ -49,6 +50,7 @@
 //! refcounts are never used: refcounts on disk are always exact or too high.
 
 use super::entry::{self, Cluster, L1_OFFSET_MASK, L2_COMPRESSED, L2_OFFSET_MASK, L2_ZERO};
+use super::guard::MetadataGuard;
 use super::header::{self, Header};
 use super::l2cache::{L2Ref, L2Table};
 use super::refcount::Refcounts;
@@ -56,7 +58,7 @@ use super::{push_merged, Qcow2Image};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{check_range, io, DiskImage, Extent, ImageFile, Source, WritePlan};
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::MutexGuard;
 
 /// One cluster's part of a guest range (see `Qcow2Image::cluster_chunks`).
@@ -134,6 +136,17 @@ impl Writer {
             pending_free: Vec::new(),
         })
     }
+
+    /// The metadata clusters at open, for [`MetadataGuard`]: the header's, `l1`'s and the
+    /// refcount table's, of an image `file_len` bytes long.
+    pub fn metadata_guard(
+        &self,
+        header: &Header,
+        l1: &[AtomicU64],
+        file_len: u64,
+    ) -> Result<MetadataGuard> {
+        MetadataGuard::new(header, l1, self.refcounts.block_offsets(), file_len)
+    }
 }
 
 /// Host cluster offsets that the compressed L2 entry `raw` keeps allocated.
@@ -148,6 +161,17 @@ fn compressed_clusters(raw: u64, cluster_bits: u32) -> Vec<u64> {
 }
 
 impl Qcow2Image {
+    /// The host clusters that dropping the compressed entry `raw` frees: those that held
+    /// no metadata and lay inside the file at open (a corrupt entry may name others; see
+    /// [`super::guard`]).
+    fn freed_by_compressed(&self, raw: u64) -> Vec<u64> {
+        let mut clusters = compressed_clusters(raw, self.header.cluster_bits);
+        if let Some(guard) = &self.guard {
+            clusters.retain(|&cluster| guard.may_overwrite(cluster));
+        }
+        clusters
+    }
+
     fn writer(&self) -> Result<MutexGuard<'_, Writer>> {
         let writer = self.writer.as_ref().ok_or_else(|| {
             Error::new(ErrorKind::ReadOnly, "qcow2 image is open read-only")
@@ -287,7 +311,6 @@ impl Qcow2Image {
     pub(super) fn write_sync_impl(&self, offset: u64, buf: &[u8]) -> Result<()> {
         check_range(offset, buf.len() as u64, self.virtual_size())?;
         let mut w = self.writer()?;
-        let cluster_bits = self.header.cluster_bits;
         let end = offset + buf.len() as u64;
         let mut pos = offset;
         while pos < end {
@@ -327,8 +350,7 @@ impl Qcow2Image {
             };
             self.file.write_all_at(&data, target)?;
             if compressed {
-                w.pending_free
-                    .extend(compressed_clusters(raw, cluster_bits));
+                w.pending_free.extend(self.freed_by_compressed(raw));
             }
             Self::set_l2(&mut w, &table, l1_index, l2_index, target | COPIED);
             pos = chunk_end;
@@ -374,8 +396,7 @@ impl Qcow2Image {
             let table = self.writable_l2(&mut w, l1_index)?;
             let raw = table.get(l2_index).unwrap_or(0);
             let value = if raw & L2_COMPRESSED != 0 {
-                w.pending_free
-                    .extend(compressed_clusters(raw, self.header.cluster_bits));
+                w.pending_free.extend(self.freed_by_compressed(raw));
                 L2_ZERO
             } else if raw & COPIED != 0 && raw & L2_OFFSET_MASK != 0 {
                 (raw & L2_OFFSET_MASK) | COPIED | L2_ZERO
@@ -413,9 +434,9 @@ impl Qcow2Image {
             }
             let table = self.writable_l2(&mut w, l1_index)?;
             if raw & L2_COMPRESSED != 0 {
-                w.pending_free
-                    .extend(compressed_clusters(raw, self.header.cluster_bits));
-            } else if raw & L2_OFFSET_MASK != 0 {
+                w.pending_free.extend(self.freed_by_compressed(raw));
+            } else if raw & L2_OFFSET_MASK != 0 && raw & COPIED != 0 {
+                // Without COPIED the cluster may be shared, or metadata (see `guard`): kept.
                 w.pending_free.push(raw & L2_OFFSET_MASK);
             }
             Self::set_l2(&mut w, &table, l1_index, l2_index, value);
