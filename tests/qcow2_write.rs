@@ -5,11 +5,14 @@
 //!
 //! Needs qemu-utils (`qemu-img`, `qemu-io`); without them the tests fail, saying so.
 
+use imgblk::image::qcow2::entry::{L1_OFFSET_MASK, L2_OFFSET_MASK};
+use imgblk::image::qcow2::write::COPIED;
 use imgblk::image::qcow2::Qcow2Image;
 use imgblk::image::{io, DiskImage, ImageFile, OpenOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -645,6 +648,22 @@ fn overlay_files_take_writes_and_leave_the_base_alone() {
     }
 }
 
+/// The image file at `path`, open read-write to patch its metadata by hand.
+fn patch_file(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
+/// The big-endian `u64` at byte `at` of `file`.
+fn be64_at(file: &std::fs::File, at: u64) -> u64 {
+    let mut b = [0u8; 8];
+    file.read_exact_at(&mut b, at).unwrap();
+    u64::from_be_bytes(b)
+}
+
 /// A 1 MiB image (64 KiB clusters) with guest clusters 0 and 1 written by QEMU (0x11, 0x22),
 /// then its first L2 entry pointed at `target(l1_offset, file_len)` with the COPIED bit,
 /// as a corrupt image might have it. Returns the image's path and its L1 table's offset.
@@ -663,32 +682,21 @@ fn corrupt_first_entry(dir: &Path, target: impl Fn(u64, u64) -> u64) -> (std::pa
             s(&img),
         ],
     );
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&img)
-        .unwrap();
-    let be64 = |at: u64| {
-        let mut b = [0u8; 8];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, at).unwrap();
-        u64::from_be_bytes(b)
-    };
-    let l1 = be64(40);
-    let l2 = be64(l1) & 0x00ff_ffff_ffff_fe00;
-    let entry = target(l1, file.metadata().unwrap().len()) | 1 << 63;
-    std::os::unix::fs::FileExt::write_all_at(&file, &entry.to_be_bytes(), l2).unwrap();
+    let file = patch_file(&img);
+    let l1 = be64_at(&file, 40);
+    let l2 = be64_at(&file, l1) & L1_OFFSET_MASK;
+    let entry = target(l1, file.metadata().unwrap().len()) & L2_OFFSET_MASK | COPIED;
+    file.write_all_at(&entry.to_be_bytes(), l2).unwrap();
     (img, l1)
 }
 
 /// The bytes of the cluster at `offset` of `path`.
 fn cluster_bytes(path: &Path, offset: u64) -> Vec<u8> {
     let mut buf = vec![0u8; 64 * KIB as usize];
-    std::os::unix::fs::FileExt::read_exact_at(
-        &std::fs::File::open(path).unwrap(),
-        &mut buf,
-        offset,
-    )
-    .unwrap();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
     buf
 }
 
@@ -760,16 +768,10 @@ fn an_l2_table_in_the_refcount_table_refuses_a_writable_open() {
         "qemu-io",
         &["-f", "qcow2", "-c", "write -P 0x11 0 64k", s(&img)],
     );
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&img)
-        .unwrap();
-    let mut header = [0u8; 56];
-    std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, 0).unwrap();
-    let l1 = u64::from_be_bytes(header[40..48].try_into().unwrap());
-    let refcount_table = u64::from_be_bytes(header[48..56].try_into().unwrap());
-    std::os::unix::fs::FileExt::write_all_at(&file, &(refcount_table | 1 << 63).to_be_bytes(), l1)
+    let file = patch_file(&img);
+    let l1 = be64_at(&file, 40);
+    let refcount_table = be64_at(&file, 48);
+    file.write_all_at(&(refcount_table | COPIED).to_be_bytes(), l1)
         .unwrap();
     let err = open_rw_err(&img);
     assert_eq!(err.path(), Some(img.as_path()), "{err}");

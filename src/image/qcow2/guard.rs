@@ -83,9 +83,12 @@ impl MetadataGuard {
     /// Clears the COPIED bit of every standard entry of `table` (just read from the file)
     /// whose cluster must not be overwritten; returns how many it cleared.
     pub fn disarm(&self, table: &mut L2Table) -> usize {
-        table.clear_copied_where(|raw| {
+        table.rewrite_entries(|raw| {
             let host = raw & L2_OFFSET_MASK;
-            raw & COPIED != 0 && raw & L2_COMPRESSED == 0 && host != 0 && !self.may_overwrite(host)
+            match raw & L2_COMPRESSED == 0 && host != 0 && !self.may_overwrite(host) {
+                true => raw & !COPIED,
+                false => raw,
+            }
         })
     }
 }

@@ -52,18 +52,19 @@ impl L2Table {
         L2Table { entries }
     }
 
-    /// Clears bit 63 (COPIED) of every entry for which `pick` holds, before the table is
-    /// shared; returns how many entries changed.
-    pub fn clear_copied_where(&mut self, pick: impl Fn(u64) -> bool) -> usize {
-        let mut cleared = 0;
+    /// Replaces every entry by `rewrite` of it, before the table is shared; returns how
+    /// many entries changed.
+    pub fn rewrite_entries(&mut self, rewrite: impl Fn(u64) -> u64) -> usize {
+        let mut changed = 0;
         for entry in &mut self.entries {
-            let raw = *entry.get_mut();
-            if pick(raw) {
-                *entry.get_mut() = raw & !(1 << 63);
-                cleared += 1;
+            let raw = entry.get_mut();
+            let new = rewrite(*raw);
+            if new != *raw {
+                *raw = new;
+                changed += 1;
             }
         }
-        cleared
+        changed
     }
 
     /// The raw entry at `index`, or `None` past the end of the table.
