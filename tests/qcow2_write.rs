@@ -5,7 +5,7 @@
 //!
 //! Needs qemu-utils (`qemu-img`, `qemu-io`); without them the tests fail, saying so.
 
-use imgblk::image::qcow2::entry::{L1_OFFSET_MASK, L2_OFFSET_MASK};
+use imgblk::image::qcow2::entry::{L1_OFFSET_MASK, L2_OFFSET_MASK, L2_ZERO};
 use imgblk::image::qcow2::write::COPIED;
 use imgblk::image::qcow2::Qcow2Image;
 use imgblk::image::{io, DiskImage, ImageFile, OpenOptions};
@@ -759,16 +759,23 @@ fn writes_to_a_cluster_past_the_end_of_the_file_are_copied_on_write() {
     }
 }
 
-#[test]
-fn an_l2_table_in_the_refcount_table_refuses_a_writable_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("clash.qcow2");
+/// A 1 MiB image `name` in `dir` (64 KiB clusters) with its first guest cluster written by
+/// QEMU (0x11), and its file open to patch.
+fn one_cluster_image(dir: &Path, name: &str) -> (std::path::PathBuf, std::fs::File) {
+    let img = dir.join(name);
     create(&img, &["-o", "cluster_size=65536"], MIB);
     run(
         "qemu-io",
         &["-f", "qcow2", "-c", "write -P 0x11 0 64k", s(&img)],
     );
     let file = patch_file(&img);
+    (img, file)
+}
+
+#[test]
+fn an_l2_table_in_the_refcount_table_refuses_a_writable_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, file) = one_cluster_image(dir.path(), "clash.qcow2");
     let l1 = be64_at(&file, 40);
     let refcount_table = be64_at(&file, 48);
     file.write_all_at(&(refcount_table | COPIED).to_be_bytes(), l1)
@@ -785,4 +792,120 @@ fn an_l2_table_in_the_refcount_table_refuses_a_writable_open() {
     let empty = dir.path().join("empty.qcow2");
     create(&empty, &[], 0);
     assert_eq!(open_rw(&empty).virtual_size(), 0);
+}
+
+/// Asserts that `err` is about `path` and names each of `fields`, and that the file still
+/// holds `before`.
+fn assert_refused(err: &imgblk::Error, path: &Path, fields: &[&str], before: &[u8], what: &str) {
+    assert_eq!(err.path(), Some(path), "{what}: {err}");
+    let text = err.to_string();
+    for field in fields {
+        assert!(text.contains(field), "{what}: {field:?} not in {text:?}");
+    }
+    assert!(
+        std::fs::read(path).unwrap() == before,
+        "{what}: the image changed"
+    );
+}
+
+#[test]
+fn an_unaligned_l2_entry_fails_writes_and_discards_and_leaves_the_file_alone() {
+    // The entry points 512 bytes into the L1 table's cluster: the guard used to look the
+    // offset up exactly and miss it, so a write went over the L1 table and a discard
+    // punched a hole in it. QEMU marks the image corrupt ("Data cluster offset 0x30200
+    // unaligned"); imgblk fails the request, naming the entry and the offset.
+    type Op = fn(&Qcow2Image) -> imgblk::Result<()>;
+    let ops: [(&str, Op); 4] = [
+        ("write", |image| {
+            io::write_at(image, &[0x5a; 64 * KIB as usize], 0)
+        }),
+        ("partial write", |image| {
+            io::write_at(image, &[0x5a; 4096], 512)
+        }),
+        ("discard", |image| image.discard(0, 64 * KIB)),
+        ("write_zeroes", |image| image.write_zeroes(0, 64 * KIB)),
+    ];
+    for zero_flag in [false, true] {
+        for (name, op) in ops {
+            let what = format!("{name} (zero flag {zero_flag})");
+            let dir = tempfile::tempdir().unwrap();
+            let (img, l1) = corrupt_first_entry(dir.path(), |l1, _| l1 + 512);
+            if zero_flag {
+                // A "preallocated zero cluster": QEMU checks its offset too.
+                let file = patch_file(&img);
+                let l2 = be64_at(&file, l1) & L1_OFFSET_MASK;
+                let entry = be64_at(&file, l2) | L2_ZERO;
+                file.write_all_at(&entry.to_be_bytes(), l2).unwrap();
+            }
+            let before = std::fs::read(&img).unwrap();
+            let unaligned = format!("{:#x}", l1 + 512);
+            {
+                let image = open_rw(&img);
+                let err = op(&image).expect_err(&what);
+                let fields = [
+                    "L1 entry 0",
+                    "L2 entry 0",
+                    unaligned.as_str(),
+                    "not cluster aligned",
+                ];
+                assert_refused(&err, &img, &fields, &before, &what);
+                image.flush().expect("flush");
+            }
+            assert!(
+                std::fs::read(&img).unwrap() == before,
+                "{what}: the image changed on close"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_refcount_table_entry_with_reserved_bits_refuses_a_writable_open() {
+    // QEMU masks bits 0..=8 of a refcount table entry and `qemu-img check` reports "refcount
+    // table entry 0 has reserved bits set" as an error. imgblk read the entry masked but
+    // wrote the refcount block back at the unmasked offset, one byte off, over refcounts
+    // and the first L1 entry.
+    for bits in [1u64, 0x100] {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, file) = one_cluster_image(dir.path(), "reft.qcow2");
+        let table = be64_at(&file, 48);
+        let entry = be64_at(&file, table) | bits;
+        file.write_all_at(&entry.to_be_bytes(), table).unwrap();
+        let before = std::fs::read(&img).unwrap();
+        let (code, text) = run_status("qemu-img", &["check", "-f", "qcow2", s(&img)]);
+        assert_eq!(code, 2, "qemu-img check sees no corruption: {text}");
+        assert!(
+            text.contains("refcount table entry 0 has reserved bits set"),
+            "{text}"
+        );
+        let err = open_rw_err(&img);
+        let fields = ["refcount table entry 0", "reserved bits"];
+        assert_refused(&err, &img, &fields, &before, &format!("bits {bits:#x}"));
+        let image = open_ro(&img);
+        let mut got = vec![0u8; 64 * KIB as usize];
+        io::read_at(&image, &mut got, 0).unwrap();
+        assert!(got.iter().all(|&b| b == 0x11));
+    }
+}
+
+#[test]
+fn a_corrupt_l1_entry_refuses_a_writable_open() {
+    // An L2 table offset that is not cluster aligned (QEMU: "L2 table offset ... unaligned")
+    // or reserved bits set (`qemu-img check`: "L1 entry with reserved bits set").
+    for (what, change) in [
+        ("not cluster aligned", 512u64),
+        ("reserved bits", 2),
+        ("reserved bits", 1 << 56),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, file) = one_cluster_image(dir.path(), "l1.qcow2");
+        let l1 = be64_at(&file, 40);
+        let entry = be64_at(&file, l1) + change;
+        file.write_all_at(&entry.to_be_bytes(), l1).unwrap();
+        let before = std::fs::read(&img).unwrap();
+        let (code, text) = run_status("qemu-img", &["check", "-f", "qcow2", s(&img)]);
+        assert_ne!(code, 0, "{what}: qemu-img check sees nothing wrong: {text}");
+        let err = open_rw_err(&img);
+        assert_refused(&err, &img, &["L1 entry 0", what], &before, what);
+    }
 }

@@ -4,6 +4,9 @@ use crate::error::{Error, Result};
 
 /// Bits 9..=55 of an L1 entry: the L2 table's file offset.
 pub const L1_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// Bits 0..=8 and 56..=62 of an L1 entry: reserved, must be zero (QEMU's
+/// `L1E_RESERVED_MASK`; `qemu-img check` counts them as corruption).
+pub const L1_RESERVED: u64 = 0x7f00_0000_0000_01ff;
 /// Bits 9..=55 of a standard L2 entry: the data cluster's file offset.
 pub const L2_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 /// L2 entry bit 62: the cluster is compressed.

@@ -189,7 +189,9 @@ impl Qcow2Image {
         self.file.read_exact_at(&mut buf, host)?;
         let mut table = L2Table::from_be_bytes(&buf);
         if let Some(guard) = &self.guard {
-            let disarmed = guard.disarm(&mut table);
+            let disarmed = guard
+                .disarm(&mut table, l1_index, host)
+                .map_err(|e| e.with_path(self.file.path()))?;
             if disarmed > 0 {
                 tracing::warn!(
                     path = %self.file.path().display(),

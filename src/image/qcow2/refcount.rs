@@ -72,7 +72,11 @@ impl Refcounts {
         }
         let mut buf = vec![0u8; bytes as usize];
         file.read_exact_at(&mut buf, table_offset)?;
-        let table = buf.chunks_exact(8).map(be64).collect();
+        let table: Vec<u64> = buf.chunks_exact(8).map(be64).collect();
+        for (index, &entry) in table.iter().enumerate() {
+            check_table_entry(index, entry, cs, file.len())
+                .map_err(|e| e.at(table_offset + 8 * index as u64).with_path(file.path()))?;
+        }
         Ok(Refcounts {
             cluster_bits,
             refcount_order,
@@ -110,18 +114,16 @@ impl Refcounts {
     /// The cached block `index`, loaded from the file if needed; `None` if the table has no
     /// block there.
     fn block(&mut self, file: &ImageFile, index: usize) -> Result<Option<&mut Block>> {
-        let offset = self.table.get(index).copied().unwrap_or(0) & !0x1ff;
+        let offset = self.table.get(index).copied().unwrap_or(0);
         if offset == 0 {
             return Ok(None);
         }
         if !self.blocks.contains_key(&index) {
             let cs = self.cluster_size();
-            if offset % cs != 0 || offset.checked_add(cs).map_or(true, |e| e > self.file_len) {
-                return Err(Error::corrupt(format!(
-                    "qcow2 refcount block {index} at {offset:#x} is unaligned or past the end of the file"
-                ))
-                .with_path(file.path()));
-            }
+            // Entries read from the file were checked by `load`; the allocator's blocks
+            // stay cached. Checked again, as it is read and later written through.
+            check_table_entry(index, offset, cs, self.file_len)
+                .map_err(|e| e.with_path(file.path()))?;
             let mut data = vec![0u8; cs as usize];
             file.read_exact_at(&mut data, offset)?;
             self.blocks.insert(index, Block { data, dirty: false });
@@ -284,6 +286,33 @@ impl Refcounts {
     }
 }
 
+/// Bits 0..=8 of a refcount table entry: reserved, must be zero (QEMU masks them off with
+/// `REFT_OFFSET_MASK`, and `qemu-img check` counts them as corruption).
+const REFT_RESERVED: u64 = 0x1ff;
+
+/// Checks refcount table entry `index`, `entry`, of an image with `cluster_size`-byte
+/// clusters `file_len` bytes long: no reserved bits, and a refcount block offset (if any)
+/// cluster aligned and inside the file. The write path writes the block back there.
+fn check_table_entry(index: usize, entry: u64, cluster_size: u64, file_len: u64) -> Result<()> {
+    let problem = if entry & REFT_RESERVED != 0 {
+        "has reserved bits set"
+    } else if entry % cluster_size != 0 {
+        "names a refcount block offset that is not cluster aligned"
+    } else if entry != 0
+        && entry
+            .checked_add(cluster_size)
+            .map_or(true, |e| e > file_len)
+    {
+        "names a refcount block past the end of the file"
+    } else {
+        return Ok(());
+    };
+    Err(Error::corrupt(format!(
+        "qcow2 refcount table entry {index} ({entry:#x}) {problem}; writing would corrupt the \
+         image further (repair it with `qemu-img check -r all`, or attach read-only)"
+    )))
+}
+
 fn be64(c: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(c);
@@ -345,6 +374,27 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let file = ImageFile::open(&path, true, false).unwrap();
         (dir, file)
+    }
+
+    #[test]
+    fn load_refuses_corrupt_table_entries() {
+        for (entry, problem) in [
+            ((2 * CS) | 1, "entry 0 (0x401) has reserved bits set"),
+            ((2 * CS) | 0x100, "reserved bits"),
+            (3 * CS, "past the end of the file"),
+        ] {
+            let (_dir, file) = image(4, 0);
+            file.write_all_at(&entry.to_be_bytes(), CS).unwrap();
+            let err = Refcounts::load(&file, 9, 4, CS, 1).err().expect("loaded");
+            let text = err.to_string();
+            assert!(text.contains(problem), "{text}");
+            assert_eq!(err.path(), Some(file.path()));
+        }
+        // With 1 KiB clusters, an offset without reserved bits may still be unaligned.
+        let (_dir, file) = image(4, 0);
+        file.write_all_at(&(3 * CS).to_be_bytes(), CS).unwrap();
+        let err = Refcounts::load(&file, 10, 4, CS, 1).err().expect("loaded");
+        assert!(err.to_string().contains("not cluster aligned"), "{err}");
     }
 
     #[test]
