@@ -865,9 +865,13 @@ fn a_refcount_table_entry_with_reserved_bits_refuses_a_writable_open() {
     // table entry 0 has reserved bits set" as an error. imgblk read the entry masked but
     // wrote the refcount block back at the unmasked offset, one byte off, over refcounts
     // and the first L1 entry.
-    for bits in [1u64, 0x100] {
+    // With a persistent bitmap, the refused open must not clear the autoclear bit either.
+    for (bits, bitmap) in [(1u64, false), (0x100, true)] {
         let dir = tempfile::tempdir().unwrap();
         let (img, file) = one_cluster_image(dir.path(), "reft.qcow2");
+        if bitmap {
+            run("qemu-img", &["bitmap", "--add", s(&img), "b0"]);
+        }
         let table = be64_at(&file, 48);
         let entry = be64_at(&file, table) | bits;
         file.write_all_at(&entry.to_be_bytes(), table).unwrap();

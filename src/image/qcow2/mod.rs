@@ -107,6 +107,9 @@ impl Qcow2Image {
         let l2 = L2Cache::new(l1.len(), capacity);
         let data_file = open_data_file(&path, &header, options)?;
         let backing = open_backing(&path, &header, options, depth)?;
+        if writer.is_some() {
+            write::Writer::clear_autoclear(&file, &header)?;
+        }
         Ok(Qcow2Image {
             file,
             header,

@@ -116,11 +116,6 @@ impl Writer {
             )
             .with_path(file.path()));
         }
-        if header.version >= 3 && header.autoclear_features != 0 {
-            // Features we do not maintain (persistent bitmaps) must be marked stale.
-            file.write_all_at(&0u64.to_be_bytes(), HEADER_AUTOCLEAR)?;
-            file.sync_data()?;
-        }
         let refcounts = Refcounts::load(
             file,
             header.cluster_bits,
@@ -135,6 +130,17 @@ impl Writer {
             dirty_l2: BTreeSet::new(),
             pending_free: Vec::new(),
         })
+    }
+
+    /// Clears the autoclear bits of `header` (version 3) in `file`: features we do not
+    /// maintain (persistent bitmaps) must be marked stale before anything is written. The
+    /// open calls this last, so that a refused writable open leaves the file as it was.
+    pub fn clear_autoclear(file: &ImageFile, header: &Header) -> Result<()> {
+        if header.version >= 3 && header.autoclear_features != 0 {
+            file.write_all_at(&0u64.to_be_bytes(), HEADER_AUTOCLEAR)?;
+            file.sync_data()?;
+        }
+        Ok(())
     }
 
     /// The metadata clusters at open, for [`MetadataGuard`]: the header's, `l1`'s and the
