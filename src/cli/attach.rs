@@ -184,7 +184,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
             && args.overlay.is_none()
             && r.luks == args.luks.luks
             && r.snapshot == args.snapshot
-            && device::is_recoverable(r)
+            && device::wait_until_recoverable(r)
     });
     if orphan.is_none() {
         for path in &paths {
@@ -201,6 +201,8 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         force_share: args.force_share,
         l2_cache_bytes: args.l2_cache_mib.map(|mib| mib << 20),
         snapshot: args.snapshot.clone(),
+        journal_dir: Some(registry::journal_dir()),
+        tap: None,
     };
     let source = if let Some(Overlay::File(file)) = &args.overlay {
         check_file_overlay(&args, piece.as_deref())?;
@@ -293,6 +295,9 @@ pub(super) fn launch(
     })?;
     match daemon::fork_daemon(&log)? {
         Role::Parent(pipe) => {
+            // The daemon serves the image now: this copy must not flush it, nor close its
+            // metadata journal (which removes the file the daemon goes on writing).
+            std::mem::forget(image);
             report(&daemon::wait_for_report(pipe, &log)?);
             Ok(EXIT_OK)
         }

@@ -53,7 +53,7 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
             .collect(),
     };
     for record in records {
-        if !device::is_recoverable(&record) {
+        if !device::wait_until_recoverable(&record) {
             return Err(Error::new(
                 ErrorKind::Busy,
                 format!(
@@ -75,6 +75,7 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
             writable: record.writable,
             direct: true,
             snapshot: record.snapshot.clone(),
+            journal_dir: Some(registry::journal_dir()),
             ..OpenOptions::default()
         };
         let image = match record.overlay.as_deref() {

@@ -7,9 +7,44 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Alignment (bytes) of offsets, lengths and buffers that `O_DIRECT` I/O must keep.
 pub const DIRECT_ALIGN: u64 = 512;
+
+/// A change [`ImageFile`] is about to make to its file, as a [`FileTap`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum FileChange<'a> {
+    /// `pwrite` of `data` at `offset`.
+    Write { offset: u64, data: &'a [u8] },
+    /// `fdatasync`.
+    Sync,
+    /// A hole punched at `offset..offset + len`.
+    Punch { offset: u64, len: u64 },
+    /// The file cut or grown to `len` bytes.
+    SetLen(u64),
+}
+
+/// Sees every change a writable [`ImageFile`] makes through its own methods, before it is
+/// made, and may fail it: the crash-consistency tests record the changes to replay them
+/// to every crash point, and inject I/O errors. (Data that a ublk queue writes with
+/// io_uring does not pass through here.)
+pub trait FileTap: Send + Sync {
+    /// Called before `change` is made to the file at `path`; an error fails the change
+    /// instead, as if the system call had.
+    fn before(&self, path: &Path, change: FileChange<'_>) -> std::io::Result<()>;
+}
+
+/// A shared [`FileTap`] that options can carry (cloned into every file opened with them).
+#[derive(Clone)]
+pub struct Tap(pub Arc<dyn FileTap>);
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tap")
+    }
+}
 
 /// A host file an image's extents point into.
 #[derive(Debug)]
@@ -20,6 +55,10 @@ pub struct ImageFile {
     writable: bool,
     len: u64,
     is_block_device: bool,
+    /// Set once an `fdatasync` failed: from then on every write and sync fails, since the
+    /// kernel may have dropped the dirty pages it could not write (see [`Self::sync_data`]).
+    sync_failed: AtomicBool,
+    tap: Option<Tap>,
 }
 
 impl ImageFile {
@@ -71,7 +110,46 @@ impl ImageFile {
             writable,
             len,
             is_block_device,
+            sync_failed: AtomicBool::new(false),
+            tap: None,
         })
+    }
+
+    /// Lets `tap` see (and fail) every change this file makes from now on.
+    pub fn with_tap(mut self, tap: Option<Tap>) -> Self {
+        self.tap = tap;
+        self
+    }
+
+    /// Runs the tap, if any, before `change`.
+    fn tapped(&self, change: FileChange<'_>) -> std::io::Result<()> {
+        match &self.tap {
+            Some(tap) => tap.0.before(&self.path, change),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a change to a read-only file, or to one whose earlier sync failed.
+    fn check_writable(&self) -> Result<()> {
+        if !self.writable {
+            return Err(
+                Error::new(ErrorKind::ReadOnly, "file is open read-only").with_path(&self.path)
+            );
+        }
+        if self.sync_failed() {
+            return Err(Error::io(
+                "an earlier fdatasync of this file failed, so data it had acknowledged may be \
+                 lost; writes are refused until the image is closed (detach it, check it)",
+                std::io::Error::from_raw_os_error(libc::EIO),
+            )
+            .with_path(&self.path));
+        }
+        Ok(())
+    }
+
+    /// Whether an `fdatasync` of this file has failed: writes and syncs fail from then on.
+    pub fn sync_failed(&self) -> bool {
+        self.sync_failed.load(Ordering::Acquire)
     }
 
     /// The path the file was opened by.
@@ -169,33 +247,29 @@ impl ImageFile {
 
     /// Writes all of `buf` at `offset`.
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        if !self.writable {
-            return Err(
-                Error::new(ErrorKind::ReadOnly, "file is open read-only").with_path(&self.path)
-            );
-        }
-        self.buffered.write_all_at(buf, offset).map_err(|e| {
-            Error::io("write failed", e)
-                .at(offset)
-                .with_path(&self.path)
-        })
+        self.check_writable()?;
+        self.tapped(FileChange::Write { offset, data: buf })
+            .and_then(|()| self.buffered.write_all_at(buf, offset))
+            .map_err(|e| {
+                Error::io("write failed", e)
+                    .at(offset)
+                    .with_path(&self.path)
+            })
     }
 
     /// Deallocates `offset..offset + len` so that it reads as zeroes (`fallocate` punching
     /// a hole). Returns false where the file system or a block device cannot do that, and
     /// the caller must write zeroes instead.
     pub fn punch_hole(&self, offset: u64, len: u64) -> Result<bool> {
-        if !self.writable {
-            return Err(
-                Error::new(ErrorKind::ReadOnly, "file is open read-only").with_path(&self.path)
-            );
-        }
+        self.check_writable()?;
         if self.is_block_device {
             return Ok(false);
         }
         let (Ok(off), Ok(length)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Err(Error::invalid("range too large").with_path(&self.path));
         };
+        self.tapped(FileChange::Punch { offset, len })
+            .map_err(|e| Error::io("fallocate failed", e).with_path(&self.path))?;
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         // SAFETY: fallocate on a descriptor we own, with plain integer arguments.
         let rc = unsafe { libc::fallocate(self.buffered.as_raw_fd(), mode, off, length) };
@@ -234,13 +308,32 @@ impl ImageFile {
     }
 
     /// Makes written data durable (`fdatasync`).
+    ///
+    /// A failure is sticky: after a failed `fdatasync` Linux may have marked the pages it
+    /// could not write clean, so a second sync would "succeed" with the data gone. Every
+    /// later write and sync of this file fails instead (PostgreSQL's fsync lesson).
     pub fn sync_data(&self) -> Result<()> {
         if !self.writable {
             return Ok(());
         }
-        self.buffered
-            .sync_data()
-            .map_err(|e| Error::io("fdatasync failed", e).with_path(&self.path))
+        self.check_writable()?;
+        self.tapped(FileChange::Sync)
+            .and_then(|()| self.buffered.sync_data())
+            .map_err(|e| {
+                if !self.sync_failed.swap(true, Ordering::AcqRel) {
+                    tracing::error!(path = %self.path.display(), error = %e,
+                        "fdatasync failed: refusing every further write to this file");
+                }
+                Error::io("fdatasync failed", e).with_path(&self.path)
+            })
+    }
+
+    /// Cuts or grows the file to `len` bytes (regular files only).
+    pub fn set_len(&self, len: u64) -> Result<()> {
+        self.check_writable()?;
+        self.tapped(FileChange::SetLen(len))
+            .and_then(|()| self.buffered.set_len(len))
+            .map_err(|e| Error::io("cannot set the file's length", e).with_path(&self.path))
     }
 }
 

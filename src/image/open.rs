@@ -1,6 +1,7 @@
 //! The one place that turns a path into a [`DiskImage`]: it detects the format by its
 //! magic (unless told), opens backing files, and bounds the chain's depth.
 
+use super::file::Tap;
 use super::lock::LockMode;
 use super::vdi::VdiImage;
 use super::vhd::VhdImage;
@@ -8,7 +9,7 @@ use super::vhdx::VhdxImage;
 use super::vmdk::VmdkImage;
 use super::{qcow2, raw::RawImage, DiskImage, Format, ImageFile};
 use crate::error::{Error, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// How deep a backing chain may go before we call it a loop.
 pub const MAX_CHAIN_DEPTH: u32 = 32;
@@ -31,6 +32,13 @@ pub struct OpenOptions {
     /// Open this internal snapshot of a qcow2 image (matched by name, then by id)
     /// instead of its active state; read-only. Applies to the top image only.
     pub snapshot: Option<String>,
+    /// Where a writable qcow2 keeps the journal of metadata changes not yet flushed, so
+    /// that a process that takes over from one that died (ublk recovery) finds every
+    /// write that was completed (see `qcow2::journal`); `None`: no journal, as for
+    /// library users whose process is the whole life of the image.
+    pub journal_dir: Option<PathBuf>,
+    /// Sees, and may fail, every change made to the files opened (crash tests).
+    pub tap: Option<Tap>,
 }
 
 impl OpenOptions {
@@ -61,7 +69,8 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
     if options.writable && options.force_share {
         return Err(Error::invalid("--force-share is only allowed read-only"));
     }
-    let file = ImageFile::open(path, options.writable, options.direct)?;
+    let file =
+        ImageFile::open(path, options.writable, options.direct)?.with_tap(options.tap.clone());
     file.lock(options.lock_mode())?;
     let format = match options.format {
         Some(format) => format,

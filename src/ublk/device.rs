@@ -266,6 +266,24 @@ pub fn is_recoverable(record: &super::registry::DeviceRecord) -> bool {
     .unwrap_or(false)
 }
 
+/// Whether device `record` can be taken over, waiting a little where its daemon is gone
+/// but the driver has not quiesced the device yet: until Linux 6.15 the driver notices a
+/// dead daemon only on its next periodic check (every 5 s), so a `recover` right after
+/// the daemon died would otherwise be refused.
+pub fn wait_until_recoverable(record: &super::registry::DeviceRecord) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if is_recoverable(record) {
+            return true;
+        }
+        let waiting = !super::registry::pid_alive(record.pid) && kernel_has_device(record.id);
+        if !waiting || Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Daemon memory for the per-tag buffers of a device that copies (no zero copy): every
 /// tag of every queue has one, and big sequential reads touch all of their pages.
 const COPY_BUFFERS_BUDGET: u64 = 32 << 20;

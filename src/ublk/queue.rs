@@ -243,6 +243,10 @@ fn prepare<'a>(
             Ok(single_data_run(extents, req.len).map_or(Work::Read, |run| transfer(run, false)))
         }
         sys::UBLK_IO_OP_WRITE => match image.map_write(req.offset, req.len, extents)? {
+            WritePlan::Mapped if extents.iter().any(after_failed_sync) => Err(Error::io(
+                "an earlier fdatasync of the image failed: writes are refused until detach",
+                std::io::Error::from_raw_os_error(libc::EIO),
+            )),
             WritePlan::Mapped => Ok(
                 single_data_run(extents, req.len).map_or(Work::Write, |run| transfer(run, true))
             ),
@@ -255,6 +259,12 @@ fn prepare<'a>(
         }
         op => Err(Error::unsupported(format!("ublk operation {op}"))),
     }
+}
+
+/// Whether `extent` lies in a file whose earlier `fdatasync` failed: a write the queue
+/// sends there itself (io_uring, bypassing [`ImageFile::write_all_at`]) must fail too.
+fn after_failed_sync(extent: &Extent<'_>) -> bool {
+    matches!(extent.source, Source::Data { file, .. } if file.sync_failed())
 }
 
 /// Carries out what [`prepare`] left to do.

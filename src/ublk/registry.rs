@@ -88,6 +88,12 @@ pub fn run_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/run/imgblk"))
 }
 
+/// The folder of the writable qcow2 images' metadata journals (`qcow2::journal`): in
+/// the run folder, so that they outlive a daemon but never a reboot.
+pub fn journal_dir() -> PathBuf {
+    run_dir().join("journal")
+}
+
 fn record_path(id: u32) -> PathBuf {
     run_dir().join(format!("ublkb{id}.json"))
 }

@@ -8,6 +8,8 @@
 //! - [`snapshot`]: the internal snapshot table; a snapshot opens read-only.
 //! - [`refcount`]: refcount blocks and the cluster allocator (write path).
 //! - [`write`]: writes, flush ordering and crash consistency.
+//! - [`journal`]: the metadata changes since the last flush, kept for a daemon that takes
+//!   over from one that died.
 //!
 //! Depth scheme: every image reports extents relative to itself (`depth` 0 = this file).
 //! Extents obtained from the backing image get `depth + 1`, so at the top of the chain
@@ -19,6 +21,7 @@ pub mod create;
 pub mod entry;
 pub mod guard;
 pub mod header;
+pub mod journal;
 pub mod l2cache;
 pub mod refcount;
 pub mod snapshot;
@@ -80,11 +83,21 @@ impl Qcow2Image {
         if let Some(wanted) = &options.snapshot {
             select_snapshot(&mut header, &snapshots, wanted, options, &file)?;
         }
-        let writer = if options.writable || file.writable() {
+        let mut writer = if options.writable || file.writable() {
             Some(write::Writer::open(&file, &header)?)
         } else {
             None
         };
+        let mut replay = Vec::new();
+        if let (Some(writer), Some(dir)) = (&mut writer, &options.journal_dir) {
+            let (journal, records) = journal::Journal::open(dir, &file, options.tap.clone())?;
+            if !records.is_empty() {
+                tracing::info!(path = %path.display(), journal = %journal.path().display(),
+                    records = records.len(), "replaying the metadata journal of a daemon that died");
+            }
+            writer.set_journal(journal);
+            replay = records;
+        }
         if writer.is_none() && header.has_incompatible(header::INCOMPAT_DIRTY) {
             tracing::warn!(path = %path.display(), "qcow2 image is marked dirty (not closed cleanly); reading it anyway");
         }
@@ -110,7 +123,7 @@ impl Qcow2Image {
         if writer.is_some() {
             write::Writer::clear_autoclear(&file, &header)?;
         }
-        Ok(Qcow2Image {
+        let image = Qcow2Image {
             file,
             header,
             l1,
@@ -120,7 +133,12 @@ impl Qcow2Image {
             snapshots,
             writer,
             guard,
-        })
+        };
+        if !replay.is_empty() {
+            image.replay(&replay)?;
+            image.flush_impl()?;
+        }
+        Ok(image)
     }
 
     /// The parsed header.
@@ -516,8 +534,11 @@ impl DiskImage for Qcow2Image {
 
 impl Drop for Qcow2Image {
     fn drop(&mut self) {
-        if let Err(e) = self.flush_impl() {
-            tracing::error!(path = %self.file.path().display(), "flushing qcow2 image on close failed: {e}");
+        match self.flush_impl() {
+            Ok(()) => self.close_journal(),
+            Err(e) => {
+                tracing::error!(path = %self.file.path().display(), "flushing qcow2 image on close failed: {e}")
+            }
         }
     }
 }

@@ -200,6 +200,45 @@ impl Refcounts {
         }
     }
 
+    /// Makes the allocator skip every cluster below host offset `end`.
+    pub fn reserve_below(&mut self, end: u64) {
+        self.next = self.next.max(end.div_ceil(self.cluster_size()));
+    }
+
+    /// Marks the cluster at host offset `offset` allocated (refcount 1), as an earlier
+    /// writer did whose changes a journal kept (see [`super::journal`]); the allocator
+    /// must already skip it ([`Refcounts::reserve_below`]). A count of 1 is left alone
+    /// (that writer's flush got that far); a higher one means the cluster is someone
+    /// else's now.
+    pub fn claim(&mut self, file: &ImageFile, offset: u64) -> Result<()> {
+        let cluster = offset >> self.cluster_bits;
+        let (index, _) = self.split(cluster)?;
+        if index >= self.table.len() {
+            self.grow_table(file, index)?;
+        }
+        while self.table.get(index) == Some(&0) {
+            // A new block for this cluster's range, stored at the end of the file.
+            let host = self.alloc(file)?;
+            if self.table.get(index) == Some(&0) {
+                let data = vec![0u8; self.cluster_size() as usize];
+                self.blocks.insert(index, Block { data, dirty: true });
+                self.table[index] = host;
+                self.dirty_entries.insert(index);
+            } else {
+                self.set(file, host >> self.cluster_bits, 0)?; // alloc made one itself
+            }
+        }
+        match self.get(file, cluster)? {
+            0 => self.set(file, cluster, 1),
+            1 => Ok(()),
+            count => Err(Error::corrupt(format!(
+                "cluster at {offset:#x}, allocated by imgblk's daemon before it died, now has \
+                 refcount {count}: the image was changed by another program since"
+            ))
+            .with_path(file.path())),
+        }
+    }
+
     /// Allocates `n` contiguous clusters; returns the offset of the first.
     fn alloc_run(&mut self, file: &ImageFile, n: u64) -> Result<u64> {
         let cs = self.cluster_size();
@@ -270,7 +309,10 @@ impl Refcounts {
             let (old, clusters) = old_header_table;
             freed.extend((0..clusters).map(|i| old + (i << self.cluster_bits)));
             self.relocated = false;
-        } else {
+        } else if !self.dirty_entries.is_empty() {
+            // New blocks must be on disk before the table names them: a table entry that
+            // got there first would point at a block of zeroes, whose own count is 0.
+            file.sync_data()?;
             for &index in &self.dirty_entries {
                 let entry = self.table.get(index).copied().unwrap_or(0);
                 file.write_all_at(&entry.to_be_bytes(), self.table_offset + 8 * index as u64)?;

@@ -29,10 +29,15 @@
 //!   Each `pwrite` of those steps leaves a valid image (a torn multi-page write mixes old
 //!   and new 8-byte entries, each of them valid), so killing the process at any moment,
 //!   or losing power, leaves an image that `qemu-img check` finds free of corruption.
+//!   (New refcount blocks get a sync of their own before the table names them.)
+//! - A request that changed any of that metadata completes only after its changes are in
+//!   the [`super::journal`] (one `pwrite` to tmpfs): a process that takes over from one
+//!   that died replays them, so a completed write survives a daemon's death, not only a
+//!   flush. `tests/crash.rs` replays recorded runs to every crash point to check both.
 //!
 //! # Leaks
 //!
-//! A crash loses at most what was written since the last completed flush, and leaks the
+//! A power loss loses at most what was written since the last completed flush, and leaks the
 //! clusters allocated since then whose refcounts already reached the disk (steps 1–4 cut
 //! short): data clusters and L2 tables with refcount 1 that nothing references, and an
 //! old refcount table, or compressed clusters, whose decrement (step 5) was lost.
@@ -52,6 +57,7 @@
 use super::entry::{self, Cluster, L1_OFFSET_MASK, L2_COMPRESSED, L2_OFFSET_MASK, L2_ZERO};
 use super::guard::MetadataGuard;
 use super::header::{self, Header};
+use super::journal::{Journal, Record};
 use super::l2cache::{L2Ref, L2Table};
 use super::refcount::Refcounts;
 use super::{push_merged, Qcow2Image};
@@ -88,6 +94,8 @@ pub struct Writer {
     dirty_l2: BTreeSet<usize>,
     /// Host clusters to decrement once the metadata no longer referencing them is durable.
     pending_free: Vec<u64>,
+    /// Where the changes since the last flush survive this process (see [`super::journal`]).
+    journal: Option<Journal>,
 }
 
 impl Writer {
@@ -129,6 +137,7 @@ impl Writer {
             dirty_l1: BTreeSet::new(),
             dirty_l2: BTreeSet::new(),
             pending_free: Vec::new(),
+            journal: None,
         })
     }
 
@@ -141,6 +150,42 @@ impl Writer {
             file.sync_data()?;
         }
         Ok(())
+    }
+
+    /// Keeps the changes from now on in `journal` as well.
+    pub fn set_journal(&mut self, journal: Journal) {
+        self.journal = Some(journal);
+    }
+
+    /// Notes `record` for the journal (written by [`Writer::commit`]).
+    fn log(&mut self, record: Record) {
+        if let Some(journal) = &mut self.journal {
+            journal.log(record);
+        }
+    }
+
+    /// Writes the logged changes to the journal: before a change is published to other
+    /// queues, and so before the request that made it completes.
+    fn commit(&mut self) -> Result<()> {
+        match &mut self.journal {
+            Some(journal) => journal.commit(),
+            None => Ok(()),
+        }
+    }
+
+    /// Allocates a cluster, journaled.
+    fn alloc(&mut self, file: &ImageFile) -> Result<u64> {
+        let host = self.refcounts.alloc(file)?;
+        self.log(Record::Alloc(host));
+        Ok(host)
+    }
+
+    /// Frees `clusters` once the metadata no longer naming them is durable, journaled.
+    fn free_later(&mut self, clusters: Vec<u64>) {
+        for &host in &clusters {
+            self.log(Record::Free(host));
+        }
+        self.pending_free.extend(clusters);
     }
 
     /// The metadata clusters at open, for [`MetadataGuard`]: the header's, `l1`'s and the
@@ -291,14 +336,12 @@ impl Qcow2Image {
                 .with_path(self.file.path()));
             }
         } else {
-            let host = w.refcounts.alloc(&self.file)?;
-            let zeroes = vec![0u8; self.cluster_size() as usize];
-            self.l2.install(l1_index, L2Table::from_be_bytes(&zeroes))?;
-            if let Some(entry) = self.l1.get(l1_index) {
-                entry.store(host | COPIED, Ordering::Release);
-            }
-            w.dirty_l1.insert(l1_index);
-            w.dirty_l2.insert(l1_index);
+            let host = w.alloc(&self.file)?;
+            self.install_empty_l2(w, l1_index, host | COPIED)?;
+            w.log(Record::L1 {
+                index: l1_index as u64,
+                value: host | COPIED,
+            });
         }
         self.l2_table(l1_index)?.ok_or_else(|| {
             Error::corrupt(format!("qcow2 L2 table {l1_index} vanished"))
@@ -306,12 +349,88 @@ impl Qcow2Image {
         })
     }
 
-    /// Stores `value` as L2 entry `l2_index` of the table of `l1_index`.
-    fn set_l2(w: &mut Writer, table: &L2Ref<'_>, l1_index: usize, l2_index: usize, value: u64) {
+    /// Publishes a new, empty L2 table as L1 entry `l1_index` (the entry `l1_entry`): in
+    /// the cache before the L1 entry, so that readers see the old or the new mapping.
+    fn install_empty_l2(&self, w: &mut Writer, l1_index: usize, l1_entry: u64) -> Result<()> {
+        let zeroes = vec![0u8; self.cluster_size() as usize];
+        self.l2.install(l1_index, L2Table::from_be_bytes(&zeroes))?;
+        if let Some(entry) = self.l1.get(l1_index) {
+            entry.store(l1_entry, Ordering::Release);
+        }
+        w.dirty_l1.insert(l1_index);
+        w.dirty_l2.insert(l1_index);
+        Ok(())
+    }
+
+    /// Stores `value` as L2 entry `l2_index` of the table of `l1_index`, journaled first
+    /// (with every change logged before it): once stored, another queue may complete a
+    /// write through the entry without the write mutex ([`WritePlan::Mapped`]), and that
+    /// write must survive this process's death as well.
+    fn set_l2(
+        w: &mut Writer,
+        table: &L2Ref<'_>,
+        l1_index: usize,
+        l2_index: usize,
+        value: u64,
+    ) -> Result<()> {
+        w.log(Record::L2 {
+            l1: l1_index as u64,
+            l2: l2_index as u64,
+            value,
+        });
+        w.commit()?;
         if let Some(entry) = table.entries().get(l2_index) {
             entry.store(value, Ordering::Release);
         }
         w.dirty_l2.insert(l1_index);
+        Ok(())
+    }
+
+    /// Applies what a journal kept of a daemon that died (see [`super::journal`]): its
+    /// allocations, L1 and L2 entries and pending frees, as it had them in memory.
+    /// Idempotent, so a journal whose changes partly reached the file already is fine.
+    pub(super) fn replay(&self, records: &[Record]) -> Result<()> {
+        let mut w = self.writer()?;
+        let cs = self.cluster_size();
+        // The allocator must not hand out a cluster the journal names, even one that
+        // never reached the file (an L2 table still in memory when the daemon died).
+        let end = records.iter().fold(0, |end, record| match record {
+            Record::Alloc(host) => end.max(host.saturating_add(cs)),
+            _ => end,
+        });
+        w.refcounts.reserve_below(end);
+        let bad = |what: String| {
+            Error::corrupt(format!(
+                "the metadata journal does not fit the image ({what}): was it changed by \
+                 another program after imgblk's daemon died?"
+            ))
+            .with_path(self.file.path())
+        };
+        for &record in records {
+            match record {
+                Record::Alloc(host) => w.refcounts.claim(&self.file, host)?,
+                Record::L1 { index, value } => {
+                    let index = usize::try_from(index)
+                        .ok()
+                        .filter(|&i| i < self.l1.len())
+                        .ok_or_else(|| bad(format!("L1 index {index}")))?;
+                    self.install_empty_l2(&mut w, index, value)?;
+                }
+                Record::L2 { l1, l2, value } => {
+                    let (l1_index, l2_index) = (l1 as usize, l2 as usize);
+                    let table = self
+                        .l2_table(l1_index)?
+                        .filter(|t| l2_index < t.entries().len())
+                        .ok_or_else(|| bad(format!("L2 entry {l2} of L1 entry {l1}")))?;
+                    if let Some(entry) = table.entries().get(l2_index) {
+                        entry.store(value, Ordering::Release);
+                    }
+                    w.dirty_l2.insert(l1_index);
+                }
+                Record::Free(host) => w.pending_free.push(host),
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn write_sync_impl(&self, offset: u64, buf: &[u8]) -> Result<()> {
@@ -352,13 +471,13 @@ impl Qcow2Image {
             let target = if !compressed && host != 0 && raw & COPIED != 0 {
                 host // a preallocated zero cluster: ours to overwrite
             } else {
-                w.refcounts.alloc(&self.file)?
+                w.alloc(&self.file)?
             };
             self.file.write_all_at(&data, target)?;
             if compressed {
-                w.pending_free.extend(self.freed_by_compressed(raw));
+                w.free_later(self.freed_by_compressed(raw));
             }
-            Self::set_l2(&mut w, &table, l1_index, l2_index, target | COPIED);
+            Self::set_l2(&mut w, &table, l1_index, l2_index, target | COPIED)?;
             pos = chunk_end;
         }
         Ok(())
@@ -402,14 +521,14 @@ impl Qcow2Image {
             let table = self.writable_l2(&mut w, l1_index)?;
             let raw = table.get(l2_index).unwrap_or(0);
             let value = if raw & L2_COMPRESSED != 0 {
-                w.pending_free.extend(self.freed_by_compressed(raw));
+                w.free_later(self.freed_by_compressed(raw));
                 L2_ZERO
             } else if raw & COPIED != 0 && raw & L2_OFFSET_MASK != 0 {
                 (raw & L2_OFFSET_MASK) | COPIED | L2_ZERO
             } else {
                 L2_ZERO
             };
-            Self::set_l2(&mut w, &table, l1_index, l2_index, value);
+            Self::set_l2(&mut w, &table, l1_index, l2_index, value)?;
         }
         Ok(())
     }
@@ -440,12 +559,12 @@ impl Qcow2Image {
             }
             let table = self.writable_l2(&mut w, l1_index)?;
             if raw & L2_COMPRESSED != 0 {
-                w.pending_free.extend(self.freed_by_compressed(raw));
+                w.free_later(self.freed_by_compressed(raw));
             } else if raw & L2_OFFSET_MASK != 0 && raw & COPIED != 0 {
                 // Without COPIED the cluster may be shared, or metadata (see `guard`): kept.
-                w.pending_free.push(raw & L2_OFFSET_MASK);
+                w.free_later(vec![raw & L2_OFFSET_MASK]);
             }
-            Self::set_l2(&mut w, &table, l1_index, l2_index, value);
+            Self::set_l2(&mut w, &table, l1_index, l2_index, value)?;
         }
         Ok(())
     }
@@ -456,6 +575,33 @@ impl Qcow2Image {
         };
         let mut guard = self.writer()?;
         let w = &mut *guard;
+        let flushed = self.write_metadata(w);
+        match (&flushed, &mut w.journal) {
+            (Ok(()), Some(journal)) => journal.clear()?,
+            (Err(_), Some(_)) if self.file.sync_failed() => {
+                // The data the journal's entries point at may never reach the disk: the
+                // image must stay as its last completed flush left it.
+                if let Some(journal) = w.journal.take() {
+                    journal.remove();
+                }
+            }
+            _ => {}
+        }
+        flushed
+    }
+
+    /// Closes the journal at a clean close, once everything is flushed.
+    pub(super) fn close_journal(&self) {
+        if let Some(writer) = &self.writer {
+            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(journal) = w.journal.take() {
+                journal.remove();
+            }
+        }
+    }
+
+    /// Steps 1-5 of the flush (see the module's documentation).
+    fn write_metadata(&self, w: &mut Writer) -> Result<()> {
         let header_table = w.header_table;
         let freed = w.refcounts.write_back(&self.file, header_table)?;
         w.header_table = w.refcounts.table_location();
@@ -481,8 +627,8 @@ impl Qcow2Image {
                 .collect();
             self.file.write_all_at(&bytes, host)?;
         }
-        w.dirty_l2.clear();
         self.file.sync_data()?;
+        w.dirty_l2.clear();
         for &l1_index in &w.dirty_l1 {
             let raw = self
                 .l1
@@ -491,8 +637,8 @@ impl Qcow2Image {
             self.file
                 .write_all_at(&raw.to_be_bytes(), self.l1_entry_offset(l1_index))?;
         }
-        w.dirty_l1.clear();
         self.file.sync_data()?;
+        w.dirty_l1.clear();
         for offset in std::mem::take(&mut w.pending_free) {
             if w.refcounts.decrement(&self.file, offset)? {
                 // Never reused, so its space can go back to the file system at once.
