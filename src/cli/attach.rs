@@ -232,6 +232,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         more_images: paths[1..].to_vec(),
         piece: source.piece,
         luks: args.luks.luks,
+        key_file: args.luks.recorded_key_file()?,
         snapshot: args.snapshot,
         ..DeviceRecord::new(
             0,

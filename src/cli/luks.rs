@@ -1,10 +1,11 @@
 //! LUKS options of the commands: `--luks` and `--key-file` for `cat` and `attach`,
 //! `--key-file` for `inspect`, and getting the key (a file, or a passphrase prompt).
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::image::DiskImage;
 use crate::layout::luks::{LuksVolume, MAX_KEY_LEN};
 use crate::layout::{discover, ContentKind, Layout, Node};
+use crate::ublk::registry::DeviceRecord;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +29,40 @@ impl LuksArgs {
             return Ok(image);
         }
         let key = key(self.key_file.as_deref())?;
-        Ok(Arc::new(LuksVolume::open(image, &key)?))
+        let volume = LuksVolume::open(image, &key).map_err(|e| match &self.key_file {
+            Some(path) if e.kind() == ErrorKind::Permission => e.with_path(path),
+            _ => e,
+        })?;
+        Ok(Arc::new(volume))
+    }
+
+    /// What a device record keeps of these options: the absolute path of the key file
+    /// with `--luks --key-file`, so that `recover` can unlock the volume again.
+    pub fn recorded_key_file(&self) -> Result<Option<PathBuf>> {
+        match &self.key_file {
+            Some(path) if self.luks => std::fs::canonicalize(path)
+                .map(Some)
+                .map_err(|e| Error::io("cannot find the key file", e).with_path(path)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The options that unlock again the volume a device of `record` shows: none for a
+    /// device without LUKS, its recorded key file for one unlocked with `--key-file`,
+    /// and an error for one unlocked with a typed passphrase, which imgblk never keeps.
+    pub fn for_record(record: &DeviceRecord) -> Result<LuksArgs> {
+        if record.luks && record.key_file.is_none() {
+            return Err(Error::unsupported(format!(
+                "{} shows a LUKS volume unlocked with a typed passphrase, which imgblk does \
+                 not keep: recover has no key; detach it and attach again with --luks \
+                 (attach with --key-file to make it recoverable)",
+                record.device.display()
+            )));
+        }
+        Ok(LuksArgs {
+            luks: record.luks,
+            key_file: record.key_file.clone(),
+        })
     }
 }
 
@@ -121,5 +155,49 @@ fn rename(node: &mut Node, old: &str, new: &str) {
     }
     for child in &mut node.children {
         rename(child, old, new);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::Format;
+
+    fn record(luks: bool, key_file: Option<&str>) -> DeviceRecord {
+        DeviceRecord {
+            luks,
+            key_file: key_file.map(PathBuf::from),
+            ..DeviceRecord::new(
+                3,
+                "/dev/ublkb3".into(),
+                Path::new("/i"),
+                Format::Raw,
+                1 << 20,
+            )
+        }
+    }
+
+    #[test]
+    fn a_record_unlocks_again_only_with_its_key_file() {
+        let plain = LuksArgs::for_record(&record(false, None)).unwrap();
+        assert!(!plain.luks && plain.key_file.is_none());
+        let keyed = LuksArgs::for_record(&record(true, Some("/etc/k"))).unwrap();
+        assert!(keyed.luks && keyed.key_file == Some(PathBuf::from("/etc/k")));
+        let typed = LuksArgs::for_record(&record(true, None)).unwrap_err();
+        assert!(typed.to_string().contains("typed passphrase"), "{typed}");
+        assert!(typed.to_string().contains("/dev/ublkb3"), "{typed}");
+    }
+
+    #[test]
+    fn only_a_luks_key_file_is_recorded_as_an_absolute_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k"), b"key").unwrap();
+        let args = |luks| LuksArgs {
+            luks,
+            key_file: Some(dir.path().join(".").join("k")),
+        };
+        let recorded = args(true).recorded_key_file().unwrap().unwrap();
+        assert_eq!(recorded, dir.path().canonicalize().unwrap().join("k"));
+        assert_eq!(args(false).recorded_key_file().unwrap(), None);
     }
 }

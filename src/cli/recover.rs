@@ -1,6 +1,7 @@
 //! `imgblk recover`: take over a device whose daemon died, without failing its I/O.
 
 use super::attach::{launch, open_overlay, open_served};
+use super::luks::LuksArgs;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{Format, OpenOptions};
 use crate::ublk::device::{self, DeviceConfig};
@@ -12,7 +13,9 @@ use std::path::Path;
 /// When an imgblk daemon is killed, its device is quiesced: I/O waits instead of failing,
 /// and filesystems on top stay mounted. `recover` starts a new daemon for the same image
 /// that takes the device over and replays the requests that were in flight. `imgblk list`
-/// shows such devices as "orphaned"; `imgblk attach` of the same image recovers too.
+/// shows such devices as "orphaned"; `imgblk attach` of the same image recovers too. A
+/// LUKS volume is unlocked again with the key file it was attached with (one unlocked
+/// with a typed passphrase cannot be recovered).
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  imgblk recover /dev/ublkb0\n  imgblk recover --all")]
 pub struct RecoverArgs {
@@ -50,6 +53,13 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
                 }
                 !lost
             })
+            .filter(|r| match LuksArgs::for_record(r) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "not recovered");
+                    false
+                }
+            })
             .collect(),
     };
     for record in records {
@@ -62,12 +72,7 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
                 ),
             ));
         }
-        if record.luks {
-            return Err(Error::unsupported(format!(
-                "{} shows a decrypted LUKS volume and recover has no key: detach it and attach again with --luks",
-                record.device.display()
-            )));
-        }
+        let luks = LuksArgs::for_record(&record)?;
         let options = OpenOptions {
             format: clap::ValueEnum::from_str(&record.format, true)
                 .ok()
@@ -95,7 +100,7 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
             None => {
                 let mut paths = vec![record.image.clone()];
                 paths.extend(record.more_images.iter().cloned());
-                open_served(&paths, &options, record.piece.as_deref())?.image
+                luks.apply(open_served(&paths, &options, record.piece.as_deref())?.image)?
             }
         };
         let config = DeviceConfig {

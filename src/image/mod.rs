@@ -261,6 +261,16 @@ pub trait DiskImage: Send + Sync {
         self.map(offset, len, out)
     }
 
+    /// The smallest unit the image can write without reading first, in bytes: a power of
+    /// two, at least 512, dividing `virtual_size()`. A layer that transforms data in larger
+    /// units (LUKS encrypts whole 4 KiB sectors) reports that unit, so that the ublk
+    /// device uses it as its logical block size, as dm-crypt does, and the kernel never
+    /// sends a write that would need a read-modify-write. Layers over another image
+    /// forward it.
+    fn logical_block_size(&self) -> u32 {
+        512
+    }
+
     /// Whether writes are allowed.
     fn writable(&self) -> bool {
         false

@@ -221,6 +221,10 @@ impl DiskImage for MemoryOverlay {
         Ok(())
     }
 
+    fn logical_block_size(&self) -> u32 {
+        self.base.logical_block_size()
+    }
+
     fn writable(&self) -> bool {
         true
     }

@@ -53,6 +53,10 @@ impl DiskImage for SliceView {
         self.inner.data_run(self.start + offset, len)
     }
 
+    fn logical_block_size(&self) -> u32 {
+        self.inner.logical_block_size()
+    }
+
     fn writable(&self) -> bool {
         self.inner.writable()
     }
@@ -271,6 +275,13 @@ impl DiskImage for SegmentView {
             (1, Some((image, off, n))) => image.data_run(off, n),
             _ => Ok(None),
         }
+    }
+
+    fn logical_block_size(&self) -> u32 {
+        self.images()
+            .iter()
+            .map(|i| i.logical_block_size())
+            .fold(512, u32::max)
     }
 
     fn writable(&self) -> bool {

@@ -307,6 +307,14 @@ fn request_bytes(config: &DeviceConfig, zero_copy: bool) -> u32 {
         .clamp(MIN_REQUEST_BYTES.min(largest), largest)
 }
 
+/// log2 of the device's logical block size: the image's
+/// [`logical_block_size`](DiskImage::logical_block_size), kept within what ublk accepts
+/// (512 bytes to a 4 KiB page).
+fn logical_shift(image: &dyn DiskImage) -> u8 {
+    let size = image.logical_block_size().clamp(512, 4096);
+    size.ilog2() as u8
+}
+
 /// Fills in size, block sizes and the features the image supports.
 fn set_params(dev: &mut UblkDev, image: &dyn DiskImage, config: DeviceConfig) {
     let size = image.virtual_size();
@@ -316,6 +324,7 @@ fn set_params(dev: &mut UblkDev, image: &dyn DiskImage, config: DeviceConfig) {
     dev.tgt.cq_depth = ring_depth;
     dev.tgt.dev_size = size;
     let max_sectors = config.io_buf_bytes >> 9;
+    let logical_shift = logical_shift(image);
     let mut params = sys::ublk_params {
         types: sys::UBLK_PARAM_TYPE_BASIC,
         basic: sys::ublk_param_basic {
@@ -324,13 +333,15 @@ fn set_params(dev: &mut UblkDev, image: &dyn DiskImage, config: DeviceConfig) {
             } else {
                 sys::UBLK_ATTR_READ_ONLY
             },
-            logical_bs_shift: 9,
+            // the image's own write unit (a LUKS sector): the kernel then never sends a
+            // write that covers part of one
+            logical_bs_shift: logical_shift,
             // 4 KiB physical blocks where the size allows: the kernel trims a disk's
             // capacity to whole physical blocks, which would hide the tail of, say, a
             // fixed VHD sized from CHS geometry.
-            physical_bs_shift: if size % 4096 == 0 { 12 } else { 9 },
+            physical_bs_shift: if size % 4096 == 0 { 12 } else { logical_shift },
             io_opt_shift: 12,
-            io_min_shift: 9,
+            io_min_shift: logical_shift,
             max_sectors,
             dev_sectors: size >> 9,
             ..Default::default()

@@ -47,6 +47,10 @@ pub struct DeviceRecord {
     /// The device shows a decrypted LUKS volume (recovering it needs the key again).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub luks: bool,
+    /// The absolute path of the key file that unlocked the LUKS volume (never the key),
+    /// so that `recover` can unlock it again; `None` when the passphrase was typed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
     /// The qcow2 internal snapshot served instead of the image's active state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
@@ -76,6 +80,7 @@ impl DeviceRecord {
             pid: std::process::id(),
             log: None,
             luks: false,
+            key_file: None,
             snapshot: None,
         }
     }

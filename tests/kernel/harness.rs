@@ -636,6 +636,24 @@ impl Device {
         self.assert_gone();
     }
 
+    /// Kills the current daemon with SIGKILL, checks that `list` calls the device orphaned,
+    /// recovers it with `imgblk recover` and checks that it is live again.
+    pub fn kill_and_recover(&self) {
+        // The daemon serving it now: after a recovery, not the one attach started.
+        let entry = self.list_entry().expect("device listed");
+        let pid = entry["pid"]
+            .as_u64()
+            .and_then(|pid| u32::try_from(pid).ok())
+            .unwrap_or_else(|| panic!("no pid in {entry}"));
+        cmd("kill").args(["-9", &pid.to_string()]).ok();
+        assert!(wait_until(Duration::from_secs(10), || process_gone(pid)));
+        let entry = self.list_entry().expect("device listed");
+        assert_eq!(entry["state"], "orphaned", "{entry}");
+        imgblk().arg("recover").arg(&self.path).ok();
+        let entry = self.list_entry().expect("device listed");
+        assert_eq!(entry["state"], "live", "{entry}");
+    }
+
     /// Drops the guard without detaching: the test detached the device by other means.
     pub fn disarm(mut self) {
         self.detached = true;

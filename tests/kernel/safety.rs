@@ -90,7 +90,7 @@ fn killed_daemon_is_recovered_without_errors_under_load() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    kill_and_recover(&dev);
+    dev.kill_and_recover();
     let status = writer.wait_with_output().unwrap().status;
     assert!(
         status.success(),
@@ -99,24 +99,6 @@ fn killed_daemon_is_recovered_without_errors_under_load() {
     dev.umount(&mnt);
     dev.detach();
     cmd("e2fsck").args(["-fn"]).arg(&image).ok();
-}
-
-/// Kills the current daemon of `dev` with SIGKILL, checks that `list` calls the device orphaned,
-/// recovers it with `imgblk recover` and checks that it is live again.
-fn kill_and_recover(dev: &Device) {
-    // The daemon serving it now: after a recovery, not the one attach started.
-    let entry = dev.list_entry().expect("device listed");
-    let pid = entry["pid"]
-        .as_u64()
-        .and_then(|pid| u32::try_from(pid).ok())
-        .unwrap_or_else(|| panic!("no pid in {entry}"));
-    cmd("kill").args(["-9", &pid.to_string()]).ok();
-    assert!(wait_until(Duration::from_secs(10), || process_gone(pid)));
-    let entry = dev.list_entry().expect("device listed");
-    assert_eq!(entry["state"], "orphaned", "{entry}");
-    imgblk().arg("recover").arg(&dev.path).ok();
-    let entry = dev.list_entry().expect("device listed");
-    assert_eq!(entry["state"], "live", "{entry}");
 }
 
 /// kill -9 of the daemon serving a qcow2 image with ext4 on it while fio writes (random
@@ -165,7 +147,7 @@ fn killed_qcow2_daemon_under_fio_is_recovered_and_checks_clean() {
         .spawn()
         .expect("fio");
     std::thread::sleep(Duration::from_secs(4));
-    kill_and_recover(&dev);
+    dev.kill_and_recover();
     let out = fio.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -220,7 +202,7 @@ fn fio_verify_survives_repeated_kill9_and_recovery_of_a_qcow2_over_a_backing_fil
         .expect("fio");
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(1800));
-        kill_and_recover(&dev);
+        dev.kill_and_recover();
     }
     let out = fio.wait_with_output().unwrap();
     let report = format!(

@@ -5,10 +5,14 @@ use super::{read_metadata, wrong_key, Kdf, Keyslot, Metadata, SECTOR};
 use crate::error::{Error, Result};
 use crate::image::io::{read_at, write_at};
 use crate::image::{check_range, ChainEntry, DiskImage, Extent, Format, TransformRead, WritePlan};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-/// Largest request decrypted in one piece; longer ones are cut.
+/// Largest request decrypted in one piece; longer ones are cut. A multiple of every
+/// sector size.
 const CHUNK: usize = 1 << 20;
+/// Locks that serialize the read-modify-write of partly written sectors; a sector takes
+/// the lock of its number modulo this.
+const RMW_STRIPES: usize = 64;
 
 /// A LUKS volume unlocked with its master key: reads decrypt the inner image's bytes,
 /// writes (when the inner image is writable) encrypt them.
@@ -20,6 +24,10 @@ pub struct LuksVolume {
     sector_size: u64,
     iv_tweak: u64,
     meta: Metadata,
+    /// Held across the read-modify-write of a sector that a write covers only in part,
+    /// so that two writes to different parts of one sector cannot lose each other's
+    /// bytes. Writes of whole sectors take no lock.
+    rmw_locks: Box<[Mutex<()>]>,
 }
 
 impl LuksVolume {
@@ -55,6 +63,7 @@ impl LuksVolume {
             sector_size: u64::from(seg.sector_size),
             iv_tweak: seg.iv_tweak,
             meta,
+            rmw_locks: (0..RMW_STRIPES).map(|_| Mutex::new(())).collect(),
         })
     }
 
@@ -95,6 +104,26 @@ impl LuksVolume {
         read_at(&*self.inner, buf, self.offset + start)?;
         self.cipher
             .decrypt(buf, self.sector_size as usize, self.iv_sector(start))
+    }
+
+    /// Encrypts `buf` (whole sectors) in place and writes it at `start` of the volume.
+    fn write_aligned(&self, start: u64, buf: &mut [u8]) -> Result<()> {
+        self.cipher
+            .encrypt(buf, self.sector_size as usize, self.iv_sector(start))?;
+        write_at(&*self.inner, buf, self.offset + start)
+    }
+
+    /// Writes `part` at byte `skip` of the sector at `start`, keeping the rest of it:
+    /// decrypts the sector, patches it and encrypts it again, under the sector's lock.
+    fn patch_sector(&self, start: u64, skip: usize, part: &[u8]) -> Result<()> {
+        let stripe = (start / self.sector_size) as usize % self.rmw_locks.len();
+        let _guard = self.rmw_locks[stripe]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut sector = vec![0u8; self.sector_size as usize];
+        self.read_aligned(start, &mut sector)?;
+        sector[skip..skip + part.len()].copy_from_slice(part);
+        self.write_aligned(start, &mut sector)
     }
 }
 
@@ -190,19 +219,34 @@ impl DiskImage for LuksVolume {
         Ok(WritePlan::Synchronous)
     }
 
+    /// Encrypts whole sectors without a lock; a sector written only in part (at either
+    /// end of an unaligned request, which the ublk device never sends since its logical
+    /// block is the sector, but library callers may) is read, patched and written back
+    /// under its lock ([`Self::patch_sector`]).
     fn write_sync(&self, offset: u64, buf: &[u8]) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size)?;
-        self.pieces(offset, buf.len(), |done, n, start, len| {
-            let mut tmp = vec![0u8; len];
-            let skip = (offset + done as u64 - start) as usize;
-            if skip != 0 || len != n {
-                self.read_aligned(start, &mut tmp)?;
-            }
-            tmp[skip..skip + n].copy_from_slice(&buf[done..done + n]);
-            self.cipher
-                .encrypt(&mut tmp, self.sector_size as usize, self.iv_sector(start))?;
-            write_at(&*self.inner, &tmp, self.offset + start)
-        })
+        let ss = self.sector_size as usize;
+        let mut done = 0;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let skip = (pos % ss as u64) as usize;
+            let left = buf.len() - done;
+            let n = if skip != 0 || left < ss {
+                let n = (ss - skip).min(left);
+                self.patch_sector(pos - skip as u64, skip, &buf[done..done + n])?;
+                n
+            } else {
+                let n = (left / ss * ss).min(CHUNK);
+                self.write_aligned(pos, &mut buf[done..done + n].to_vec())?;
+                n
+            };
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn logical_block_size(&self) -> u32 {
+        self.sector_size as u32
     }
 
     fn flush(&self) -> Result<()> {
