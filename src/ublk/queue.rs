@@ -5,6 +5,7 @@
 //! copy or zero copy, as the device was created ([`super::data`]).
 
 use super::data::{Data, Registered, Scratch};
+use super::ratelimit::{RateLimiter, Verdict};
 use crate::error::{Error, Result};
 use crate::image::io::{decode_part, stored_buffer};
 use crate::image::{CompressedCluster, DiskImage, Extent, ImageFile, Source, WritePlan};
@@ -13,9 +14,17 @@ use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
 use libublk::uring_async::{ublk_reap_io_events_with_update_queue, ublk_wake_task};
 use libublk::{sys, BufDesc, UblkError, UblkUringData};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// At most this many failed requests are logged per queue and [`FAILURE_LOG_INTERVAL`];
+/// the others are counted and logged as one line (a guest reading a bad region in a loop
+/// would otherwise fill the log, on tmpfs under /run).
+const FAILURE_LOG_BURST: u32 = 10;
+/// See [`FAILURE_LOG_BURST`].
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Runs queue `qid` of `dev` until the device stops: the body of each queue thread.
 pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>) {
@@ -31,6 +40,7 @@ pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>) {
         link_results: (0..dev.dev_info.queue_depth)
             .map(|_| Cell::new(None))
             .collect(),
+        failures: RefCell::new(RateLimiter::new(FAILURE_LOG_BURST, FAILURE_LOG_INTERVAL)),
     });
     let executor = Rc::new(smol::LocalExecutor::new());
     let tasks: Vec<_> = (0..dev.dev_info.queue_depth)
@@ -47,6 +57,7 @@ pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>) {
         })
         .collect();
     let ticker = executor.clone();
+    let failures = shared.clone();
     smol::block_on(executor.run(async move {
         let run_ops = || while ticker.try_tick() {};
         let done = || tasks.iter().all(|task| task.is_finished());
@@ -54,6 +65,7 @@ pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>) {
             tracing::error!(queue = qid, error = %e, "queue event loop failed");
         }
     }));
+    report_suppressed(qid, failures.failures.borrow_mut().take_suppressed());
     tracing::debug!(queue = qid, "queue stopped");
 }
 
@@ -64,6 +76,33 @@ struct QueueShared {
     /// Per tag, the result of its last linked transfer, which tells why a commit was
     /// cancelled (the transfer failed or fell short).
     link_results: Vec<Cell<Option<i32>>>,
+    /// Which failed requests get a log line of their own.
+    failures: RefCell<RateLimiter>,
+}
+
+impl QueueShared {
+    /// Logs that `request` of queue `qid` failed with `error`, within the rate limit.
+    fn log_failure(&self, qid: u16, request: &Request, error: &Error) {
+        let verdict = self.failures.borrow_mut().check(Instant::now());
+        if let Verdict::Log { suppressed } = verdict {
+            report_suppressed(qid, suppressed);
+            tracing::warn!(queue = qid, op = request.op, offset = request.offset,
+                len = request.len, error = %error, "request failed");
+        }
+    }
+}
+
+/// Logs how many failed requests of queue `qid` went unlogged, if any.
+fn report_suppressed(qid: u16, suppressed: u64) {
+    if suppressed > 0 {
+        tracing::warn!(
+            queue = qid,
+            suppressed,
+            "suppressed {suppressed} similar request failures (at most {FAILURE_LOG_BURST} \
+             logged per queue every {}s)",
+            FAILURE_LOG_INTERVAL.as_secs()
+        );
+    }
 }
 
 /// Marks the `user_data` of a transfer linked to its commit (with the tag in the low
@@ -188,8 +227,7 @@ async fn serve_tag(
         let result = match served {
             Ok(()) => request.len as i32,
             Err(e) => {
-                tracing::warn!(queue = queue.get_qid(), op = request.op, offset = request.offset,
-                    len = request.len, error = %e, "request failed");
+                shared.log_failure(queue.get_qid(), &request, &e);
                 -e.kind().errno()
             }
         };
