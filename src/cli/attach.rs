@@ -298,7 +298,6 @@ pub(super) fn launch(
         }
         Role::Daemon(notifier) => {
             let template = DeviceRecord {
-                pid: std::process::id(),
                 log: Some(log),
                 ..template
             };
@@ -336,6 +335,8 @@ fn serve(
             id: live.id,
             device: live.block_path.clone(),
             zero_copy: live.zero_copy,
+            pid: std::process::id(),
+            start_time: registry::process_start_time(std::process::id()),
             log: log.or(template.log),
             ..template
         };
@@ -375,7 +376,7 @@ fn tell_systemd_ready(record: &DeviceRecord) {
 fn refuse_conflicting_writer(image: &Path, writable: bool) -> Result<()> {
     let conflict = registry::all()
         .into_iter()
-        .find(|r| r.image == image && registry::pid_alive(r.pid) && (writable || r.writes_image()));
+        .find(|r| r.image == image && r.daemon_alive() && (writable || r.writes_image()));
     match conflict {
         Some(r) => Err(Error::new(
             ErrorKind::Busy,

@@ -2,7 +2,8 @@
 
 use super::EXIT_OK;
 use crate::error::{Error, ErrorKind, Result};
-use crate::ublk::{device, registry};
+use crate::ublk::device;
+use crate::ublk::registry::{self, DeviceRecord};
 use std::time::{Duration, Instant};
 
 /// Remove a device created by `imgblk attach`.
@@ -101,25 +102,48 @@ fn detach(id: u32, force: bool, timeout: Duration) -> Result<()> {
             ));
         }
     }
-    match record.filter(|r| registry::pid_alive(r.pid)) {
-        Some(record) => stop_daemon(id, record.pid, timeout)?,
-        None => device::force_delete(id)?,
+    let daemon = record.filter(|r| is_server(id, r));
+    let signalled = match &daemon {
+        Some(record) => registry::signal_daemon(record, libc::SIGTERM)?,
+        None => false,
+    };
+    match daemon {
+        Some(record) if signalled => wait_for_daemon(id, &record, timeout)?,
+        _ => device::force_delete(id)?,
     }
     registry::remove(id);
     Ok(())
 }
 
-/// Signals the daemon and waits for the device and the daemon to go.
-fn stop_daemon(id: u32, pid: u32, timeout: Duration) -> Result<()> {
-    let pid_t = nix::unistd::Pid::from_raw(pid as i32);
-    nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGTERM)
-        .map_err(|e| Error::io(format!("cannot signal daemon {pid}"), e.into()))?;
+/// Whether the kernel agrees that `record`'s daemon serves device `id` (it names the pid
+/// that started or last recovered the device; a kernel that cannot be asked is trusted).
+fn is_server(id: u32, record: &DeviceRecord) -> bool {
+    match device::server_pid(id) {
+        Some(pid) if pid != record.pid => {
+            tracing::warn!(
+                device = id,
+                recorded = record.pid,
+                kernel = pid,
+                "the kernel names another daemon than the record; not signalling"
+            );
+            false
+        }
+        _ => true,
+    }
+}
+
+/// Waits, after the signal, for the device and `record`'s daemon to go.
+fn wait_for_daemon(id: u32, record: &DeviceRecord, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    while device::kernel_has_device(id) || registry::pid_alive(pid) {
+    while device::kernel_has_device(id) || record.daemon_alive() {
         if Instant::now() > deadline {
             return Err(Error::new(
                 ErrorKind::Busy,
-                format!("daemon {pid} did not stop within {}s", timeout.as_secs()),
+                format!(
+                    "daemon {} did not stop within {}s",
+                    record.pid,
+                    timeout.as_secs()
+                ),
             ));
         }
         std::thread::sleep(Duration::from_millis(50));

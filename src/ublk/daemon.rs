@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Serialize, Deserialize)]
 enum Report {
     /// The device is live.
-    Live(DeviceRecord),
+    Live(Box<DeviceRecord>),
     /// Setting up failed; the daemon is exiting.
     Failed { kind: ErrorKind, message: String },
 }
@@ -30,7 +30,7 @@ pub struct Notifier {
 impl Notifier {
     /// Tells the parent the device is live. Later calls do nothing.
     pub fn live(&self, record: &DeviceRecord) {
-        self.send(&Report::Live(record.clone()));
+        self.send(&Report::Live(Box::new(record.clone())));
     }
 
     /// Tells the parent setting up failed. Later calls do nothing.
@@ -106,7 +106,7 @@ pub fn wait_for_report(pipe: File, log: &Path) -> Result<DeviceRecord> {
         .read_line(&mut line)
         .map_err(|e| Error::io("reading the daemon's report failed", e))?;
     match serde_json::from_str::<Report>(line.trim()) {
-        Ok(Report::Live(record)) => Ok(record),
+        Ok(Report::Live(record)) => Ok(*record),
         Ok(Report::Failed { kind, message }) => Err(Error::new(kind, message)),
         Err(_) => Err(Error::new(
             ErrorKind::Io,

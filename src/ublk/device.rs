@@ -251,19 +251,36 @@ fn recovery_flags(features: u64) -> u64 {
 
 /// Whether device `record.id` was left quiesced by a dead daemon and can be taken over.
 pub fn is_recoverable(record: &super::registry::DeviceRecord) -> bool {
-    if super::registry::pid_alive(record.pid) || !kernel_has_device(record.id) {
+    if record.daemon_alive() || !kernel_has_device(record.id) {
         return false;
     }
-    let id = record.id as i32;
+    device_info(record.id, |info| {
+        u32::from(info.state) == sys::UBLK_S_DEV_QUIESCED
+    })
+    .unwrap_or(false)
+}
+
+/// The process the kernel says serves device `id` (`ublksrv_pid`, set when a daemon
+/// starts or recovers it; it stays after that daemon died).
+pub fn server_pid(id: u32) -> Option<u32> {
+    device_info(id, |info| u32::try_from(info.ublksrv_pid).ok()).flatten()
+}
+
+/// What `read` makes of the kernel's information on device `id`, if it has the device.
+fn device_info<T: Send + 'static>(
+    id: u32,
+    read: fn(&sys::ublksrv_ctrl_dev_info) -> T,
+) -> Option<T> {
     // libublk keeps a control io_uring per thread; query from a short-lived thread so that
     // no ring survives into a daemon forked later (a ring shared across fork hangs).
     std::thread::spawn(move || {
-        UblkCtrl::new_simple(id)
-            .map(|ctrl| u32::from(ctrl.dev_info().state) == sys::UBLK_S_DEV_QUIESCED)
-            .unwrap_or(false)
+        UblkCtrl::new_simple(id as i32)
+            .ok()
+            .map(|ctrl| read(&ctrl.dev_info()))
     })
     .join()
-    .unwrap_or(false)
+    .ok()
+    .flatten()
 }
 
 /// Daemon memory for the per-tag buffers of a device that copies (no zero copy): every
