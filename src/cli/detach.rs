@@ -94,21 +94,27 @@ fn detach(id: u32, force: bool, timeout: Duration) -> Result<()> {
             format!("no ublk device {id}"),
         ));
     }
-    if !force {
-        if let Some(user) = device_user(id) {
-            return Err(Error::new(
-                ErrorKind::Busy,
-                format!("in use: {user}; unmount it first, or use --force"),
-            ));
-        }
+    let user = device::device_user(id);
+    if let (Some(user), false) = (&user, force) {
+        return Err(Error::new(
+            ErrorKind::Busy,
+            format!("in use: {user}; unmount it first, or use --force"),
+        ));
     }
+    // A daemon asked to stop (SIGTERM) leaves a device in use for recovery; SIGUSR1
+    // makes it remove the device all the same.
+    let signal = if user.is_some() {
+        libc::SIGUSR1
+    } else {
+        libc::SIGTERM
+    };
     let daemon = record.filter(|r| is_server(id, r));
     let signalled = match &daemon {
-        Some(record) => registry::signal_daemon(record, libc::SIGTERM)?,
+        Some(record) => registry::signal_daemon(record, signal)?,
         None => false,
     };
     match daemon {
-        Some(record) if signalled => wait_for_daemon(id, &record, timeout)?,
+        Some(record) if signalled => wait_for_daemon(id, &record, force, timeout)?,
         _ => device::force_delete(id)?,
     }
     registry::remove(id);
@@ -132,37 +138,38 @@ fn is_server(id: u32, record: &DeviceRecord) -> bool {
     }
 }
 
-/// Waits, after the signal, for the device and `record`'s daemon to go.
-fn wait_for_daemon(id: u32, record: &DeviceRecord, timeout: Duration) -> Result<()> {
+/// Waits, after the signal, for the device and `record`'s daemon to go. A daemon that
+/// exits leaving the device behind found it in use (mounted since the check) and left it
+/// for recovery: with `force` the device is deleted then, else that is the error.
+fn wait_for_daemon(id: u32, record: &DeviceRecord, force: bool, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    while device::kernel_has_device(id) || record.daemon_alive() {
-        if Instant::now() > deadline {
-            return Err(Error::new(
-                ErrorKind::Busy,
-                format!(
-                    "daemon {} did not stop within {}s",
-                    record.pid,
-                    timeout.as_secs()
-                ),
-            ));
+    loop {
+        match (device::kernel_has_device(id), record.daemon_alive()) {
+            (false, false) => return Ok(()),
+            (true, false) if force => return device::force_delete(id),
+            (true, false) => {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "daemon {} left /dev/ublkb{id} for recovery, as it is in use: \
+                         `imgblk recover {id}` serves it again; unmounted, detach removes it",
+                        record.pid
+                    ),
+                ))
+            }
+            _ if Instant::now() > deadline => {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "daemon {} did not stop within {}s",
+                        record.pid,
+                        timeout.as_secs()
+                    ),
+                ))
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
-}
-
-/// What keeps the device busy: a mount of it or of a partition, or a holder (dm, md).
-fn device_user(id: u32) -> Option<String> {
-    let name = format!("ublkb{id}");
-    if let Some(m) = device::ublk_mounts().into_iter().find(|m| m.id == id) {
-        return Some(format!("{} is mounted on {}", m.source, m.target.display()));
-    }
-    let holders = std::fs::read_dir(format!("/sys/block/{name}/holders")).ok()?;
-    let held: Vec<String> = holders
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    (!held.is_empty()).then(|| format!("held by {}", held.join(", ")))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use libublk::uring_async::{ublk_reap_io_events_with_update_queue, ublk_wake_task
 use libublk::{sys, BufDesc, UblkError, UblkUringData};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,8 +27,55 @@ const FAILURE_LOG_BURST: u32 = 10;
 /// See [`FAILURE_LOG_BURST`].
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Lets a device's daemon stop its queues from completing requests, so that it can
+/// flush the image and hand the device over to a successor (ublk USER_RECOVERY) without
+/// a completed write depending on state that dies with it: once [`Gate::close`] has
+/// returned, every request the queues complete has been carried out on the image, and
+/// the others stay with the kernel, which hands them to the next daemon.
+#[derive(Debug, Default)]
+pub struct Gate {
+    closed: AtomicBool,
+    /// Requests being carried out on the image.
+    busy: AtomicUsize,
+}
+
+impl Gate {
+    /// Called as a request arrives: whether to carry it out (the gate is open). When
+    /// this returns true, [`Gate::leave`] must follow once the image work is done.
+    fn enter(&self) -> bool {
+        // Counted before the check, and the closer sets the flag before it reads the
+        // count (both SeqCst): either the closer waits for this request, or this
+        // request sees the gate closed.
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.busy.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Called when a request admitted by [`Gate::enter`] is done with the image.
+    fn leave(&self) {
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Stops admitting requests and waits (up to `timeout`) for those being carried out;
+    /// returns whether they all finished.
+    pub fn close(&self, timeout: Duration) -> bool {
+        self.closed.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        while self.busy.load(Ordering::SeqCst) > 0 {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+}
+
 /// Runs queue `qid` of `dev` until the device stops: the body of each queue thread.
-pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>) {
+pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>, gate: Arc<Gate>) {
     let queue = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
         Err(e) => {
@@ -48,8 +96,9 @@ pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>) {
             let queue = queue.clone();
             let image = image.clone();
             let shared = shared.clone();
+            let gate = gate.clone();
             executor.spawn(async move {
-                match serve_tag(&queue, tag, &*image, &shared).await {
+                match serve_tag(&queue, tag, &*image, &shared, &gate).await {
                     Ok(()) | Err(UblkError::QueueIsDown) => {}
                     Err(e) => tracing::error!(queue = qid, tag, error = %e, "I/O task failed"),
                 }
@@ -193,6 +242,7 @@ async fn serve_tag(
     tag: u16,
     image: &dyn DiskImage,
     shared: &QueueShared,
+    gate: &Gate,
 ) -> Result<(), UblkError> {
     let mut buffer = TagBuffer::new(queue, tag);
     let io_buf = match &buffer {
@@ -204,6 +254,11 @@ async fn serve_tag(
         .await?;
     let mut extents = Vec::with_capacity(16);
     loop {
+        if !gate.enter() {
+            // The daemon is handing the device over: the request stays with the kernel,
+            // which gives it to the next daemon.
+            return std::future::pending().await;
+        }
         let iod = queue.get_iod(tag);
         let request = Request {
             op: iod.op_flags & 0xff,
@@ -213,6 +268,10 @@ async fn serve_tag(
         extents.clear();
         let served = match prepare(image, &request, &mut extents) {
             Ok(Work::Transfer(transfer)) => {
+                // A single run of data needs nothing of this daemon once the transfer is
+                // submitted (no metadata: the next daemon's flush makes it durable), so
+                // the gate may open before the kernel has carried it out.
+                gate.leave();
                 match transfer_linked(queue, tag, &mut buffer, &request, transfer, shared).await? {
                     LinkOutcome::Committed => continue,
                     LinkOutcome::Broken(result) => {
@@ -221,8 +280,15 @@ async fn serve_tag(
                     LinkOutcome::Skipped => transfer.finish(&mut buffer, &request, None).await,
                 }
             }
-            Ok(work) => carry_out(work, image, &request, &mut buffer, &extents, shared).await,
-            Err(e) => Err(e),
+            Ok(work) => {
+                let done = carry_out(work, image, &request, &mut buffer, &extents, shared).await;
+                gate.leave();
+                done
+            }
+            Err(e) => {
+                gate.leave();
+                Err(e)
+            }
         };
         let result = match served {
             Ok(()) => request.len as i32,

@@ -212,18 +212,12 @@ pub fn signal_daemon(record: &DeviceRecord, signal: libc::c_int) -> Result<bool>
     if record.pid == 0 {
         return Ok(false);
     }
+    let pid = record.pid;
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, record.pid as libc::pid_t, 0) };
-    if fd < 0 {
-        let error = std::io::Error::last_os_error();
-        return match error.raw_os_error() {
-            Some(libc::ESRCH) => Ok(false),
-            _ => Err(Error::io(
-                format!("cannot open process {}", record.pid),
-                error,
-            )),
-        };
-    }
+    let opened = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    let Some(fd) = process_call(opened, || format!("cannot open process {pid}"))? else {
+        return Ok(false);
+    };
     // SAFETY: the fd was just returned by pidfd_open and is owned by no one else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
     // The pidfd names whatever process had the pid when it was opened; if that process
@@ -241,17 +235,20 @@ pub fn signal_daemon(record: &DeviceRecord, signal: libc::c_int) -> Result<bool>
             0,
         )
     };
-    if sent < 0 {
-        let error = std::io::Error::last_os_error();
-        return match error.raw_os_error() {
-            Some(libc::ESRCH) => Ok(false),
-            _ => Err(Error::io(
-                format!("cannot signal daemon {}", record.pid),
-                error,
-            )),
-        };
+    Ok(process_call(sent, || format!("cannot signal daemon {pid}"))?.is_some())
+}
+
+/// The outcome of a system call on a process that returned `ret`: its value, `None` if
+/// the process is gone (`ESRCH`), or the error, described by `what`.
+fn process_call(ret: libc::c_long, what: impl FnOnce() -> String) -> Result<Option<libc::c_long>> {
+    if ret >= 0 {
+        return Ok(Some(ret));
     }
-    Ok(true)
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::ESRCH) => Ok(None),
+        _ => Err(Error::io(what(), error)),
+    }
 }
 
 #[cfg(test)]
