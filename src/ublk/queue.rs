@@ -268,9 +268,10 @@ async fn serve_tag(
         extents.clear();
         let served = match prepare(image, &request, &mut extents) {
             Ok(Work::Transfer(transfer)) => {
-                // A single run of data needs nothing of this daemon once the transfer is
-                // submitted (no metadata: the next daemon's flush makes it durable), so
-                // the gate may open before the kernel has carried it out.
+                // Mapping the request settled whatever metadata it needed (a flush now
+                // covers it), and its bytes go straight to or from the file, needing
+                // nothing of this daemon: the next daemon's flush makes them durable. So
+                // the request may leave the gate before the kernel has carried it out.
                 gate.leave();
                 match transfer_linked(queue, tag, &mut buffer, &request, transfer, shared).await? {
                     LinkOutcome::Committed => continue,
