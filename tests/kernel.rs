@@ -44,5 +44,7 @@ mod pieces;
 mod qcow2_rw;
 #[path = "kernel/safety.rs"]
 mod safety;
+#[path = "kernel/signals.rs"]
+mod signals;
 #[path = "kernel/vdisk.rs"]
 mod vdisk;

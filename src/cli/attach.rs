@@ -6,10 +6,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::image::overlay::MemoryOverlay;
 use crate::image::{qcow2, DiskImage, Format, OpenOptions};
 use crate::ublk::daemon::{self, Notifier, Role};
-use crate::ublk::device::{self, DeviceConfig, ZeroCopy};
+use crate::ublk::device::{self, DeviceConfig, StopFlags, ZeroCopy};
 use crate::ublk::registry::{self, DeviceRecord};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Expose an image as a block device /dev/ublkbN.
@@ -17,6 +16,12 @@ use std::sync::Arc;
 /// Prints the device path once the device is live (its partitions appear as
 /// /dev/ublkbNpM) and keeps serving it from a background daemon until `imgblk detach`.
 /// The device is read-only unless --rw is given.
+///
+/// SIGTERM, SIGINT or SIGHUP to the daemon flush the image and remove the device, unless
+/// it is in use (mounted, or held by device-mapper): then the daemon exits (status 75)
+/// leaving the device for recovery, its I/O waiting until `imgblk recover`, or an attach
+/// of the same image, takes it over; nothing written is lost. A device with --overlay
+/// memory, or on a kernel without ublk USER_RECOVERY, keeps being served instead.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  imgblk attach disk.qcow2\n  \
 imgblk attach --rw --queues 2 disk.raw\n  imgblk attach --part 2 disk.vmdk\n  \
@@ -216,6 +221,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         queues: args.queues,
         depth: args.depth,
         zero_copy: args.zero_copy,
+        lost_on_exit: args.overlay == Some(Overlay::Memory),
         ..DeviceConfig::default()
     };
     if let Some(orphan) = &orphan {
@@ -304,7 +310,6 @@ pub(super) fn launch(
         }
         Role::Daemon(notifier) => {
             let template = DeviceRecord {
-                pid: std::process::id(),
                 log: Some(log),
                 ..template
             };
@@ -319,6 +324,8 @@ pub(super) fn launch(
 }
 
 /// Serves `image` until a signal or `detach`; records the device while it is live.
+/// SIGTERM, SIGINT and SIGHUP stop it (removing the device unless it is in use, see
+/// [`device::stop_action`]); SIGUSR1 (`detach --force`) removes it even while in use.
 fn serve(
     image: Arc<dyn DiskImage>,
     config: DeviceConfig,
@@ -326,9 +333,16 @@ fn serve(
     notifier: Notifier,
     on_live: impl FnOnce(&DeviceRecord) + Send + Sync + 'static,
 ) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        signal_hook::flag::register(signal, stop.clone())
+    let stop = StopFlags::default();
+    let handlers = [
+        (libc::SIGTERM, &stop.stop),
+        (libc::SIGINT, &stop.stop),
+        (libc::SIGHUP, &stop.stop),
+        (libc::SIGUSR1, &stop.force),
+        (libc::SIGUSR1, &stop.stop),
+    ];
+    for (signal, flag) in handlers {
+        signal_hook::flag::register(signal, flag.clone())
             .map_err(|e| Error::io("cannot install signal handler", e))?;
     }
     let recorded = Arc::new(std::sync::Mutex::new(None));
@@ -342,6 +356,8 @@ fn serve(
             id: live.id,
             device: live.block_path.clone(),
             zero_copy: live.zero_copy,
+            pid: std::process::id(),
+            start_time: registry::process_start_time(std::process::id()),
             log: log.or(template.log),
             ..template
         };
@@ -381,7 +397,7 @@ fn tell_systemd_ready(record: &DeviceRecord) {
 fn refuse_conflicting_writer(image: &Path, writable: bool) -> Result<()> {
     let conflict = registry::all()
         .into_iter()
-        .find(|r| r.image == image && registry::pid_alive(r.pid) && (writable || r.writes_image()));
+        .find(|r| r.image == image && r.daemon_alive() && (writable || r.writes_image()));
     match conflict {
         Some(r) => Err(Error::new(
             ErrorKind::Busy,

@@ -2,7 +2,8 @@
 
 use super::EXIT_OK;
 use crate::error::{Error, ErrorKind, Result};
-use crate::ublk::{device, registry};
+use crate::ublk::device;
+use crate::ublk::registry::{self, DeviceRecord};
 use std::time::{Duration, Instant};
 
 /// Remove a device created by `imgblk attach`.
@@ -93,52 +94,82 @@ fn detach(id: u32, force: bool, timeout: Duration) -> Result<()> {
             format!("no ublk device {id}"),
         ));
     }
-    if !force {
-        if let Some(user) = device_user(id) {
-            return Err(Error::new(
-                ErrorKind::Busy,
-                format!("in use: {user}; unmount it first, or use --force"),
-            ));
-        }
+    let user = device::device_user(id);
+    if let (Some(user), false) = (&user, force) {
+        return Err(Error::new(
+            ErrorKind::Busy,
+            format!("in use: {user}; unmount it first, or use --force"),
+        ));
     }
-    match record.filter(|r| registry::pid_alive(r.pid)) {
-        Some(record) => stop_daemon(id, record.pid, timeout)?,
-        None => device::force_delete(id)?,
+    // A daemon asked to stop (SIGTERM) leaves a device in use for recovery; SIGUSR1
+    // makes it remove the device all the same.
+    let signal = if user.is_some() {
+        libc::SIGUSR1
+    } else {
+        libc::SIGTERM
+    };
+    let daemon = record.filter(|r| is_server(id, r));
+    let signalled = match &daemon {
+        Some(record) => registry::signal_daemon(record, signal)?,
+        None => false,
+    };
+    match daemon {
+        Some(record) if signalled => wait_for_daemon(id, &record, force, timeout)?,
+        _ => device::force_delete(id)?,
     }
     registry::remove(id);
     Ok(())
 }
 
-/// Signals the daemon and waits for the device and the daemon to go.
-fn stop_daemon(id: u32, pid: u32, timeout: Duration) -> Result<()> {
-    let pid_t = nix::unistd::Pid::from_raw(pid as i32);
-    nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGTERM)
-        .map_err(|e| Error::io(format!("cannot signal daemon {pid}"), e.into()))?;
-    let deadline = Instant::now() + timeout;
-    while device::kernel_has_device(id) || registry::pid_alive(pid) {
-        if Instant::now() > deadline {
-            return Err(Error::new(
-                ErrorKind::Busy,
-                format!("daemon {pid} did not stop within {}s", timeout.as_secs()),
-            ));
+/// Whether the kernel agrees that `record`'s daemon serves device `id` (it names the pid
+/// that started or last recovered the device; a kernel that cannot be asked is trusted).
+fn is_server(id: u32, record: &DeviceRecord) -> bool {
+    match device::server_pid(id) {
+        Some(pid) if pid != record.pid => {
+            tracing::warn!(
+                device = id,
+                recorded = record.pid,
+                kernel = pid,
+                "the kernel names another daemon than the record; not signalling"
+            );
+            false
         }
-        std::thread::sleep(Duration::from_millis(50));
+        _ => true,
     }
-    Ok(())
 }
 
-/// What keeps the device busy: a mount of it or of a partition, or a holder (dm, md).
-fn device_user(id: u32) -> Option<String> {
-    let name = format!("ublkb{id}");
-    if let Some(m) = device::ublk_mounts().into_iter().find(|m| m.id == id) {
-        return Some(format!("{} is mounted on {}", m.source, m.target.display()));
+/// Waits, after the signal, for the device and `record`'s daemon to go. A daemon that
+/// exits leaving the device behind found it in use (mounted since the check) and left it
+/// for recovery: with `force` the device is deleted then, else that is the error.
+fn wait_for_daemon(id: u32, record: &DeviceRecord, force: bool, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match (device::kernel_has_device(id), record.daemon_alive()) {
+            (false, false) => return Ok(()),
+            (true, false) if force => return device::force_delete(id),
+            (true, false) => {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "daemon {} left /dev/ublkb{id} for recovery, as it is in use: \
+                         `imgblk recover {id}` serves it again; unmounted, detach removes it",
+                        record.pid
+                    ),
+                ))
+            }
+            _ if Instant::now() > deadline => {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "daemon {} did not stop within {}s",
+                        record.pid,
+                        timeout.as_secs()
+                    ),
+                ))
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
     }
-    let holders = std::fs::read_dir(format!("/sys/block/{name}/holders")).ok()?;
-    let held: Vec<String> = holders
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    (!held.is_empty()).then(|| format!("held by {}", held.join(", ")))
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ fn rows() -> Vec<Row> {
         .iter()
         .map(|record| {
             let present = device::kernel_has_device(record.id);
-            let state = match (present, registry::pid_alive(record.pid)) {
+            let state = match (present, record.daemon_alive()) {
                 (true, true) => "live",
                 (true, false) => "orphaned",
                 (false, _) => "stale",

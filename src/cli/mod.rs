@@ -38,7 +38,9 @@ Exit status:
   2  bad usage
   3  image missing, corrupt or of an unsupported kind
   4  the system lacks something: ublk_drv not loaded, not root
-  5  busy: the image has another writer, or the device is mounted";
+  5  busy: the image has another writer, or the device is mounted
+  75 attach (daemon): stopped by a signal while the device was in use, and left the
+     device for recovery (imgblk recover, or attach of the same image, takes it over)";
 
 /// Serve virtual-disk images (raw, qcow2, VMDK, VHD, VHDX, VDI) as Linux block devices through ublk.
 #[derive(Debug, Parser)]

@@ -4,12 +4,13 @@
 //! (add, start, stop, delete) is sent from the thread that created it, which is the thread
 //! that calls [`serve`]. Queue threads only touch their own io_uring.
 
-use super::queue::run_queue;
+use super::queue::{run_queue, Gate};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::DiskImage;
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::UblkDev;
 use libublk::{sys, UblkError, UblkFlags};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub struct DeviceConfig {
     /// Take over this existing device, left quiesced by a daemon that died, instead of
     /// adding a new one (ublk USER_RECOVERY).
     pub recover: Option<u32>,
+    /// The device's data lives only in this daemon (a RAM overlay), so no successor
+    /// could take the device over: a stop signal while it is in use is refused.
+    pub lost_on_exit: bool,
 }
 
 impl Default for DeviceConfig {
@@ -43,6 +47,7 @@ impl Default for DeviceConfig {
             io_buf_bytes: 512 << 10,
             zero_copy: ZeroCopy::Auto,
             recover: None,
+            lost_on_exit: false,
         }
     }
 }
@@ -133,13 +138,61 @@ pub fn ublk_error(what: &str, e: UblkError) -> Error {
     )
 }
 
-/// Creates `/dev/ublkbN` for `image` and serves it until `stop` is set or the device is
-/// removed from outside. `on_live` runs once the block device node exists. On the way
-/// out the image is flushed and the device deleted.
+/// What asks a daemon to stop serving its device; set from signal handlers.
+#[derive(Debug, Clone, Default)]
+pub struct StopFlags {
+    /// Stop (SIGTERM, SIGINT, SIGHUP): remove the device if nothing uses it; else see
+    /// [`stop_action`].
+    pub stop: Arc<AtomicBool>,
+    /// Remove the device even while it is in use (`imgblk detach --force`, SIGUSR1).
+    pub force: Arc<AtomicBool>,
+}
+
+/// Exit status of a daemon that was asked to stop while its device was in use, and left
+/// the device for a successor to take over (see [`stop_action`]).
+pub const EXIT_LEFT_FOR_RECOVERY: i32 = 75;
+
+/// What a daemon asked to stop does with its device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopAction {
+    /// Nothing uses it: flush the image, then remove the device.
+    Remove,
+    /// It is in use (what uses it is said): flush the image and exit without removing
+    /// the device, which the kernel quiesces (USER_RECOVERY) until a new daemon takes it
+    /// over, as after a crash; what is mounted on it stays mounted and loses nothing.
+    LeaveForRecovery(String),
+    /// It is in use and no successor could take it over (why is said): keep serving.
+    KeepServing(String),
+}
+
+/// Decides what a stop signal does to a device used by `user` (`None`: unused), created
+/// with USER_RECOVERY or not (`recovery`), whose data lives only in the daemon or not
+/// (`lost_on_exit`). A device in use is never removed: that would throw away what the
+/// file system on it has not written back, exactly what `detach` refuses to do.
+pub fn stop_action(user: Option<String>, recovery: bool, lost_on_exit: bool) -> StopAction {
+    match user {
+        None => StopAction::Remove,
+        Some(user) if lost_on_exit => StopAction::KeepServing(format!(
+            "{user}, and its writes live in this daemon's RAM overlay, which no new daemon \
+             could take over"
+        )),
+        Some(user) if !recovery => StopAction::KeepServing(format!(
+            "{user}, and this kernel's ublk driver lacks USER_RECOVERY, so no new daemon \
+             could take it over"
+        )),
+        Some(user) => StopAction::LeaveForRecovery(user),
+    }
+}
+
+/// Creates `/dev/ublkbN` for `image` and serves it until a stop is asked for or the
+/// device is removed from outside. `on_live` runs once the block device node exists. On
+/// the way out the image is flushed and the device deleted, unless it is in use: then
+/// [`stop_action`] decides, and the process may exit ([`EXIT_LEFT_FOR_RECOVERY`]) leaving
+/// the device for recovery.
 pub fn serve<F>(
     image: Arc<dyn DiskImage>,
     config: DeviceConfig,
-    stop: Arc<AtomicBool>,
+    stop: StopFlags,
     on_live: F,
 ) -> Result<()>
 where
@@ -182,10 +235,12 @@ where
     }
 
     let live_queues = Arc::new(AtomicUsize::new(config.queues as usize));
+    let gate = Arc::new(Gate::default());
     let queue_image = image.clone();
     let queue_count = live_queues.clone();
+    let queue_gate = gate.clone();
     let run = move |qid: u16, dev: &UblkDev| {
-        run_queue(qid, dev, queue_image.clone());
+        run_queue(qid, dev, queue_image.clone(), queue_gate.clone());
         queue_count.fetch_sub(1, Ordering::SeqCst);
     };
     let target_image = image.clone();
@@ -204,8 +259,26 @@ where
         wait_for_node(&live.block_path);
         tracing::info!(device = %live.block_path.display(), "device is live");
         on_live(&live);
-        while !stop.load(Ordering::SeqCst) && live_queues.load(Ordering::SeqCst) > 0 {
-            std::thread::sleep(Duration::from_millis(100));
+        let recovery = info.flags & u64::from(sys::UBLK_F_USER_RECOVERY) != 0;
+        loop {
+            while !stop.stop.load(Ordering::SeqCst) && live_queues.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if live_queues.load(Ordering::SeqCst) == 0 || stop.force.load(Ordering::SeqCst) {
+                break;
+            }
+            match stop_action(device_user(live.id), recovery, config.lost_on_exit) {
+                StopAction::Remove => break,
+                StopAction::LeaveForRecovery(user) => {
+                    leave_for_recovery(&live, &user, &gate, &*flush_image)
+                }
+                StopAction::KeepServing(why) => {
+                    tracing::warn!(device = %live.block_path.display(),
+                        "not stopping: {why}; unmount it and stop again, or remove it \
+                         anyway with `imgblk detach --force {}`", live.id);
+                    stop.stop.store(false, Ordering::SeqCst);
+                }
+            }
         }
         if let Err(e) = flush_image.flush() {
             tracing::error!(error = %e, "flush before stop failed");
@@ -224,6 +297,24 @@ where
     drop(ctrl); // deletes a device we added (UBLK_DEV_F_ADD_DEV)
     tracing::info!("device removed");
     flushed
+}
+
+/// Flushes the image and exits without removing the device, which the kernel then
+/// quiesces for a new daemon to take over (USER_RECOVERY), keeping its record.
+fn leave_for_recovery(live: &LiveDevice, user: &str, gate: &Gate, image: &dyn DiskImage) -> ! {
+    let device = live.block_path.display();
+    if !gate.close(Duration::from_secs(30)) {
+        tracing::warn!(%device, "requests still running after 30s; leaving them to the next daemon");
+    }
+    if let Err(e) = image.flush() {
+        tracing::error!(%device, error = %e, "flush before leaving the device failed");
+    }
+    tracing::warn!(%device,
+        "asked to stop, but {user}: the image is flushed and the device left for recovery \
+         instead of removed (its I/O waits meanwhile); `imgblk recover {device}`, `imgblk \
+         attach` of the same image or starting the systemd unit again takes it over, \
+         `imgblk detach --force {}` removes it", live.id);
+    std::process::exit(EXIT_LEFT_FOR_RECOVERY)
 }
 
 /// Marks this thread as part of the I/O path (`PR_SET_IO_FLUSHER`), so that its memory
@@ -251,19 +342,36 @@ fn recovery_flags(features: u64) -> u64 {
 
 /// Whether device `record.id` was left quiesced by a dead daemon and can be taken over.
 pub fn is_recoverable(record: &super::registry::DeviceRecord) -> bool {
-    if super::registry::pid_alive(record.pid) || !kernel_has_device(record.id) {
+    if record.daemon_alive() || !kernel_has_device(record.id) {
         return false;
     }
-    let id = record.id as i32;
+    device_info(record.id, |info| {
+        u32::from(info.state) == sys::UBLK_S_DEV_QUIESCED
+    })
+    .unwrap_or(false)
+}
+
+/// The process the kernel says serves device `id` (`ublksrv_pid`, set when a daemon
+/// starts or recovers it; it stays after that daemon died).
+pub fn server_pid(id: u32) -> Option<u32> {
+    device_info(id, |info| u32::try_from(info.ublksrv_pid).ok()).flatten()
+}
+
+/// What `read` makes of the kernel's information on device `id`, if it has the device.
+fn device_info<T: Send + 'static>(
+    id: u32,
+    read: fn(&sys::ublksrv_ctrl_dev_info) -> T,
+) -> Option<T> {
     // libublk keeps a control io_uring per thread; query from a short-lived thread so that
     // no ring survives into a daemon forked later (a ring shared across fork hangs).
     std::thread::spawn(move || {
-        UblkCtrl::new_simple(id)
-            .map(|ctrl| u32::from(ctrl.dev_info().state) == sys::UBLK_S_DEV_QUIESCED)
-            .unwrap_or(false)
+        UblkCtrl::new_simple(id as i32)
+            .ok()
+            .map(|ctrl| read(&ctrl.dev_info()))
     })
     .join()
-    .unwrap_or(false)
+    .ok()
+    .flatten()
 }
 
 /// Whether device `record` can be taken over, waiting a little where its daemon is gone
@@ -410,6 +518,46 @@ pub fn kernel_queue_count(id: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// What keeps device `id` busy, if anything: a mount of it or of one of its partitions,
+/// a holder (device-mapper, md) of either, or another exclusive opener (a file system
+/// mounted in another mount namespace, say), which makes an `O_EXCL` open fail.
+pub fn device_user(id: u32) -> Option<String> {
+    if let Some(m) = ublk_mounts().into_iter().find(|m| m.id == id) {
+        return Some(format!("{} is mounted on {}", m.source, m.target.display()));
+    }
+    let name = format!("ublkb{id}");
+    let disk = Path::new("/sys/block").join(&name);
+    let partitions = std::fs::read_dir(&disk)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}p"))
+        })
+        .map(|e| e.path());
+    let held: Vec<String> = std::iter::once(disk.clone())
+        .chain(partitions)
+        .flat_map(|dir| std::fs::read_dir(dir.join("holders")).into_iter().flatten())
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if !held.is_empty() {
+        return Some(format!("it is held by {}", held.join(", ")));
+    }
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(Path::new("/dev").join(&name));
+    match opened {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Some(format!(
+            "/dev/{name} or a partition is open exclusively (mounted?)"
+        )),
+        _ => None,
+    }
+}
+
 /// One mount of an imgblk device or of one of its partitions.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeviceMount {
@@ -468,6 +616,28 @@ mod tests {
         }
         // Very many tags: requests no smaller than the floor.
         assert_eq!(request_bytes(&shape(64, 4096), false), MIN_REQUEST_BYTES);
+    }
+
+    #[test]
+    fn a_stop_never_removes_a_device_in_use() {
+        for recovery in [false, true] {
+            for lost_on_exit in [false, true] {
+                assert_eq!(
+                    stop_action(None, recovery, lost_on_exit),
+                    StopAction::Remove
+                );
+                let user = Some("/dev/ublkb0p1 is mounted on /mnt".to_string());
+                let action = stop_action(user, recovery, lost_on_exit);
+                match action {
+                    StopAction::LeaveForRecovery(_) => assert!(recovery && !lost_on_exit),
+                    StopAction::KeepServing(ref why) => {
+                        assert!(!recovery || lost_on_exit);
+                        assert!(why.starts_with("/dev/ublkb0p1 is mounted"), "{why}");
+                    }
+                    StopAction::Remove => panic!("removed a mounted device"),
+                }
+            }
+        }
     }
 
     #[test]

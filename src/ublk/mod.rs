@@ -5,4 +5,5 @@ pub mod daemon;
 pub mod data;
 pub mod device;
 pub mod queue;
+pub mod ratelimit;
 pub mod registry;

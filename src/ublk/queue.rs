@@ -5,6 +5,7 @@
 //! copy or zero copy, as the device was created ([`super::data`]).
 
 use super::data::{Data, Registered, Scratch};
+use super::ratelimit::{RateLimiter, Verdict};
 use crate::error::{Error, Result};
 use crate::image::io::{decode_part, stored_buffer};
 use crate::image::{CompressedCluster, DiskImage, Extent, ImageFile, Source, WritePlan};
@@ -13,12 +14,68 @@ use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
 use libublk::uring_async::{ublk_reap_io_events_with_update_queue, ublk_wake_task};
 use libublk::{sys, BufDesc, UblkError, UblkUringData};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// At most this many failed requests are logged per queue and [`FAILURE_LOG_INTERVAL`];
+/// the others are counted and logged as one line (a guest reading a bad region in a loop
+/// would otherwise fill the log, on tmpfs under /run).
+const FAILURE_LOG_BURST: u32 = 10;
+/// See [`FAILURE_LOG_BURST`].
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Lets a device's daemon stop its queues from completing requests, so that it can
+/// flush the image and hand the device over to a successor (ublk USER_RECOVERY) without
+/// a completed write depending on state that dies with it: once [`Gate::close`] has
+/// returned, every request the queues complete has been carried out on the image, and
+/// the others stay with the kernel, which hands them to the next daemon.
+#[derive(Debug, Default)]
+pub struct Gate {
+    closed: AtomicBool,
+    /// Requests being carried out on the image.
+    busy: AtomicUsize,
+}
+
+impl Gate {
+    /// Called as a request arrives: whether to carry it out (the gate is open). When
+    /// this returns true, [`Gate::leave`] must follow once the image work is done.
+    fn enter(&self) -> bool {
+        // Counted before the check, and the closer sets the flag before it reads the
+        // count (both SeqCst): either the closer waits for this request, or this
+        // request sees the gate closed.
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.busy.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Called when a request admitted by [`Gate::enter`] is done with the image.
+    fn leave(&self) {
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Stops admitting requests and waits (up to `timeout`) for those being carried out;
+    /// returns whether they all finished.
+    pub fn close(&self, timeout: Duration) -> bool {
+        self.closed.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        while self.busy.load(Ordering::SeqCst) > 0 {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+}
 
 /// Runs queue `qid` of `dev` until the device stops: the body of each queue thread.
-pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>) {
+pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>, gate: Arc<Gate>) {
     let queue = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
         Err(e) => {
@@ -31,6 +88,7 @@ pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>) {
         link_results: (0..dev.dev_info.queue_depth)
             .map(|_| Cell::new(None))
             .collect(),
+        failures: RefCell::new(RateLimiter::new(FAILURE_LOG_BURST, FAILURE_LOG_INTERVAL)),
     });
     let executor = Rc::new(smol::LocalExecutor::new());
     let tasks: Vec<_> = (0..dev.dev_info.queue_depth)
@@ -38,8 +96,9 @@ pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>) {
             let queue = queue.clone();
             let image = image.clone();
             let shared = shared.clone();
+            let gate = gate.clone();
             executor.spawn(async move {
-                match serve_tag(&queue, tag, &*image, &shared).await {
+                match serve_tag(&queue, tag, &*image, &shared, &gate).await {
                     Ok(()) | Err(UblkError::QueueIsDown) => {}
                     Err(e) => tracing::error!(queue = qid, tag, error = %e, "I/O task failed"),
                 }
@@ -47,6 +106,7 @@ pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>) {
         })
         .collect();
     let ticker = executor.clone();
+    let failures = shared.clone();
     smol::block_on(executor.run(async move {
         let run_ops = || while ticker.try_tick() {};
         let done = || tasks.iter().all(|task| task.is_finished());
@@ -54,6 +114,7 @@ pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>) {
             tracing::error!(queue = qid, error = %e, "queue event loop failed");
         }
     }));
+    report_suppressed(qid, failures.failures.borrow_mut().take_suppressed());
     tracing::debug!(queue = qid, "queue stopped");
 }
 
@@ -64,6 +125,33 @@ struct QueueShared {
     /// Per tag, the result of its last linked transfer, which tells why a commit was
     /// cancelled (the transfer failed or fell short).
     link_results: Vec<Cell<Option<i32>>>,
+    /// Which failed requests get a log line of their own.
+    failures: RefCell<RateLimiter>,
+}
+
+impl QueueShared {
+    /// Logs that `request` of queue `qid` failed with `error`, within the rate limit.
+    fn log_failure(&self, qid: u16, request: &Request, error: &Error) {
+        let verdict = self.failures.borrow_mut().check(Instant::now());
+        if let Verdict::Log { suppressed } = verdict {
+            report_suppressed(qid, suppressed);
+            tracing::warn!(queue = qid, op = request.op, offset = request.offset,
+                len = request.len, error = %error, "request failed");
+        }
+    }
+}
+
+/// Logs how many failed requests of queue `qid` went unlogged, if any.
+fn report_suppressed(qid: u16, suppressed: u64) {
+    if suppressed > 0 {
+        tracing::warn!(
+            queue = qid,
+            suppressed,
+            "suppressed {suppressed} similar request failures (at most {FAILURE_LOG_BURST} \
+             logged per queue every {}s)",
+            FAILURE_LOG_INTERVAL.as_secs()
+        );
+    }
 }
 
 /// Marks the `user_data` of a transfer linked to its commit (with the tag in the low
@@ -154,6 +242,7 @@ async fn serve_tag(
     tag: u16,
     image: &dyn DiskImage,
     shared: &QueueShared,
+    gate: &Gate,
 ) -> Result<(), UblkError> {
     let mut buffer = TagBuffer::new(queue, tag);
     let io_buf = match &buffer {
@@ -165,6 +254,11 @@ async fn serve_tag(
         .await?;
     let mut extents = Vec::with_capacity(16);
     loop {
+        if !gate.enter() {
+            // The daemon is handing the device over: the request stays with the kernel,
+            // which gives it to the next daemon.
+            return std::future::pending().await;
+        }
         let iod = queue.get_iod(tag);
         let request = Request {
             op: iod.op_flags & 0xff,
@@ -174,6 +268,11 @@ async fn serve_tag(
         extents.clear();
         let served = match prepare(image, &request, &mut extents) {
             Ok(Work::Transfer(transfer)) => {
+                // Mapping the request settled whatever metadata it needed (a flush now
+                // covers it), and its bytes go straight to or from the file, needing
+                // nothing of this daemon: the next daemon's flush makes them durable. So
+                // the request may leave the gate before the kernel has carried it out.
+                gate.leave();
                 match transfer_linked(queue, tag, &mut buffer, &request, transfer, shared).await? {
                     LinkOutcome::Committed => continue,
                     LinkOutcome::Broken(result) => {
@@ -182,14 +281,20 @@ async fn serve_tag(
                     LinkOutcome::Skipped => transfer.finish(&mut buffer, &request, None).await,
                 }
             }
-            Ok(work) => carry_out(work, image, &request, &mut buffer, &extents, shared).await,
-            Err(e) => Err(e),
+            Ok(work) => {
+                let done = carry_out(work, image, &request, &mut buffer, &extents, shared).await;
+                gate.leave();
+                done
+            }
+            Err(e) => {
+                gate.leave();
+                Err(e)
+            }
         };
         let result = match served {
             Ok(()) => request.len as i32,
             Err(e) => {
-                tracing::warn!(queue = queue.get_qid(), op = request.op, offset = request.offset,
-                    len = request.len, error = %e, "request failed");
+                shared.log_failure(queue.get_qid(), &request, &e);
                 -e.kind().errno()
             }
         };

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::image::Format;
 use serde::{Deserialize, Serialize};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// What `attach` reports and `list` shows for one device.
@@ -41,6 +42,11 @@ pub struct DeviceRecord {
     pub overlay: Option<String>,
     /// Process id of the serving daemon.
     pub pid: u32,
+    /// When the daemon started, in clock ticks after boot (field 22 of /proc/PID/stat):
+    /// with the pid, it tells the daemon from a later process given the same pid. Records
+    /// written before imgblk kept it have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<u64>,
     /// Where the daemon logs, if it runs in the background.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<PathBuf>,
@@ -62,6 +68,19 @@ impl DeviceRecord {
         self.writable && self.overlay.is_none()
     }
 
+    /// Whether the daemon that served the device still runs: process `pid` exists, is no
+    /// zombie, and started when the record says (for an old record without a start
+    /// time: is called `imgblk`). A process that merely reuses the pid does not count.
+    pub fn daemon_alive(&self) -> bool {
+        let Some(process) = ProcessStat::read(self.pid) else {
+            return false;
+        };
+        match self.start_time {
+            Some(start) => process.start_time == start,
+            None => process.comm == "imgblk",
+        }
+    }
+
     /// Builds the record of a device serving `image`.
     pub fn new(id: u32, device: PathBuf, image: &Path, format: Format, size: u64) -> Self {
         DeviceRecord {
@@ -78,6 +97,7 @@ impl DeviceRecord {
             writable: false,
             overlay: None,
             pid: std::process::id(),
+            start_time: process_start_time(std::process::id()),
             log: None,
             luks: false,
             key_file: None,
@@ -155,9 +175,91 @@ fn unit_from_cgroup(cgroup: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Whether process `pid` is alive.
-pub fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+/// When process `pid` started (field 22 of /proc/PID/stat, clock ticks after boot), if
+/// it runs (a zombie does not).
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    ProcessStat::read(pid).map(|process| process.start_time)
+}
+
+/// What imgblk needs of /proc/PID/stat.
+struct ProcessStat {
+    /// The command name (field 2).
+    comm: String,
+    /// Field 22.
+    start_time: u64,
+}
+
+impl ProcessStat {
+    /// Reads process `pid`'s stat; `None` if there is no such process or it is a zombie.
+    fn read(pid: u32) -> Option<ProcessStat> {
+        if pid == 0 {
+            return None;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Self::parse(&stat)
+    }
+
+    /// Parses "PID (COMM) STATE PPID ...": the name may hold spaces and parentheses, so
+    /// the fields after it are counted from the last ')'.
+    fn parse(stat: &str) -> Option<ProcessStat> {
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1.to_string();
+        let mut fields = rest.split_whitespace();
+        // fields[0] is field 3 (the state), so field 22 is fields[19]
+        let state = fields.next()?;
+        if matches!(state, "Z" | "X") {
+            return None;
+        }
+        let start_time = fields.nth(18)?.parse().ok()?;
+        Some(ProcessStat { comm, start_time })
+    }
+}
+
+/// Sends `signal` to the daemon of `record` if it still runs, through a pidfd opened
+/// before the check, so the signal cannot reach a process that took the pid over in
+/// between. Returns whether it was sent: `false` when the daemon is gone (whatever
+/// process has its pid now is left alone).
+pub fn signal_daemon(record: &DeviceRecord, signal: libc::c_int) -> Result<bool> {
+    if record.pid == 0 {
+        return Ok(false);
+    }
+    let pid = record.pid;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let opened = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    let Some(fd) = process_call(opened, || format!("cannot open process {pid}"))? else {
+        return Ok(false);
+    };
+    // SAFETY: the fd was just returned by pidfd_open and is owned by no one else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+    // The pidfd names whatever process had the pid when it was opened; if that process
+    // is the daemon now, it was then too (a live process keeps its pid).
+    if !record.daemon_alive() {
+        return Ok(false);
+    }
+    // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no siginfo, no flags.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    Ok(process_call(sent, || format!("cannot signal daemon {pid}"))?.is_some())
+}
+
+/// The outcome of a system call on a process that returned `ret`: its value, `None` if
+/// the process is gone (`ESRCH`), or the error, described by `what`.
+fn process_call(ret: libc::c_long, what: impl FnOnce() -> String) -> Result<Option<libc::c_long>> {
+    if ret >= 0 {
+        return Ok(Some(ret));
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::ESRCH) => Ok(None),
+        _ => Err(Error::io(what(), error)),
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +277,64 @@ mod tests {
             unit_from_cgroup("0::/user.slice/user-0.slice/session-3.scope\n"),
             None
         );
+    }
+
+    fn record_of(pid: u32, start_time: Option<u64>) -> DeviceRecord {
+        DeviceRecord {
+            pid,
+            start_time,
+            ..DeviceRecord::new(0, "/dev/ublkb0".into(), Path::new("/a"), Format::Raw, 512)
+        }
+    }
+
+    #[test]
+    fn stat_fields_are_counted_after_the_name() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
+                    123456 1000 10 18446744073709551615";
+        let process = ProcessStat::parse(stat).unwrap();
+        assert_eq!(process.comm, "a (b) c");
+        assert_eq!(process.start_time, 123456);
+        assert!(ProcessStat::parse(&stat.replace(") S", ") Z")).is_none());
+    }
+
+    #[test]
+    fn the_daemon_is_alive_only_with_its_start_time() {
+        let me = std::process::id();
+        let start = process_start_time(me).expect("own start time");
+        assert!(record_of(me, Some(start)).daemon_alive());
+        assert!(!record_of(me, Some(start + 1)).daemon_alive());
+        assert!(!record_of(0, Some(start)).daemon_alive());
+        // No start time (an old record): only a process called imgblk counts.
+        assert!(!record_of(me, None).daemon_alive());
+    }
+
+    /// PID reuse: the daemon was killed and an unrelated process got its pid. The record
+    /// must say dead, and detach's signal must not reach that process.
+    #[test]
+    fn a_process_reusing_the_pid_is_neither_alive_nor_signalled() {
+        let mut other = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pid = other.id();
+        let start = process_start_time(pid).expect("start time of sleep");
+        for record in [record_of(pid, Some(start - 1)), record_of(pid, None)] {
+            assert!(!record.daemon_alive(), "{record:?}");
+            assert!(!signal_daemon(&record, libc::SIGTERM).unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let still_running = other.try_wait().unwrap().is_none();
+        // The real daemon (right start time) does get the signal.
+        let record = record_of(pid, Some(start));
+        assert!(record.daemon_alive());
+        assert!(signal_daemon(&record, libc::SIGKILL).unwrap());
+        let status = other.wait().unwrap();
+        assert!(
+            still_running,
+            "sleep was signalled through a record that is not its"
+        );
+        assert!(!status.success());
+        assert!(!signal_daemon(&record, libc::SIGTERM).unwrap());
     }
 
     #[test]
