@@ -2,6 +2,7 @@
 
 use super::EXIT_OK;
 use crate::error::{Error, ErrorKind, Result};
+use crate::image::{open_image, OpenOptions};
 use crate::ublk::device;
 use crate::ublk::registry::{self, DeviceRecord};
 use std::time::{Duration, Instant};
@@ -115,10 +116,43 @@ fn detach(id: u32, force: bool, timeout: Duration) -> Result<()> {
     };
     match daemon {
         Some(record) if signalled => wait_for_daemon(id, &record, force, timeout)?,
-        _ => device::force_delete(id)?,
+        _ => {
+            device::force_delete(id)?;
+            if let Some(record) = registry::load(id) {
+                settle_journal(&record);
+            }
+        }
     }
     registry::remove(id);
     Ok(())
+}
+
+/// After deleting the device of a daemon that died: replays into the image what the
+/// daemon's metadata journal kept (see `qcow2::journal`), so that the writes it completed
+/// are in the file for whatever opens it next, not only for imgblk's next writable open.
+fn settle_journal(record: &DeviceRecord) {
+    if !record.writable || record.overlay.as_deref() == Some("memory") {
+        return;
+    }
+    let files = match &record.overlay {
+        Some(file) => vec![std::path::PathBuf::from(file)],
+        None => std::iter::once(&record.image)
+            .chain(&record.more_images)
+            .cloned()
+            .collect(),
+    };
+    let options = OpenOptions {
+        writable: true,
+        journal_dir: Some(registry::journal_dir()),
+        ..OpenOptions::default()
+    };
+    for file in files {
+        // Opening replays and flushes; closing removes the journal.
+        if let Err(e) = open_image(&file, &options) {
+            tracing::warn!(image = %file.display(), error = %e,
+                "cannot replay the metadata journal of the dead daemon; the next `imgblk attach --rw` will");
+        }
+    }
 }
 
 /// Whether the kernel agrees that `record`'s daemon serves device `id` (it names the pid

@@ -384,7 +384,7 @@ pub fn wait_until_recoverable(record: &super::registry::DeviceRecord) -> bool {
         if is_recoverable(record) {
             return true;
         }
-        let waiting = !super::registry::pid_alive(record.pid) && kernel_has_device(record.id);
+        let waiting = !record.daemon_alive() && kernel_has_device(record.id);
         if !waiting || Instant::now() > deadline {
             return false;
         }
