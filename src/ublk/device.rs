@@ -546,15 +546,28 @@ pub fn device_user(id: u32) -> Option<String> {
     if !held.is_empty() {
         return Some(format!("it is held by {}", held.join(", ")));
     }
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_EXCL)
-        .open(Path::new("/dev").join(&name));
-    match opened {
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Some(format!(
-            "/dev/{name} or a partition is open exclusively (mounted?)"
-        )),
-        _ => None,
+    held_exclusively(&Path::new("/dev").join(&name))
+        .then(|| format!("/dev/{name} or a partition is open exclusively (mounted?)"))
+}
+
+/// Whether an `O_EXCL` open of block device `path` fails with `EBUSY` for a second: a
+/// mount or a holder claims a device for good, while a checker that has just exited may
+/// keep its claim a moment longer (its last reference is dropped asynchronously).
+fn held_exclusively(path: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(path);
+        match opened {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            _ => return false,
+        }
+        if Instant::now() > deadline {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
