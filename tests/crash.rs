@@ -20,8 +20,9 @@
 //!
 //! And with injected faults: a failed `fdatasync` is sticky.
 //!
-//! `IMGBLK_CRASH_SCALE=N` multiplies the workloads' length and the crash states tried
-//! (a longer campaign; its numbers are in `fuzz/CRASH-RESULTS.md`).
+//! `IMGBLK_CRASH_SCALE=N` multiplies the workloads' length and the crash states tried,
+//! `IMGBLK_CRASH_SEED=N` picks other random workloads (longer campaigns; their numbers
+//! are in `fuzz/CRASH-RESULTS.md`).
 
 mod common;
 
@@ -582,8 +583,18 @@ impl Run {
     }
 }
 
+/// Added to every workload's seed: `IMGBLK_CRASH_SEED=N` runs other workloads of the
+/// same shapes (campaigns), 0 by default.
+fn seed_offset() -> u64 {
+    std::env::var("IMGBLK_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 fn workloads() -> Vec<Workload> {
     let n = 60 * scale();
+    let seed = seed_offset() << 8;
     vec![
         Workload {
             name: "512-byte clusters, zeroes and discards",
@@ -593,7 +604,7 @@ fn workloads() -> Vec<Workload> {
             threads: 1,
             ops_per_thread: n,
             zero_and_discard: true,
-            seed: 1,
+            seed: seed + 1,
         },
         Workload {
             name: "4 KiB clusters over a backing file, two threads",
@@ -603,7 +614,7 @@ fn workloads() -> Vec<Workload> {
             threads: 2,
             ops_per_thread: n / 2,
             zero_and_discard: false,
-            seed: 2,
+            seed: seed + 2,
         },
         Workload {
             name: "64 KiB clusters, version 2, over a backing file",
@@ -613,7 +624,7 @@ fn workloads() -> Vec<Workload> {
             threads: 1,
             ops_per_thread: n,
             zero_and_discard: true,
-            seed: 3,
+            seed: seed + 3,
         },
         Workload {
             name: "512-byte clusters, 64-bit refcounts (the refcount table grows)",
@@ -623,7 +634,7 @@ fn workloads() -> Vec<Workload> {
             threads: 1,
             ops_per_thread: n,
             zero_and_discard: true,
-            seed: 4,
+            seed: seed + 4,
         },
     ]
 }

@@ -4,7 +4,7 @@
 //! (add, start, stop, delete) is sent from the thread that created it, which is the thread
 //! that calls [`serve`]. Queue threads only touch their own io_uring.
 
-use super::queue::{run_queue, Gate};
+use super::queue::{links_commits, run_queue, Gate};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::DiskImage;
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
@@ -239,8 +239,15 @@ where
     let queue_image = image.clone();
     let queue_count = live_queues.clone();
     let queue_gate = gate.clone();
+    let link_commits = links_commits(features);
     let run = move |qid: u16, dev: &UblkDev| {
-        run_queue(qid, dev, queue_image.clone(), queue_gate.clone());
+        run_queue(
+            qid,
+            dev,
+            queue_image.clone(),
+            queue_gate.clone(),
+            link_commits,
+        );
         queue_count.fetch_sub(1, Ordering::SeqCst);
     };
     let target_image = image.clone();
@@ -374,12 +381,13 @@ fn device_info<T: Send + 'static>(
     .flatten()
 }
 
-/// Whether device `record` can be taken over, waiting a little where its daemon is gone
-/// but the driver has not quiesced the device yet: until Linux 6.15 the driver notices a
-/// dead daemon only on its next periodic check (every 5 s), so a `recover` right after
-/// the daemon died would otherwise be refused.
+/// Whether device `record` can be taken over, waiting up to 30 s where its daemon is
+/// gone but the driver has not quiesced the device yet: until Linux 6.15 the driver
+/// notices a dead daemon only on its next periodic check (every 5 s), then waits for the
+/// requests in flight to be requeued (over 10 s seen under emulation), so a `recover`
+/// right after the daemon died would otherwise be refused.
 pub fn wait_until_recoverable(record: &super::registry::DeviceRecord) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if is_recoverable(record) {
             return true;
