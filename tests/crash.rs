@@ -683,70 +683,42 @@ fn a_failed_sync_is_sticky_and_the_image_keeps_its_last_flush() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("img.qcow2");
-    common::qemu_img(
-        dir.path(),
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=4096",
-            s(&image),
-            "1M",
-        ],
-    );
     let journal_dir = dir.path().join("journal");
+    let create = || {
+        let args = ["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096"];
+        common::qemu_img(dir.path(), &[&args[..], &[s(&image), "1M"]].concat());
+    };
+    let open = |recorder: &Arc<Recorder>| {
+        let tap = Some(Tap(recorder.clone()));
+        open_image(&image, &options(tap, true, Some(&journal_dir))).expect("open")
+    };
     let sectors = |id: u64, first: u64| -> Vec<u8> {
         (first..first + 8).flat_map(|s| tagged(id, s)).collect()
     };
-    // Count the syncs of a first flush, to fail the first of the second one.
-    let counter = Recorder::new(&image, None);
-    {
-        let disk = open_image(
-            &image,
-            &options(Some(Tap(counter.clone())), true, Some(&journal_dir)),
-        )
-        .expect("open");
-        io::write_at(&*disk, &sectors(1, 0), 0).expect("write");
-        disk.flush().expect("flush");
-        io::write_at(&*disk, &sectors(2, 64), 64 * SECTOR).expect("write");
-    }
-    let syncs_to_first_flush = {
-        // The open's own sync, then the first flush's.
-        let events = counter.events();
-        let done = events
-            .iter()
-            .position(|e| matches!(e, Event::File(Target::Image, Change::Write(_, d)) if d == &sectors(2, 64)))
-            .expect("second write recorded");
-        events[..done]
-            .iter()
-            .filter(|e| matches!(e, Event::File(_, Change::Sync)))
-            .count()
+    // A write, a flush, a second write (whose flush is the one to fail).
+    let start = |disk: &dyn DiskImage| {
+        io::write_at(disk, &sectors(1, 0), 0).expect("write");
+        disk.flush().expect("first flush");
+        io::write_at(disk, &sectors(2, 64), 64 * SECTOR).expect("write");
     };
+    // Count the syncs up to the second write (the open's own, the first flush's), to
+    // fail the first one after it.
+    create();
+    let counter = Recorder::new(&image, None);
+    start(&*open(&counter));
+    let events = counter.events();
+    let second = events
+        .iter()
+        .position(|e| matches!(e, Event::File(Target::Image, Change::Write(_, d)) if d == &sectors(2, 64)))
+        .expect("second write recorded");
+    let syncs = events[..second]
+        .iter()
+        .filter(|e| matches!(e, Event::File(_, Change::Sync)))
+        .count();
 
-    common::qemu_img(
-        dir.path(),
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=4096",
-            s(&image),
-            "1M",
-        ],
-    );
-    let faulty = Recorder::new(&image, Some(syncs_to_first_flush + 1));
-    let disk = open_image(
-        &image,
-        &options(Some(Tap(faulty.clone())), true, Some(&journal_dir)),
-    )
-    .expect("open");
-    io::write_at(&*disk, &sectors(1, 0), 0).expect("write");
-    disk.flush().expect("first flush");
-    io::write_at(&*disk, &sectors(2, 64), 64 * SECTOR).expect("write");
+    create();
+    let disk = open(&Recorder::new(&image, Some(syncs + 1)));
+    start(&*disk);
     let failed = disk
         .flush()
         .expect_err("the injected EIO must fail the flush");
