@@ -466,6 +466,16 @@ pub fn open_direct(path: &Path) -> File {
         .unwrap_or_else(|e| panic!("open {} O_DIRECT: {e}", path.display()))
 }
 
+/// Opens `path` for reading and writing with O_DIRECT.
+pub fn open_rw_direct(path: &Path) -> File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {} O_DIRECT rw: {e}", path.display()))
+}
+
 // ---------------------------------------------------------------------------------------
 // Devices
 

@@ -8,22 +8,12 @@ use crate::harness::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
 const SIZE: u64 = 32 * MIB;
 const BLOCK: u64 = 4 * KIB;
-
-fn open_rw_direct(path: &Path) -> File {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {} O_DIRECT rw: {e}", path.display()))
-}
 
 /// The bytes of block `block` as written in round `round`.
 fn pattern(round: u32, block: u64, buf: &mut [u8]) {
