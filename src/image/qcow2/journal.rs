@@ -188,6 +188,11 @@ impl Journal {
         self.file.path()
     }
 
+    /// Bytes written to the journal file (its header included).
+    pub fn bytes(&self) -> u64 {
+        self.end
+    }
+
     /// Adds `record` to the ones [`Journal::commit`] writes.
     pub fn log(&mut self, record: Record) {
         self.pending.extend_from_slice(&record.encode());

@@ -82,6 +82,8 @@ struct ClusterChunk {
 
 /// L1/L2 entry bit 63: the cluster's refcount is exactly 1 (may be written in place).
 pub const COPIED: u64 = 1 << 63;
+/// Journal size (bytes) past which a request that changed metadata also flushes it.
+const JOURNAL_FLUSH_BYTES: u64 = 16 << 20;
 /// Header offset of `autoclear_features` (version 3).
 const HEADER_AUTOCLEAR: u64 = 88;
 
@@ -480,7 +482,7 @@ impl Qcow2Image {
             Self::set_l2(&mut w, &table, l1_index, l2_index, target | COPIED)?;
             pos = chunk_end;
         }
-        Ok(())
+        self.bound_journal(&mut w)
     }
 
     /// Whether guest cluster `cluster_start` already reads as zeroes without anything to
@@ -529,6 +531,7 @@ impl Qcow2Image {
                 L2_ZERO
             };
             Self::set_l2(&mut w, &table, l1_index, l2_index, value)?;
+            self.bound_journal(&mut w)?;
         }
         Ok(())
     }
@@ -565,6 +568,7 @@ impl Qcow2Image {
                 w.free_later(vec![raw & L2_OFFSET_MASK]);
             }
             Self::set_l2(&mut w, &table, l1_index, l2_index, value)?;
+            self.bound_journal(&mut w)?;
         }
         Ok(())
     }
@@ -574,7 +578,12 @@ impl Qcow2Image {
             return Ok(());
         };
         let mut guard = self.writer()?;
-        let w = &mut *guard;
+        self.flush_locked(&mut guard)
+    }
+
+    /// The flush, with the write mutex held: the metadata to the file, then the journal
+    /// emptied (or dropped after a failed sync).
+    fn flush_locked(&self, w: &mut Writer) -> Result<()> {
         let flushed = self.write_metadata(w);
         match (&flushed, &mut w.journal) {
             (Ok(()), Some(journal)) => journal.clear()?,
@@ -588,6 +597,19 @@ impl Qcow2Image {
             _ => {}
         }
         flushed
+    }
+
+    /// Flushes once the journal has grown past [`JOURNAL_FLUSH_BYTES`], so that it stays
+    /// small however long the guest goes without a flush of its own (a flush is always
+    /// allowed: it only makes more durable).
+    fn bound_journal(&self, w: &mut Writer) -> Result<()> {
+        if w.journal
+            .as_ref()
+            .is_some_and(|j| j.bytes() > JOURNAL_FLUSH_BYTES)
+        {
+            self.flush_locked(w)?;
+        }
+        Ok(())
     }
 
     /// Closes the journal at a clean close, once everything is flushed.
