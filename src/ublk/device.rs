@@ -4,7 +4,7 @@
 //! (add, start, stop, delete) is sent from the thread that created it, which is the thread
 //! that calls [`serve`]. Queue threads only touch their own io_uring.
 
-use super::queue::{links_commits, run_queue, Gate};
+use super::queue::{run_queue, Gate};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::DiskImage;
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
@@ -239,15 +239,8 @@ where
     let queue_image = image.clone();
     let queue_count = live_queues.clone();
     let queue_gate = gate.clone();
-    let link_commits = links_commits(features);
     let run = move |qid: u16, dev: &UblkDev| {
-        run_queue(
-            qid,
-            dev,
-            queue_image.clone(),
-            queue_gate.clone(),
-            link_commits,
-        );
+        run_queue(qid, dev, queue_image.clone(), queue_gate.clone());
         queue_count.fetch_sub(1, Ordering::SeqCst);
     };
     let target_image = image.clone();

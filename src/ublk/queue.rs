@@ -75,26 +75,7 @@ impl Gate {
 }
 
 /// Runs queue `qid` of `dev` until the device stops: the body of each queue thread.
-/// Whether a ublk driver offering `features` may get a request's commit linked to its
-/// transfer ([`transfer_linked`]): from Linux 6.16 (the driver that offers
-/// `UBLK_F_AUTO_BUF_REG`) on. Before, a daemon killed with such a pair in flight left the
-/// kernel to issue the commit after the daemon's death, racing the driver's requeue of
-/// the same request for recovery: on Linux 6.12 writes landed at other requests' offsets
-/// across `kill -9` and recovery (fio verify, raw images too), and never with the commit
-/// submitted by the daemon after the transfer completed.
-pub fn links_commits(features: u64) -> bool {
-    features & u64::from(sys::UBLK_F_AUTO_BUF_REG) != 0
-}
-
-/// Serves queue `qid` of `dev` until it goes down; `link_commits` as [`links_commits`]
-/// says for the driver.
-pub fn run_queue(
-    qid: u16,
-    dev: &UblkDev,
-    image: Arc<dyn DiskImage>,
-    gate: Arc<Gate>,
-    link_commits: bool,
-) {
+pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>, gate: Arc<Gate>) {
     let queue = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
         Err(e) => {
@@ -107,7 +88,6 @@ pub fn run_queue(
         link_results: (0..dev.dev_info.queue_depth)
             .map(|_| Cell::new(None))
             .collect(),
-        link_commits,
         failures: RefCell::new(RateLimiter::new(FAILURE_LOG_BURST, FAILURE_LOG_INTERVAL)),
     });
     let executor = Rc::new(smol::LocalExecutor::new());
@@ -145,8 +125,6 @@ struct QueueShared {
     /// Per tag, the result of its last linked transfer, which tells why a commit was
     /// cancelled (the transfer failed or fell short).
     link_results: Vec<Cell<Option<i32>>>,
-    /// Whether transfers and commits go as linked pairs (see [`links_commits`]).
-    link_commits: bool,
     /// Which failed requests get a log line of their own.
     failures: RefCell<RateLimiter>,
 }
@@ -449,8 +427,7 @@ enum LinkOutcome {
     /// The transfer failed or fell short (after this many bytes or with this -errno, if
     /// known), so the commit was cancelled: finish the request and commit it.
     Broken(Option<i32>),
-    /// Linking is off for this driver, the ring had no room for the pair, or the queue is
-    /// stopping: nothing was submitted.
+    /// The ring had no room for the pair, or the queue is stopping: nothing was submitted.
     Skipped,
 }
 
@@ -473,7 +450,7 @@ async fn transfer_linked(
         let sq = ring.submission();
         sq.capacity() - sq.len() >= 2
     });
-    if !shared.link_commits || !room || queue.is_stopping() {
+    if !room || queue.is_stopping() {
         return Ok(LinkOutcome::Skipped);
     }
     let sqe = match buffer

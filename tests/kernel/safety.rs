@@ -170,6 +170,13 @@ fn killed_qcow2_daemon_under_fio_is_recovered_and_checks_clean() {
 #[test]
 #[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
 fn fio_verify_survives_repeated_kill9_and_recovery_of_a_qcow2_over_a_backing_file() {
+    require_ublk();
+    if !kernel_has_zero_copy() {
+        // Linux 6.12's driver misplaces writes across such a recovery, raw images too:
+        // see kmod-notes, "Recovery on Linux 6.12".
+        eprintln!("skipped: the ublk driver predates Linux 6.16 (no UBLK_F_AUTO_BUF_REG)");
+        return;
+    }
     let s = Scratch::new("recover-verify");
     let base = s.path("base.raw");
     write_mixed(&base, 64 * MIB, 5);
