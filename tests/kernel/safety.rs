@@ -272,6 +272,44 @@ fn an_overlay_file_keeps_completed_writes_across_kill9_and_recovery() {
     assert_not_corrupt(&overlay, "overlay after kill -9, recovery and detach");
 }
 
+/// `imgblk detach` of a device whose daemon was killed before any flush puts the writes
+/// it completed into the image (it replays the daemon's metadata journal), so that a
+/// program other than imgblk (here `qemu-img`) reads them.
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn detach_after_kill9_leaves_the_completed_writes_in_the_image() {
+    let s = Scratch::new("detach-journal");
+    let image = s.path("disk.qcow2");
+    cmd("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&image)
+        .arg("16M")
+        .ok();
+    let dev = Device::attach(&image, &["--rw"]);
+    let device = open_rw_direct(&dev.path);
+    let mut buf = AlignedBuf::new(4096);
+    buf.as_mut_slice().fill(0xc3);
+    device.write_all_at(buf.as_mut_slice(), 5 * MIB).unwrap();
+    drop(device); // no fsync: the new cluster's L2 entry is only in the journal
+    let pid = dev.pid.expect("attach --json gives the daemon pid");
+    cmd("kill").args(["-9", &pid.to_string()]).ok();
+    assert!(wait_until(Duration::from_secs(10), || process_gone(pid)));
+    dev.detach();
+    assert_not_corrupt(&image, "after kill -9 and detach");
+    let raw = s.path("disk.raw");
+    cmd("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&image)
+        .arg(&raw)
+        .ok();
+    let bytes = std::fs::read(&raw).unwrap();
+    let block = &bytes[(5 * MIB) as usize..(5 * MIB + 4096) as usize];
+    assert!(
+        block.iter().all(|&b| b == 0xc3),
+        "the completed write is not in the image after detach"
+    );
+}
+
 #[test]
 #[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
 fn block_device_input_is_opened_exclusively() {
