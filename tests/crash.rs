@@ -639,21 +639,27 @@ fn workloads() -> Vec<Workload> {
     ]
 }
 
-#[test]
-fn every_power_loss_state_is_consistent_and_keeps_flushed_writes() {
+/// Runs every workload, checks its crash states with `check`, and returns how many.
+fn check_every_workload(what: &str, check: impl Fn(&Workload, &Run) -> usize) -> usize {
     let _serial = serial();
     let mut total = 0;
     for w in workloads() {
         let run = run(&w);
-        let states = run.power_loss(8 * scale(), w.seed);
+        let states = check(&w, &run);
         eprintln!(
-            "{}: {} events, {states} power-loss states",
+            "{}: {} events, {states} {what} states",
             w.name,
             run.events.len()
         );
         total += states;
     }
-    eprintln!("{total} power-loss states checked");
+    eprintln!("{total} {what} states checked");
+    total
+}
+
+#[test]
+fn every_power_loss_state_is_consistent_and_keeps_flushed_writes() {
+    let total = check_every_workload("power-loss", |w, run| run.power_loss(8 * scale(), w.seed));
     assert!(
         total >= 800,
         "only {total} states: the workloads flush too little"
@@ -662,20 +668,10 @@ fn every_power_loss_state_is_consistent_and_keeps_flushed_writes() {
 
 #[test]
 fn every_daemon_death_keeps_every_completed_write() {
-    let _serial = serial();
-    let mut total = 0;
-    for w in workloads() {
-        let run = run(&w);
+    check_every_workload("daemon-death", |w, run| {
         assert!(run.journal.is_some(), "{}: nothing was journaled", w.name);
-        let states = run.daemon_death(150 * scale(), w.seed);
-        eprintln!(
-            "{}: {} events, {states} daemon-death states",
-            w.name,
-            run.events.len()
-        );
-        total += states;
-    }
-    eprintln!("{total} daemon-death states checked");
+        run.daemon_death(150 * scale(), w.seed)
+    });
 }
 
 #[test]
