@@ -1,6 +1,6 @@
 //! `imgblk attach`: open an image, create `/dev/ublkbN` for it, serve it in the background.
 
-use super::piece::{open_source, PieceArgs, Source};
+use super::piece::{open_source, PieceArgs, Served};
 use super::{print_json, EXIT_OK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::overlay::MemoryOverlay;
@@ -121,7 +121,7 @@ pub fn parse_overlay(value: &str) -> std::result::Result<Overlay, String> {
 
 /// Wraps `source`'s image in a RAM overlay if asked for (a file overlay is opened in its
 /// place instead: [`open_file_overlay`]).
-pub(super) fn with_overlay(mut source: Source, overlay: Option<&Overlay>) -> Result<Source> {
+pub(super) fn with_overlay(mut source: Served, overlay: Option<&Overlay>) -> Result<Served> {
     if let Some(Overlay::Memory) = overlay {
         source.image = Arc::new(MemoryOverlay::new(source.image)?);
     }
@@ -131,7 +131,7 @@ pub(super) fn with_overlay(mut source: Source, overlay: Option<&Overlay>) -> Res
 /// For `--overlay FILE`: creates the qcow2 `file` over the whole image `base` (opened
 /// read-only first, to learn its format and size) and opens it writable; the base stays
 /// read-only underneath as its backing file.
-fn open_file_overlay(base: &Path, file: &Path, options: &OpenOptions) -> Result<Source> {
+fn open_file_overlay(base: &Path, file: &Path, options: &OpenOptions) -> Result<Served> {
     let (format, size) = {
         let source = open_served(&[base.to_path_buf()], options, None)?;
         (source.format, source.image.virtual_size())
@@ -145,7 +145,7 @@ fn open_file_overlay(base: &Path, file: &Path, options: &OpenOptions) -> Result<
 }
 
 /// Opens the existing overlay `file` writable (for attach, and for recover).
-pub(super) fn open_overlay(file: &Path, options: &OpenOptions) -> Result<Source> {
+pub(super) fn open_overlay(file: &Path, options: &OpenOptions) -> Result<Served> {
     let options = OpenOptions {
         format: Some(Format::Qcow2),
         writable: true,
@@ -266,7 +266,7 @@ pub(super) fn open_served(
     paths: &[PathBuf],
     options: &OpenOptions,
     piece: Option<&str>,
-) -> Result<Source> {
+) -> Result<Served> {
     let source = open_source(paths, options, piece)?;
     if source.image.virtual_size() < 512 {
         let path = paths.first().map(PathBuf::as_path).unwrap_or(Path::new(""));

@@ -31,8 +31,9 @@ impl PieceArgs {
     }
 }
 
-/// What was opened: the image (or the piece of it) and where it came from.
-pub struct Source {
+/// What a command serves or reads, once opened: the image (or the piece of it) and where
+/// it came from. (Not [`crate::image::Source`], where an extent's bytes come from.)
+pub struct Served {
     /// What to serve or read.
     pub image: Arc<dyn DiskImage>,
     /// Format of the first image.
@@ -46,7 +47,7 @@ pub fn open_source(
     paths: &[PathBuf],
     options: &OpenOptions,
     piece: Option<&str>,
-) -> Result<Source> {
+) -> Result<Served> {
     let mut images: Vec<Arc<dyn DiskImage>> = Vec::with_capacity(paths.len());
     for path in paths {
         images.push(Arc::from(open_image(path, options)?));
@@ -61,7 +62,7 @@ pub fn open_source(
                 "several images need --lv to say which volume to use",
             ));
         }
-        return Ok(Source {
+        return Ok(Served {
             image: first,
             format,
             piece: None,
@@ -69,7 +70,7 @@ pub fn open_source(
     };
     let layout = discover(&images);
     let image = select(&layout, name)?;
-    Ok(Source {
+    Ok(Served {
         image,
         format,
         piece: Some(name.to_string()),

@@ -287,7 +287,7 @@ impl ImageFile {
 
     /// Whether `offset` lies in data or in a hole, and where that run ends (`SEEK_DATA` /
     /// `SEEK_HOLE`). Where the file system cannot tell, everything is data.
-    pub fn data_run(&self, offset: u64) -> Result<(bool, u64)> {
+    pub fn allocation_at(&self, offset: u64) -> Result<(bool, u64)> {
         use nix::unistd::{lseek, Whence};
         let fd = self.buffered.as_raw_fd();
         let Ok(pos) = i64::try_from(offset) else {

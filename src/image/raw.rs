@@ -48,7 +48,7 @@ impl DiskImage for RawImage {
         let end = offset + len;
         let mut pos = offset;
         while pos < end {
-            let (is_data, run_end) = self.file.data_run(pos)?;
+            let (is_data, run_end) = self.file.allocation_at(pos)?;
             let run_end = run_end.min(end);
             let source = if is_data {
                 Source::Data {

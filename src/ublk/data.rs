@@ -68,7 +68,7 @@ enum Origin<'f> {
 
 /// Which way bytes move.
 #[derive(Clone, Copy)]
-enum Transfer<'f> {
+enum Direction<'f> {
     /// Into the request's bytes.
     Read(Origin<'f>),
     /// From them into a file.
@@ -145,7 +145,7 @@ impl<'b> Data<'b> {
         let len = self.len();
         while done < len {
             let pos = offset + done as u64;
-            match submit(self.sqe(Transfer::Write(file), pos, done)?).await {
+            match submit(self.sqe(Direction::Write(file), pos, done)?).await {
                 n if n > 0 => done += n as usize,
                 e if e == -libc::EINTR || e == -libc::EAGAIN => {}
                 0 => {
@@ -168,17 +168,17 @@ impl<'b> Data<'b> {
     /// The one SQE that moves all of these bytes between them and `file` at `offset`
     /// (a write when `write`), for a caller that submits it itself.
     pub fn transfer_sqe(&self, file: &ImageFile, offset: u64, write: bool) -> Result<Entry> {
-        let transfer = if write {
-            Transfer::Write(file)
+        let direction = if write {
+            Direction::Write(file)
         } else {
-            Transfer::Read(Origin::File(file))
+            Direction::Read(Origin::File(file))
         };
-        self.sqe(transfer, offset, 0)
+        self.sqe(direction, offset, 0)
     }
 
     /// The SQE that moves bytes `done..` of these (at most 1 GiB of them) to or from
     /// position `pos` of the transfer's file.
-    fn sqe(&self, transfer: Transfer<'_>, pos: u64, done: usize) -> Result<Entry> {
+    fn sqe(&self, direction: Direction<'_>, pos: u64, done: usize) -> Result<Entry> {
         let chunk = (self.len() - done).min(1 << 30) as u32;
         let (addr, fixed) = match self {
             Data::Memory(buf) => (buf.as_ptr() as usize + done, None),
@@ -186,16 +186,18 @@ impl<'b> Data<'b> {
             Data::Pages { pages, offset, .. } => (*offset as usize + done, Some(pages.index)),
         };
         let fd = |file: &ImageFile| types::Fd(file.data_fd(pos, u64::from(chunk), addr));
-        Ok(match (transfer, fixed) {
-            (Transfer::Write(file), Some(index)) => {
+        Ok(match (direction, fixed) {
+            (Direction::Write(file), Some(index)) => {
                 opcode::WriteFixed::new(fd(file), addr as *const u8, chunk, index)
                     .offset(pos)
                     .build()
             }
-            (Transfer::Write(file), None) => opcode::Write::new(fd(file), addr as *const u8, chunk)
-                .offset(pos)
-                .build(),
-            (Transfer::Read(origin), fixed) => {
+            (Direction::Write(file), None) => {
+                opcode::Write::new(fd(file), addr as *const u8, chunk)
+                    .offset(pos)
+                    .build()
+            }
+            (Direction::Read(origin), fixed) => {
                 let fd = match origin {
                     Origin::File(file) => fd(file),
                     Origin::Zeroes => types::Fd(dev_zero()?),
@@ -282,7 +284,7 @@ impl<'b> Data<'b> {
         let len = self.len();
         while done < len {
             let pos = offset + done as u64;
-            match submit(self.sqe(Transfer::Read(origin), pos, done)?).await {
+            match submit(self.sqe(Direction::Read(origin), pos, done)?).await {
                 0 => match (&mut self, origin) {
                     (Data::Memory(buf), _) => {
                         buf[done..].fill(0);
