@@ -109,17 +109,17 @@ fn detach(id: u32, force: bool, timeout: Duration) -> Result<()> {
     } else {
         libc::SIGTERM
     };
-    let daemon = record.filter(|r| is_server(id, r));
-    let signalled = match &daemon {
+    let daemon = record.as_ref().filter(|r| is_server(id, r));
+    let signalled = match daemon {
         Some(record) => registry::signal_daemon(record, signal)?,
         None => false,
     };
     match daemon {
-        Some(record) if signalled => wait_for_daemon(id, &record, force, timeout)?,
+        Some(record) if signalled => wait_for_daemon(id, record, force, timeout)?,
         _ => {
             device::force_delete(id)?;
-            if let Some(record) = registry::load(id) {
-                settle_journal(&record);
+            if let Some(record) = &record {
+                settle_journal(record);
             }
         }
     }

@@ -381,11 +381,17 @@ impl Qcow2Image {
             value,
         });
         w.commit()?;
+        Self::store_l2(w, table, l1_index, l2_index, value);
+        Ok(())
+    }
+
+    /// Stores `value` as L2 entry `l2_index` of the table of `l1_index` and marks the
+    /// table dirty: the in-memory half of [`Self::set_l2`], which replay does alone.
+    fn store_l2(w: &mut Writer, table: &L2Ref<'_>, l1_index: usize, l2_index: usize, value: u64) {
         if let Some(entry) = table.entries().get(l2_index) {
             entry.store(value, Ordering::Release);
         }
         w.dirty_l2.insert(l1_index);
-        Ok(())
     }
 
     /// Applies what a journal kept of a daemon that died (see [`super::journal`]): its
@@ -424,10 +430,7 @@ impl Qcow2Image {
                         .l2_table(l1_index)?
                         .filter(|t| l2_index < t.entries().len())
                         .ok_or_else(|| bad(format!("L2 entry {l2} of L1 entry {l1}")))?;
-                    if let Some(entry) = table.entries().get(l2_index) {
-                        entry.store(value, Ordering::Release);
-                    }
-                    w.dirty_l2.insert(l1_index);
+                    Self::store_l2(&mut w, &table, l1_index, l2_index, value);
                 }
                 Record::Free(host) => w.pending_free.push(host),
             }
