@@ -7,12 +7,15 @@
 //!   [`image::DiskImage`] view over the image it lives in.
 //! - [`ublk`]: the device plumbing on libublk; each queue carries out mapped extents on its
 //!   own io_uring.
+//! - [`serve`]: what a device serves (images, piece, LUKS key, overlay, shape), opening
+//!   it and running its daemon; usable without the command line.
 //! - [`cli`]: the `imgblk` command.
 
 pub mod cli;
 pub mod error;
 pub mod image;
 pub mod layout;
+pub mod serve;
 pub mod ublk;
 
 pub use error::{Error, ErrorKind, Result};

@@ -5,15 +5,17 @@
 //! (the ordinary daemon machinery), runs the file system's checker on the device, and
 //! always runs `imgblk detach` afterwards, also after a checker crash or a SIGINT/SIGTERM.
 
-use super::attach::{parse_overlay, Overlay};
+use super::child::{self, detach};
+use super::find_program;
 use super::piece::PieceArgs;
 use super::print_json;
-use super::{find_program, own_exe};
 use crate::error::{Error, Result};
 use crate::image::{open_image, DiskImage, Format, OpenOptions};
-use crate::layout::{discover, ContentKind, NodeKind};
+use crate::layout::{discover, ContentKind, NodeKind, PieceId};
+use crate::serve::Overlay;
 use serde::Serialize;
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{IsTerminal, Read, Seek};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -84,7 +86,7 @@ pub struct FsckArgs {
     #[arg(long)]
     repair: bool,
     /// With --repair: write the repairs into RAM (`memory`), leaving the image as it was.
-    #[arg(long, value_name = "memory", value_parser = parse_overlay)]
+    #[arg(long, value_name = "memory", value_parser = Overlay::parse)]
     overlay: Option<Overlay>,
     /// Print the results as a JSON array instead of a table.
     #[arg(long)]
@@ -265,7 +267,7 @@ fn find_checks(image: &Path, piece: &PieceArgs, format: Option<Format>) -> Resul
     // opened (shared lock) only for the discovery, and closed before any attach
     let opened: Arc<dyn DiskImage> = Arc::from(open_image(image, &options)?);
     let layout = discover(&[opened]);
-    let wanted = piece.node_name();
+    let wanted = piece.piece().map(|p| p.to_string());
     let checks: Vec<Check> = layout
         .nodes()
         .into_iter()
@@ -281,8 +283,8 @@ fn find_checks(image: &Path, piece: &PieceArgs, format: Option<Format>) -> Resul
         })
         .collect();
     if let (Some(w), true) = (&wanted, checks.is_empty()) {
-        if layout.find(w).is_none() {
-            super::piece::select(&layout, w)?;
+        if let (None, Some(piece)) = (layout.find(w), piece.piece()) {
+            crate::serve::select(&layout, &piece)?;
         }
         return Err(Error::invalid(format!(
             "{w} holds no file system imgblk can check"
@@ -402,70 +404,23 @@ fn run_check(shared: &Shared, check: &Check) -> CheckResult {
 
 /// `imgblk attach --json ...` for the check; returns the device id.
 fn attach(shared: &Shared, check: &Check) -> Result<u32> {
-    let mut command = Command::new(own_exe()?);
-    command.arg("attach").arg("--json");
-    match check.piece.strip_prefix("disk0p") {
-        _ if check.piece == "disk0" => {}
-        Some(n) => {
-            command.args(["--part", n]);
-        }
-        None => {
-            command.args(["--lv", &check.piece]);
-        }
+    let mut args: Vec<OsString> = Vec::new();
+    if let Some(piece) = PieceId::of_node(&check.piece) {
+        args.extend(piece.cli_args().map(OsString::from));
     }
     match shared.mode {
         Mode::ReadOnly => {}
-        Mode::Repair => {
-            command.arg("--rw");
-        }
-        Mode::RepairInMemory => {
-            command.args(["--overlay", "memory"]);
-        }
+        Mode::Repair => args.push("--rw".into()),
+        Mode::RepairInMemory => args.extend(["--overlay".into(), "memory".into()]),
     }
     if let Some(format) = shared.format {
-        command.args(["--format", &format.to_string()]);
+        args.extend(["--format".into(), format.to_string().into()]);
     }
-    command.arg("--").arg(&check.image);
-    // its own process group: a Ctrl-C must not kill it between creating the device and
-    // telling us which it is
-    let output = command
-        .stdin(Stdio::null())
-        .process_group(0)
-        .output()
-        .map_err(|e| Error::io("cannot run imgblk attach", e))?;
-    if !output.status.success() {
-        let text = String::from_utf8_lossy(&output.stderr);
-        let text = text.trim().trim_start_matches("imgblk: ");
-        return Err(Error::new(
-            crate::error::ErrorKind::Io,
-            format!("attach failed: {text}"),
-        ));
-    }
-    let record: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .map_err(|e| Error::invalid(format!("attach --json printed no JSON: {e}")))?;
-    let id = record["id"]
-        .as_u64()
-        .and_then(|id| u32::try_from(id).ok())
-        .ok_or_else(|| Error::invalid("attach --json printed no device id"))?;
-    lock(&shared.devices).push(id);
-    Ok(id)
-}
-
-/// `imgblk detach ID`.
-fn detach(id: u32) -> Result<()> {
-    let output = Command::new(own_exe()?)
-        .args(["detach", &id.to_string()])
-        .stdin(Stdio::null())
-        .process_group(0)
-        .output()
-        .map_err(|e| Error::io("cannot run imgblk detach", e))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    Err(Error::new(
-        crate::error::ErrorKind::Busy,
-        String::from_utf8_lossy(&output.stderr).trim().to_string(),
-    ))
+    args.extend(["--".into(), check.image.clone().into()]);
+    let record =
+        child::attach(&args).map_err(|e| Error::new(e.kind(), format!("attach failed: {e}")))?;
+    lock(&shared.devices).push(record.id);
+    Ok(record.id)
 }
 
 fn wait_for_node(device: &Path) -> Result<()> {

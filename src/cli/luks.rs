@@ -1,13 +1,12 @@
 //! LUKS options of the commands: `--luks` and `--key-file` for `cat` and `attach`,
 //! `--key-file` for `inspect`, and getting the key (a file, or a passphrase prompt).
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::image::DiskImage;
-use crate::layout::luks::{LuksVolume, MAX_KEY_LEN};
+use crate::layout::luks::LuksVolume;
 use crate::layout::{discover, ContentKind, Layout, Node};
-use crate::ublk::registry::DeviceRecord;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use crate::serve::{self, LuksKey};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// `--luks` / `--key-file`: decrypt what was selected.
@@ -23,46 +22,17 @@ pub struct LuksArgs {
 }
 
 impl LuksArgs {
+    /// Where the key comes from, with `--luks`: the key file, else a typed passphrase.
+    pub fn key(&self) -> Option<LuksKey> {
+        self.luks.then(|| match &self.key_file {
+            Some(path) => LuksKey::File(path.clone()),
+            None => LuksKey::Prompt,
+        })
+    }
+
     /// `image` itself, or with `--luks` its decrypted contents.
     pub fn apply(&self, image: Arc<dyn DiskImage>) -> Result<Arc<dyn DiskImage>> {
-        if !self.luks {
-            return Ok(image);
-        }
-        let key = key(self.key_file.as_deref())?;
-        let volume = LuksVolume::open(image, &key).map_err(|e| match &self.key_file {
-            Some(path) if e.kind() == ErrorKind::Permission => e.with_path(path),
-            _ => e,
-        })?;
-        Ok(Arc::new(volume))
-    }
-
-    /// What a device record keeps of these options: the absolute path of the key file
-    /// with `--luks --key-file`, so that `recover` can unlock the volume again.
-    pub fn recorded_key_file(&self) -> Result<Option<PathBuf>> {
-        match &self.key_file {
-            Some(path) if self.luks => std::fs::canonicalize(path)
-                .map(Some)
-                .map_err(|e| Error::io("cannot find the key file", e).with_path(path)),
-            _ => Ok(None),
-        }
-    }
-
-    /// The options that unlock again the volume a device of `record` shows: none for a
-    /// device without LUKS, its recorded key file for one unlocked with `--key-file`,
-    /// and an error for one unlocked with a typed passphrase, which imgblk never keeps.
-    pub fn for_record(record: &DeviceRecord) -> Result<LuksArgs> {
-        if record.luks && record.key_file.is_none() {
-            return Err(Error::unsupported(format!(
-                "{} shows a LUKS volume unlocked with a typed passphrase, which imgblk does \
-                 not keep: recover has no key; detach it and attach again with --luks \
-                 (attach with --key-file to make it recoverable)",
-                record.device.display()
-            )));
-        }
-        Ok(LuksArgs {
-            luks: record.luks,
-            key_file: record.key_file.clone(),
-        })
+        serve::unlock(image, self.key().as_ref())
     }
 }
 
@@ -73,30 +43,6 @@ pub struct KeyFileArgs {
     /// disks named luks-NODE.
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
-}
-
-/// The key: the contents of `file`, else a passphrase typed on the terminal.
-pub fn key(file: Option<&Path>) -> Result<Vec<u8>> {
-    if let Some(path) = file {
-        let f = std::fs::File::open(path)
-            .map_err(|e| Error::io("cannot open the key file", e).with_path(path))?;
-        let mut key = Vec::new();
-        f.take(MAX_KEY_LEN as u64 + 1)
-            .read_to_end(&mut key)
-            .map_err(|e| Error::io("cannot read the key file", e).with_path(path))?;
-        if key.len() > MAX_KEY_LEN {
-            return Err(Error::invalid("key file larger than 8 MiB").with_path(path));
-        }
-        return Ok(key);
-    }
-    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        return Err(Error::invalid(
-            "--luks needs --key-file when standard input is not a terminal",
-        ));
-    }
-    rpassword::prompt_password("Enter passphrase: ")
-        .map(String::into_bytes)
-        .map_err(|e| Error::io("cannot read the passphrase", e))
 }
 
 /// With a key file, unlocks every LUKS volume of `layout` and discovers `images` again
@@ -110,7 +56,7 @@ pub fn unlock_all(
     let Some(path) = &args.key_file else {
         return Ok(layout);
     };
-    let key = key(Some(path))?;
+    let key = LuksKey::File(path.clone()).read()?;
     let mut all = images.to_vec();
     let mut names = Vec::new();
     let mut failures = Vec::new();
@@ -155,49 +101,5 @@ fn rename(node: &mut Node, old: &str, new: &str) {
     }
     for child in &mut node.children {
         rename(child, old, new);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::image::Format;
-
-    fn record(luks: bool, key_file: Option<&str>) -> DeviceRecord {
-        DeviceRecord {
-            luks,
-            key_file: key_file.map(PathBuf::from),
-            ..DeviceRecord::new(
-                3,
-                "/dev/ublkb3".into(),
-                Path::new("/i"),
-                Format::Raw,
-                1 << 20,
-            )
-        }
-    }
-
-    #[test]
-    fn a_record_unlocks_again_only_with_its_key_file() {
-        let plain = LuksArgs::for_record(&record(false, None)).unwrap();
-        assert!(!plain.luks && plain.key_file.is_none());
-        let keyed = LuksArgs::for_record(&record(true, Some("/etc/k"))).unwrap();
-        assert!(keyed.luks && keyed.key_file == Some(PathBuf::from("/etc/k")));
-        let typed = LuksArgs::for_record(&record(true, None)).unwrap_err();
-        assert!(typed.to_string().contains("typed passphrase"), "{typed}");
-        assert!(typed.to_string().contains("/dev/ublkb3"), "{typed}");
-    }
-
-    #[test]
-    fn only_a_luks_key_file_is_recorded_as_an_absolute_path() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("k"), b"key").unwrap();
-        let args = |luks| LuksArgs {
-            luks,
-            key_file: Some(dir.path().join(".").join("k")),
-        };
-        let recorded = args(true).recorded_key_file().unwrap().unwrap();
-        assert_eq!(recorded, dir.path().canonicalize().unwrap().join("k"));
-        assert_eq!(args(false).recorded_key_file().unwrap(), None);
     }
 }

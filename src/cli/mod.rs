@@ -3,6 +3,7 @@
 
 mod attach;
 mod cat;
+mod child;
 mod detach;
 mod doctor;
 mod fsck;
@@ -127,6 +128,18 @@ pub fn exit_code(error: &Error) -> i32 {
     }
 }
 
+/// The error kind an imgblk exit status stands for (one of each kind [`exit_code`] maps
+/// to it), for commands run as children ([`child`]) whose caller should exit alike.
+pub fn error_kind_of_exit(code: i32) -> ErrorKind {
+    match code {
+        EXIT_IMAGE => ErrorKind::Unsupported,
+        EXIT_SYSTEM => ErrorKind::Kernel,
+        EXIT_BUSY => ErrorKind::Busy,
+        EXIT_USAGE => ErrorKind::InvalidInput,
+        _ => ErrorKind::Io,
+    }
+}
+
 fn init_logging(verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
@@ -202,8 +215,7 @@ fn open_source_for_reading(
         snapshot: args.snapshot.clone(),
         ..crate::image::OpenOptions::default()
     };
-    let name = args.piece.node_name();
-    Ok(piece::open_source(&args.images, &options, name.as_deref())?.image)
+    Ok(crate::serve::open_piece(&args.images, &options, args.piece.piece().as_ref())?.image)
 }
 
 /// Whether `program` is found in $PATH (or the sbin folders, which root's PATH may lack).

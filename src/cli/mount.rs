@@ -2,11 +2,12 @@
 //! attach the piece, mount it with safe options — and undone in one step.
 
 use super::piece::PieceArgs;
-use super::EXIT_OK;
+use super::{child, EXIT_OK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{open_image, DiskImage, OpenOptions};
-use crate::layout::{discover, ContentKind, Layout, Node, NodeKind};
+use crate::layout::{discover, ContentKind, Layout, Node, NodeKind, PieceId};
 use crate::ublk::device;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -86,38 +87,20 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
             )
         })?;
 
-    let mut attach = Command::new(super::own_exe()?);
-    attach.args(["attach", "--json"]).args(images);
+    let mut attach_args: Vec<OsString> = Vec::new();
     if let Some(format) = args.format {
-        attach.args(["--format", &format.to_string()]);
+        attach_args.extend(["--format".into(), format.to_string().into()]);
     }
     if args.rw {
-        attach.arg("--rw");
+        attach_args.push("--rw".into());
     }
-    match node.kind {
-        NodeKind::LogicalVolume => {
-            attach.args(["--lv", &node.name]);
-        }
-        NodeKind::Partition => {
-            attach.args(["--part", node.name.trim_start_matches("disk0p")]);
-        }
-        _ => {}
+    if let Some(piece) = PieceId::of_node(&node.name) {
+        attach_args.extend(piece.cli_args().map(OsString::from));
     }
-    let out = attach
-        .output()
-        .map_err(|e| Error::io("cannot run imgblk attach", e))?;
-    if !out.status.success() {
-        return Err(Error::new(
-            ErrorKind::Io,
-            String::from_utf8_lossy(&out.stderr)
-                .trim()
-                .trim_start_matches("imgblk: ")
-                .to_string(),
-        ));
-    }
-    let record: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| Error::invalid(format!("attach printed no JSON: {e}")))?;
-    let device = record["device"].as_str().unwrap_or_default().to_string();
+    attach_args.push("--".into());
+    attach_args.extend(images.iter().map(OsString::from));
+    let record = child::attach(&attach_args)?;
+    let device = record.device.display().to_string();
 
     let (fstype, mount_options) = mount_options(fs, args.rw);
     let status = Command::new("mount")
@@ -126,11 +109,8 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
         .output()
         .map_err(|e| Error::io("cannot run mount", e))?;
     if !status.status.success() {
-        let detach = Command::new(super::own_exe()?)
-            .args(["detach", &device])
-            .status();
-        if !matches!(detach, Ok(s) if s.success()) {
-            tracing::warn!("could not detach {device} after the failed mount");
+        if let Err(e) = child::detach(record.id) {
+            tracing::warn!(error = %e, "could not detach {device} after the failed mount");
         }
         let why = String::from_utf8_lossy(&status.stderr).trim().to_string();
         let hint = if args.rw {
@@ -173,27 +153,23 @@ pub fn run_umount(args: UmountArgs) -> Result<i32> {
     }
     let id = mount.id;
     let whole = format!("/dev/ublkb{id}");
-    let detached = Command::new(super::own_exe()?)
-        .args(["detach", &whole])
-        .status()
-        .map_err(|e| Error::io("cannot run imgblk detach", e))?;
-    if !detached.success() {
-        return Err(Error::new(
-            ErrorKind::Busy,
-            format!("unmounted, but {whole} could not be detached"),
-        ));
-    }
+    child::detach(id).map_err(|e| {
+        Error::new(
+            e.kind(),
+            format!("unmounted, but {whole} could not be detached: {e}"),
+        )
+    })?;
     println!("unmounted {} and detached {whole}", target.display());
     Ok(EXIT_OK)
 }
 
 /// The piece to mount: as `--part`/`--lv` say, or chosen by `--auto`.
 fn choose<'a>(layout: &'a Layout, args: &MountArgs) -> Result<&'a Node> {
-    if let Some(name) = args.piece.node_name() {
-        super::piece::select(layout, &name)?;
+    if let Some(piece) = args.piece.piece() {
+        crate::serve::select(layout, &piece)?;
         return layout
-            .find(&name)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no {name}")));
+            .find(&piece.to_string())
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no {piece}")));
     }
     let filesystems: Vec<&Node> = layout
         .nodes()

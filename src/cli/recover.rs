@@ -1,12 +1,9 @@
 //! `imgblk recover`: take over a device whose daemon died, without failing its I/O.
 
-use super::attach::{launch, open_overlay, open_served};
-use super::luks::LuksArgs;
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::{Format, OpenOptions};
-use crate::ublk::device::{self, DeviceConfig};
+use crate::serve::{self, Launched, ServeSpec};
+use crate::ublk::device;
 use crate::ublk::registry;
-use std::path::Path;
 
 /// Serve again a device whose daemon died (ublk USER_RECOVERY).
 ///
@@ -45,15 +42,7 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
         None => registry::all()
             .into_iter()
             .filter(device::is_recoverable)
-            .filter(|r| {
-                let lost = r.overlay.as_deref() == Some("memory");
-                if lost {
-                    tracing::warn!(device = %r.device.display(),
-                        "not recovered: its RAM overlay died with its daemon; detach it");
-                }
-                !lost
-            })
-            .filter(|r| match LuksArgs::for_record(r) {
+            .filter(|r| match ServeSpec::from_record(r) {
                 Ok(_) => true,
                 Err(e) => {
                     tracing::warn!(error = %e, "not recovered");
@@ -72,44 +61,13 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
                 ),
             ));
         }
-        let luks = LuksArgs::for_record(&record)?;
-        let options = OpenOptions {
-            format: clap::ValueEnum::from_str(&record.format, true)
-                .ok()
-                .map(|f: Format| f),
-            writable: record.writable,
-            direct: true,
-            snapshot: record.snapshot.clone(),
-            journal_dir: Some(registry::journal_dir()),
-            ..OpenOptions::default()
-        };
-        let image = match record.overlay.as_deref() {
-            // The writes lived in the dead daemon's memory: serving the image again would
-            // silently undo them under the filesystem on top.
-            Some("memory") => {
-                return Err(Error::unsupported(format!(
-                    "{} had a RAM overlay, lost with its daemon: it cannot be recovered; \
-                     unmount what uses it and `imgblk detach {}`",
-                    record.device.display(),
-                    record.id
-                )))
-            }
-            // The writes are in the overlay file: serve it again (the image stays its
-            // read-only backing file).
-            Some(file) => open_overlay(Path::new(file), &options)?.image,
-            None => {
-                let mut paths = vec![record.image.clone()];
-                paths.extend(record.more_images.iter().cloned());
-                luks.apply(open_served(&paths, &options, record.piece.as_deref())?.image)?
-            }
-        };
-        let config = DeviceConfig {
-            queues: record.queues,
-            depth: record.depth,
-            recover: Some(record.id),
-            ..DeviceConfig::default()
-        };
-        launch(image, config, record, false, false)?;
+        let spec = ServeSpec::from_record(&record)?;
+        let served = serve::open(&spec)?;
+        match serve::launch(served.image, spec.device, record, false, |_| {})? {
+            Launched::Started(_) => {}
+            // This is the daemon now: it must not go on to recover the next device.
+            Launched::Served(result) => return result.map(|()| super::EXIT_OK),
+        }
     }
     Ok(super::EXIT_OK)
 }

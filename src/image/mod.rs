@@ -58,6 +58,25 @@ impl fmt::Display for Format {
     }
 }
 
+impl std::str::FromStr for Format {
+    type Err = Error;
+
+    /// Parses a format's name as [`fmt::Display`] writes it (and qemu-img names it).
+    fn from_str(name: &str) -> Result<Format> {
+        const ALL: [Format; 6] = [
+            Format::Raw,
+            Format::Qcow2,
+            Format::Vmdk,
+            Format::Vpc,
+            Format::Vhdx,
+            Format::Vdi,
+        ];
+        ALL.into_iter()
+            .find(|f| f.to_string() == name)
+            .ok_or_else(|| Error::unsupported(format!("unknown image format `{name}`")))
+    }
+}
+
 /// How a compressed cluster is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {

@@ -12,6 +12,7 @@ pub mod gpt;
 pub mod luks;
 pub mod lvm;
 pub mod mbr;
+pub mod piece;
 pub mod probe;
 pub mod table;
 pub mod util;
@@ -22,6 +23,7 @@ mod proptests;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+pub use piece::PieceId;
 pub use probe::{Content, ContentKind};
 pub use table::{Partition, PartitionTable, TableKind};
 pub use view::{Area, Segment, SegmentView, SliceView};

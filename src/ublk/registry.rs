@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::image::Format;
+use crate::layout::PieceId;
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ pub struct DeviceRecord {
     pub more_images: Vec<PathBuf>,
     /// The piece served, when not the whole image: `disk0p2`, `vg0/root`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub piece: Option<String>,
+    pub piece: Option<PieceId>,
     /// Format of the image.
     pub format: String,
     /// Guest-visible size in bytes.

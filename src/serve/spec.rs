@@ -1,0 +1,295 @@
+//! [`ServeSpec`]: everything that says what a device serves and how, built by `attach`
+//! from its options and by `recover` from the record of a device whose daemon died.
+
+use crate::error::{Error, Result};
+use crate::image::{Format, OpenOptions};
+use crate::layout::luks::MAX_KEY_LEN;
+use crate::layout::PieceId;
+use crate::ublk::device::DeviceConfig;
+use crate::ublk::registry::{self, DeviceRecord};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// What to serve and how: the images, how to open them, the piece, the LUKS key, the
+/// overlay and the device's shape.
+#[derive(Debug, Clone)]
+pub struct ServeSpec {
+    /// The images, as absolute paths: the first is the image; the others are the other
+    /// disks of a guest VG spanning several.
+    pub images: Vec<PathBuf>,
+    /// How to open them.
+    pub options: OpenOptions,
+    /// The piece to serve, or `None` for the whole (first) image.
+    pub piece: Option<PieceId>,
+    /// Decrypt the piece as a LUKS volume with this key.
+    pub luks: Option<LuksKey>,
+    /// Where writes go when not to the image.
+    pub overlay: Option<Overlay>,
+    /// The device's shape (and, for a recovery, the device to take over).
+    pub device: DeviceConfig,
+}
+
+/// Where the key of a LUKS volume comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LuksKey {
+    /// All bytes of this file (as `cryptsetup --key-file`).
+    File(PathBuf),
+    /// A passphrase typed on the terminal.
+    Prompt,
+}
+
+impl LuksKey {
+    /// Reads the key: the file's bytes, or a passphrase typed on the terminal.
+    pub fn read(&self) -> Result<Vec<u8>> {
+        match self {
+            LuksKey::File(path) => read_key_file(path),
+            LuksKey::Prompt => {
+                if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                    return Err(Error::invalid(
+                        "--luks needs --key-file when standard input is not a terminal",
+                    ));
+                }
+                rpassword::prompt_password("Enter passphrase: ")
+                    .map(String::into_bytes)
+                    .map_err(|e| Error::io("cannot read the passphrase", e))
+            }
+        }
+    }
+
+    /// What a device record keeps of it: the key file's absolute path, so that `recover`
+    /// can unlock the volume again; nothing for a typed passphrase.
+    pub fn recorded_file(&self) -> Result<Option<PathBuf>> {
+        match self {
+            LuksKey::File(path) => std::fs::canonicalize(path)
+                .map(Some)
+                .map_err(|e| Error::io("cannot find the key file", e).with_path(path)),
+            LuksKey::Prompt => Ok(None),
+        }
+    }
+}
+
+/// The bytes of key file `path`, at most [`MAX_KEY_LEN`].
+fn read_key_file(path: &Path) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::io("cannot open the key file", e).with_path(path))?;
+    let mut key = Vec::new();
+    file.take(MAX_KEY_LEN as u64 + 1)
+        .read_to_end(&mut key)
+        .map_err(|e| Error::io("cannot read the key file", e).with_path(path))?;
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::invalid("key file larger than 8 MiB").with_path(path));
+    }
+    Ok(key)
+}
+
+/// Where a writable device sends its writes instead of the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overlay {
+    /// A throw-away RAM overlay (`image::overlay::MemoryOverlay`): lost with the daemon.
+    Memory,
+    /// A qcow2 file backed by the image (see `qcow2::create::create_overlay`).
+    File(PathBuf),
+}
+
+impl Overlay {
+    /// The name recorded and shown for it: `memory`, or the overlay file's path.
+    pub fn name(&self) -> String {
+        match self {
+            Overlay::Memory => "memory".to_string(),
+            Overlay::File(path) => path.display().to_string(),
+        }
+    }
+
+    /// Parses `--overlay` (and a record's `overlay`): `memory`, or a qcow2 file's path.
+    pub fn parse(value: &str) -> std::result::Result<Overlay, String> {
+        match value {
+            "memory" => Ok(Overlay::Memory),
+            "" => Err("an overlay is `memory` or the path of a new qcow2 file".to_string()),
+            path => Ok(Overlay::File(PathBuf::from(path))),
+        }
+    }
+}
+
+impl ServeSpec {
+    /// Whether the device accepts writes (to the image, or to its overlay).
+    pub fn writable(&self) -> bool {
+        self.options.writable || self.overlay.is_some()
+    }
+
+    /// Refuses `--overlay FILE` where a qcow2 backing reference cannot express what is
+    /// served: a piece, a decrypted volume, a snapshot, several images.
+    pub fn check_file_overlay(&self) -> Result<()> {
+        if !matches!(self.overlay, Some(Overlay::File(_))) {
+            return Ok(());
+        }
+        let why = if self.piece.is_some() {
+            Some("a partition or LV")
+        } else if self.luks.is_some() {
+            Some("a decrypted LUKS volume")
+        } else if self.options.snapshot.is_some() {
+            Some("an internal snapshot")
+        } else if self.images.len() > 1 {
+            Some("several images")
+        } else {
+            None
+        };
+        match why {
+            Some(what) => Err(Error::unsupported(format!(
+                "--overlay FILE makes a qcow2 backed by a whole image, which cannot stand \
+                 for {what}; use --overlay memory"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `record` is a device serving what this spec describes, so that serving
+    /// the spec again may take that device over if its daemon died.
+    pub fn matches(&self, record: &DeviceRecord) -> bool {
+        record.image == self.images[0]
+            && record.piece == self.piece
+            && record.writable == self.options.writable
+            && record.overlay.is_none()
+            && self.overlay.is_none()
+            && record.luks == self.luks.is_some()
+            && record.snapshot == self.options.snapshot
+    }
+
+    /// What serving `record`'s device again takes: its images, piece, key file, overlay
+    /// and shape, set to take the device over. Refused for a RAM overlay (its writes died
+    /// with the daemon) and for a LUKS volume unlocked with a typed passphrase (imgblk
+    /// never keeps one).
+    pub fn from_record(record: &DeviceRecord) -> Result<ServeSpec> {
+        let overlay = record
+            .overlay
+            .as_deref()
+            .map(Overlay::parse)
+            .transpose()
+            .map_err(Error::invalid)?;
+        if overlay == Some(Overlay::Memory) {
+            // Serving the image again would silently undo those writes under the file
+            // system on top.
+            return Err(Error::unsupported(format!(
+                "{} had a RAM overlay, lost with its daemon: it cannot be recovered; \
+                 unmount what uses it and `imgblk detach {}`",
+                record.device.display(),
+                record.id
+            )));
+        }
+        let luks = match (record.luks, &record.key_file) {
+            (false, _) => None,
+            (true, Some(file)) => Some(LuksKey::File(file.clone())),
+            (true, None) => {
+                return Err(Error::unsupported(format!(
+                    "{} shows a LUKS volume unlocked with a typed passphrase, which imgblk \
+                     does not keep: recover has no key; detach it and attach again with \
+                     --luks (attach with --key-file to make it recoverable)",
+                    record.device.display()
+                )))
+            }
+        };
+        let format = record.format.parse::<Format>().ok();
+        let mut images = vec![record.image.clone()];
+        images.extend(record.more_images.iter().cloned());
+        Ok(ServeSpec {
+            images,
+            options: OpenOptions {
+                format,
+                writable: record.writable && overlay.is_none(),
+                direct: true,
+                snapshot: record.snapshot.clone(),
+                journal_dir: Some(registry::journal_dir()),
+                ..OpenOptions::default()
+            },
+            piece: record.piece.clone(),
+            luks,
+            overlay,
+            device: DeviceConfig {
+                queues: record.queues,
+                depth: record.depth,
+                recover: Some(record.id),
+                ..DeviceConfig::default()
+            },
+        })
+    }
+
+    /// The record of the device this spec serves, once opened as `served`; the daemon
+    /// fills in the device id, node and pid when the device is live.
+    pub fn record(&self, served: &super::Served) -> Result<DeviceRecord> {
+        let key_file = match &self.luks {
+            Some(key) => key.recorded_file()?,
+            None => None,
+        };
+        Ok(DeviceRecord {
+            queues: self.device.queues,
+            depth: self.device.depth,
+            writable: self.writable(),
+            overlay: self.overlay.as_ref().map(Overlay::name),
+            more_images: self.images[1..].to_vec(),
+            piece: served.piece.clone(),
+            luks: self.luks.is_some(),
+            key_file,
+            snapshot: self.options.snapshot.clone(),
+            ..DeviceRecord::new(
+                0,
+                PathBuf::new(),
+                &self.images[0],
+                served.format,
+                served.image.virtual_size(),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(luks: bool, key_file: Option<&str>, overlay: Option<&str>) -> DeviceRecord {
+        DeviceRecord {
+            luks,
+            key_file: key_file.map(PathBuf::from),
+            overlay: overlay.map(str::to_string),
+            writable: true,
+            piece: Some(PieceId::Partition(2)),
+            ..DeviceRecord::new(
+                3,
+                "/dev/ublkb3".into(),
+                Path::new("/i"),
+                Format::Qcow2,
+                1 << 20,
+            )
+        }
+    }
+
+    #[test]
+    fn a_record_is_served_again_as_it_was() {
+        let spec = ServeSpec::from_record(&record(true, Some("/etc/k"), None)).unwrap();
+        assert_eq!(spec.luks, Some(LuksKey::File("/etc/k".into())));
+        assert_eq!(spec.piece, Some(PieceId::Partition(2)));
+        assert_eq!(spec.options.format, Some(Format::Qcow2));
+        assert!(spec.options.writable && spec.options.journal_dir.is_some());
+        assert_eq!(spec.device.recover, Some(3));
+        let file = ServeSpec::from_record(&record(false, None, Some("/o.qcow2"))).unwrap();
+        assert_eq!(file.overlay, Some(Overlay::File("/o.qcow2".into())));
+        assert!(!file.options.writable && file.writable());
+    }
+
+    #[test]
+    fn lost_writes_and_typed_passphrases_are_not_recovered() {
+        let typed = ServeSpec::from_record(&record(true, None, None)).unwrap_err();
+        assert!(typed.to_string().contains("typed passphrase"), "{typed}");
+        assert!(typed.to_string().contains("/dev/ublkb3"), "{typed}");
+        let memory = ServeSpec::from_record(&record(false, None, Some("memory"))).unwrap_err();
+        assert!(memory.to_string().contains("RAM overlay"), "{memory}");
+    }
+
+    #[test]
+    fn only_a_key_file_is_recorded_as_an_absolute_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k"), b"key").unwrap();
+        let key = LuksKey::File(dir.path().join(".").join("k"));
+        let recorded = key.recorded_file().unwrap().unwrap();
+        assert_eq!(recorded, dir.path().canonicalize().unwrap().join("k"));
+        assert_eq!(LuksKey::Prompt.recorded_file().unwrap(), None);
+    }
+}
