@@ -8,6 +8,7 @@
 pub mod common;
 pub mod compress;
 pub mod file;
+pub mod foreign;
 pub mod io;
 pub mod lock;
 pub mod open;
