@@ -99,6 +99,13 @@ mod tests {
         let mut script = b"#!/bin/sh\n#V1 echo hello\n".to_vec();
         script.resize(512, b' ');
         assert_eq!(name_of(&script), None);
+        // Volumes imgblk serves from a raw disk: LUKS, and an LVM PV's label in sector 1.
+        let mut luks = b"LUKS\xba\xbe\x00\x02".to_vec();
+        luks.resize(4096, 0);
+        assert_eq!(name_of(&luks), None);
+        let mut pv = vec![0u8; 4096];
+        pv[512..520].copy_from_slice(b"LABELONE");
+        assert_eq!(name_of(&pv), None);
         assert_eq!(name_of(b"QE"), None);
         assert_eq!(name_of(b""), None);
     }
