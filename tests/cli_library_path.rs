@@ -3,23 +3,8 @@
 
 mod common;
 
-use common::{make_raw, qemu_img};
-use std::path::Path;
+use common::{imgblk, make_raw, qemu_img};
 use std::process::Command;
-
-fn imgblk(args: &[&str], dir: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_imgblk"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "imgblk {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn cat_equals_qemu_img_convert_and_map_agrees_with_qemu_img_map() {
@@ -57,7 +42,7 @@ fn cat_equals_qemu_img_convert_and_map_agrees_with_qemu_img_map() {
     );
     for image in ["top.qcow2", "base.qcow2"] {
         qemu_img(d, &["convert", "-O", "raw", image, "ref.raw"]);
-        imgblk(&["cat", "--sparse", "-o", "cat.raw", image], d);
+        imgblk(d, &["cat", "--sparse", "-o", "cat.raw", image]);
         assert!(
             std::fs::read(d.join("cat.raw")).unwrap() == std::fs::read(d.join("ref.raw")).unwrap(),
             "cat {image}"
@@ -74,7 +59,7 @@ fn cat_equals_qemu_img_convert_and_map_agrees_with_qemu_img_map() {
 
         // data/zero classification per 512-byte sector agrees with qemu-img map
         let ours: serde_json::Value =
-            serde_json::from_str(&imgblk(&["map", "--json", image], d)).unwrap();
+            serde_json::from_slice(&imgblk(d, &["map", "--json", image])).unwrap();
         let theirs: serde_json::Value =
             serde_json::from_str(&qemu_img(d, &["map", "--output=json", image])).unwrap();
         let classify = |runs: &serde_json::Value| {
@@ -95,7 +80,7 @@ fn cat_equals_qemu_img_convert_and_map_agrees_with_qemu_img_map() {
         );
     }
     let info: serde_json::Value =
-        serde_json::from_str(&imgblk(&["info", "--json", "top.qcow2"], d)).unwrap();
+        serde_json::from_slice(&imgblk(d, &["info", "--json", "top.qcow2"])).unwrap();
     assert_eq!(info["chain"].as_array().map(Vec::len), Some(2));
     assert_eq!(info["chain"][1]["format"], "qcow2");
 }

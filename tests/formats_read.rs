@@ -182,3 +182,73 @@ fn cold_tables_mapped_from_many_threads() {
         });
     }
 }
+
+/// A streamOptimized VMDK as qemu-img writes it (the grain directory offset in the
+/// header), rewritten the ways VMware writes and copies them: `gd_at_end` moves the offset
+/// into a footer (marker with `val` 1, header copy, end-of-stream marker), `padding` zero
+/// sectors follow.
+fn vmware_stream(qemu_file: &[u8], gd_at_end: bool, padding: usize) -> Vec<u8> {
+    let mut out = qemu_file.to_vec();
+    assert_eq!(out.len() % 512, 0);
+    let header = qemu_file[..512].to_vec();
+    if gd_at_end {
+        out[56..64].copy_from_slice(&u64::MAX.to_le_bytes());
+    }
+    let mut marker = [0u8; 512];
+    marker[..8].copy_from_slice(&1u64.to_le_bytes());
+    marker[12..16].copy_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&marker);
+    out.extend_from_slice(&header);
+    out.resize(out.len() + 512 * (1 + padding), 0);
+    out
+}
+
+#[test]
+fn stream_optimized_vmdks_as_vmware_writes_them_read_like_the_raw_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = d.join("disk.raw");
+    let data = make_raw(&raw, SEED);
+    qemu_img(
+        d,
+        &[
+            "convert",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+            "disk.raw",
+            "q.vmdk",
+        ],
+    );
+    let qemu_file = std::fs::read(d.join("q.vmdk")).unwrap();
+    // (name, footer directory, zero sectors after the end-of-stream marker, QEMU reads it)
+    let cases = [
+        ("footer.vmdk", true, 0, true),
+        ("header-and-footer.vmdk", false, 0, true),
+        ("padded.vmdk", true, 31, false),
+        ("padded-header.vmdk", false, 127, true),
+    ];
+    for (name, gd_at_end, padding, qemu_reads) in cases {
+        let path = d.join(name);
+        std::fs::write(&path, vmware_stream(&qemu_file, gd_at_end, padding)).unwrap();
+        if qemu_reads {
+            qemu_img(d, &["convert", "-O", "raw", name, "ref.raw"]);
+            assert!(
+                std::fs::read(d.join("ref.raw")).unwrap() == data,
+                "{name}: qemu-img"
+            );
+        }
+        compare(open(&path).as_ref(), &data, name, SEED);
+    }
+
+    // More zeroes after the stream than the bound: a clear error, not a search of the file.
+    let path = d.join("too-padded.vmdk");
+    std::fs::write(&path, vmware_stream(&qemu_file, true, 4096)).unwrap();
+    let err = common::open_err(&path);
+    assert_eq!(err.kind(), imgblk::ErrorKind::Corrupt, "{err}");
+    assert!(
+        err.to_string().contains("GD_AT_END") && err.to_string().contains("too-padded.vmdk"),
+        "{err}"
+    );
+}

@@ -998,7 +998,7 @@ fn read_around(image: &dyn DiskImage, rng: &mut SmallRng) {
     while pos < head {
         let len = (1u64 << 20).min(head - pos);
         extents.clear();
-        if image.block_status(pos, len, &mut extents).is_err() {
+        if image.map(pos, len, &mut extents).is_err() {
             break;
         }
         let mut at = pos;

@@ -1,9 +1,10 @@
 //! Snapshot chains of VMDK (made by qemu-img/qemu-io) and VHD (a differencing disk built
-//! from qemu-img's dynamic ones), and what broken chains report.
+//! from qemu-img's dynamic ones), chains that mix formats (bytes and `map` depths against
+//! qemu-img), VMDK extent files in `info`, and what broken chains report.
 
 mod common;
 
-use common::{compare, open, open_err, qemu, qemu_img};
+use common::{compare, imgblk, open, open_err, qemu, qemu_img};
 use imgblk::image::{open_image, OpenOptions};
 use imgblk::ErrorKind;
 use std::fs;
@@ -295,4 +296,225 @@ fn differencing_vhd_reads_parent_where_bitmap_is_clear() {
     assert_eq!(err.kind(), ErrorKind::NotFound);
     println!("{err}");
     assert!(err.to_string().contains("parent.vhd"), "{err}");
+}
+
+/// A `map --json` listing as (start, length, depth, data, zero) runs, adjacent runs
+/// with the same depth, data and zero merged (the two tools split runs differently).
+fn map_runs(json: &[u8]) -> Vec<(u64, u64, u64, bool, bool)> {
+    let runs: serde_json::Value = serde_json::from_slice(json).unwrap();
+    let mut merged: Vec<(u64, u64, u64, bool, bool)> = Vec::new();
+    for run in runs.as_array().unwrap() {
+        let next = (
+            run["start"].as_u64().unwrap(),
+            run["length"].as_u64().unwrap(),
+            run["depth"].as_u64().unwrap(),
+            run["data"].as_bool().unwrap(),
+            run["zero"].as_bool().unwrap(),
+        );
+        match merged.last_mut() {
+            Some(last) if (last.2, last.3, last.4) == (next.2, next.3, next.4) => last.1 += next.1,
+            _ => merged.push(next),
+        }
+    }
+    merged
+}
+
+/// `top` (in `dir`) through imgblk: `cat` equals `qemu-img convert -O raw`, and `map
+/// --json` gives the depth, data and zero `qemu-img map --output=json` gives, byte for
+/// byte; `depths` of the layers must all appear.
+fn check_against_qemu(dir: &Path, top: &str, depths: u64) {
+    qemu_img(dir, &["convert", "-O", "raw", top, "expected.raw"]);
+    imgblk(dir, &["cat", "-o", "cat.raw", top]);
+    assert!(
+        fs::read(dir.join("cat.raw")).unwrap() == fs::read(dir.join("expected.raw")).unwrap(),
+        "{top}: cat differs from qemu-img convert"
+    );
+    let ours = map_runs(&imgblk(dir, &["map", "--json", top]));
+    let theirs = map_runs(qemu_img(dir, &["map", "--output=json", top]).as_bytes());
+    assert_eq!(
+        ours, theirs,
+        "{top}: map differs from qemu-img map (ours first)"
+    );
+    for depth in 0..depths {
+        assert!(
+            ours.iter().any(|r| r.2 == depth),
+            "{top}: no run at depth {depth}: {ours:?}"
+        );
+    }
+}
+
+/// A 4 MiB base image `name` in `format` (qemu-img create options `options`) with data
+/// in its first MiB and zeroes written at 3 MiB.
+fn make_base(dir: &Path, name: &str, format: &str, options: &str) {
+    qemu_img(dir, &["create", "-q", "-f", "raw", "base.raw", "4M"]);
+    qemu_io(dir, "base.raw", "raw", &[(0x41, 0, 1 << 20)]);
+    let mut args = vec!["convert", "-O", format];
+    if !options.is_empty() {
+        args.extend(["-o", options]);
+    }
+    qemu_img(dir, &[&args[..], &["base.raw", name]].concat());
+}
+
+/// A child `name` in `format` of `parent` (`parent_format`), with its own writes.
+fn make_child(
+    dir: &Path,
+    name: &str,
+    format: &str,
+    parent: &str,
+    parent_format: &str,
+    pattern: u8,
+) {
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            format,
+            "-b",
+            parent,
+            "-F",
+            parent_format,
+            name,
+        ],
+    );
+    let at = u64::from(pattern & 0x07) << 17;
+    qemu_io(
+        dir,
+        name,
+        format,
+        &[(pattern, at, 65536), (pattern, (2 << 20) + at, 4096)],
+    );
+}
+
+/// Every parent format under a qcow2 child, and VMDK under VMDK (the children qemu-img
+/// makes: vpc, vhdx and vdi images cannot have a backing file there).
+#[test]
+fn two_deep_chains_of_every_format_pair_map_like_qemu_img() {
+    let bases = [
+        ("raw", "base.img", ""),
+        ("qcow2", "base.qcow2", "cluster_size=65536"),
+        ("vmdk", "base.vmdk", "subformat=monolithicSparse"),
+        ("vmdk", "flat.vmdk", "subformat=monolithicFlat"),
+        ("vpc", "base.vhd", "subformat=dynamic"),
+        ("vhdx", "base.vhdx", "subformat=dynamic"),
+        ("vdi", "base.vdi", "static=off"),
+    ];
+    for (format, base, options) in bases {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        make_base(d, base, format, options);
+        make_child(d, "top.qcow2", "qcow2", base, format, 0x52);
+        check_against_qemu(d, "top.qcow2", 2);
+        if format == "vmdk" {
+            make_child(d, "top.vmdk", "vmdk", base, format, 0x53);
+            check_against_qemu(d, "top.vmdk", 2);
+        }
+    }
+}
+
+#[test]
+fn three_deep_mixed_chains_map_like_qemu_img() {
+    // (base format, base, its options, middle format, middle, top format)
+    let chains = [
+        (
+            "vmdk",
+            "flat.vmdk",
+            "subformat=monolithicFlat",
+            "vmdk",
+            "mid.vmdk",
+            "qcow2",
+        ),
+        (
+            "vmdk",
+            "split.vmdk",
+            "subformat=twoGbMaxExtentSparse",
+            "vmdk",
+            "mid.vmdk",
+            "vmdk",
+        ),
+        (
+            "vhdx",
+            "base.vhdx",
+            "subformat=dynamic",
+            "qcow2",
+            "mid.qcow2",
+            "qcow2",
+        ),
+        (
+            "vpc",
+            "base.vhd",
+            "subformat=dynamic",
+            "qcow2",
+            "mid.qcow2",
+            "qcow2",
+        ),
+        (
+            "qcow2",
+            "base.qcow2",
+            "cluster_size=4096",
+            "qcow2",
+            "mid.qcow2",
+            "qcow2",
+        ),
+    ];
+    for (base_format, base, options, mid_format, mid, top_format) in chains {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        make_base(d, base, base_format, options);
+        make_child(d, mid, mid_format, base, base_format, 0x64);
+        let top = format!("top.{top_format}");
+        make_child(d, &top, top_format, mid, mid_format, 0x69);
+        check_against_qemu(d, &top, 3);
+    }
+}
+
+/// A VMDK's extent files are parts of its layer: `info` lists them under it, and counts
+/// the bytes they hold for that layer, not as backing files of a chain.
+#[test]
+fn info_lists_vmdk_extent_files_within_their_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (sub, flat) in [
+        ("twoGbMaxExtentSparse", false),
+        ("twoGbMaxExtentFlat", true),
+        ("monolithicFlat", true),
+    ] {
+        let base = format!("{sub}.vmdk");
+        make_base(d, &base, "vmdk", &format!("subformat={sub}"));
+        make_child(d, "top.qcow2", "qcow2", &base, "vmdk", 0x71);
+        let info: serde_json::Value =
+            serde_json::from_slice(&imgblk(d, &["info", "--json", "top.qcow2"])).unwrap();
+        let chain = info["chain"].as_array().unwrap();
+        assert_eq!(chain.len(), 2, "{sub}: {info}");
+        assert_eq!(chain[1]["path"], base.as_str(), "{sub}");
+        let extents = chain[1]["extents"].as_array().unwrap();
+        assert_eq!(extents.len(), 1, "{sub}: {info}");
+        assert!(
+            extents[0]["path"].as_str().unwrap().starts_with(sub),
+            "{sub}"
+        );
+        assert_eq!(extents[0]["flat"], flat, "{sub}");
+        assert!(chain[0].get("extents").is_none(), "{sub}");
+        // The base's first MiB of data is counted for the base (depth 1), but where the
+        // child's clusters cover it.
+        let allocated: Vec<u64> = info["allocated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(allocated.len(), 2, "{sub}: {info}");
+        assert!(
+            allocated[1] > 0 && allocated[0] + allocated[1] >= 1 << 20,
+            "{sub}: {allocated:?}"
+        );
+        let text = String::from_utf8(imgblk(d, &["info", "top.qcow2"])).unwrap();
+        assert!(
+            text.contains("backing file [1]: ")
+                && text.contains("  extent: ")
+                && !text.contains("backing file [2]"),
+            "{sub}: {text}"
+        );
+    }
 }

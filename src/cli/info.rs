@@ -24,7 +24,7 @@ struct Info {
     image: PathBuf,
     format: crate::image::Format,
     virtual_size: u64,
-    /// Guest bytes stored in each file of the chain (index = depth).
+    /// Guest bytes stored in each layer of the chain (index = depth).
     allocated: Vec<u64>,
     /// Guest bytes that read as zero because no file stores them.
     unallocated: u64,
@@ -82,6 +82,14 @@ pub fn run(args: InfoArgs) -> Result<i32> {
             human_size(entry.file_size),
             human_size(stored)
         );
+        for extent in &entry.extents {
+            println!(
+                "  extent: {} ({}, file {})",
+                extent.path.display(),
+                if extent.flat { "flat" } else { "sparse" },
+                human_size(extent.file_size)
+            );
+        }
     }
     println!(
         "unallocated (reads as zero): {}",

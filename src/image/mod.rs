@@ -8,6 +8,7 @@
 pub mod common;
 pub mod compress;
 pub mod file;
+pub mod foreign;
 pub mod io;
 pub mod lock;
 pub mod open;
@@ -234,10 +235,10 @@ impl<'a> Extent<'a> {
     }
 }
 
-/// One file of an image chain, for `info` and locking.
+/// One layer of an image chain (index = the depth `map` reports), for `info` and `map`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChainEntry {
-    /// Path of the file.
+    /// Path of the file opened for the layer (a VMDK's descriptor).
     pub path: std::path::PathBuf,
     /// Its format.
     pub format: Format,
@@ -245,6 +246,22 @@ pub struct ChainEntry {
     pub virtual_size: u64,
     /// Size of the host file in bytes.
     pub file_size: u64,
+    /// The other files that hold the layer's guest bytes (a VMDK's extent files), in
+    /// guest order: parts of this one layer, not layers of the chain.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extents: Vec<ExtentFile>,
+}
+
+/// One extent file of a layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExtentFile {
+    /// Path of the file.
+    pub path: std::path::PathBuf,
+    /// Size of the file in bytes.
+    pub file_size: u64,
+    /// Whether the file holds guest bytes as they are (a flat extent), so that its holes
+    /// read as zero; otherwise it is sparse, with tables of its own.
+    pub flat: bool,
 }
 
 /// A disk image, seen by the guest as `virtual_size()` bytes.
@@ -271,13 +288,6 @@ pub trait DiskImage: Send + Sync {
     fn data_run(&self, offset: u64, len: u64) -> Result<Option<(&ImageFile, u64)>> {
         let _ = (offset, len);
         Ok(None)
-    }
-
-    /// Like [`DiskImage::map`], but for reporting allocation (`imgblk map`, sparse copies)
-    /// rather than for I/O: formats that can tell holes cheaply only here (raw files, via
-    /// `SEEK_HOLE`) report them as `Zero` or `Unallocated` extents.
-    fn block_status<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
-        self.map(offset, len, out)
     }
 
     /// The smallest unit the image can write without reading first, in bytes: a power of

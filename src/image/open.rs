@@ -74,7 +74,7 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
     file.lock(options.lock_mode())?;
     let format = match options.format {
         Some(format) => format,
-        None => detect(&file)?,
+        None => detect(&file).map_err(|e| e.with_path(path))?,
     };
     if let (Some(name), false) = (&options.snapshot, format == Format::Qcow2) {
         return Err(Error::unsupported(format!(
@@ -89,7 +89,7 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
         Format::Vmdk => VmdkImage::open(file, options, depth).map(|i| Box::new(i) as _),
         Format::Vpc => VhdImage::open(file, options, depth).map(|i| Box::new(i) as _),
         Format::Vhdx => VhdxImage::open(file, options, depth).map(|i| Box::new(i) as _),
-        Format::Vdi => VdiImage::open(file, options, depth).map(|i| Box::new(i) as _),
+        Format::Vdi => VdiImage::open(file, options).map(|i| Box::new(i) as _),
     };
     // Every error names a file: the one it is about (a backing file, say) if the format
     // named it, else this one.
@@ -98,11 +98,19 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
 
 /// Guesses the format from the first bytes of `file` (and, for fixed VHDs, which have no
 /// magic at the start, from the footer in its last 512 bytes); anything unrecognised is raw.
+/// A container format imgblk cannot decode (see [`foreign`](super::foreign)) is refused
+/// rather than served as raw.
 pub fn detect(file: &ImageFile) -> Result<Format> {
     let mut head = [0u8; 512];
     let head_len = file.len().min(head.len() as u64) as usize;
     file.read_exact_at(&mut head[..head_len], 0)?;
     let head = &head[..head_len];
+    if let Some(name) = super::foreign::identify(head, file)? {
+        return Err(Error::unsupported(format!(
+            "this is a {name} image, a format imgblk cannot read (convert it with \
+             qemu-img convert, or pass --format raw to serve the file's bytes as they are)"
+        )));
+    }
     let format = if head.starts_with(b"QFI\xfb") {
         Format::Qcow2
     } else if head.starts_with(super::vmdk::header::HOSTED_MAGIC)

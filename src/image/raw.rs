@@ -43,31 +43,6 @@ impl DiskImage for RawImage {
         Ok(())
     }
 
-    fn block_status<'a>(&'a self, offset: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
-        check_range(offset, len, self.virtual_size())?;
-        let end = offset + len;
-        let mut pos = offset;
-        while pos < end {
-            let (is_data, run_end) = self.file.allocation_at(pos)?;
-            let run_end = run_end.min(end);
-            let source = if is_data {
-                Source::Data {
-                    file: &self.file,
-                    offset: pos,
-                }
-            } else {
-                Source::Zero
-            };
-            out.push(Extent {
-                len: run_end - pos,
-                depth: 0,
-                source,
-            });
-            pos = run_end;
-        }
-        Ok(())
-    }
-
     fn writable(&self) -> bool {
         self.file.writable()
     }
@@ -107,12 +82,11 @@ impl DiskImage for RawImage {
     }
 
     fn chain(&self) -> Vec<ChainEntry> {
-        vec![ChainEntry {
-            path: self.file.path().to_path_buf(),
-            format: Format::Raw,
-            virtual_size: self.virtual_size(),
-            file_size: self.file.len(),
-        }]
+        vec![super::common::chain::entry(
+            &self.file,
+            Format::Raw,
+            self.virtual_size(),
+        )]
     }
 }
 

@@ -2,9 +2,10 @@
 //! runs hold data, which read as zero, and which image of the chain supplies them. Used by
 //! `imgblk map` and by sparse copies (`imgblk cat --sparse`).
 
-use super::{DiskImage, Extent, Source};
+use super::{DiskImage, Extent, Format, Source};
 use crate::error::Result;
 use serde::Serialize;
+use std::path::PathBuf;
 
 /// One run of guest bytes with the same status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -79,6 +80,11 @@ impl MapEntry {
 }
 
 /// Walks the whole image in steps of `step` bytes and calls `sink` with merged runs.
+///
+/// Data in a file that holds guest bytes as they are (a raw layer, a flat VMDK extent) is
+/// reported zero where the file has holes, as `qemu-img map` does: not data for a raw
+/// layer, whose file is the disk; still data (`data` and `zero`) for a flat extent, which
+/// its format stores.
 pub fn walk_status(
     image: &dyn DiskImage,
     step: u64,
@@ -86,23 +92,25 @@ pub fn walk_status(
 ) -> Result<()> {
     let size = image.virtual_size();
     let step = step.max(512);
+    let flat_files = flat_files(image);
     let mut pending: Option<MapEntry> = None;
     let mut extents = Vec::new();
     let mut pos = 0;
     while pos < size {
         let len = step.min(size - pos);
         extents.clear();
-        image.block_status(pos, len, &mut extents)?;
+        image.map(pos, len, &mut extents)?;
         let mut start = pos;
         for extent in &extents {
-            let entry = MapEntry::from_extent(start, extent);
+            for entry in entries(start, extent, &flat_files)? {
+                if pending.as_mut().is_some_and(|run| run.try_merge(&entry)) {
+                    continue;
+                }
+                if let Some(done) = pending.replace(entry) {
+                    sink(done)?;
+                }
+            }
             start += extent.len;
-            if pending.as_mut().is_some_and(|run| run.try_merge(&entry)) {
-                continue;
-            }
-            if let Some(done) = pending.replace(entry) {
-                sink(done)?;
-            }
         }
         pos += len;
     }
@@ -110,6 +118,53 @@ pub fn walk_status(
         sink(done)?;
     }
     Ok(())
+}
+
+/// The files of `image`'s chain whose holes read as zero, each with whether a hole is
+/// still data (true for a flat extent, false for a raw layer).
+fn flat_files(image: &dyn DiskImage) -> Vec<(PathBuf, bool)> {
+    let mut files = Vec::new();
+    for layer in image.chain() {
+        if layer.format == Format::Raw {
+            files.push((layer.path, false));
+        }
+        let flat = layer.extents.into_iter().filter(|e| e.flat);
+        files.extend(flat.map(|e| (e.path, true)));
+    }
+    files
+}
+
+/// The runs of `extent` (at guest offset `start`): one, or for data in one of
+/// `flat_files` the pieces in data and in holes of the file.
+fn entries(
+    start: u64,
+    extent: &Extent<'_>,
+    flat_files: &[(PathBuf, bool)],
+) -> Result<Vec<MapEntry>> {
+    let whole = MapEntry::from_extent(start, extent);
+    let Source::Data { file, offset } = extent.source else {
+        return Ok(vec![whole]);
+    };
+    let Some(&(_, hole_is_data)) = flat_files.iter().find(|(p, _)| p == file.path()) else {
+        return Ok(vec![whole]);
+    };
+    let mut out = Vec::new();
+    let mut done = 0;
+    while done < extent.len {
+        let (is_data, run_end) = file.allocation_at(offset + done)?;
+        let piece = run_end.saturating_sub(offset + done).min(extent.len - done);
+        let data = is_data || hole_is_data;
+        out.push(MapEntry {
+            start: start + done,
+            length: piece,
+            zero: !is_data,
+            data,
+            offset: data.then_some(offset + done),
+            ..whole
+        });
+        done += piece;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

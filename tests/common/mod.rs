@@ -29,6 +29,21 @@ pub fn qemu(tool: &str, dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `imgblk ARGS` in `dir`, which must succeed; its standard output.
+pub fn imgblk(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "imgblk {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// `qemu-img` in `dir`.
 pub fn qemu_img(dir: &Path, args: &[&str]) -> String {
     qemu("qemu-img", dir, args)

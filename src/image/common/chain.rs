@@ -1,7 +1,7 @@
 //! Parent (backing) images of differencing formats: finding the file a child names,
 //! opening it one level deeper, and sending absent ranges to it.
 
-use super::walk::push;
+use super::walk::{merge_at, push};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::open::open_at_depth;
 use crate::image::{ChainEntry, DiskImage, Extent, Format, ImageFile, OpenOptions, Source};
@@ -126,11 +126,15 @@ pub fn open_verified(
     open_parent(&path, options, child_depth)
 }
 
-/// Appends the extents for a guest range a layer at `depth` does not hold: the parent's
-/// (up to its size) or unallocated.
+/// Appends the extents for a guest range a layer does not hold: the parent's (up to its
+/// size), one level deeper than the parent reports them, or unallocated.
+///
+/// The one depth rule of all formats: an image reports its own extents at depth 0 and its
+/// parent's at the parent's depth plus one, so that at the top of a chain `depth` is the
+/// absolute depth of the layer (top = 0), as `qemu-img map` reports it. A range past the
+/// end of a shorter parent is unallocated at the depth of the layer that covers it.
 pub fn map_parent<'a>(
     parent: Option<&'a dyn DiskImage>,
-    depth: u32,
     offset: u64,
     len: u64,
     out: &mut Vec<Extent<'a>>,
@@ -139,7 +143,12 @@ pub fn map_parent<'a>(
         Some(parent) => {
             let covered = parent.virtual_size().saturating_sub(offset).min(len);
             if covered > 0 {
+                let first = out.len();
                 parent.map(offset, covered, out)?;
+                for extent in &mut out[first..] {
+                    extent.depth = extent.depth.saturating_add(1);
+                }
+                merge_at(out, first);
             }
             covered
         }
@@ -150,7 +159,7 @@ pub fn map_parent<'a>(
             out,
             Extent {
                 len: len - covered,
-                depth,
+                depth: 0,
                 source: Source::Unallocated,
             },
         );
@@ -158,25 +167,24 @@ pub fn map_parent<'a>(
     Ok(())
 }
 
-/// The chain entry of one file of an image.
+/// The chain entry of a layer held in one file.
 pub fn entry(file: &ImageFile, format: Format, virtual_size: u64) -> ChainEntry {
     ChainEntry {
         path: file.path().to_path_buf(),
         format,
         virtual_size,
         file_size: file.len(),
+        extents: Vec::new(),
     }
 }
 
-/// The chain list of an image: its own files, then its parent's chain.
-pub fn chain_with_parent(
-    mut own: Vec<ChainEntry>,
-    parent: Option<&dyn DiskImage>,
-) -> Vec<ChainEntry> {
+/// The chain list of an image: its own layer, then its parent's chain.
+pub fn chain_with_parent(own: ChainEntry, parent: Option<&dyn DiskImage>) -> Vec<ChainEntry> {
+    let mut chain = vec![own];
     if let Some(parent) = parent {
-        own.extend(parent.chain());
+        chain.extend(parent.chain());
     }
-    own
+    chain
 }
 
 #[cfg(test)]

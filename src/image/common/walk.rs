@@ -1,6 +1,10 @@
 //! The block walker: every block-mapped format (VMDK grains, VHD/VHDX blocks, VDI blocks)
 //! answers "what does block N hold?" with a [`Block`], and [`Walker::map`] turns a guest
 //! range into extents, sending absent blocks and clear bitmap bits to the parent image.
+//!
+//! Extents carry the depth relative to the image that maps them: its own blocks at 0,
+//! its parent's one deeper (see [`chain::map_parent`]), so that at the top of any chain,
+//! whatever formats it mixes, `depth` is the absolute depth `qemu-img map` reports.
 
 use super::chain;
 use crate::error::{Error, Result};
@@ -62,8 +66,6 @@ pub enum Block<'a> {
 /// Maps guest ranges of one layer through a block lookup.
 #[derive(Clone, Copy)]
 pub struct Walker<'a> {
-    /// Depth of the layer in its chain (extents are tagged with it).
-    pub depth: u32,
     /// The parent image absent blocks fall through to.
     pub parent: Option<&'a dyn DiskImage>,
     /// Block size in bytes (a power of two is not required).
@@ -206,7 +208,7 @@ impl<'a> Walker<'a> {
     fn extent(&self, len: u64, source: Source<'a>) -> Extent<'a> {
         Extent {
             len,
-            depth: self.depth,
+            depth: 0,
             source,
         }
     }
@@ -225,7 +227,7 @@ impl<'a> Walker<'a> {
     }
 
     fn absent(&self, guest: u64, len: u64, out: &mut Vec<Extent<'a>>) -> Result<()> {
-        chain::map_parent(self.parent, self.depth, guest, len, out)
+        chain::map_parent(self.parent, guest, len, out)
     }
 
     /// A block whose sectors come from here or from the parent, bit by bit. `block_guest`
@@ -284,32 +286,44 @@ impl Bits<'_> {
     }
 }
 
-/// Appends `ext`, merging it into the previous extent when both continue one another
-/// (contiguous data in one file, or zero/unallocated runs at the same depth).
+/// Whether `next` continues `prev`: the same depth, and zero or unallocated runs, or
+/// data at consecutive bytes of one file.
+fn contiguous(prev: &Extent<'_>, next: &Extent<'_>) -> bool {
+    if prev.depth != next.depth {
+        return false;
+    }
+    match (prev.source, next.source) {
+        (Source::Zero, Source::Zero) | (Source::Unallocated, Source::Unallocated) => true,
+        (Source::Data { file: a, offset: x }, Source::Data { file: b, offset: y }) => {
+            std::ptr::eq(a, b) && x.checked_add(prev.len) == Some(y)
+        }
+        _ => false,
+    }
+}
+
+/// Appends `ext`, merging it into the previous extent when both continue one another.
+// Always inlined: qcow2's lookup fast path ends here (`cargo bench --bench lookup`).
+#[inline(always)]
 pub fn push<'a>(out: &mut Vec<Extent<'a>>, ext: Extent<'a>) {
-    if let Some(last) = out.last_mut() {
-        if last.depth == ext.depth {
-            let merge = match (&last.source, &ext.source) {
-                (Source::Zero, Source::Zero) | (Source::Unallocated, Source::Unallocated) => true,
-                (
-                    Source::Data {
-                        file: a,
-                        offset: oa,
-                    },
-                    Source::Data {
-                        file: b,
-                        offset: ob,
-                    },
-                ) => std::ptr::eq(*a, *b) && oa.checked_add(last.len) == Some(*ob),
-                _ => false,
-            };
-            if merge {
-                last.len += ext.len;
-                return;
-            }
+    match out.last_mut() {
+        Some(last) if contiguous(last, &ext) => last.len += ext.len,
+        _ => out.push(ext),
+    }
+}
+
+/// Merges the extent at `index` into the one before it when contiguous: where extents
+/// appended by another image (a parent) meet those before them.
+pub fn merge_at(out: &mut Vec<Extent<'_>>, index: usize) {
+    let Some(prev_index) = index.checked_sub(1) else {
+        return;
+    };
+    if let (Some(prev), Some(next)) = (out.get(prev_index), out.get(index)) {
+        if contiguous(prev, next) {
+            let len = next.len;
+            out.remove(index);
+            out[prev_index].len += len;
         }
     }
-    out.push(ext);
 }
 
 #[cfg(test)]
@@ -326,7 +340,6 @@ mod tests {
 
     fn walker() -> Walker<'static> {
         Walker {
-            depth: 0,
             parent: None,
             block_size: 4096,
             sector_size: 512,

@@ -11,11 +11,7 @@
 //! - [`journal`]: the metadata changes since the last flush, kept for a daemon that takes
 //!   over from one that died.
 //!
-//! Depth scheme: every image reports extents relative to itself (`depth` 0 = this file).
-//! Extents obtained from the backing image get `depth + 1`, so at the top of the chain
-//! `depth` counts levels below the top. An unallocated range reports the depth of the
-//! deepest image that covers it (like `qemu-img map`): past the end of a shorter backing
-//! file, that is the image above it.
+//! Depth: the rule of every format, [`chain::map_parent`](super::common::chain::map_parent)'s.
 
 pub mod create;
 pub mod entry;
@@ -33,6 +29,8 @@ mod tests;
 use self::entry::Cluster;
 use self::header::Header;
 use self::l2cache::{L2Cache, L2Ref, L2Table};
+use super::common::chain;
+use super::common::walk::push;
 use super::open::open_at_depth;
 use super::{
     check_range, ChainEntry, CompressedCluster, DiskImage, Extent, Format, ImageFile, OpenOptions,
@@ -278,30 +276,7 @@ impl Qcow2Image {
         end: u64,
         out: &mut Vec<Extent<'a>>,
     ) -> Result<()> {
-        let mut pos = offset;
-        if let Some(backing) = &self.backing {
-            let covered = end.min(backing.virtual_size().max(offset));
-            if covered > offset {
-                let first = out.len();
-                backing.map(offset, covered - offset, out)?;
-                for extent in out.iter_mut().skip(first) {
-                    extent.depth = extent.depth.saturating_add(1);
-                }
-                merge_at(out, first);
-                pos = covered;
-            }
-        }
-        if end > pos {
-            push_merged(
-                out,
-                Extent {
-                    len: end - pos,
-                    depth: 0,
-                    source: Source::Unallocated,
-                },
-            );
-        }
-        Ok(())
+        chain::map_parent(self.backing.as_deref(), offset, end - offset, out)
     }
 
     /// The source of the guest bytes from `pos` on (`pos < chunk_end`, both inside the
@@ -407,7 +382,7 @@ impl DiskImage for Qcow2Image {
         // plain data. The extent is built in place: going through `piece_source`'s
         // `Result<Option<Source>>` cost a store-forwarding stall on every lookup.
         if let Some(Lookup::Data(host)) = self.one_cluster(offset, len)? {
-            push_merged(
+            push(
                 out,
                 Extent {
                     len,
@@ -445,7 +420,7 @@ impl DiskImage for Qcow2Image {
                         if let Some(start) = hole.take() {
                             self.map_unallocated(start, pos, out)?;
                         }
-                        push_merged(
+                        push(
                             out,
                             Extent {
                                 len: run_end - pos,
@@ -519,16 +494,8 @@ impl DiskImage for Qcow2Image {
     }
 
     fn chain(&self) -> Vec<ChainEntry> {
-        let mut chain = vec![ChainEntry {
-            path: self.file.path().to_path_buf(),
-            format: Format::Qcow2,
-            virtual_size: self.virtual_size(),
-            file_size: self.file.len(),
-        }];
-        if let Some(backing) = &self.backing {
-            chain.extend(backing.chain());
-        }
-        chain
+        let own = chain::entry(&self.file, Format::Qcow2, self.virtual_size());
+        chain::chain_with_parent(own, self.backing.as_deref())
     }
 }
 
@@ -673,44 +640,4 @@ fn open_backing(
                 e
             }
         })
-}
-
-/// Whether `next` continues `prev`: same image, and the same kind of source with
-/// consecutive host bytes where it has any.
-fn contiguous(prev: &Extent<'_>, next: &Extent<'_>) -> bool {
-    if prev.depth != next.depth {
-        return false;
-    }
-    match (prev.source, next.source) {
-        (Source::Zero, Source::Zero) | (Source::Unallocated, Source::Unallocated) => true,
-        (Source::Data { file: a, offset: x }, Source::Data { file: b, offset: y }) => {
-            std::ptr::eq(a, b) && x.checked_add(prev.len) == Some(y)
-        }
-        _ => false,
-    }
-}
-
-/// Appends `extent`, merging it into the last one when contiguous.
-#[inline(always)]
-fn push_merged<'a>(out: &mut Vec<Extent<'a>>, extent: Extent<'a>) {
-    match out.last_mut() {
-        Some(last) if contiguous(last, &extent) => last.len += extent.len,
-        _ => out.push(extent),
-    }
-}
-
-/// Merges the extent at `index` into the one before it when contiguous.
-fn merge_at(out: &mut Vec<Extent<'_>>, index: usize) {
-    let Some(prev_index) = index.checked_sub(1) else {
-        return;
-    };
-    if let (Some(prev), Some(next)) = (out.get(prev_index), out.get(index)) {
-        if contiguous(prev, next) {
-            let len = next.len;
-            out.remove(index);
-            if let Some(prev) = out.get_mut(prev_index) {
-                prev.len += len;
-            }
-        }
-    }
 }

@@ -60,8 +60,9 @@ use super::header::{self, Header};
 use super::journal::{Journal, Record};
 use super::l2cache::{L2Ref, L2Table};
 use super::refcount::Refcounts;
-use super::{push_merged, Qcow2Image};
+use super::Qcow2Image;
 use crate::error::{Error, ErrorKind, Result};
+use crate::image::common::walk::push;
 use crate::image::{check_range, io, DiskImage, Extent, ImageFile, Source, WritePlan};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -306,7 +307,7 @@ impl Qcow2Image {
                 out.truncate(first);
                 return Ok(WritePlan::Synchronous);
             }
-            push_merged(
+            push(
                 out,
                 Extent {
                     len: chunk_end - pos,

@@ -18,12 +18,12 @@ pub struct VdiImage {
     file: ImageFile,
     header: Header,
     block_map: Box<[u32]>,
-    depth: u32,
 }
 
 impl VdiImage {
-    /// Opens the VDI `file` at `depth` in its chain (read-only).
-    pub fn open(file: ImageFile, options: &OpenOptions, depth: u32) -> Result<Self> {
+    /// Opens the VDI `file` (read-only; a VDI has no parent, so its depth in a chain does
+    /// not matter).
+    pub fn open(file: ImageFile, options: &OpenOptions) -> Result<Self> {
         chain::refuse_writable(Format::Vdi, file.path(), options)?;
         let header = header::read(&file)?;
         let block_map = header::read_block_map(&file, &header)?;
@@ -31,7 +31,6 @@ impl VdiImage {
             file,
             header,
             block_map,
-            depth,
         })
     }
 
@@ -43,7 +42,6 @@ impl VdiImage {
     /// How the block map maps guest ranges.
     fn walker(&self) -> Walker<'_> {
         Walker {
-            depth: self.depth,
             parent: None,
             block_size: self.header.block_size,
             sector_size: 512,

@@ -129,5 +129,5 @@ fn hostile_headers() {
 }
 
 fn open(path: &Path) -> Result<VdiImage> {
-    open_with(path, VdiImage::open)
+    open_with(path, |file, options, _| VdiImage::open(file, options))
 }

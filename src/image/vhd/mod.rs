@@ -23,7 +23,6 @@ pub struct VhdImage {
     file: ImageFile,
     footer: Footer,
     size: u64,
-    depth: u32,
     /// The BAT of a dynamic or differencing disk; `None` for a fixed one.
     bat: Option<Bat>,
     parent: Option<Box<dyn DiskImage>>,
@@ -73,7 +72,6 @@ impl VhdImage {
             file,
             footer,
             size,
-            depth,
             bat,
             parent,
         })
@@ -96,7 +94,6 @@ impl VhdImage {
             .as_ref()
             .map_or(self.size.max(512), Bat::block_size);
         Walker {
-            depth: self.depth,
             parent: self.parent.as_deref(),
             block_size,
             sector_size: 512,
@@ -137,7 +134,7 @@ impl DiskImage for VhdImage {
     }
 
     fn chain(&self) -> Vec<ChainEntry> {
-        let own = vec![chain::entry(&self.file, Format::Vpc, self.size)];
+        let own = chain::entry(&self.file, Format::Vpc, self.size);
         chain::chain_with_parent(own, self.parent.as_deref())
     }
 }

@@ -25,7 +25,6 @@ pub struct VhdxImage {
     file: ImageFile,
     meta: Metadata,
     bat: Bat,
-    depth: u32,
     parent: Option<Box<dyn DiskImage>>,
 }
 
@@ -55,7 +54,6 @@ impl VhdxImage {
             file,
             meta,
             bat,
-            depth,
             parent,
         })
     }
@@ -68,7 +66,6 @@ impl VhdxImage {
     /// How the BAT's blocks map guest ranges.
     fn walker(&self) -> Walker<'_> {
         Walker {
-            depth: self.depth,
             parent: self.parent.as_deref(),
             block_size: self.bat.block_size(),
             sector_size: self.meta.logical_sector_size,
@@ -100,11 +97,7 @@ impl DiskImage for VhdxImage {
     }
 
     fn chain(&self) -> Vec<ChainEntry> {
-        let own = vec![chain::entry(
-            &self.file,
-            Format::Vhdx,
-            self.meta.virtual_size,
-        )];
+        let own = chain::entry(&self.file, Format::Vhdx, self.meta.virtual_size);
         chain::chain_with_parent(own, self.parent.as_deref())
     }
 }

@@ -47,6 +47,11 @@ impl VmdkExtent {
             ExtentKind::Zero | ExtentKind::NoAccess => None,
         }
     }
+
+    /// Whether the extent is a flat file (guest bytes as they are).
+    pub fn is_flat(&self) -> bool {
+        matches!(self.kind, ExtentKind::Flat { .. })
+    }
 }
 
 /// Opens every extent of `desc`, whose names are relative to `desc_path`'s directory.
@@ -179,7 +184,7 @@ pub fn map<'a>(
         let piece = (extent.len - rel).min(end - pos);
         let source = |source| Extent {
             len: piece,
-            depth: walker.depth,
+            depth: 0,
             source,
         };
         match &extent.kind {

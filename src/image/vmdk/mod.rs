@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::image::common::chain;
 use crate::image::common::walk::{push, Walker};
 use crate::image::{
-    check_range, ChainEntry, DiskImage, Extent, Format, ImageFile, OpenOptions, Source,
+    check_range, ChainEntry, DiskImage, Extent, ExtentFile, Format, ImageFile, OpenOptions, Source,
 };
 use std::path::PathBuf;
 
@@ -35,7 +35,6 @@ pub struct VmdkImage {
     descriptor: Descriptor,
     extents: Vec<VmdkExtent>,
     size: u64,
-    depth: u32,
     parent: Option<Box<dyn DiskImage>>,
 }
 
@@ -45,7 +44,6 @@ impl std::fmt::Debug for VmdkImage {
             .field("path", &self.path)
             .field("size", &self.size)
             .field("extents", &self.extents.len())
-            .field("depth", &self.depth)
             .finish()
     }
 }
@@ -104,7 +102,6 @@ impl VmdkImage {
             descriptor,
             extents,
             size,
-            depth,
             parent,
         })
     }
@@ -122,7 +119,6 @@ impl VmdkImage {
     /// How the extents map guest ranges (sparse ones set their grain size).
     fn walker(&self) -> Walker<'_> {
         Walker {
-            depth: self.depth,
             parent: self.parent.as_deref(),
             block_size: 512,
             sector_size: 512,
@@ -151,7 +147,7 @@ impl DiskImage for VmdkImage {
                     out,
                     Extent {
                         len,
-                        depth: self.depth,
+                        depth: 0,
                         source,
                     },
                 );
@@ -170,12 +166,27 @@ impl DiskImage for VmdkImage {
     }
 
     fn chain(&self) -> Vec<ChainEntry> {
-        let own = self
-            .descriptor_file
-            .iter()
-            .chain(self.extents.iter().filter_map(VmdkExtent::file))
-            .map(|f| chain::entry(f, Format::Vmdk, self.size))
-            .collect();
+        // One layer: the file opened first (the descriptor, or the sparse extent that
+        // embeds it), with the other extent files as its parts.
+        let mut files = self.descriptor_file.iter().map(|f| (f, false)).chain(
+            self.extents
+                .iter()
+                .filter_map(|e| e.file().map(|f| (f, e.is_flat()))),
+        );
+        let file_size = files.next().map_or(0, |(file, _)| file.len());
+        let own = ChainEntry {
+            path: self.path.clone(),
+            format: Format::Vmdk,
+            virtual_size: self.size,
+            file_size,
+            extents: files
+                .map(|(file, flat)| ExtentFile {
+                    path: file.path().to_path_buf(),
+                    file_size: file.len(),
+                    flat,
+                })
+                .collect(),
+        };
         chain::chain_with_parent(own, self.parent.as_deref())
     }
 }
