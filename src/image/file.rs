@@ -2,6 +2,7 @@
 //! once buffered for metadata and once with `O_DIRECT` for aligned data I/O where the file
 //! system allows it.
 
+use super::decoded::DecodedClusters;
 use crate::error::{Error, ErrorKind, Result};
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, RawFd};
@@ -59,6 +60,7 @@ pub struct ImageFile {
     /// kernel may have dropped the dirty pages it could not write (see [`Self::sync_data`]).
     sync_failed: AtomicBool,
     tap: Option<Tap>,
+    decoded: DecodedClusters,
 }
 
 impl ImageFile {
@@ -112,6 +114,7 @@ impl ImageFile {
             is_block_device,
             sync_failed: AtomicBool::new(false),
             tap: None,
+            decoded: DecodedClusters::default(),
         })
     }
 
@@ -150,6 +153,11 @@ impl ImageFile {
     /// Whether an `fdatasync` of this file has failed: writes and syncs fail from then on.
     pub fn sync_failed(&self) -> bool {
         self.sync_failed.load(Ordering::Acquire)
+    }
+
+    /// The cache of this file's decompressed clusters (see [`super::decoded`]).
+    pub fn decoded_clusters(&self) -> &DecodedClusters {
+        &self.decoded
     }
 
     /// The path the file was opened by.

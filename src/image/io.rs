@@ -3,6 +3,7 @@
 
 use super::{check_range, compress, CompressedCluster, DiskImage, Extent, Source, WritePlan};
 use crate::error::{Error, Result};
+use std::sync::Arc;
 
 /// Reads `buf.len()` guest bytes at `offset`.
 pub fn read_at<I: DiskImage + ?Sized>(image: &I, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -35,14 +36,19 @@ pub fn fill_from_extents(extents: &[Extent<'_>], buf: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
-/// Reads and decompresses one cluster, copying the wanted part into `out`.
+/// Reads and decompresses one cluster (unless the file's cache of decoded clusters has
+/// it), copying the wanted part into `out`.
 pub fn read_compressed(cluster: &CompressedCluster<'_>, out: &mut [u8]) -> Result<()> {
-    let mut stored = stored_buffer(cluster);
-    cluster.file.read_zero_padded(&mut stored, cluster.offset)?;
-    decode_part(cluster, &stored, out.len(), |part| {
-        out.copy_from_slice(part);
-        Ok(())
-    })
+    let decoded = match cluster.file.decoded_clusters().get(cluster.offset) {
+        Some(decoded) => decoded,
+        None => {
+            let mut stored = stored_buffer(cluster);
+            cluster.file.read_zero_padded(&mut stored, cluster.offset)?;
+            decode(cluster, &stored)?
+        }
+    };
+    out.copy_from_slice(part_of(cluster, &decoded, out.len())?);
+    Ok(())
 }
 
 /// A buffer for the stored bytes of a compressed cluster (its size bounded by
@@ -51,23 +57,30 @@ pub fn stored_buffer(cluster: &CompressedCluster<'_>) -> Vec<u8> {
     vec![0u8; cluster.stored_len as usize]
 }
 
-/// Decompresses a cluster's `stored` bytes and hands `put` the `len` bytes of it that
-/// the extent refers to: the part of reading a compressed cluster that is the same
-/// however the stored bytes were read and wherever the result goes.
-pub fn decode_part(
-    cluster: &CompressedCluster<'_>,
-    stored: &[u8],
-    len: usize,
-    put: impl FnOnce(&[u8]) -> Result<()>,
-) -> Result<()> {
+/// Decompresses a cluster's `stored` bytes, however they were read, and keeps the result
+/// in the file's cache of decoded clusters for the next read of the same cluster.
+pub fn decode(cluster: &CompressedCluster<'_>, stored: &[u8]) -> Result<Arc<[u8]>> {
     let mut decoded = vec![0u8; cluster.cluster_size as usize];
     compress::decompress(cluster.codec, stored, &mut decoded)
         .map_err(|e| e.at(cluster.offset).with_path(cluster.file.path()))?;
+    let decoded: Arc<[u8]> = decoded.into();
+    cluster
+        .file
+        .decoded_clusters()
+        .insert(cluster.offset, decoded.clone());
+    Ok(decoded)
+}
+
+/// The `len` bytes of the decompressed cluster `decoded` that the extent refers to.
+pub fn part_of<'d>(
+    cluster: &CompressedCluster<'_>,
+    decoded: &'d [u8],
+    len: usize,
+) -> Result<&'d [u8]> {
     let start = cluster.skip as usize;
-    let part = decoded
+    decoded
         .get(start..start + len)
-        .ok_or_else(|| Error::corrupt("compressed extent lies outside its cluster"))?;
-    put(part)
+        .ok_or_else(|| Error::corrupt("compressed extent lies outside its cluster"))
 }
 
 /// Writes `buf` as guest bytes at `offset`.

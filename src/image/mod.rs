@@ -7,6 +7,7 @@
 
 pub mod common;
 pub mod compress;
+pub mod decoded;
 pub mod file;
 pub mod foreign;
 pub mod io;

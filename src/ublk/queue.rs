@@ -7,7 +7,7 @@
 use super::data::{Data, Registered, Scratch};
 use super::ratelimit::{RateLimiter, Verdict};
 use crate::error::{Error, Result};
-use crate::image::io::{decode_part, stored_buffer};
+use crate::image::io::{decode, part_of, stored_buffer};
 use crate::image::{CompressedCluster, DiskImage, Extent, ImageFile, Source, WritePlan};
 use io_uring::squeue;
 use libublk::helpers::IoBuf;
@@ -555,11 +555,19 @@ async fn write_extents(extents: &[Extent<'_>], data: Data<'_>) -> Result<()> {
         .collect()
 }
 
-/// Reads a compressed cluster on the ring and puts the wanted part of it into `out`.
+/// Reads a compressed cluster on the ring (unless the file's cache of decoded clusters
+/// has it) and puts the wanted part of it into `out`.
 async fn read_compressed(cluster: &CompressedCluster<'_>, out: Data<'_>) -> Result<()> {
-    let mut stored = stored_buffer(cluster);
-    Data::Memory(&mut stored)
-        .read_from(cluster.file, cluster.offset)
-        .await?;
-    decode_part(cluster, &stored, out.len(), |part| out.put(part))
+    let decoded = match cluster.file.decoded_clusters().get(cluster.offset) {
+        Some(decoded) => decoded,
+        None => {
+            let mut stored = stored_buffer(cluster);
+            Data::Memory(&mut stored)
+                .read_from(cluster.file, cluster.offset)
+                .await?;
+            decode(cluster, &stored)?
+        }
+    };
+    let len = out.len();
+    out.put(part_of(cluster, &decoded, len)?)
 }

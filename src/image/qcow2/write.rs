@@ -217,8 +217,14 @@ fn compressed_clusters(raw: u64, cluster_bits: u32) -> Vec<u64> {
 impl Qcow2Image {
     /// The host clusters that dropping the compressed entry `raw` frees: those that held
     /// no metadata and lay inside the file at open (a corrupt entry may name others; see
-    /// [`super::guard`]).
+    /// [`super::guard`]). Its decoded bytes leave the file's cache, as the clusters may
+    /// hold other data soon.
     fn freed_by_compressed(&self, raw: u64) -> Vec<u64> {
+        if let Ok(Cluster::Compressed { offset, .. }) =
+            entry::decode_l2(raw, self.header.cluster_bits, 0)
+        {
+            self.file.decoded_clusters().forget(offset);
+        }
         let mut clusters = compressed_clusters(raw, self.header.cluster_bits);
         if let Some(guard) = &self.guard {
             clusters.retain(|&cluster| guard.may_overwrite(cluster));
