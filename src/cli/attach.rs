@@ -207,7 +207,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         l2_cache_bytes: args.l2_cache_mib.map(|mib| mib << 20),
         snapshot: args.snapshot.clone(),
         journal_dir: Some(registry::journal_dir()),
-        tap: None,
+        ..OpenOptions::default()
     };
     let source = if let Some(Overlay::File(file)) = &args.overlay {
         check_file_overlay(&args, piece.as_deref())?;

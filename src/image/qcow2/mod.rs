@@ -625,7 +625,7 @@ fn open_data_file(
         return Ok(None);
     };
     let path = resolve_backing_path(image, name);
-    let file = ImageFile::open(&path, false, options.direct).map_err(|e| {
+    let file = ImageFile::open_named(&path, image, "data file", options.direct).map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
             Error::new(
                 ErrorKind::NotFound,
