@@ -5,8 +5,10 @@
 mod common;
 
 use common::qemu_img;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a command on a hostile image may take before the test calls it a hang.
@@ -14,18 +16,35 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 /// What one run of `imgblk` did.
 struct Run {
-    output: Output,
+    /// Whether it exited with status 0.
+    success: bool,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    /// How long it ran.
+    elapsed: Duration,
+    /// Its peak resident set, in KiB (`ru_maxrss` from `wait4`).
+    max_rss_kib: i64,
 }
 
 impl Run {
     /// Standard error, as text.
     fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.output.stderr).into_owned()
+        String::from_utf8_lossy(&self.stderr).into_owned()
     }
 }
 
+/// Reads all of `pipe` on a thread of its own, so that a child filling it never blocks.
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        pipe.read_to_end(&mut bytes).expect("read imgblk's output");
+        bytes
+    })
+}
+
 /// Runs `imgblk ARGS` in `dir`, killing it (and failing the test) if it has not finished
-/// within [`PATIENCE`].
+/// within [`PATIENCE`]. The child is reaped by `wait4`, which reports its peak memory.
+#[allow(clippy::zombie_processes)]
 fn imgblk(dir: &Path, args: &[&str]) -> Run {
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_imgblk"))
@@ -36,7 +55,19 @@ fn imgblk(dir: &Path, args: &[&str]) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run imgblk");
-    while child.try_wait().expect("wait for imgblk").is_none() {
+    let stdout = drain(child.stdout.take().expect("stdout piped"));
+    let stderr = drain(child.stderr.take().expect("stderr piped"));
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data, for which all zeroes is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: wait4 on our own child, writing into two locals.
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if reaped == pid {
+            break;
+        }
+        assert_eq!(reaped, 0, "wait4: {}", std::io::Error::last_os_error());
         if start.elapsed() > PATIENCE {
             child.kill().ok();
             child.wait().ok();
@@ -44,8 +75,13 @@ fn imgblk(dir: &Path, args: &[&str]) -> Run {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let output = child.wait_with_output().expect("collect imgblk's output");
-    Run { output }
+    Run {
+        success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+        elapsed: start.elapsed(),
+        max_rss_kib: usage.ru_maxrss,
+    }
 }
 
 /// Asserts that `imgblk COMMAND image` fails, for every command that reads images, with
@@ -54,10 +90,7 @@ fn refused_by_every_reader(dir: &Path, image: &str, wanted: &[&str]) {
     for command in ["info", "map", "cat", "inspect"] {
         let run = imgblk(dir, &[command, image]);
         let stderr = run.stderr();
-        assert!(
-            !run.output.status.success(),
-            "imgblk {command} {image} succeeded: {stderr}"
-        );
+        assert!(!run.success, "imgblk {command} {image} succeeded: {stderr}");
         for want in wanted {
             assert!(
                 stderr.contains(want),
@@ -159,4 +192,98 @@ fn a_backing_chain_that_loops_is_refused_at_once() {
         "a.qcow2",
         &["b.qcow2: its backing file link.qcow2", "a.qcow2", "loops"],
     );
+}
+
+/// Most memory a command may use on an image whose tables are almost all empty: the L1
+/// table the image really holds (32 MiB here) and the program itself.
+const BOMB_RSS_KIB: i64 = 64 << 10;
+
+/// Most time a command may take on such an image.
+const BOMB_SECONDS: Duration = Duration::from_secs(5);
+
+/// Makes `name` in `dir` a qcow2 with clusters of 2^`cluster_bits` bytes and a virtual
+/// size needing 4 Mi L1 entries (the most accepted), every one of them empty: a file of a
+/// few hundred KiB on disk (the 32 MiB L1 table is a hole) claiming petabytes.
+fn l1_bomb(dir: &Path, name: &str, cluster_bits: u32) {
+    let cluster = format!("cluster_size={}", 1u64 << cluster_bits);
+    qemu_img(
+        dir,
+        &["create", "-q", "-f", "qcow2", "-o", &cluster, name, "1M"],
+    );
+    let l1_entries: u64 = 4 << 20;
+    let per_l1_entry = 1u64 << (cluster_bits + cluster_bits - 3);
+    let l1_offset = 3u64 << cluster_bits; // after qemu-img's header and refcount clusters
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(name))
+        .unwrap();
+    file.write_all_at(&(l1_entries * per_l1_entry).to_be_bytes(), 24)
+        .unwrap();
+    file.write_all_at(&(l1_entries as u32).to_be_bytes(), 36)
+        .unwrap();
+    file.write_all_at(&l1_offset.to_be_bytes(), 40).unwrap();
+    file.set_len(l1_offset + 8 * l1_entries).unwrap();
+}
+
+/// Asserts that `imgblk COMMAND image` stays within the bomb bounds, and succeeds if
+/// `succeeds`.
+fn within_bomb_bounds(dir: &Path, command: &str, image: &str, succeeds: bool) {
+    let run = imgblk(dir, &[command, image]);
+    assert_eq!(
+        run.success,
+        succeeds,
+        "imgblk {command} {image}: {}",
+        run.stderr()
+    );
+    assert!(
+        run.max_rss_kib < BOMB_RSS_KIB,
+        "imgblk {command} {image} used {} KiB of memory",
+        run.max_rss_kib
+    );
+    assert!(
+        run.elapsed < BOMB_SECONDS,
+        "imgblk {command} {image} took {:?}",
+        run.elapsed
+    );
+}
+
+#[test]
+fn an_image_declaring_millions_of_empty_l1_entries_costs_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 64 KiB clusters: 2 PiB; 2 MiB clusters: 2 EiB, 2^31 GiB to walk through.
+    l1_bomb(d, "bomb.qcow2", 16);
+    l1_bomb(d, "huge.qcow2", 21);
+    for image in ["bomb.qcow2", "huge.qcow2"] {
+        for command in ["info", "map", "inspect"] {
+            within_bomb_bounds(d, command, image, true);
+        }
+    }
+    let map = imgblk(d, &["map", "--json", "bomb.qcow2"]);
+    let runs: serde_json::Value = serde_json::from_slice(&map.stdout).unwrap();
+    assert_eq!(
+        runs,
+        serde_json::json!([{"start": 0, "length": 1u64 << 51, "depth": 0, "present": false,
+            "zero": true, "data": false, "compressed": false}])
+    );
+    // The same file as its own backing file: refused before a second layer is opened.
+    std::fs::rename(d.join("bomb.qcow2"), d.join("loop.qcow2")).unwrap();
+    qemu_img(
+        d,
+        &[
+            "rebase",
+            "-q",
+            "-u",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            "loop.qcow2",
+            "loop.qcow2",
+        ],
+    );
+    for command in ["info", "map", "inspect"] {
+        within_bomb_bounds(d, command, "loop.qcow2", false);
+    }
 }
