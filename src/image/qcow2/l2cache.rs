@@ -385,6 +385,25 @@ mod tests {
     }
 
     #[test]
+    fn evicts_across_sparse_chunks() {
+        // Millions of L1 entries, tables cached far apart: the sweep finds them.
+        let cache = L2Cache::new(4 << 20, 2);
+        for (n, i) in [5usize, 3 << 20, 1000, (4 << 20) - 1]
+            .into_iter()
+            .enumerate()
+        {
+            cache.get(i, || Ok(table(i as u64))).unwrap();
+            assert!(
+                cache.resident() <= 2,
+                "resident {} after {n} loads",
+                cache.resident()
+            );
+        }
+        assert!(cache.is_cached((4 << 20) - 1));
+        assert!(!cache.is_cached(6), "an index never loaded is cached");
+    }
+
+    #[test]
     fn concurrent_readers_see_right_tables() {
         let cache = L2Cache::new(16, 3);
         std::thread::scope(|s| {
