@@ -287,3 +287,48 @@ fn an_image_declaring_millions_of_empty_l1_entries_costs_what_it_holds() {
         within_bomb_bounds(d, command, "loop.qcow2", false);
     }
 }
+
+/// Asserts that `output` of `what` holds no control character but line ends (no C0, DEL
+/// or C1 code), and shows `escaped` instead.
+fn shows_escaped(output: &[u8], what: &str, escaped: &str) {
+    let text = String::from_utf8_lossy(output);
+    let raw: Vec<char> = text
+        .chars()
+        .filter(|&c| c != '\n' && c.is_control())
+        .collect();
+    assert!(
+        raw.is_empty(),
+        "{what} printed control characters {raw:?}: {text}"
+    );
+    assert!(
+        text.contains(escaped),
+        "{what}: {escaped} missing from: {text}"
+    );
+}
+
+#[test]
+fn control_characters_from_an_image_never_reach_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Retitles the terminal, then clears it.
+    let attack = "\u{1b}]0;pwn\u{7}\u{1b}[2J";
+    let disk = d.join("label.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", attack])
+        .arg(&disk)
+        .status()
+        .expect("mkfs.ext4 is required for this test (apt-get install e2fsprogs)");
+    assert!(made.success(), "mkfs.ext4 failed");
+    let inspect = imgblk(d, &["inspect", "label.raw"]);
+    assert!(inspect.success, "inspect: {}", inspect.stderr());
+    shows_escaped(&inspect.stdout, "inspect", "\\x1b]0;pwn\\x07\\x1b[2J");
+    // Error messages that quote the image: a backing file named with the attack.
+    qcow2_backed_by(d, "named.qcow2", attack, "raw");
+    let info = imgblk(d, &["info", "named.qcow2"]);
+    assert!(!info.success, "info of a missing backing file succeeded");
+    shows_escaped(&info.stderr, "info", "\\x1b]0;pwn\\x07\\x1b[2J");
+}

@@ -5,6 +5,7 @@ mod attach;
 mod cat;
 mod detach;
 mod doctor;
+mod escape;
 mod fsck;
 mod info;
 mod inspect;
@@ -17,6 +18,7 @@ mod recover;
 
 use crate::error::{Error, ErrorKind};
 use clap::{Parser, Subcommand};
+use escape::Escaped;
 
 /// Exit status of a successful command.
 pub const EXIT_OK: i32 = 0;
@@ -110,7 +112,7 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("imgblk: {e}");
+            eprintln!("imgblk: {}", Escaped(&e));
             exit_code(&e)
         }
     }

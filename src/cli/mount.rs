@@ -2,7 +2,7 @@
 //! attach the piece, mount it with safe options — and undone in one step.
 
 use super::piece::PieceArgs;
-use super::EXIT_OK;
+use super::{Escaped, EXIT_OK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{open_image, DiskImage, OpenOptions};
 use crate::layout::{discover, ContentKind, Layout, Node, NodeKind};
@@ -145,7 +145,7 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
     }
     println!(
         "{} ({}, {}) mounted on {} via {device}",
-        node.name,
+        Escaped(&node.name),
         fs.as_str(),
         if args.rw { "rw" } else { "ro" },
         mountpoint.display()

@@ -107,13 +107,14 @@ fn set_blocking(file: &File) -> std::io::Result<()> {
 }
 
 /// The error of a refused or failed open of `path`, which `named_by` names in its field
-/// `field` (`None`: the user gave it).
+/// `field` (`None`: the user gave it). A file that does not exist is left to the caller,
+/// which knows what the image called it and where it looked.
 pub fn open_error(path: &Path, named_by: Option<(&Path, &str)>, error: std::io::Error) -> Error {
     match named_by {
-        None => Error::io("cannot open", error).with_path(path),
-        Some((image, field)) => {
+        Some((image, field)) if error.kind() != std::io::ErrorKind::NotFound => {
             Error::io(format!("cannot open its {field} {}", path.display()), error).with_path(image)
         }
+        _ => Error::io("cannot open", error).with_path(path),
     }
 }
 
