@@ -5,6 +5,7 @@
 mod common;
 
 use common::qemu_img;
+use imgblk::image::Format;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -331,4 +332,20 @@ fn control_characters_from_an_image_never_reach_the_terminal() {
     let info = imgblk(d, &["info", "named.qcow2"]);
     assert!(!info.success, "info of a missing backing file succeeded");
     shows_escaped(&info.stderr, "info", "\\x1b]0;pwn\\x07\\x1b[2J");
+}
+
+#[test]
+fn an_overlay_file_is_no_more_readable_than_its_image() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for mode in [0o600, 0o640] {
+        let base = d.join(format!("base-{mode:o}.raw"));
+        std::fs::write(&base, [0u8; 4096]).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(mode)).unwrap();
+        let overlay = d.join(format!("overlay-{mode:o}.qcow2"));
+        imgblk::image::qcow2::create::create_overlay(&overlay, &base, Format::Raw, 4096).unwrap();
+        let got = std::fs::metadata(&overlay).unwrap().permissions().mode() & 0o777;
+        assert_eq!(got & !mode, 0, "overlay is {got:o}, its image {mode:o}");
+    }
 }
