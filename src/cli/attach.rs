@@ -284,6 +284,7 @@ pub(super) fn launch(
     foreground: bool,
     json: bool,
 ) -> Result<i32> {
+    daemon::refuse_core_dumps();
     let report = move |record: &DeviceRecord| {
         if json {
             let _ = print_json(record);

@@ -5,10 +5,12 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::image::DiskImage;
 use crate::layout::luks::{LuksVolume, MAX_KEY_LEN};
 use crate::layout::{discover, ContentKind, Layout, Node};
+use crate::ublk::daemon::refuse_core_dumps;
 use crate::ublk::registry::DeviceRecord;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use zeroize::Zeroizing;
 
 /// `--luks` / `--key-file`: decrypt what was selected.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -75,12 +77,16 @@ pub struct KeyFileArgs {
     pub key_file: Option<PathBuf>,
 }
 
-/// The key: the contents of `file`, else a passphrase typed on the terminal.
-pub fn key(file: Option<&Path>) -> Result<Vec<u8>> {
+/// The key: the contents of `file`, else a passphrase typed on the terminal. It is wiped
+/// from memory when dropped, and the process holding it becomes undumpable.
+pub fn key(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>> {
+    refuse_core_dumps();
     if let Some(path) = file {
         let f = std::fs::File::open(path)
             .map_err(|e| Error::io("cannot open the key file", e).with_path(path))?;
-        let mut key = Vec::new();
+        // Room for the whole file up front: a buffer that grew would leave copies behind.
+        let room = f.metadata().map_or(0, |m| m.len()).min(MAX_KEY_LEN as u64) + 1;
+        let mut key = Zeroizing::new(Vec::with_capacity(room as usize));
         f.take(MAX_KEY_LEN as u64 + 1)
             .read_to_end(&mut key)
             .map_err(|e| Error::io("cannot read the key file", e).with_path(path))?;
@@ -95,7 +101,7 @@ pub fn key(file: Option<&Path>) -> Result<Vec<u8>> {
         ));
     }
     rpassword::prompt_password("Enter passphrase: ")
-        .map(String::into_bytes)
+        .map(|typed| Zeroizing::new(typed.into_bytes()))
         .map_err(|e| Error::io("cannot read the passphrase", e))
 }
 
@@ -162,6 +168,16 @@ fn rename(node: &mut Node, old: &str, new: &str) {
 mod tests {
     use super::*;
     use crate::image::Format;
+
+    #[test]
+    fn reading_a_key_makes_the_process_undumpable() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), b"secret").unwrap();
+        assert_eq!(key(Some(file.path())).unwrap().as_slice(), b"secret");
+        // SAFETY: prctl with integer arguments only.
+        let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+        assert_eq!(dumpable, 0, "a process holding a key can dump core");
+    }
 
     fn record(luks: bool, key_file: Option<&str>) -> DeviceRecord {
         DeviceRecord {
