@@ -349,3 +349,31 @@ fn an_overlay_file_is_no_more_readable_than_its_image() {
         assert_eq!(got & !mode, 0, "overlay is {got:o}, its image {mode:o}");
     }
 }
+
+#[test]
+fn a_block_device_is_a_backing_file_only_where_the_user_gave_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A node for /dev/loop0 (major 7, minor 0), which needs root to make.
+    let device = d.join("blk");
+    let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+    let kind = nix::sys::stat::SFlag::S_IFBLK;
+    if let Err(e) = nix::sys::stat::mknod(&device, kind, mode, nix::sys::stat::makedev(7, 0)) {
+        eprintln!("skipped: cannot make a block device node ({e}); run as root");
+        return;
+    }
+    let device_name = device.to_str().unwrap();
+    qcow2_backed_by(d, "dev.qcow2", device_name, "raw");
+    refused_by_every_reader(
+        d,
+        "dev.qcow2",
+        &["dev.qcow2", device_name, "a block device"],
+    );
+    // The image an `--overlay FILE` was made over is the user's: a device is fine there.
+    let options = imgblk::image::OpenOptions {
+        user_paths: vec![device.clone()],
+        ..Default::default()
+    };
+    let opened = imgblk::image::open_image(&d.join("dev.qcow2"), &options);
+    assert!(opened.is_ok(), "{}", opened.err().unwrap());
+}

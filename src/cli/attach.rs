@@ -138,17 +138,19 @@ fn open_file_overlay(base: &Path, file: &Path, options: &OpenOptions) -> Result<
     };
     qcow2::create::create_overlay(file, base, format, size)?;
     tracing::info!(overlay = %file.display(), base = %base.display(), "created the overlay");
-    open_overlay(file, options).inspect_err(|_| {
+    open_overlay(file, base, options).inspect_err(|_| {
         // Nothing was written to it yet: do not leave an unusable file behind.
         let _ = std::fs::remove_file(file);
     })
 }
 
-/// Opens the existing overlay `file` writable (for attach, and for recover).
-pub(super) fn open_overlay(file: &Path, options: &OpenOptions) -> Result<Served> {
+/// Opens the existing overlay `file` over the image `base` writable (for attach, and for
+/// recover); `base` may be a block device.
+pub(super) fn open_overlay(file: &Path, base: &Path, options: &OpenOptions) -> Result<Served> {
     let options = OpenOptions {
         format: Some(Format::Qcow2),
         writable: true,
+        user_paths: vec![base.to_path_buf()],
         ..options.clone()
     };
     open_served(&[file.to_path_buf()], &options, None)

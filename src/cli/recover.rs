@@ -96,7 +96,7 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
             }
             // The writes are in the overlay file: serve it again (the image stays its
             // read-only backing file).
-            Some(file) => open_overlay(Path::new(file), &options)?.image,
+            Some(file) => open_overlay(Path::new(file), &record.image, &options)?.image,
             None => {
                 let mut paths = vec![record.image.clone()];
                 paths.extend(record.more_images.iter().cloned());

@@ -45,6 +45,10 @@ pub struct OpenOptions {
     /// opened below one of these is a loop, and a file named by one is held to what an
     /// image may name ([`ImageFile::open_named`]).
     pub above: Vec<Above>,
+    /// Paths the user gave, which an image may name as its backing file even where they
+    /// are block devices (an `--overlay FILE` names the image it was made over); any
+    /// other file an image names must be a regular file.
+    pub user_paths: Vec<PathBuf>,
 }
 
 /// A file higher up the chain being opened.
@@ -85,8 +89,10 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
         return Err(Error::invalid("--force-share is only allowed read-only"));
     }
     let file = match options.above.last() {
-        None => ImageFile::open(path, options.writable, options.direct)?,
-        Some(namer) => ImageFile::open_named(path, &namer.path, "backing file", options.direct)?,
+        Some(namer) if !options.user_paths.iter().any(|p| p == path) => {
+            ImageFile::open_named(path, &namer.path, "backing file", options.direct)?
+        }
+        _ => ImageFile::open(path, options.writable, options.direct)?,
     }
     .with_tap(options.tap.clone());
     refuse_loop(&file, &options.above)?;
