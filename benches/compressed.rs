@@ -20,11 +20,15 @@ const PIECE: usize = 4096;
 
 /// Compressible bytes: lines of words with numbers, about 3:1 under deflate.
 fn text(len: usize) -> Vec<u8> {
-    let words = ["block", "cluster", "guest", "image", "queue", "ring", "table"];
+    let words = [
+        "block", "cluster", "guest", "image", "queue", "ring", "table",
+    ];
     let mut out = Vec::with_capacity(len + 64);
     let mut i = 0u64;
     while out.len() < len {
-        i = i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        i = i
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let word = words[(i >> 60) as usize % words.len()];
         out.extend_from_slice(format!("{word} {} ", i >> 40).as_bytes());
         if i % 7 == 0 {

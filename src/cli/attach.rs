@@ -138,7 +138,7 @@ fn spec(args: &AttachArgs) -> Result<ServeSpec> {
             l2_cache_bytes: args.l2_cache_mib.map(|mib| mib << 20),
             snapshot: args.snapshot.clone(),
             journal_dir: Some(registry::journal_dir()),
-            tap: None,
+            ..OpenOptions::default()
         },
         piece: args.piece.piece(),
         luks: args.luks.key(),

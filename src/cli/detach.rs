@@ -1,6 +1,6 @@
 //! `imgblk detach`: flush and remove a device, waiting until it is gone.
 
-use super::EXIT_OK;
+use super::{Escaped, EXIT_OK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{open_image, OpenOptions};
 use crate::ublk::device;
@@ -47,7 +47,7 @@ pub fn run(args: DetachArgs) -> Result<i32> {
             |&id| match detach(id, args.force, Duration::from_secs(args.timeout)) {
                 Ok(()) => false,
                 Err(e) => {
-                    eprintln!("imgblk: /dev/ublkb{id}: {e}");
+                    eprintln!("imgblk: /dev/ublkb{id}: {}", Escaped(&e));
                     true
                 }
             },

@@ -8,7 +8,7 @@
 use super::child::{self, detach};
 use super::find_program;
 use super::piece::PieceArgs;
-use super::print_json;
+use super::{print_json, Escaped};
 use crate::error::{Error, Result};
 use crate::image::{open_image, DiskImage, Format, OpenOptions};
 use crate::layout::{discover, ContentKind, NodeKind, PieceId};
@@ -226,7 +226,7 @@ pub fn run(args: FsckArgs) -> Result<i32> {
     let left: Vec<u32> = std::mem::take(&mut *lock(&shared.devices));
     for id in left {
         if let Err(e) = detach(id) {
-            eprintln!("imgblk: /dev/ublkb{id}: {e}");
+            eprintln!("imgblk: /dev/ublkb{id}: {}", Escaped(&e));
         }
     }
     if args.json {
@@ -593,8 +593,8 @@ impl Progress {
     fn label(check: &Check) -> String {
         format!(
             "{} {} ({})",
-            check.image.display(),
-            check.piece,
+            Escaped(check.image.display()),
+            Escaped(&check.piece),
             check.kind.as_str()
         )
     }
@@ -614,9 +614,9 @@ impl Progress {
     fn finish(&self, bar: Option<indicatif::ProgressBar>, result: &CheckResult) {
         let line = format!(
             "{} {} ({}): {} ({:.1}s)",
-            result.image.display(),
-            result.piece,
-            result.fs,
+            Escaped(result.image.display()),
+            Escaped(&result.piece),
+            Escaped(&result.fs),
             result.result.as_str(),
             result.seconds
         );
@@ -644,18 +644,18 @@ fn print_table(results: &[CheckResult]) {
         };
         println!(
             "{:<32} {:<12} {:<6} {:<12} {:>4} {:>7.1}s",
-            r.image.display(),
-            r.piece,
-            r.fs,
+            Escaped(r.image.display()),
+            Escaped(&r.piece),
+            Escaped(&r.fs),
             result,
             r.exit.map_or("-".to_string(), |c| c.to_string()),
             r.seconds
         );
     }
     for r in results.iter().filter(|r| r.message.is_some()) {
-        println!("\n{} {}:", r.image.display(), r.piece);
+        println!("\n{} {}:", Escaped(r.image.display()), Escaped(&r.piece));
         for line in r.message.iter().flat_map(|m| m.lines()) {
-            println!("  {line}");
+            println!("  {}", Escaped(line));
         }
     }
 }

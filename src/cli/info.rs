@@ -1,6 +1,6 @@
 //! `imgblk info`: format, size and backing chain of an image, like `qemu-img info`.
 
-use super::{human_size, open_for_reading, print_json, ImageArgs, EXIT_OK};
+use super::{human_size, open_for_reading, print_json, Escaped, ImageArgs, EXIT_OK};
 use crate::error::Result;
 use crate::image::qcow2::snapshot::{format_date, Snapshot};
 use crate::image::status::walk_status;
@@ -60,7 +60,7 @@ pub fn run(args: InfoArgs) -> Result<i32> {
         print_json(&info)?;
         return Ok(EXIT_OK);
     }
-    println!("image: {}", info.image.display());
+    println!("image: {}", Escaped(info.image.display()));
     println!("format: {}", info.format);
     println!(
         "virtual size: {} ({} bytes)",
@@ -76,7 +76,7 @@ pub fn run(args: InfoArgs) -> Result<i32> {
         };
         println!(
             "{role}: {} ({}, virtual {}, file {}, holds {} of guest data)",
-            entry.path.display(),
+            Escaped(entry.path.display()),
             entry.format,
             human_size(entry.virtual_size),
             human_size(entry.file_size),
@@ -97,18 +97,15 @@ pub fn run(args: InfoArgs) -> Result<i32> {
     );
     if !info.snapshots.is_empty() {
         println!("snapshots:");
-        let id_width = info.snapshots.iter().map(|s| s.id.len()).max().unwrap_or(0);
-        let name_width = info
-            .snapshots
-            .iter()
-            .map(|s| s.name.len())
-            .max()
-            .unwrap_or(0);
+        let shown = |text: &str| Escaped(text).to_string();
+        let id_width = info.snapshots.iter().map(|s| shown(&s.id).len()).max();
+        let name_width = info.snapshots.iter().map(|s| shown(&s.name).len()).max();
+        let (id_width, name_width) = (id_width.unwrap_or(0), name_width.unwrap_or(0));
         for s in &info.snapshots {
             println!(
                 "  {:id_width$}  {:name_width$}  {}  disk {}  vm state {}",
-                s.id,
-                s.name,
+                Escaped(&s.id),
+                Escaped(&s.name),
                 format_date(s.date_sec),
                 human_size(s.disk_size),
                 human_size(s.vm_state_size)

@@ -1,6 +1,6 @@
 //! `imgblk inspect`: what is inside images — partitions, LVM, file systems — like `lsblk`.
 
-use super::{human_size, print_json, EXIT_OK};
+use super::{human_size, print_json, Escaped, EXIT_OK};
 use crate::error::Result;
 use crate::image::{open_image, DiskImage, OpenOptions};
 use crate::layout::{discover, Node};
@@ -60,7 +60,7 @@ pub fn run(args: InspectArgs) -> Result<i32> {
     );
     for (i, disk) in layout.disks.iter().enumerate() {
         match args.images.get(i) {
-            Some(path) => println!("# {}: {}", disk.name, path.display()),
+            Some(path) => println!("# {}: {}", disk.name, Escaped(path.display())),
             None => println!("# {}: decrypted", disk.name),
         }
         print_node(disk, "", true, true);
@@ -77,19 +77,19 @@ pub fn run(args: InspectArgs) -> Result<i32> {
             .collect();
         println!(
             "# volume group {} (seqno {}, PVs: {})",
-            vg.name,
+            Escaped(&vg.name),
             vg.seqno,
-            pvs.join(", ")
+            Escaped(pvs.join(", "))
         );
         for warning in &vg.warnings {
-            println!("  warning: {warning}");
+            println!("  warning: {}", Escaped(warning));
         }
         for (i, lv) in vg.lvs.iter().enumerate() {
             print_node(lv, "", i + 1 == vg.lvs.len(), false);
         }
     }
     for warning in &layout.warnings {
-        println!("warning: {warning}");
+        println!("warning: {}", Escaped(warning));
     }
     Ok(EXIT_OK)
 }
@@ -123,13 +123,13 @@ fn print_node(node: &Node, indent: &str, last: bool, root: bool) {
     };
     println!(
         "{:<22} {:<10} {:>12} {:>10}  {:<12} {:<16} {}",
-        format!("{indent}{branch}{}", node.name),
+        format!("{indent}{branch}{}", Escaped(&node.name)),
         kind,
         node.offset,
         human_size(node.size),
-        content,
-        node.label().unwrap_or(""),
-        node.uuid().unwrap_or("")
+        Escaped(content),
+        Escaped(node.label().unwrap_or("")),
+        Escaped(node.uuid().unwrap_or(""))
     );
     let pad = if root {
         ""
@@ -140,7 +140,7 @@ fn print_node(node: &Node, indent: &str, last: bool, root: bool) {
     };
     let child_indent = format!("{indent}{pad}");
     for warning in node.warnings.iter().chain(&node.error) {
-        println!("{child_indent}  ! {warning}");
+        println!("{child_indent}  ! {}", Escaped(warning));
     }
     for (i, child) in node.children.iter().enumerate() {
         print_node(child, &child_indent, i + 1 == node.children.len(), false);

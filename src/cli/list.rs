@@ -1,6 +1,6 @@
 //! `imgblk list`: the devices imgblk serves, and ublk devices left without a daemon.
 
-use super::{human_size, print_json, EXIT_OK};
+use super::{human_size, print_json, Escaped, EXIT_OK};
 use crate::error::Result;
 use crate::ublk::device;
 use crate::ublk::registry::{self, DeviceRecord};
@@ -61,13 +61,18 @@ pub fn run(args: ListArgs) -> Result<i32> {
             },
             r.pid,
             row.state,
-            r.image.display()
+            Escaped(r.image.display())
         );
         if let Some(unit) = &row.unit {
             println!("{:<14} (run by {unit})", "");
         }
         for m in &row.mounts {
-            println!("{:<14} {} mounted on {}", "", m.source, m.target.display());
+            println!(
+                "{:<14} {} mounted on {}",
+                "",
+                Escaped(&m.source),
+                Escaped(m.target.display())
+            );
         }
     }
     Ok(EXIT_OK)

@@ -6,6 +6,7 @@ mod cat;
 mod child;
 mod detach;
 mod doctor;
+mod escape;
 mod fsck;
 mod info;
 mod inspect;
@@ -18,6 +19,7 @@ mod recover;
 
 use crate::error::{Error, ErrorKind};
 use clap::{Parser, Subcommand};
+use escape::Escaped;
 
 /// Exit status of a successful command.
 pub const EXIT_OK: i32 = 0;
@@ -111,7 +113,7 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("imgblk: {e}");
+            eprintln!("imgblk: {}", Escaped(&e));
             exit_code(&e)
         }
     }

@@ -2,7 +2,7 @@
 //! attach the piece, mount it with safe options — and undone in one step.
 
 use super::piece::PieceArgs;
-use super::{child, EXIT_OK};
+use super::{child, Escaped, EXIT_OK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{open_image, DiskImage, OpenOptions};
 use crate::layout::{discover, ContentKind, Layout, Node, NodeKind, PieceId};
@@ -18,9 +18,15 @@ use std::sync::Arc;
 /// is mounted `ro,noload`, xfs `ro,norecovery`, btrfs `ro,rescue=nologreplay`, NTFS
 /// through ntfs3 (or ntfs-3g). With --rw the file system is mounted read-write and a
 /// journal is replayed. `imgblk umount MOUNTPOINT` unmounts, flushes and detaches.
+///
+/// The image may come from anywhere, so it is mounted `nosuid,nodev`: a setuid program or
+/// a device node it holds gives no one on this host any privilege. `--noexec` also stops
+/// its programs from running; `--suid` and `--dev` lift the defaults, for images you
+/// trust.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  imgblk mount guest.qcow2 --part 1 /mnt\n  \
-imgblk mount guest.qcow2 --lv vg0/root /mnt\n  imgblk mount --auto guest.vmdk /mnt\n  imgblk umount /mnt")]
+imgblk mount guest.qcow2 --lv vg0/root /mnt\n  imgblk mount --auto guest.vmdk /mnt\n  \
+imgblk mount --noexec evidence.vmdk /mnt\n  imgblk umount /mnt")]
 pub struct MountArgs {
     /// The image(s), then the mount point last.
     #[arg(required = true, num_args = 2.., value_name = "IMAGE... MOUNTPOINT")]
@@ -36,6 +42,25 @@ pub struct MountArgs {
     /// Image format; detected when omitted.
     #[arg(short, long, value_enum)]
     format: Option<crate::image::Format>,
+    #[command(flatten)]
+    safety: MountSafety,
+}
+
+/// What the mounted file system may do on this host: `nosuid,nodev` unless lifted.
+#[derive(Debug, clap::Args)]
+pub struct MountSafety {
+    /// Honour the setuid and setgid bits of the image's files (mounted nosuid without
+    /// it). Only for an image you trust: its setuid-root programs become usable by anyone
+    /// who reaches the mount point.
+    #[arg(long)]
+    suid: bool,
+    /// Let device nodes in the image be opened (mounted nodev without it). Only for an
+    /// image you trust: a device node in it can reach this host's disks or memory.
+    #[arg(long)]
+    dev: bool,
+    /// Never run programs from the mounted file system (noexec).
+    #[arg(long)]
+    noexec: bool,
 }
 
 /// Unmount what `imgblk mount` mounted, flush, and detach its device.
@@ -102,9 +127,10 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
     let record = child::attach(&attach_args)?;
     let device = record.device.display().to_string();
 
-    let (fstype, mount_options) = mount_options(fs, args.rw);
+    let fstype = mount_type(fs);
+    let mount_options = mount_options(fstype, args.rw, &args.safety);
     let status = Command::new("mount")
-        .args(["-t", &fstype, "-o", &mount_options, &device])
+        .args(["-t", fstype, "-o", &mount_options, &device])
         .arg(mountpoint)
         .output()
         .map_err(|e| Error::io("cannot run mount", e))?;
@@ -125,7 +151,7 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
     }
     println!(
         "{} ({}, {}) mounted on {} via {device}",
-        node.name,
+        Escaped(&node.name),
         fs.as_str(),
         if args.rw { "rw" } else { "ro" },
         mountpoint.display()
@@ -246,25 +272,39 @@ fn fs_type(kind: ContentKind) -> Option<&'static str> {
     })
 }
 
-/// Type and options for `mount`: read-only never writes, not even a journal replay.
-fn mount_options(kind: ContentKind, rw: bool) -> (String, String) {
-    let fstype = fs_type(kind).unwrap_or("auto");
-    let fstype = match fstype {
+/// The type to give `mount` for content `kind`, with its kernel module loaded if need be.
+fn mount_type(kind: ContentKind) -> &'static str {
+    match fs_type(kind).unwrap_or("auto") {
         "ntfs" if kernel_knows("ntfs3") => "ntfs3",
         "ntfs" => "ntfs-3g",
         other => {
             kernel_knows(other);
             other
         }
-    };
-    let options = match (rw, fstype) {
+    }
+}
+
+/// The options to give `mount` for a file system of type `fstype`: read-only never
+/// writes, not even a journal replay; `nosuid,nodev` unless `safety` lifts them.
+fn mount_options(fstype: &str, rw: bool, safety: &MountSafety) -> String {
+    let access = match (rw, fstype) {
         (true, _) => "rw",
         (false, "ext4") => "ro,noload",
         (false, "xfs") => "ro,norecovery",
         (false, "btrfs") => "ro,rescue=nologreplay",
         (false, _) => "ro",
     };
-    (fstype.to_string(), options.to_string())
+    let mut options = vec![access];
+    options.extend(
+        [
+            (!safety.suid).then_some("nosuid"),
+            (!safety.dev).then_some("nodev"),
+            safety.noexec.then_some("noexec"),
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    options.join(",")
 }
 
 /// Whether the kernel has file system `fstype`, loading its module if needed (the kernel's
@@ -287,15 +327,37 @@ fn kernel_knows(fstype: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The options `imgblk mount ARGS...` passes for `fstype`.
+    fn options_of(fstype: &str, args: &[&str]) -> String {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            mount: MountArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(
+            ["mount"].iter().chain(args).chain(&["disk.img", "/mnt"]),
+        )
+        .unwrap();
+        mount_options(fstype, cli.mount.rw, &cli.mount.safety)
+    }
+
     #[test]
     fn read_only_options_never_replay() {
-        assert_eq!(mount_options(ContentKind::Ext4, false).1, "ro,noload");
-        assert_eq!(
-            mount_options(ContentKind::Ext3, false),
-            ("ext4".into(), "ro,noload".into())
-        );
-        assert_eq!(mount_options(ContentKind::Xfs, false).1, "ro,norecovery");
-        assert_eq!(mount_options(ContentKind::Xfs, true).1, "rw");
+        assert_eq!(options_of("ext4", &[]), "ro,noload,nosuid,nodev");
+        assert_eq!(fs_type(ContentKind::Ext3), Some("ext4"));
+        assert_eq!(options_of("xfs", &[]), "ro,norecovery,nosuid,nodev");
+        assert_eq!(options_of("xfs", &["--rw"]), "rw,nosuid,nodev");
         assert!(fs_type(ContentKind::Swap).is_none());
+    }
+
+    #[test]
+    fn hostile_file_systems_get_nosuid_nodev_unless_lifted() {
+        assert_eq!(options_of("vfat", &[]), "ro,nosuid,nodev");
+        assert_eq!(
+            options_of("btrfs", &["--noexec"]),
+            "ro,rescue=nologreplay,nosuid,nodev,noexec"
+        );
+        assert_eq!(options_of("ext4", &["--rw", "--suid"]), "rw,nodev");
+        assert_eq!(options_of("ext4", &["--dev", "--suid"]), "ro,noload");
     }
 }

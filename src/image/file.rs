@@ -3,10 +3,11 @@
 //! system allows it.
 
 use super::decoded::DecodedClusters;
+use super::safe_open::{self, Accept, FileId};
 use crate::error::{Error, ErrorKind, Result};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub struct ImageFile {
     writable: bool,
     len: u64,
     is_block_device: bool,
+    /// Device and inode, to recognise the same file reached by another path.
+    id: FileId,
     /// Set once an `fdatasync` failed: from then on every write and sync fails, since the
     /// kernel may have dropped the dirty pages it could not write (see [`Self::sync_data`]).
     sync_failed: AtomicBool,
@@ -66,42 +69,59 @@ pub struct ImageFile {
 impl ImageFile {
     /// Opens `path` read-only or read-write; with `want_direct`, also opens an `O_DIRECT` twin
     /// if the file system supports it for 512-byte aligned I/O (tmpfs, for one, does not).
+    /// `path` is one the user gave: a regular file or a block device, anything else (a
+    /// FIFO, a socket, a directory) is refused without blocking ([`safe_open`]).
     ///
     /// A block device opened for writing is opened `O_EXCL`, the kernel's exclusive open:
     /// it fails while the device is mounted, held by device-mapper, or open `O_EXCL`
     /// elsewhere, so imgblk is never a second writer.
     pub fn open(path: &Path, writable: bool, want_direct: bool) -> Result<Self> {
+        Self::open_as(path, writable, want_direct, None)
+    }
+
+    /// Opens, read-only, a file that the image at `image` names in its field `field` (a
+    /// backing file, an extent, an external data file, a parent locator). Images of
+    /// unknown origin name what they like, so only a regular file is accepted: a FIFO, a
+    /// socket, a device or a directory is refused at once, in an error naming the image,
+    /// the field and the path.
+    pub fn open_named(path: &Path, image: &Path, field: &str, want_direct: bool) -> Result<Self> {
+        Self::open_as(path, false, want_direct, Some((image, field)))
+    }
+
+    /// [`Self::open`] of a path the user gave (`named_by` `None`) or [`Self::open_named`].
+    fn open_as(
+        path: &Path,
+        writable: bool,
+        want_direct: bool,
+        named_by: Option<(&Path, &str)>,
+    ) -> Result<Self> {
+        let accept = match named_by {
+            None => Accept::FileOrBlockDevice,
+            Some(_) => Accept::RegularFile,
+        };
         let exclusive =
             writable && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
-        let buffered = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .custom_flags(if exclusive { libc::O_EXCL } else { 0 })
-            .open(path)
-            .map_err(|e| {
-                if exclusive && e.raw_os_error() == Some(libc::EBUSY) {
-                    Error::new(
-                        ErrorKind::Busy,
-                        "block device is in use (mounted, held by device-mapper, or open exclusively)",
-                    )
-                    .with_path(path)
-                } else {
-                    Error::io("cannot open", e).with_path(path)
-                }
-            })?;
-        let meta = buffered
-            .metadata()
-            .map_err(|e| Error::io("cannot stat", e).with_path(path))?;
+        let flags = if exclusive { libc::O_EXCL } else { 0 };
+        let (buffered, meta) = safe_open::open(path, writable, flags, accept).map_err(|e| {
+            if exclusive && e.raw_os_error() == Some(libc::EBUSY) {
+                Error::new(
+                    ErrorKind::Busy,
+                    "block device is in use (mounted, held by device-mapper, or open exclusively)",
+                )
+                .with_path(path)
+            } else {
+                safe_open::open_error(path, named_by, e)
+            }
+        })?;
         let is_block_device = meta.file_type().is_block_device();
         let len = if is_block_device {
             block_device_size(&buffered).map_err(|e| e.with_path(path))?
-        } else if meta.is_file() {
-            meta.len()
         } else {
-            return Err(Error::invalid("not a regular file or block device").with_path(path));
+            meta.len()
         };
+        let id = FileId::of(&meta);
         let direct = if want_direct {
-            open_direct(path, writable)
+            open_direct(path, writable, id, accept)
         } else {
             None
         };
@@ -112,6 +132,7 @@ impl ImageFile {
             writable,
             len,
             is_block_device,
+            id,
             sync_failed: AtomicBool::new(false),
             tap: None,
             decoded: DecodedClusters::default(),
@@ -183,6 +204,12 @@ impl ImageFile {
     /// Whether this is a block device rather than a regular file.
     pub fn is_block_device(&self) -> bool {
         self.is_block_device
+    }
+
+    /// The file's identity (device and inode): a backing chain that reaches a file it
+    /// already holds loops.
+    pub fn id(&self) -> FileId {
+        self.id
     }
 
     /// Whether an `O_DIRECT` descriptor is available.
@@ -354,14 +381,15 @@ impl PartialEq for ImageFile {
 
 impl Eq for ImageFile {}
 
-/// Opens an `O_DIRECT` descriptor and checks that a 512-byte aligned read works on it.
-fn open_direct(path: &Path, writable: bool) -> Option<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .ok()?;
+/// Opens an `O_DIRECT` descriptor of the file `id` (without blocking, like the first
+/// descriptor, and only if `path` still reaches that file) and checks that a 512-byte
+/// aligned read works on it.
+fn open_direct(path: &Path, writable: bool, id: FileId, accept: Accept) -> Option<File> {
+    let (file, meta) = safe_open::open(path, writable, libc::O_DIRECT, accept).ok()?;
+    if FileId::of(&meta) != id {
+        tracing::warn!(path = %path.display(), "file replaced while being opened; not using O_DIRECT");
+        return None;
+    }
     let mut probe = AlignedBuf::new(DIRECT_ALIGN as usize);
     match file.read_at(probe.as_mut_slice(), 0) {
         Ok(_) => Some(file),

@@ -16,6 +16,7 @@ pub mod open;
 pub mod overlay;
 pub mod qcow2;
 pub mod raw;
+pub mod safe_open;
 pub mod status;
 pub mod vdi;
 pub mod vhd;

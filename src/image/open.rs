@@ -3,6 +3,7 @@
 
 use super::file::Tap;
 use super::lock::LockMode;
+use super::safe_open::FileId;
 use super::vdi::VdiImage;
 use super::vhd::VhdImage;
 use super::vhdx::VhdxImage;
@@ -39,6 +40,24 @@ pub struct OpenOptions {
     pub journal_dir: Option<PathBuf>,
     /// Sees, and may fail, every change made to the files opened (crash tests).
     pub tap: Option<Tap>,
+    /// The files above the one being opened in its chain, top first; the last one names
+    /// it. Filled in by [`open_at_depth`] as it descends (empty for the top file): a file
+    /// opened below one of these is a loop, and a file named by one is held to what an
+    /// image may name ([`ImageFile::open_named`]).
+    pub above: Vec<Above>,
+    /// Paths the user gave, which an image may name as its backing file even where they
+    /// are block devices (an `--overlay FILE` names the image it was made over); any
+    /// other file an image names must be a regular file.
+    pub user_paths: Vec<PathBuf>,
+}
+
+/// A file higher up the chain being opened.
+#[derive(Debug, Clone)]
+pub struct Above {
+    /// The path it was opened by.
+    pub path: PathBuf,
+    /// Its identity, which no file below it may have.
+    pub id: FileId,
 }
 
 impl OpenOptions {
@@ -69,8 +88,25 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
     if options.writable && options.force_share {
         return Err(Error::invalid("--force-share is only allowed read-only"));
     }
-    let file =
-        ImageFile::open(path, options.writable, options.direct)?.with_tap(options.tap.clone());
+    let file = match options.above.last() {
+        Some(namer) if !options.user_paths.iter().any(|p| p == path) => {
+            ImageFile::open_named(path, &namer.path, "backing file", options.direct)?
+        }
+        _ => ImageFile::open(path, options.writable, options.direct)?,
+    }
+    .with_tap(options.tap.clone());
+    refuse_loop(&file, &options.above)?;
+    let options = &OpenOptions {
+        above: [
+            options.above.as_slice(),
+            &[Above {
+                path: path.to_path_buf(),
+                id: file.id(),
+            }],
+        ]
+        .concat(),
+        ..options.clone()
+    };
     file.lock(options.lock_mode())?;
     let format = match options.format {
         Some(format) => format,
@@ -94,6 +130,28 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
     // Every error names a file: the one it is about (a backing file, say) if the format
     // named it, else this one.
     image.map_err(|e| e.with_path(path))
+}
+
+/// Refuses `file` if it is one of the files `above` it in its chain: an image that is its
+/// own backing file, directly or through others, would otherwise be opened again and
+/// again until the depth limit, holding every layer's tables in memory.
+fn refuse_loop(file: &ImageFile, above: &[Above]) -> Result<()> {
+    let Some(same) = above.iter().find(|a| a.id == file.id()) else {
+        return Ok(());
+    };
+    let namer = above
+        .last()
+        .map_or(same.path.as_path(), |a| a.path.as_path());
+    let what = if std::ptr::eq(namer, same.path.as_path()) {
+        "this image itself".to_string()
+    } else {
+        format!("{}, which is higher up the chain", same.path.display())
+    };
+    Err(Error::corrupt(format!(
+        "its backing file {} is {what} (same device and inode): the backing chain loops",
+        file.path().display(),
+    ))
+    .with_path(namer))
 }
 
 /// Guesses the format from the first bytes of `file` (and, for fixed VHDs, which have no

@@ -79,7 +79,15 @@ impl MapEntry {
     }
 }
 
-/// Walks the whole image in steps of `step` bytes and calls `sink` with merged runs.
+/// How many doublings [`walk_status`]'s step may grow by over a long run of one kind.
+const MAX_STEP_DOUBLINGS: u32 = 10;
+
+/// Walks the whole image and calls `sink` with merged runs, asking the image about `step`
+/// bytes at a time (which bounds the extents held at once). Over a long run of one kind
+/// (a hole, say) the step doubles after each request that came back as one run, up to
+/// 2^[`MAX_STEP_DOUBLINGS`] times `step`, and returns to `step` where runs change: the
+/// walk then costs what the image's metadata holds, not what its virtual size claims (an
+/// empty image declaring petabytes is walked in a few thousand requests).
 ///
 /// Data in a file that holds guest bytes as they are (a raw layer, a flat VMDK extent) is
 /// reported zero where the file has holes, as `qemu-img map` does: not data for a raw
@@ -91,7 +99,9 @@ pub fn walk_status(
     mut sink: impl FnMut(MapEntry) -> Result<()>,
 ) -> Result<()> {
     let size = image.virtual_size();
-    let step = step.max(512);
+    let base_step = step.max(512);
+    let max_step = base_step.saturating_mul(1 << MAX_STEP_DOUBLINGS);
+    let mut step = base_step;
     let flat_files = flat_files(image);
     let mut pending: Option<MapEntry> = None;
     let mut extents = Vec::new();
@@ -113,6 +123,10 @@ pub fn walk_status(
             start += extent.len;
         }
         pos += len;
+        step = match extents.len() {
+            1 => step.saturating_mul(2).min(max_step),
+            _ => base_step,
+        };
     }
     if let Some(done) = pending {
         sink(done)?;

@@ -102,7 +102,7 @@ pub fn unlock(image: Arc<dyn DiskImage>, key: Option<&LuksKey>) -> Result<Arc<dy
 /// read-only backing file). The image must hold at least one sector.
 pub fn open(spec: &ServeSpec) -> Result<Served> {
     let served = match &spec.overlay {
-        Some(Overlay::File(file)) => open_overlay_file(file, &spec.options)?,
+        Some(Overlay::File(file)) => open_overlay_file(file, &spec.images[0], &spec.options)?,
         _ => {
             let mut served = open_piece(&spec.images, &spec.options, spec.piece.as_ref())?;
             served.image = unlock(served.image, spec.luks.as_ref())?;
@@ -140,11 +140,13 @@ pub fn create_overlay_and_open(spec: &ServeSpec) -> Result<Served> {
     })
 }
 
-/// Opens the existing overlay `file` writable.
-fn open_overlay_file(file: &Path, options: &OpenOptions) -> Result<Served> {
+/// Opens the existing overlay `file` over the image `base` writable; `base` may be a
+/// block device (the user gave it), which a backing name otherwise may not be.
+fn open_overlay_file(file: &Path, base: &Path, options: &OpenOptions) -> Result<Served> {
     let options = OpenOptions {
         format: Some(Format::Qcow2),
         writable: true,
+        user_paths: vec![base.to_path_buf()],
         ..options.clone()
     };
     open_piece(&[file.to_path_buf()], &options, None)

@@ -5,10 +5,12 @@ use crate::error::{Error, Result};
 use crate::image::{Format, OpenOptions};
 use crate::layout::luks::MAX_KEY_LEN;
 use crate::layout::PieceId;
+use crate::ublk::daemon::refuse_core_dumps;
 use crate::ublk::device::DeviceConfig;
 use crate::ublk::registry::{self, DeviceRecord};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
 
 /// What to serve and how: the images, how to open them, the piece, the LUKS key, the
 /// overlay and the device's shape.
@@ -39,8 +41,10 @@ pub enum LuksKey {
 }
 
 impl LuksKey {
-    /// Reads the key: the file's bytes, or a passphrase typed on the terminal.
-    pub fn read(&self) -> Result<Vec<u8>> {
+    /// Reads the key: the file's bytes, or a passphrase typed on the terminal. It is wiped
+    /// from memory when dropped, and the process holding it becomes undumpable.
+    pub fn read(&self) -> Result<Zeroizing<Vec<u8>>> {
+        refuse_core_dumps();
         match self {
             LuksKey::File(path) => read_key_file(path),
             LuksKey::Prompt => {
@@ -50,7 +54,7 @@ impl LuksKey {
                     ));
                 }
                 rpassword::prompt_password("Enter passphrase: ")
-                    .map(String::into_bytes)
+                    .map(|typed| Zeroizing::new(typed.into_bytes()))
                     .map_err(|e| Error::io("cannot read the passphrase", e))
             }
         }
@@ -69,10 +73,16 @@ impl LuksKey {
 }
 
 /// The bytes of key file `path`, at most [`MAX_KEY_LEN`].
-fn read_key_file(path: &Path) -> Result<Vec<u8>> {
+fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
     let file = std::fs::File::open(path)
         .map_err(|e| Error::io("cannot open the key file", e).with_path(path))?;
-    let mut key = Vec::new();
+    // Room for the whole file up front: a buffer that grew would leave copies behind.
+    let room = file
+        .metadata()
+        .map_or(0, |m| m.len())
+        .min(MAX_KEY_LEN as u64)
+        + 1;
+    let mut key = Zeroizing::new(Vec::with_capacity(room as usize));
     file.take(MAX_KEY_LEN as u64 + 1)
         .read_to_end(&mut key)
         .map_err(|e| Error::io("cannot read the key file", e).with_path(path))?;
@@ -281,6 +291,17 @@ mod tests {
         assert!(typed.to_string().contains("/dev/ublkb3"), "{typed}");
         let memory = ServeSpec::from_record(&record(false, None, Some("memory"))).unwrap_err();
         assert!(memory.to_string().contains("RAM overlay"), "{memory}");
+    }
+
+    #[test]
+    fn reading_a_key_makes_the_process_undumpable() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), b"secret").unwrap();
+        let key = LuksKey::File(file.path().to_path_buf()).read().unwrap();
+        assert_eq!(key.as_slice(), b"secret");
+        // SAFETY: prctl with integer arguments only.
+        let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+        assert_eq!(dumpable, 0, "a process holding a key can dump core");
     }
 
     #[test]

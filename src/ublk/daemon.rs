@@ -59,6 +59,18 @@ pub enum Role {
     Daemon(Notifier),
 }
 
+/// Makes this process not dumpable (`PR_SET_DUMPABLE` 0, inherited by a forked daemon):
+/// no core dump, and no ptrace or `/proc/PID/mem` for other users. A process that serves
+/// a device holds guest data, and one that unlocked LUKS the volume's master key; neither
+/// may land in a core file.
+pub fn refuse_core_dumps() {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(),
+            "cannot make the process undumpable: a core dump could hold guest data or keys");
+    }
+}
+
 /// Forks. The child starts a new session, moves to `/`, and sends stdin/stdout to
 /// /dev/null and stderr (the log) to `log`.
 pub fn fork_daemon(log: &Path) -> Result<Role> {

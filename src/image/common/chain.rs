@@ -113,7 +113,7 @@ pub fn open_verified(
     verify: impl FnOnce(&ImageFile) -> Result<Option<String>>,
 ) -> Result<Box<dyn DiskImage>> {
     let path = locate_parent(child, wanted, candidates)?;
-    let file = ImageFile::open(&path, false, false)?;
+    let file = ImageFile::open_named(&path, child, "parent", false)?;
     if let Some(mismatch) = verify(&file)? {
         return Err(Error::corrupt(format!(
             "{mismatch} of parent {}: the parent changed after this image was made from it, or \

@@ -12,7 +12,7 @@ use super::header::{MAGIC, MAX_BACKING_NAME, MAX_L1_ENTRIES, V3_HEADER_LEN};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::Format;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 /// log2 of the overlay's cluster size (64 KiB, QEMU's default).
@@ -26,6 +26,11 @@ const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 /// Creates the qcow2 file `path` (which must not exist) of `size` bytes over the backing
 /// image `backing` (stored as given: pass an absolute path so that the overlay opens from
 /// anywhere) in `backing_format`.
+///
+/// The overlay will hold the image's data, so it gets the backing file's read and write
+/// permissions (an image readable only by its owner makes an overlay readable only by
+/// its owner), further narrowed by the umask; owner-only if the backing file cannot be
+/// examined.
 pub fn create_overlay(
     path: &Path,
     backing: &Path,
@@ -56,7 +61,7 @@ pub fn create_overlay(
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(std::fs::metadata(backing).map_or(0o600, |m| m.mode() & 0o666))
         .open(path)
         .map_err(|e| {
             let kind = if e.kind() == std::io::ErrorKind::AlreadyExists {

@@ -1,8 +1,12 @@
 //! The bounded, lock-free-on-hit cache of L2 tables: the hot path of every qcow2 lookup.
 //!
-//! There is one slot per L1 entry. When the capacity covers every slot (the default for
-//! images up to 1 TiB) nothing is ever evicted, and a slot is a [`OnceLock`]: a lookup of
-//! a resident table is one acquire load, and the returned [`L2Ref`] a plain borrow. This
+//! There is one slot per L1 entry, allocated lazily a chunk of [`CHUNK`] slots at a time
+//! when a table in it is first cached: an image may declare millions of L1 entries in a
+//! small file, and the cache's memory must follow the tables it holds, not that claim.
+//!
+//! When the capacity covers every slot (the default for images up to 1 TiB) nothing is
+//! ever evicted, and a slot is a [`OnceLock`]: a lookup of a resident table is two acquire
+//! loads (chunk, slot), and the returned [`L2Ref`] a plain borrow. This
 //! is the lookup hot path; an `arc_swap` guard cost two serializing atomic operations per
 //! lookup, most of its time.
 //!
@@ -107,6 +111,12 @@ impl Deref for L2Ref<'_> {
     }
 }
 
+/// Slots allocated together: the unit of the cache's lazy allocation (256 slots of some
+/// 56 bytes each, so an unused chunk costs nothing and a used one 14 KiB).
+const CHUNK: usize = 1 << CHUNK_BITS;
+/// log2 of [`CHUNK`].
+const CHUNK_BITS: u32 = 8;
+
 /// One cache slot per L1 entry.
 #[derive(Default)]
 struct Slot {
@@ -120,7 +130,10 @@ struct Slot {
 
 /// A cache of L2 tables indexed by L1 index, bounded to a number of resident tables.
 pub struct L2Cache {
-    slots: Box<[Slot]>,
+    /// The slots, [`CHUNK`] to a chunk, each chunk allocated when first needed.
+    chunks: Box<[OnceLock<Box<[Slot]>>]>,
+    /// How many L1 entries (slots) the cache covers.
+    slots: usize,
     capacity: usize,
     /// Whether `capacity` covers every slot, so tables live in `Slot::pinned`.
     pinned: bool,
@@ -136,7 +149,10 @@ impl L2Cache {
     pub fn new(slots: usize, capacity: usize) -> L2Cache {
         let capacity = capacity.max(1);
         L2Cache {
-            slots: (0..slots).map(|_| Slot::default()).collect(),
+            chunks: (0..slots.div_ceil(CHUNK))
+                .map(|_| OnceLock::new())
+                .collect(),
+            slots,
             capacity,
             pinned: capacity >= slots,
             resident: AtomicUsize::new(0),
@@ -156,8 +172,7 @@ impl L2Cache {
 
     /// Whether the table of L1 entry `index` is resident.
     pub fn is_cached(&self, index: usize) -> bool {
-        self.slots
-            .get(index)
+        self.existing_slot(index)
             .is_some_and(|s| s.pinned.get().is_some() || s.table.load().is_some())
     }
 
@@ -179,7 +194,16 @@ impl L2Cache {
         if !self.pinned {
             return None;
         }
-        self.slots.get(index)?.pinned.get()
+        self.existing_slot(index)?.pinned.get()
+    }
+
+    /// The slot of L1 entry `index` if its chunk is allocated.
+    #[inline(always)]
+    fn existing_slot(&self, index: usize) -> Option<&Slot> {
+        self.chunks
+            .get(index >> CHUNK_BITS)?
+            .get()?
+            .get(index & (CHUNK - 1))
     }
 
     /// [`get`](Self::get) for a bounded cache, or a miss: kept out of line so that the
@@ -219,11 +243,17 @@ impl L2Cache {
         Ok(L2Ref::Guarded(Guard::from_inner(Some(table))))
     }
 
-    /// The slot of L1 entry `index`.
+    /// The slot of L1 entry `index`, allocating its chunk if need be.
     fn slot(&self, index: usize) -> Result<&Slot> {
-        self.slots
-            .get(index)
-            .ok_or_else(|| Error::invalid(format!("L1 index {index} outside the L2 cache")))
+        let outside = || Error::invalid(format!("L1 index {index} outside the L2 cache"));
+        if index >= self.slots {
+            return Err(outside());
+        }
+        let chunk = self.chunks.get(index >> CHUNK_BITS).ok_or_else(outside)?;
+        chunk
+            .get_or_init(|| (0..CHUNK).map(|_| Slot::default()).collect())
+            .get(index & (CHUNK - 1))
+            .ok_or_else(outside)
     }
 
     /// Installs a freshly created `table` for L1 entry `index`, whose slot must be empty
@@ -273,17 +303,19 @@ impl L2Cache {
 
     /// One sweep of the clock hand: two turns honouring second chances, then a third that
     /// evicts regardless, so tables hit all the time by other threads cannot stall it.
+    /// The hand skips a chunk never allocated in one step (it holds no table).
     fn sweep(&self, hand: &mut usize) {
-        let n = self.slots.len().max(1);
+        let n = self.slots.max(1);
         for step in 0..3 * n {
             if self.resident() <= self.capacity {
                 return;
             }
             let i = *hand % n;
-            *hand = (i + 1) % n;
-            let Some(slot) = self.slots.get(i) else {
-                return;
+            let Some(slot) = self.existing_slot(i) else {
+                *hand = ((i | (CHUNK - 1)) + 1) % n;
+                continue;
             };
+            *hand = (i + 1) % n;
             let referenced = slot.referenced.swap(false, Ordering::Relaxed);
             if referenced && step < 2 * n {
                 continue;
@@ -351,6 +383,25 @@ mod tests {
             );
         }
         assert!(cache.is_cached(7), "the table just loaded was evicted");
+    }
+
+    #[test]
+    fn evicts_across_sparse_chunks() {
+        // Millions of L1 entries, tables cached far apart: the sweep finds them.
+        let cache = L2Cache::new(4 << 20, 2);
+        for (n, i) in [5usize, 3 << 20, 1000, (4 << 20) - 1]
+            .into_iter()
+            .enumerate()
+        {
+            cache.get(i, || Ok(table(i as u64))).unwrap();
+            assert!(
+                cache.resident() <= 2,
+                "resident {} after {n} loads",
+                cache.resident()
+            );
+        }
+        assert!(cache.is_cached((4 << 20) - 1));
+        assert!(!cache.is_cached(6), "an index never loaded is cached");
     }
 
     #[test]

@@ -548,21 +548,23 @@ fn select_snapshot(
 }
 
 /// Reads the L1 entries that cover the virtual size (the header check has made sure the
-/// whole table lies inside the file and is of bounded size).
+/// whole table lies inside the file and is of bounded size), a bounded piece at a time, so
+/// that the table is in memory once (a 32 MiB table is not read into 32 MiB more first).
 fn read_l1(file: &ImageFile, header: &Header) -> Result<Box<[AtomicU64]>> {
     let needed = header.l1_entries_needed() as usize;
-    let mut buf = vec![0u8; needed * 8];
-    if needed > 0 {
-        file.read_exact_at(&mut buf, header.l1_table_offset)?;
-    }
-    Ok(buf
-        .chunks_exact(8)
-        .map(|c| {
+    let mut l1 = Vec::with_capacity(needed);
+    let mut buf = vec![0u8; 64 << 10];
+    while l1.len() < needed {
+        let bytes = 8 * (needed - l1.len()).min(buf.len() / 8);
+        let piece = &mut buf[..bytes];
+        file.read_exact_at(piece, header.l1_table_offset + 8 * l1.len() as u64)?;
+        l1.extend(piece.chunks_exact(8).map(|c| {
             let mut b = [0u8; 8];
             b.copy_from_slice(c);
             AtomicU64::new(u64::from_be_bytes(b))
-        })
-        .collect())
+        }));
+    }
+    Ok(l1.into_boxed_slice())
 }
 
 /// Where a backing file name stored in the image at `image` points: relative names are
@@ -592,7 +594,7 @@ fn open_data_file(
         return Ok(None);
     };
     let path = resolve_backing_path(image, name);
-    let file = ImageFile::open(&path, false, options.direct).map_err(|e| {
+    let file = ImageFile::open_named(&path, image, "data file", options.direct).map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
             Error::new(
                 ErrorKind::NotFound,

@@ -78,7 +78,8 @@ pub fn open_all(
         } else {
             let name = line.file.as_deref().unwrap_or_default();
             let path = relative_to_child(desc_path, name);
-            let file = ImageFile::open(&path, false, options.direct)?;
+            let field = format!("extent {}", number + 1);
+            let file = ImageFile::open_named(&path, desc_path, &field, options.direct)?;
             open_one(file, line.kind, line.offset, len)?
         };
         extents.push(VmdkExtent { start, len, kind });

@@ -6,6 +6,7 @@ use aes::cipher::{BlockDecryptMut, BlockEncrypt, BlockEncryptMut, KeyInit, KeyIv
 use aes::{Aes128, Aes192, Aes256};
 use sha2::Digest;
 use xts_mode::Xts128;
+use zeroize::Zeroizing;
 
 /// Most PBKDF2 iterations a header may ask for.
 pub const MAX_PBKDF2_ITERATIONS: u32 = 100_000_000;
@@ -163,7 +164,8 @@ enum Mode {
     Xts128(Box<Xts128<Aes128>>),
     Xts256(Box<Xts128<Aes256>>),
     Cbc {
-        key: Vec<u8>,
+        /// Wiped when the cipher is dropped (the AES key schedules wipe themselves).
+        key: Zeroizing<Vec<u8>>,
         essiv: Option<Box<Aes256>>,
     },
 }
@@ -218,7 +220,7 @@ impl SectorCipher {
                     let essiv = (iv == IvMode::EssivSha256)
                         .then(|| Box::new(Aes256::new(&sha2::Sha256::digest(key))));
                     Mode::Cbc {
-                        key: key.to_vec(),
+                        key: Zeroizing::new(key.to_vec()),
                         essiv,
                     }
                 }

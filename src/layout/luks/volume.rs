@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::image::io::{read_at, write_at};
 use crate::image::{check_range, ChainEntry, DiskImage, Extent, Format, TransformRead, WritePlan};
 use std::sync::{Arc, Mutex};
+use zeroize::Zeroizing;
 
 /// Largest request decrypted in one piece; longer ones are cut. A multiple of every
 /// sector size.
@@ -133,8 +134,8 @@ fn try_slot(
     meta: &Metadata,
     slot: &Keyslot,
     key: &[u8],
-) -> Result<Option<Vec<u8>>> {
-    let mut derived = vec![0u8; slot.area_key_len];
+) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    let mut derived = Zeroizing::new(vec![0u8; slot.area_key_len]);
     match &slot.kdf {
         Kdf::Pbkdf2 {
             hash,
@@ -150,7 +151,11 @@ fn try_slot(
         } => argon2(*id, key, salt, *time, *memory_kib, *lanes, &mut derived)?,
     }
     let af_len = slot.key_len * slot.stripes as usize;
-    let mut material = vec![0u8; (af_len as u64).div_ceil(SECTOR) as usize * SECTOR as usize];
+    let mut material = Zeroizing::new(vec![
+        0u8;
+        (af_len as u64).div_ceil(SECTOR) as usize
+            * SECTOR as usize
+    ]);
     if material.len() as u64 > slot.area_size {
         return Err(Error::corrupt(format!(
             "LUKS key slot {} area too small",
@@ -164,7 +169,12 @@ fn try_slot(
     )?;
     read_at(inner, &mut material, slot.area_offset)?;
     SectorCipher::new(&slot.area_cipher, &derived)?.decrypt(&mut material, SECTOR as usize, 0)?;
-    let master = af_merge(&material, slot.key_len, slot.stripes as usize, slot.af_hash)?;
+    let master = Zeroizing::new(af_merge(
+        &material,
+        slot.key_len,
+        slot.stripes as usize,
+        slot.af_hash,
+    )?);
     for d in meta
         .digests
         .iter()
