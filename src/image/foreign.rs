@@ -29,7 +29,16 @@ const UDIF_TRAILER_BYTES: u64 = 512;
 /// The name of the unreadable format `file` is in, judged from `head` (its first bytes)
 /// and its trailer; `None` when it is none of them.
 pub fn identify(head: &[u8], file: &ImageFile) -> Result<Option<&'static str>> {
-    let name = if head.starts_with(QED_MAGIC) {
+    match identify_head(head) {
+        Some(name) => Ok(Some(name)),
+        None => Ok(is_udif(file)?.then_some("Apple DMG (UDIF)")),
+    }
+}
+
+/// The name of the format whose magic a file's first bytes `head` start with, among
+/// those [`identify`] knows by their start (all but DMG, known by its trailer).
+pub fn identify_head(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(QED_MAGIC) {
         Some("QED")
     } else if PARALLELS_MAGICS.iter().any(|m| head.starts_with(m)) {
         Some("Parallels")
@@ -41,12 +50,9 @@ pub fn identify(head: &[u8], file: &ImageFile) -> Result<Option<&'static str>> {
             .any(|w| w == CLOOP_WORD)
     {
         Some("cloop")
-    } else if is_udif(file)? {
-        Some("Apple DMG (UDIF)")
     } else {
         None
-    };
-    Ok(name)
+    }
 }
 
 /// Whether `file` ends with a UDIF trailer: "koly" and the trailer's own size.

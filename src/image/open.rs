@@ -120,6 +120,7 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
         .with_path(path));
     }
     let image: Result<Box<dyn DiskImage>> = match format {
+        Format::Raw if options.format.is_none() => Ok(Box::new(RawImage::probed(file))),
         Format::Raw => Ok(Box::new(RawImage::new(file))),
         Format::Qcow2 => qcow2::Qcow2Image::open(file, options, depth).map(|i| Box::new(i) as _),
         Format::Vmdk => VmdkImage::open(file, options, depth).map(|i| Box::new(i) as _),
@@ -154,6 +155,38 @@ fn refuse_loop(file: &ImageFile, above: &[Above]) -> Result<()> {
     .with_path(namer))
 }
 
+/// The format whose magic a file's first bytes `head` start with, if imgblk reads it
+/// (a fixed VHD, whose magic is in its footer, is not known by its start).
+pub fn format_of_head(head: &[u8]) -> Option<Format> {
+    if head.starts_with(b"QFI\xfb") {
+        Some(Format::Qcow2)
+    } else if head.starts_with(super::vmdk::header::HOSTED_MAGIC)
+        || head.starts_with(super::vmdk::header::COWD_MAGIC)
+        || super::vmdk::descriptor::looks_like_descriptor(head)
+    {
+        Some(Format::Vmdk)
+    } else if head.starts_with(super::vhdx::header::FILE_SIGNATURE) {
+        Some(Format::Vhdx)
+    } else if head.starts_with(super::vhd::footer::COOKIE) {
+        Some(Format::Vpc)
+    } else if super::common::bytes::le32(head, super::vdi::header::SIGNATURE_OFFSET)
+        == super::vdi::header::SIGNATURE
+    {
+        Some(Format::Vdi)
+    } else {
+        None
+    }
+}
+
+/// The name of the image format whose magic `head` (a would-be first sector) starts
+/// with, whether imgblk reads that format or refuses it: what a guest must not write to
+/// sector 0 of a raw image whose format was probed.
+pub fn magic_in_head(head: &[u8]) -> Option<String> {
+    format_of_head(head)
+        .map(|format| format.to_string())
+        .or_else(|| super::foreign::identify_head(head).map(str::to_string))
+}
+
 /// Guesses the format from the first bytes of `file` (and, for fixed VHDs, which have no
 /// magic at the start, from the footer in its last 512 bytes); anything unrecognised is raw.
 /// A container format imgblk cannot decode (see [`foreign`](super::foreign)) is refused
@@ -169,24 +202,10 @@ pub fn detect(file: &ImageFile) -> Result<Format> {
              qemu-img convert, or pass --format raw to serve the file's bytes as they are)"
         )));
     }
-    let format = if head.starts_with(b"QFI\xfb") {
-        Format::Qcow2
-    } else if head.starts_with(super::vmdk::header::HOSTED_MAGIC)
-        || head.starts_with(super::vmdk::header::COWD_MAGIC)
-        || super::vmdk::descriptor::looks_like_descriptor(head)
-    {
-        Format::Vmdk
-    } else if head.starts_with(super::vhdx::header::FILE_SIGNATURE) {
-        Format::Vhdx
-    } else if head.starts_with(super::vhd::footer::COOKIE) || super::vhd::footer::is_fixed_vhd(file)
-    {
-        Format::Vpc
-    } else if super::common::bytes::le32(head, super::vdi::header::SIGNATURE_OFFSET)
-        == super::vdi::header::SIGNATURE
-    {
-        Format::Vdi
-    } else {
-        Format::Raw
+    let format = match format_of_head(head) {
+        Some(format) => format,
+        None if super::vhd::footer::is_fixed_vhd(file) => Format::Vpc,
+        None => Format::Raw,
     };
     Ok(format)
 }

@@ -197,7 +197,10 @@ impl ServeSpec {
                 )))
             }
         };
-        let format = record.format.parse::<Format>().ok();
+        let format = match record.format_probed {
+            true => None,
+            false => record.format.parse::<Format>().ok(),
+        };
         let mut images = vec![record.image.clone()];
         images.extend(record.more_images.iter().cloned());
         Ok(ServeSpec {
@@ -239,6 +242,7 @@ impl ServeSpec {
             luks: self.luks.is_some(),
             key_file,
             snapshot: self.options.snapshot.clone(),
+            format_probed: self.options.format.is_none() && self.overlay.is_none(),
             ..DeviceRecord::new(
                 0,
                 PathBuf::new(),

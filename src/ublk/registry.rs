@@ -25,6 +25,11 @@ pub struct DeviceRecord {
     pub piece: Option<PieceId>,
     /// Format of the image.
     pub format: String,
+    /// The format was found by probing, not given (`--format`): a recovery probes again,
+    /// so that a raw image keeps refusing format magic in sector 0 (see
+    /// `image::raw::RawImage::probed`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub format_probed: bool,
     /// Guest-visible size in bytes.
     pub size: u64,
     /// Hardware queues.
@@ -91,6 +96,7 @@ impl DeviceRecord {
             more_images: Vec::new(),
             piece: None,
             format: format.to_string(),
+            format_probed: false,
             size,
             queues: 1,
             depth: 64,

@@ -420,3 +420,45 @@ fn doctor_is_green_on_a_ublk_kernel() {
         "{text}"
     );
 }
+
+/// A raw image attached writable without `--format` refuses a guest write that would make
+/// it probe as another format next time (a qcow2 header in sector 0: EPERM, as QEMU
+/// does); with `--format raw` the same write goes through.
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn a_probed_raw_image_refuses_a_qcow2_header_in_sector_0() {
+    let s = Scratch::new("probe-guard");
+    let image = s.path("disk.raw");
+    cmd("truncate").args(["-s", "8M"]).arg(&image).ok();
+    let header = s.path("header.qcow2");
+    cmd("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&header)
+        .arg("1M")
+        .ok();
+    let write_header = |device: &Path| {
+        cmd("dd")
+            .arg(format!("if={}", header.display()))
+            .arg(format!("of={}", device.display()))
+            .args([
+                "bs=512",
+                "count=1",
+                "oflag=direct",
+                "conv=notrunc",
+                "status=none",
+            ])
+    };
+    let dev = Device::attach(&image, &["--rw"]);
+    let refused = write_header(&dev.path).fails();
+    assert!(
+        refused.stderr.contains("Operation not permitted"),
+        "{}",
+        refused.describe()
+    );
+    dev.detach();
+    assert_eq!(std::fs::read(&image).unwrap()[..4], [0u8; 4]);
+    let dev = Device::attach(&image, &["--rw", "--format", "raw"]);
+    write_header(&dev.path).ok();
+    dev.detach();
+    assert_eq!(&std::fs::read(&image).unwrap()[..4], b"QFI\xfb");
+}
