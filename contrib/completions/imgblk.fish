@@ -105,11 +105,12 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l snapshot -d 'Read 
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`); without it, the passphrase is asked for on the terminal' -r -F
-complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s o -l output -d 'Write to this file or block device instead of stdout (a file is created or truncated; a device must be at least as large as the image)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
-complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l sparse -d 'Leave holes for zero runs in the output file (needs a seekable output)'
-complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l progress -d 'Show a progress bar on stderr (default: when stderr is a terminal)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l sparse -d 'Leave holes for zero runs in a file, zero them on a block device with BLKZEROOUT (a pipe still gets every byte)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l progress -d 'Show progress on stderr: a bar on a terminal, else a line every 5 s or 10 % with bytes done, rate and ETA (default: a bar when stderr is a terminal)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l no-progress -d 'Show no progress, even on a terminal'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s h -l help -d 'Print help (see more with \'--help\')'

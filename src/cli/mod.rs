@@ -13,7 +13,9 @@ mod list;
 mod luks;
 mod map;
 mod mount;
+mod output;
 mod piece;
+mod progress;
 mod recover;
 
 use crate::error::{Error, ErrorKind};

@@ -1,0 +1,110 @@
+//! Backup and restore without a kernel: `imgblk cat` restores that read back exactly as
+//! `qemu-img convert -O raw` does, sparse where the image is zero; progress lines in logs.
+
+mod common;
+
+use common::{imgblk, make_raw, qemu_img};
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Images with zero runs (holes, zeroed clusters, a compressed base under them), each with
+/// `qemu-img convert -O raw` of it as `NAME.ref`.
+fn images_with_zero_runs(d: &Path) -> Vec<&'static str> {
+    common::compressed_chain(d, 7);
+    qemu_img(d, &["convert", "-O", "vmdk", "top.qcow2", "flat.vmdk"]);
+    let images = vec!["top.qcow2", "base.qcow2", "flat.vmdk"];
+    for image in &images {
+        qemu_img(d, &["convert", "-O", "raw", image, &format!("{image}.ref")]);
+    }
+    images
+}
+
+fn filled(path: &Path, len: usize) {
+    fs::write(path, vec![0xffu8; len]).unwrap();
+}
+
+#[test]
+fn restore_into_a_used_file_is_exact_and_sparse() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for image in images_with_zero_runs(d) {
+        let want = fs::read(d.join(format!("{image}.ref"))).unwrap();
+        filled(&d.join("out.raw"), want.len() + (1 << 20));
+        imgblk(d, &["cat", "--sparse", "-o", "out.raw", image]);
+        assert!(
+            fs::read(d.join("out.raw")).unwrap() == want,
+            "cat -o {image}"
+        );
+        // qemu-img also finds zeroes inside data clusters: allow for those (1 MiB)
+        let qemu_out = fs::metadata(d.join(format!("{image}.ref"))).unwrap();
+        let ours = fs::metadata(d.join("out.raw")).unwrap();
+        assert!(
+            ours.blocks() < want.len() as u64 / 1024 && ours.blocks() <= qemu_out.blocks() + 2048,
+            "{image}: {} blocks allocated, qemu-img {}",
+            ours.blocks(),
+            qemu_out.blocks()
+        );
+
+        // a redirected stdout is a file too, and gets holes
+        let status = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+            .args(["cat", "--sparse", image])
+            .current_dir(d)
+            .stdout(File::create(d.join("stdout.raw")).unwrap())
+            .status()
+            .unwrap();
+        assert!(status.success(), "cat {image} > file");
+        let redirected = fs::metadata(d.join("stdout.raw")).unwrap();
+        assert!(
+            fs::read(d.join("stdout.raw")).unwrap() == want,
+            "cat {image} > file"
+        );
+        assert_eq!(redirected.blocks(), ours.blocks(), "cat {image} > file");
+
+        // without --sparse every byte is written
+        imgblk(d, &["cat", "-o", "dense.raw", image]);
+        let dense_out = fs::metadata(d.join("dense.raw")).unwrap();
+        assert!(
+            fs::read(d.join("dense.raw")).unwrap() == want,
+            "cat {image}"
+        );
+        assert!(dense_out.blocks() >= want.len() as u64 / 512, "cat {image}");
+    }
+}
+
+#[test]
+fn progress_goes_to_a_log_as_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_raw(&d.join("disk.raw"), 3);
+    let run = |flag: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+            .args(["cat", flag, "disk.raw"])
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(File::create(d.join("log")).unwrap())
+            .status()
+            .unwrap();
+        assert!(out.success());
+        fs::read_to_string(d.join("log")).unwrap()
+    };
+    let log = run("--progress");
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 2, "{log}");
+    assert!(
+        lines[0].starts_with("imgblk: copied ")
+            && lines[0].contains(" of 24.0 MiB (")
+            && lines[0].contains("/s, ETA "),
+        "{log}"
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with("imgblk: copied 24.0 MiB in "),
+        "{log}"
+    );
+    assert_eq!(run("--no-progress"), "");
+    assert_eq!(run("--sparse"), "", "no progress by default in a log");
+}
