@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{imgblk, make_raw, qemu_img};
+use common::{imgblk, make_raw, qemu, qemu_img};
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -107,4 +107,116 @@ fn progress_goes_to_a_log_as_lines() {
     );
     assert_eq!(run("--no-progress"), "");
     assert_eq!(run("--sparse"), "", "no progress by default in a log");
+}
+
+/// The guest sectors (512 bytes) that runs of a `map --output=json` array list as
+/// changed within the top `n` layers: present at a depth below `n`.
+fn changed_sectors(runs: &serde_json::Value, n: u64) -> Vec<u64> {
+    let mut sectors = Vec::new();
+    for run in runs.as_array().unwrap() {
+        if run["present"].as_bool().unwrap() && run["depth"].as_u64().unwrap() < n {
+            let start = run["start"].as_u64().unwrap() / 512;
+            sectors.extend(start..start + run["length"].as_u64().unwrap() / 512);
+        }
+    }
+    sectors
+}
+
+/// A 3-deep chain of `format` (base ← mid ← top), each layer made while it was the top,
+/// as a backup agent would see it: returns the layers, bottom first.
+fn three_layers(d: &Path, format: &str) -> [String; 3] {
+    let names = ["base", "mid", "top"].map(|n| format!("{n}.{format}"));
+    make_raw(&d.join("base.raw"), 11);
+    qemu_img(d, &["convert", "-O", format, "base.raw", &names[0]]);
+    let writes = [
+        [
+            "write -P 0x11 1M 2M",
+            "write -z 4M 1M",
+            "write -P 0x12 20M 512k",
+        ],
+        [
+            "write -P 0x21 2M 64k",
+            "write -z 10M 2M",
+            "write -P 0x22 22M 2M",
+        ],
+    ];
+    for (i, w) in writes.iter().enumerate() {
+        let (below, layer) = (&names[i], &names[i + 1]);
+        qemu_img(
+            d,
+            &[
+                "create", "-q", "-f", format, "-b", below, "-F", format, layer,
+            ],
+        );
+        let mut args = vec!["-f", format];
+        for c in w {
+            args.extend(["-c", c]);
+        }
+        args.push(layer);
+        qemu("qemu-io", d, &args);
+    }
+    names
+}
+
+#[test]
+fn top_layers_are_what_qemu_img_map_says_and_incrementals_restore_the_image() {
+    for format in ["qcow2", "vmdk"] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let [base, mid, top] = three_layers(d, format);
+        let theirs: serde_json::Value =
+            serde_json::from_str(&qemu_img(d, &["map", "--output=json", &top])).unwrap();
+        for n in [1u64, 2] {
+            let ours: serde_json::Value = serde_json::from_slice(&imgblk(
+                d,
+                &["map", "--json", "--top-layers", &n.to_string(), &top],
+            ))
+            .unwrap();
+            let want = changed_sectors(&theirs, n);
+            assert!(
+                !want.is_empty(),
+                "{format}: nothing changed in {n} layer(s)"
+            );
+            assert!(
+                changed_sectors(&ours, n) == want,
+                "{format}: map --top-layers {n} differs from qemu-img map"
+            );
+            assert!(
+                ours.as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|r| r["depth"].as_u64() < Some(n)),
+                "{format}: map --top-layers {n} lists deeper runs"
+            );
+        }
+        let since = imgblk(d, &["map", "--json", "--since", &base, &top]);
+        assert_eq!(
+            since,
+            imgblk(d, &["map", "--json", "--top-layers", "2", &top]),
+            "{format}: --since {base}"
+        );
+
+        // full backup of base, then one incremental per layer, applied in order
+        filled(&d.join("restore.raw"), 1 << 20);
+        imgblk(d, &["cat", "--sparse", "-o", "restore.raw", &base]);
+        for layer in [&mid, &top] {
+            imgblk(
+                d,
+                &[
+                    "cat",
+                    "--sparse",
+                    "--top-layers",
+                    "1",
+                    "-o",
+                    "restore.raw",
+                    layer,
+                ],
+            );
+        }
+        qemu_img(d, &["convert", "-O", "raw", &top, "final.raw"]);
+        assert!(
+            fs::read(d.join("restore.raw")).unwrap() == fs::read(d.join("final.raw")).unwrap(),
+            "{format}: full + incrementals differ from the final image"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 
 mod attach;
 mod cat;
+mod changes;
 mod child;
 mod detach;
 mod doctor;

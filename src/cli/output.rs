@@ -99,6 +99,11 @@ impl Output {
         Ok(output)
     }
 
+    /// Whether ranges can be left unwritten (not a stream).
+    pub fn seekable(&self) -> bool {
+        self.kind != Kind::Stream
+    }
+
     /// Writes `data` at guest offset `at`. A stream takes only the next bytes in order.
     pub fn write(&mut self, at: u64, data: &[u8]) -> Result<()> {
         let result = match self.kind {
