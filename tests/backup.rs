@@ -220,3 +220,123 @@ fn top_layers_are_what_qemu_img_map_says_and_incrementals_restore_the_image() {
         );
     }
 }
+
+/// The dirty ranges `map --json --bitmap NAME` lists, merged, as (start, end).
+fn dirty(d: &Path, image: &str, name: &str) -> Vec<(u64, u64)> {
+    let runs: serde_json::Value = serde_json::from_slice(&imgblk(
+        d,
+        &["map", "--json", "-U", "--bitmap", name, image],
+    ))
+    .unwrap();
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for run in runs.as_array().unwrap() {
+        let start = run["start"].as_u64().unwrap();
+        let end = start + run["length"].as_u64().unwrap();
+        match ranges.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => ranges.push((start, end)),
+        }
+    }
+    ranges
+}
+
+#[test]
+fn qcow2_dirty_bitmaps_give_what_qemu_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_raw(&d.join("base.raw"), 5);
+    qemu_img(d, &["convert", "-O", "qcow2", "base.raw", "disk.qcow2"]);
+    // the full backup, taken when the bitmaps start tracking
+    imgblk(d, &["cat", "--sparse", "-o", "restore.raw", "disk.qcow2"]);
+    qemu_img(d, &["bitmap", "--add", "disk.qcow2", "b0"]);
+    qemu_img(
+        d,
+        &["bitmap", "--add", "-g", "256k", "disk.qcow2", "coarse"],
+    );
+    qemu_img(d, &["bitmap", "--add", "--disable", "disk.qcow2", "off"]);
+    qemu(
+        "qemu-io",
+        d,
+        &[
+            "-c",
+            "write -P 0xaa 1M 64k",
+            "-c",
+            "write -P 0xbb 5000k 4k",
+            "-c",
+            "write -z 12M 1M",
+            "-c",
+            "discard 20M 128k",
+            "disk.qcow2",
+        ],
+    );
+    let info = String::from_utf8(imgblk(d, &["info", "disk.qcow2"])).unwrap();
+    for line in [
+        "  b0  granularity 64.0 KiB  flags [auto]",
+        "  coarse  granularity 256.0 KiB  flags [auto]",
+        "  off  granularity 64.0 KiB  flags []",
+    ] {
+        assert!(info.lines().any(|l| l == line), "{line:?} not in:\n{info}");
+    }
+    const K: u64 = 1024;
+    assert_eq!(
+        dirty(d, "disk.qcow2", "b0"),
+        [
+            (1024 * K, 1088 * K),
+            (4992 * K, 5056 * K),
+            (12288 * K, 13312 * K),
+            (20480 * K, 20608 * K)
+        ]
+    );
+    assert_eq!(
+        dirty(d, "disk.qcow2", "coarse"),
+        [
+            (1024 * K, 1280 * K),
+            (4864 * K, 5120 * K),
+            (12288 * K, 13312 * K),
+            (20480 * K, 20736 * K)
+        ]
+    );
+    assert_eq!(dirty(d, "disk.qcow2", "off"), []);
+
+    // the incremental over the full backup gives the image
+    imgblk(
+        d,
+        &[
+            "cat",
+            "--sparse",
+            "--bitmap",
+            "b0",
+            "-o",
+            "restore.raw",
+            "disk.qcow2",
+        ],
+    );
+    qemu_img(d, &["convert", "-O", "raw", "disk.qcow2", "final.raw"]);
+    assert!(
+        fs::read(d.join("restore.raw")).unwrap() == fs::read(d.join("final.raw")).unwrap(),
+        "full + bitmap incremental differ from the image"
+    );
+
+    // a bitmap that a running (or dead) QEMU holds is in use, and refused
+    let mut writer = Command::new("qemu-io")
+        .args(["-c", "sleep 60000", "disk.qcow2"])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let in_use = (0..100).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let out = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+            .args(["map", "-U", "--bitmap", "b0", "disk.qcow2"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        (!out.status.success()).then_some(out)
+    });
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    let out = in_use.expect("qemu-io never marked b0 in use");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("bitmap \"b0\" is marked in use"), "{err}");
+}
