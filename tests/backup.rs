@@ -340,3 +340,59 @@ fn qcow2_dirty_bitmaps_give_what_qemu_wrote() {
     assert_eq!(out.status.code(), Some(5), "{err}");
     assert!(err.contains("bitmap \"b0\" is marked in use"), "{err}");
 }
+
+/// The file offset of the bitmap directory of qcow2 v3 `image`, from its bitmaps header
+/// extension (and that extension's offset).
+fn bitmap_directory(image: &[u8]) -> (usize, usize) {
+    let be32 = |at: usize| u32::from_be_bytes(image[at..at + 4].try_into().unwrap());
+    let mut pos = be32(100) as usize;
+    loop {
+        let (kind, len) = (be32(pos), be32(pos + 4) as usize);
+        assert_ne!(kind, 0, "no bitmaps extension");
+        if kind == 0x2385_2875 {
+            let dir = u64::from_be_bytes(image[pos + 24..pos + 32].try_into().unwrap());
+            return (dir as usize, pos + 8);
+        }
+        pos += 8 + len.div_ceil(8) * 8;
+    }
+}
+
+#[test]
+fn damaged_bitmaps_are_named_in_errors_and_never_hinder_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    qemu_img(d, &["create", "-q", "-f", "qcow2", "good.qcow2", "8M"]);
+    qemu_img(d, &["bitmap", "--add", "good.qcow2", "b0"]);
+    let good = fs::read(d.join("good.qcow2")).unwrap();
+    let (directory, extension) = bitmap_directory(&good);
+    let damages: [(&str, usize, &[u8]); 6] = [
+        ("nb_bitmaps is 0", extension, &[0, 0, 0, 0]),
+        ("bitmap_directory_size is", extension + 8, &[0xff; 8]),
+        ("\"b0\" granularity_bits is 40", directory + 17, &[40]),
+        ("\"b0\" type is 2", directory + 16, &[2]),
+        ("name_size/extra_data_size", directory + 18, &[0xff, 0xff]),
+        (
+            "\"b0\" bitmap_table_size is 9",
+            directory + 8,
+            &[0, 0, 0, 9],
+        ),
+    ];
+    for (field, at, bytes) in damages {
+        let mut bad = good.clone();
+        bad[at..at + bytes.len()].copy_from_slice(bytes);
+        fs::write(d.join("bad.qcow2"), &bad).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+            .args(["map", "--bitmap", "b0", "bad.qcow2"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{field}: {err}");
+        assert!(
+            err.contains("bad.qcow2") && err.contains(field),
+            "{field}: {err}"
+        );
+        imgblk(d, &["info", "bad.qcow2"]);
+        imgblk(d, &["cat", "-o", "out.raw", "bad.qcow2"]);
+    }
+}
