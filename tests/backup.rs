@@ -218,6 +218,34 @@ fn top_layers_are_what_qemu_img_map_says_and_incrementals_restore_the_image() {
             fs::read(d.join("restore.raw")).unwrap() == fs::read(d.join("final.raw")).unwrap(),
             "{format}: full + incrementals differ from the final image"
         );
+
+        // usage errors: a pipe cannot take an incremental, a piece has no layers of its
+        // own, and a chain has no more layers than it has
+        for (args, says) in [
+            (
+                &["cat", "--top-layers", "1", &top][..],
+                "needs a file or block device",
+            ),
+            (
+                &["map", "--top-layers", "1", "--part", "1", &top],
+                "whole images",
+            ),
+            (&["map", "--top-layers", "3", &top], "has 3 layer(s)"),
+            (&["map", "--since", &top, &top], "top of the chain"),
+        ] {
+            let out = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+                .args(args)
+                .current_dir(d)
+                .stdout(Stdio::piped())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(
+                err.contains(says) && out.stdout.is_empty(),
+                "{args:?}: {err}"
+            );
+        }
     }
 }
 

@@ -48,11 +48,10 @@ const CHUNK: u64 = 4 << 20;
 
 /// Runs `imgblk cat`.
 pub fn run(args: CatArgs) -> Result<i32> {
+    args.changes.check(&args.source, args.luks.luks)?;
     let image = args.luks.apply(open_source_for_reading(&args.source)?)?;
     let size = image.virtual_size();
-    let changes = args
-        .changes
-        .resolve(&*image, &args.source, args.luks.luks)?;
+    let changes = args.changes.resolve(&*image, &args.source)?;
     let mut out = Output::open(args.output.as_deref(), size, args.changes.any())?;
     if args.changes.any() && !out.seekable() {
         return Err(Error::invalid(

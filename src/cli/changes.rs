@@ -44,22 +44,24 @@ impl ChangeArgs {
         self.top_layers.is_some() || self.since.is_some() || self.bitmap.is_some()
     }
 
-    /// The restriction these options ask for, on `image` opened as `source` says
-    /// (`luks`: decrypted). Changed ranges are those of whole images, as stored.
-    pub fn resolve(
-        &self,
-        image: &dyn DiskImage,
-        source: &super::SourceArgs,
-        luks: bool,
-    ) -> Result<Changes> {
-        if !self.any() {
-            return Ok(Changes::All);
-        }
-        if luks || source.snapshot.is_some() || source.piece.piece().is_some() {
+    /// Refuses a restriction on anything but whole images as stored (`source` with no
+    /// piece or snapshot, not `luks`-decrypted): changed ranges are those of the files.
+    /// Called before opening, so that the usage error comes first.
+    pub fn check(&self, source: &super::SourceArgs, luks: bool) -> Result<()> {
+        if self.any() && (luks || source.snapshot.is_some() || source.piece.piece().is_some()) {
             return Err(Error::invalid(
                 "--top-layers, --since and --bitmap work on whole images \
                  (not with --part, --lv, --luks or --snapshot)",
             ));
+        }
+        Ok(())
+    }
+
+    /// The restriction these options ask for, on `image` opened as `source` says (see
+    /// [`Self::check`]).
+    pub fn resolve(&self, image: &dyn DiskImage, source: &super::SourceArgs) -> Result<Changes> {
+        if !self.any() {
+            return Ok(Changes::All);
         }
         let top = &source.images[0];
         let chain = image.chain();
