@@ -249,23 +249,67 @@ fn top_layers_are_what_qemu_img_map_says_and_incrementals_restore_the_image() {
     }
 }
 
-/// The dirty ranges `map --json --bitmap NAME` lists, merged, as (start, end).
+/// Adjacent `(start, end)` ranges joined.
+fn merged(ranges: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in ranges {
+        match out.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => out.push((start, end)),
+        }
+    }
+    out
+}
+
+/// `(start, end)` of each run of a JSON map whose start is in field `start`.
+fn json_ranges<'a>(
+    runs: &'a serde_json::Value,
+    start: &'a str,
+) -> impl Iterator<Item = (u64, u64)> + 'a {
+    runs.as_array().unwrap().iter().map(move |run| {
+        let s = run[start].as_u64().unwrap();
+        (s, s + run["length"].as_u64().unwrap())
+    })
+}
+
+/// The dirty ranges `map --json --bitmap NAME` lists, merged.
 fn dirty(d: &Path, image: &str, name: &str) -> Vec<(u64, u64)> {
     let runs: serde_json::Value = serde_json::from_slice(&imgblk(
         d,
         &["map", "--json", "-U", "--bitmap", name, image],
     ))
     .unwrap();
-    let mut ranges: Vec<(u64, u64)> = Vec::new();
-    for run in runs.as_array().unwrap() {
-        let start = run["start"].as_u64().unwrap();
-        let end = start + run["length"].as_u64().unwrap();
-        match ranges.last_mut() {
-            Some(last) if last.1 == start => last.1 = end,
-            _ => ranges.push((start, end)),
+    merged(json_ranges(&runs, "start"))
+}
+
+/// The dirty ranges of bitmap `name` that `qemu-nbd --bitmap` exports and nbdinfo reads
+/// (`qemu:dirty-bitmap:NAME`), merged; `None` without nbdinfo (libnbd-bin).
+fn nbdinfo_dirty(d: &Path, image: &str, name: &str) -> Option<Vec<(u64, u64)>> {
+    let context = format!("--map=qemu:dirty-bitmap:{name}");
+    let out = Command::new("nbdinfo")
+        .args([
+            "--json", &context, "--", "[", "qemu-nbd", "-r", "-f", "qcow2",
+        ])
+        .args(["-B", name, image, "]"])
+        .current_dir(d)
+        .output();
+    let out = match out {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("nbdinfo not installed (libnbd-bin): not compared with qemu-nbd");
+            return None;
         }
+        other => other.unwrap(),
+    };
+    assert!(
+        out.status.success(),
+        "nbdinfo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    if let Some(list) = runs.as_array_mut() {
+        list.retain(|run| run["type"].as_u64().unwrap() & 1 == 1);
     }
-    ranges
+    Some(merged(json_ranges(&runs, "offset")))
 }
 
 #[test]
@@ -325,6 +369,11 @@ fn qcow2_dirty_bitmaps_give_what_qemu_wrote() {
         ]
     );
     assert_eq!(dirty(d, "disk.qcow2", "off"), []);
+    for name in ["b0", "coarse", "off"] {
+        if let Some(theirs) = nbdinfo_dirty(d, "disk.qcow2", name) {
+            assert_eq!(dirty(d, "disk.qcow2", name), theirs, "{name} vs nbdinfo");
+        }
+    }
 
     // the incremental over the full backup gives the image
     imgblk(
