@@ -62,6 +62,21 @@ fn restore_into_a_used_file_is_exact_and_sparse() {
         );
         assert_eq!(redirected.blocks(), ours.blocks(), "cat {image} > file");
 
+        // what a script writes next to the same stdout goes after the guest's bytes
+        let status = Command::new("sh")
+            .args(["-c", "\"$0\" cat --sparse \"$1\"; echo end"])
+            .args([env!("CARGO_BIN_EXE_imgblk"), image])
+            .current_dir(d)
+            .stdout(File::create(d.join("script.out")).unwrap())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let script = fs::read(d.join("script.out")).unwrap();
+        assert!(
+            script.ends_with(b"end\n") && script[..want.len()] == want[..],
+            "{image}"
+        );
+
         // without --sparse every byte is written
         imgblk(d, &["cat", "-o", "dense.raw", image]);
         let dense_out = fs::metadata(d.join("dense.raw")).unwrap();

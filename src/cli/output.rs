@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// What kind of file an [`Output`] writes to, which decides how it writes zeroes.
@@ -133,8 +133,9 @@ impl Output {
         self.write_zeroes(at + done, len - done)
     }
 
-    /// Ends the output: a file is grown to hold the whole guest (holes at its end), and
-    /// what was written is made durable (a stream is flushed).
+    /// Ends the output: a file is grown to hold the whole guest (holes at its end) and
+    /// its position set past it, and what was written is made durable (a stream is
+    /// flushed).
     pub fn finish(mut self, size: u64) -> Result<()> {
         let result = match self.kind {
             Kind::Stream => self.stream_to(size).and_then(|()| self.file.flush()),
@@ -146,7 +147,9 @@ impl Output {
                     Ok(_) => Ok(()),
                     Err(e) => Err(e),
                 };
-                grow.and_then(|()| self.file.sync_all())
+                // a shared stdout goes on after the guest, as if it had been streamed
+                grow.and_then(|()| self.file.seek(SeekFrom::Start(end)))
+                    .and_then(|_| self.file.sync_all())
             }
         };
         result.map_err(|e| self.err("cannot finish output", e))
@@ -250,13 +253,15 @@ impl Output {
     }
 }
 
-/// Opens a named output: never truncating a block device, nor a file when `keep`.
+/// Opens a named output: never truncating a block device, nor a file when `keep`. A
+/// block device is opened exclusively, so that one mounted or in use is refused (EBUSY).
 fn open_named(path: &Path, keep: bool) -> std::io::Result<File> {
     let device = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
     OpenOptions::new()
         .write(true)
         .create(!device)
         .truncate(!device && !keep)
+        .custom_flags(if device { libc::O_EXCL } else { 0 })
         .open(path)
 }
 

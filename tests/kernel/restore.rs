@@ -1,6 +1,6 @@
 //! Restores onto a block device: `imgblk cat -o /dev/loopN` over a device full of other
 //! bytes leaves exactly the image's bytes (zero runs zeroed, not left behind), keeps the
-//! device's size and exits 0.
+//! device's size and exits 0; a mounted device is refused.
 
 use crate::harness::*;
 use std::path::Path;
@@ -58,6 +58,14 @@ fn restore_onto_a_used_block_device_is_exact() {
                     "cat {sparse:?} wrote past the image"
                 );
             }
+
+            // a mounted device is refused, not overwritten under its file system
+            cmd("mkfs.ext4").args(["-q", "-F"]).arg(dev).ok();
+            let mnt = s.mkdir("mnt");
+            cmd("mount").arg(dev).arg(&mnt).ok();
+            let busy = imgblk().args(["cat", "-o"]).arg(dev).arg(&image).output();
+            cmd("umount").arg(&mnt).ok();
+            assert_eq!(busy.status.code(), Some(5), "{}", busy.describe());
         },
         || {
             cmd("losetup").arg("-d").arg(&loop_dev).ok();
