@@ -234,6 +234,34 @@ fn top_layers_are_what_qemu_img_map_says_and_incrementals_restore_the_image() {
             "{format}: full + incrementals differ from the final image"
         );
 
+        // the same as qcow2 files, each over the previous backup
+        let backups = ["full.qcow2", "incr1.qcow2", "incr2.qcow2"];
+        imgblk(d, &["convert", "-o", backups[0], &base]);
+        for (i, layer) in [&mid, &top].into_iter().enumerate() {
+            imgblk(
+                d,
+                &[
+                    "convert",
+                    "--top-layers",
+                    "1",
+                    "-B",
+                    backups[i],
+                    "-o",
+                    backups[i + 1],
+                    layer,
+                ],
+            );
+        }
+        for (backup, layer) in backups.iter().zip([&base, &mid, &top]) {
+            qemu_img(d, &["check", backup]);
+            qemu_img(d, &["compare", backup, layer]);
+        }
+        imgblk(d, &["convert", "-O", "raw", "-o", "converted.raw", &top]);
+        assert!(
+            fs::read(d.join("converted.raw")).unwrap() == fs::read(d.join("final.raw")).unwrap(),
+            "{format}: convert -O raw"
+        );
+
         // usage errors: a pipe cannot take an incremental, a piece has no layers of its
         // own, and a chain has no more layers than it has
         for (args, says) in [
@@ -247,6 +275,10 @@ fn top_layers_are_what_qemu_img_map_says_and_incrementals_restore_the_image() {
             ),
             (&["map", "--top-layers", "3", &top], "has 3 layer(s)"),
             (&["map", "--since", &top, &top], "top of the chain"),
+            (
+                &["convert", "--top-layers", "1", "-o", "x.qcow2", &top],
+                "need -B",
+            ),
         ] {
             let out = Command::new(env!("CARGO_BIN_EXE_imgblk"))
                 .args(args)
@@ -335,6 +367,7 @@ fn qcow2_dirty_bitmaps_give_what_qemu_wrote() {
     qemu_img(d, &["convert", "-O", "qcow2", "base.raw", "disk.qcow2"]);
     // the full backup, taken when the bitmaps start tracking
     imgblk(d, &["cat", "--sparse", "-o", "restore.raw", "disk.qcow2"]);
+    imgblk(d, &["convert", "-o", "full.qcow2", "disk.qcow2"]);
     qemu_img(d, &["bitmap", "--add", "disk.qcow2", "b0"]);
     qemu_img(
         d,
@@ -397,6 +430,21 @@ fn qcow2_dirty_bitmaps_give_what_qemu_wrote() {
         fs::read(d.join("restore.raw")).unwrap() == fs::read(d.join("final.raw")).unwrap(),
         "full + bitmap incremental differ from the image"
     );
+    imgblk(
+        d,
+        &[
+            "convert",
+            "--bitmap",
+            "b0",
+            "-B",
+            "full.qcow2",
+            "-o",
+            "incr.qcow2",
+            "disk.qcow2",
+        ],
+    );
+    qemu_img(d, &["check", "incr.qcow2"]);
+    qemu_img(d, &["compare", "incr.qcow2", "disk.qcow2"]);
 
     // a bitmap that a running (or dead) QEMU holds is in use, and refused
     let mut writer = Command::new("qemu-io")

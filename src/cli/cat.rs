@@ -1,7 +1,7 @@
 //! `imgblk cat`: stream an image's guest contents, without ublk (works in containers).
 
 use super::changes::{ChangeArgs, Changes};
-use super::output::Output;
+use super::output::{Output, Sink};
 use super::progress::{Progress, ProgressArgs};
 use super::{open_source_for_reading, SourceArgs, EXIT_OK};
 use crate::error::{Error, Result};
@@ -67,11 +67,11 @@ pub fn run(args: CatArgs) -> Result<i32> {
 }
 
 /// Copies the guest's bytes that `changes` selects into `out`; zero runs through
-/// [`Output::zero`] when `sparse`.
-fn copy(
+/// [`Sink::zero`] when `sparse`. Shared with `convert`.
+pub(super) fn copy(
     image: &dyn DiskImage,
     changes: &Changes,
-    out: &mut Output,
+    out: &mut impl Sink,
     sparse: bool,
     progress: &mut Progress,
 ) -> Result<()> {

@@ -17,6 +17,35 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// Where a copy puts guest bytes, at their guest offsets, in increasing order: an
+/// [`Output`] (`cat`), or a new image (`convert`).
+pub trait Sink {
+    /// Writes `data` at guest offset `at`.
+    fn write(&mut self, at: u64, data: &[u8]) -> Result<()>;
+    /// Makes guest bytes `at..at + len` read as zero.
+    fn zero(&mut self, at: u64, len: u64) -> Result<()>;
+}
+
+impl Sink for Output {
+    fn write(&mut self, at: u64, data: &[u8]) -> Result<()> {
+        Output::write(self, at, data)
+    }
+
+    fn zero(&mut self, at: u64, len: u64) -> Result<()> {
+        Output::zero(self, at, len)
+    }
+}
+
+impl Sink for &dyn crate::image::DiskImage {
+    fn write(&mut self, at: u64, data: &[u8]) -> Result<()> {
+        crate::image::io::write_at(*self, data, at)
+    }
+
+    fn zero(&mut self, at: u64, len: u64) -> Result<()> {
+        self.write_zeroes(at, len)
+    }
+}
+
 /// What kind of file an [`Output`] writes to, which decides how it writes zeroes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
