@@ -445,6 +445,16 @@ fn qcow2_dirty_bitmaps_give_what_qemu_wrote() {
     );
     qemu_img(d, &["check", "incr.qcow2"]);
     qemu_img(d, &["compare", "incr.qcow2", "disk.qcow2"]);
+    // it holds the dirty ranges, and nothing else
+    let mut own: serde_json::Value =
+        serde_json::from_str(&qemu_img(d, &["map", "--output=json", "incr.qcow2"])).unwrap();
+    if let Some(runs) = own.as_array_mut() {
+        runs.retain(|r| r["depth"] == 0 && r["present"] == true);
+    }
+    assert_eq!(
+        merged(json_ranges(&own, "start")),
+        dirty(d, "disk.qcow2", "b0")
+    );
 
     // a bitmap that a running (or dead) QEMU holds is in use, and refused
     let mut writer = Command::new("qemu-io")
