@@ -3,43 +3,14 @@
 
 mod common;
 
-use common::{imgblk, make_raw, qemu_img};
+use common::{imgblk, qemu_img};
 use std::process::Command;
 
 #[test]
 fn cat_equals_qemu_img_convert_and_map_agrees_with_qemu_img_map() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    make_raw(&d.join("base.raw"), 5);
-    qemu_img(
-        d,
-        &["convert", "-c", "-O", "qcow2", "base.raw", "base.qcow2"],
-    );
-    qemu_img(
-        d,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "top.qcow2",
-        ],
-    );
-    common::qemu(
-        "qemu-io",
-        d,
-        &[
-            "-c",
-            "write -P 0x5a 1M 3M",
-            "-c",
-            "write -z 9M 2M",
-            "top.qcow2",
-        ],
-    );
+    common::compressed_chain(d, 5);
     for image in ["top.qcow2", "base.qcow2"] {
         qemu_img(d, &["convert", "-O", "raw", image, "ref.raw"]);
         imgblk(d, &["cat", "--sparse", "-o", "cat.raw", image]);

@@ -42,6 +42,8 @@ mod partitions;
 mod pieces;
 #[path = "kernel/qcow2_rw.rs"]
 mod qcow2_rw;
+#[path = "kernel/restore.rs"]
+mod restore;
 #[path = "kernel/safety.rs"]
 mod safety;
 #[path = "kernel/signals.rs"]

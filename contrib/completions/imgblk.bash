@@ -22,6 +22,9 @@ _imgblk() {
             imgblk,cat)
                 cmd="imgblk__subcmd__cat"
                 ;;
+            imgblk,convert)
+                cmd="imgblk__subcmd__convert"
+                ;;
             imgblk,detach)
                 cmd="imgblk__subcmd__detach"
                 ;;
@@ -60,6 +63,9 @@ _imgblk() {
                 ;;
             imgblk__subcmd__help,cat)
                 cmd="imgblk__subcmd__help__subcmd__cat"
+                ;;
+            imgblk__subcmd__help,convert)
+                cmd="imgblk__subcmd__help__subcmd__convert"
                 ;;
             imgblk__subcmd__help,detach)
                 cmd="imgblk__subcmd__help__subcmd__detach"
@@ -101,7 +107,7 @@ _imgblk() {
 
     case "${cmd}" in
         imgblk)
-            opts="-v -q -h -V --verbose --quiet --help --version attach detach doctor list map cat recover mount umount info inspect fsck help"
+            opts="-v -q -h -V --verbose --quiet --help --version attach detach doctor list map cat convert recover mount umount info inspect fsck help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -177,7 +183,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__cat)
-            opts="-f -U -o -v -q -h --format --force-share --snapshot --part --lv --luks --key-file --output --sparse --progress --verbose --quiet --help"
+            opts="-f -U -o -v -q -h --format --force-share --snapshot --part --lv --luks --key-file --output --sparse --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -212,6 +218,92 @@ _imgblk() {
                     return 0
                     ;;
                 -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --top-layers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bitmap)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        imgblk__subcmd__convert)
+            opts="-f -U -o -O -B -v -q -h --format --force-share --snapshot --part --lv --luks --key-file --output --output-format --backing --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --part)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lv)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output-format)
+                    COMPREPLY=($(compgen -W "qcow2 raw" -- "${cur}"))
+                    return 0
+                    ;;
+                -O)
+                    COMPREPLY=($(compgen -W "qcow2 raw" -- "${cur}"))
+                    return 0
+                    ;;
+                --backing)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -B)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --top-layers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bitmap)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -297,7 +389,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__help)
-            opts="attach detach doctor list map cat recover mount umount info inspect fsck help"
+            opts="attach detach doctor list map cat convert recover mount umount info inspect fsck help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -325,6 +417,20 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__help__subcmd__cat)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        imgblk__subcmd__help__subcmd__convert)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -559,7 +665,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__map)
-            opts="-f -U -v -q -h --format --force-share --snapshot --part --lv --json --verbose --quiet --help"
+            opts="-f -U -v -q -h --format --force-share --snapshot --part --lv --json --top-layers --since --bitmap --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -582,6 +688,18 @@ _imgblk() {
                     return 0
                     ;;
                 --lv)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --top-layers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bitmap)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -34,6 +34,7 @@ complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "doctor" -d 'Check tha
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "list" -d 'List ublk devices: imgblk\'s own, with their image, and orphaned ones'
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "map" -d 'Show the allocation map of an image, like `qemu-img map`'
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "cat" -d 'Copy an image\'s guest contents (the raw disk) to stdout or a file'
+complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "convert" -d 'Copy an image\'s guest contents into a new qcow2 or raw image'
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "recover" -d 'Serve again a device whose daemon died (ublk USER_RECOVERY)'
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "mount" -d 'Mount a file system inside an image: attach the piece and mount it, in one step'
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "umount" -d 'Unmount what `imgblk mount` mounted, flush, and detach its device'
@@ -90,6 +91,9 @@ vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l top-layers -d 'Only what the top N layers of the backing chain hold (1 = the top file alone): ranges supplied by deeper layers are unchanged and left out' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l since -d 'Only what the layers above BACKING-FILE (a file of the image\'s backing chain) hold: what the guest wrote since BACKING-FILE was the top' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l bitmap -d 'Only the ranges that the qcow2 persistent dirty bitmap NAME marks dirty (see `imgblk info`); a bitmap in use by a running or crashed QEMU is refused' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l json -d 'Print JSON (the shape of `qemu-img map --output=json`)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
@@ -105,14 +109,42 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l snapshot -d 'Read 
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`); without it, the passphrase is asked for on the terminal' -r -F
-complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s o -l output -d 'Write to this file or block device instead of stdout (a file is created, and truncated unless only changes are written; a device must be at least as large as the image)' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l top-layers -d 'Only what the top N layers of the backing chain hold (1 = the top file alone): ranges supplied by deeper layers are unchanged and left out' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l since -d 'Only what the layers above BACKING-FILE (a file of the image\'s backing chain) hold: what the guest wrote since BACKING-FILE was the top' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l bitmap -d 'Only the ranges that the qcow2 persistent dirty bitmap NAME marks dirty (see `imgblk info`); a bitmap in use by a running or crashed QEMU is refused' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
-complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l sparse -d 'Leave holes for zero runs in the output file (needs a seekable output)'
-complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l progress -d 'Show a progress bar on stderr (default: when stderr is a terminal)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l sparse -d 'Leave holes for zero runs in a file, zero them on a block device with BLKZEROOUT (a pipe still gets every byte)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l progress -d 'Show progress on stderr: a bar on a terminal, else a line every 5 s or 10 % with bytes done, rate and ETA (default: a bar when stderr is a terminal)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l no-progress -d 'Show no progress, even on a terminal'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s f -l format -d 'Image format of all the images; detected from each file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
+qcow2\t'QEMU copy-on-write v2/v3'
+vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
+vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
+vhdx\t'Microsoft VHDX (Hyper-V)'
+vdi\t'VirtualBox disk image'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`); without it, the passphrase is asked for on the terminal' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s o -l output -d 'The new image (a qcow2 must not exist yet; a raw file is created or truncated)' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s O -l output-format -d 'Format of the new image' -r -f -a "qcow2\t'qcow2 version 3, 64 KiB clusters'
+raw\t'A raw file (holes for zero runs) or block device'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s B -l backing -d 'Backing file of the new qcow2 (stored as given, so relative to the new image\'s folder): the previous backup, for an incremental one' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l top-layers -d 'Only what the top N layers of the backing chain hold (1 = the top file alone): ranges supplied by deeper layers are unchanged and left out' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l since -d 'Only what the layers above BACKING-FILE (a file of the image\'s backing chain) hold: what the guest wrote since BACKING-FILE was the top' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l bitmap -d 'Only the ranges that the qcow2 persistent dirty bitmap NAME marks dirty (see `imgblk info`); a bitmap in use by a running or crashed QEMU is refused' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l progress -d 'Show progress on stderr: a bar on a terminal, else a line every 5 s or 10 % with bytes done, rate and ETA (default: a bar when stderr is a terminal)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l no-progress -d 'Show no progress, even on a terminal'
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s q -l quiet -d 'Only errors'
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c imgblk -n "__fish_imgblk_using_subcommand recover" -l all -d 'Recover every orphaned device'
 complete -c imgblk -n "__fish_imgblk_using_subcommand recover" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand recover" -s q -l quiet -d 'Only errors'
@@ -175,16 +207,17 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l json -d 'Print th
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "attach" -d 'Expose an image as a block device /dev/ublkbN'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "detach" -d 'Remove a device created by `imgblk attach`'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "doctor" -d 'Check that this host can run imgblk, and say how to fix what is missing'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "list" -d 'List ublk devices: imgblk\'s own, with their image, and orphaned ones'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "map" -d 'Show the allocation map of an image, like `qemu-img map`'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "cat" -d 'Copy an image\'s guest contents (the raw disk) to stdout or a file'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "recover" -d 'Serve again a device whose daemon died (ublk USER_RECOVERY)'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "mount" -d 'Mount a file system inside an image: attach the piece and mount it, in one step'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "umount" -d 'Unmount what `imgblk mount` mounted, flush, and detach its device'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "info" -d 'Show an image\'s format, virtual size and backing chain'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "inspect" -d 'Show partitions, LVM volume groups and file systems inside images, without ublk'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "fsck" -d 'Check the file systems inside images (e2fsck, xfs_repair, fsck.vfat, btrfs check)'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "attach" -d 'Expose an image as a block device /dev/ublkbN'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "detach" -d 'Remove a device created by `imgblk attach`'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "doctor" -d 'Check that this host can run imgblk, and say how to fix what is missing'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "list" -d 'List ublk devices: imgblk\'s own, with their image, and orphaned ones'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "map" -d 'Show the allocation map of an image, like `qemu-img map`'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "cat" -d 'Copy an image\'s guest contents (the raw disk) to stdout or a file'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "convert" -d 'Copy an image\'s guest contents into a new qcow2 or raw image'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "recover" -d 'Serve again a device whose daemon died (ublk USER_RECOVERY)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "mount" -d 'Mount a file system inside an image: attach the piece and mount it, in one step'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "umount" -d 'Unmount what `imgblk mount` mounted, flush, and detach its device'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "info" -d 'Show an image\'s format, virtual size and backing chain'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "inspect" -d 'Show partitions, LVM volume groups and file systems inside images, without ublk'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "fsck" -d 'Check the file systems inside images (e2fsck, xfs_repair, fsck.vfat, btrfs check)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -1,124 +1,101 @@
 //! `imgblk cat`: stream an image's guest contents, without ublk (works in containers).
 
+use super::changes::{ChangeArgs, Changes};
+use super::output::{Output, Sink};
+use super::progress::{Progress, ProgressArgs};
 use super::{open_source_for_reading, SourceArgs, EXIT_OK};
 use crate::error::{Error, Result};
 use crate::image::{io::read_at, status::walk_status, DiskImage};
-use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 /// Copy an image's guest contents (the raw disk) to stdout or a file.
 ///
 /// Reads through imgblk's own format code, so no kernel support is needed. With --sparse,
-/// runs that read as zero become holes in the output file instead of written zeroes.
+/// runs that read as zero become holes in a file (also a redirected stdout) and are zeroed
+/// on a block device (BLKZEROOUT) instead of written; a pipe gets every byte. A block
+/// device is never truncated.
+///
+/// With --top-layers, --since or --bitmap only the ranges that changed are written, into
+/// an existing file (not truncated) or device, and everything else is left as it is: cat
+/// of each incremental over the restore of the full backup (in order) gives the image.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  imgblk cat disk.qcow2 | zstd > disk.raw.zst\n  \
-imgblk cat --sparse -o disk.raw disk.vmdk"
+imgblk cat --sparse -o disk.raw disk.vmdk\n  imgblk cat --sparse -o /dev/sdX disk.qcow2\n  \
+imgblk cat --sparse --top-layers 1 -o full.raw overlay.qcow2  # apply an incremental"
 )]
 pub struct CatArgs {
     #[command(flatten)]
     source: SourceArgs,
     #[command(flatten)]
     luks: super::luks::LuksArgs,
-    /// Write to this file instead of stdout (created or truncated).
+    /// Write to this file or block device instead of stdout (a file is created, and
+    /// truncated unless only changes are written; a device must be at least as large as
+    /// the image).
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// Leave holes for zero runs in the output file (needs a seekable output).
+    /// Leave holes for zero runs in a file, zero them on a block device with BLKZEROOUT
+    /// (a pipe still gets every byte).
     #[arg(long)]
     sparse: bool,
-    /// Show a progress bar on stderr (default: when stderr is a terminal).
-    #[arg(long)]
-    progress: bool,
+    #[command(flatten)]
+    changes: ChangeArgs,
+    #[command(flatten)]
+    progress: ProgressArgs,
 }
 
 const CHUNK: u64 = 4 << 20;
 
 /// Runs `imgblk cat`.
 pub fn run(args: CatArgs) -> Result<i32> {
+    args.changes.check(&args.source, args.luks.luks)?;
     let image = args.luks.apply(open_source_for_reading(&args.source)?)?;
     let size = image.virtual_size();
-    let bar = progress_bar(size, args.progress);
-    match &args.output {
-        Some(path) => {
-            let mut file = File::create(path)
-                .map_err(|e| Error::io("cannot create output", e).with_path(path))?;
-            copy(&*image, &mut file, args.sparse, &bar).map_err(|e| e.with_path(path))?;
-            file.set_len(size)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| Error::io("cannot finish output", e).with_path(path))?;
-        }
-        None => {
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::with_capacity(CHUNK as usize, stdout.lock());
-            copy_dense(&*image, &mut out, &bar)?;
-            out.flush()
-                .map_err(|e| Error::io("writing stdout failed", e))?;
-        }
+    let changes = args.changes.resolve(&*image, &args.source)?;
+    let mut out = Output::open(args.output.as_deref(), size, args.changes.any())?;
+    if args.changes.any() && !out.seekable() {
+        return Err(Error::invalid(
+            "cat --top-layers, --since or --bitmap writes only what changed, over a previous \
+             restore: it needs a file or block device (-o, or stdout redirected to a file)",
+        ));
     }
-    bar.finish_and_clear();
+    let mut progress = Progress::new(args.progress, size);
+    copy(&*image, &changes, &mut out, args.sparse, &mut progress)?;
+    out.finish(size)?;
+    progress.finish();
     Ok(EXIT_OK)
 }
 
-fn progress_bar(size: u64, forced: bool) -> indicatif::ProgressBar {
-    if !forced && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(size);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} eta {eta}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar
-}
-
-/// Copies into a seekable file; zero runs become holes when `sparse`.
-fn copy(
+/// Copies the guest's bytes that `changes` selects into `out`; zero runs through
+/// [`Sink::zero`] when `sparse`. Shared with `convert`.
+pub(super) fn copy(
     image: &dyn DiskImage,
-    file: &mut File,
+    changes: &Changes,
+    out: &mut impl Sink,
     sparse: bool,
-    bar: &indicatif::ProgressBar,
+    progress: &mut Progress,
 ) -> Result<()> {
     let mut buf = vec![0u8; CHUNK as usize];
-    walk_status(image, 1 << 30, |run| {
-        if run.zero && !run.data && sparse {
-            file.seek(SeekFrom::Start(run.start + run.length))
-                .map_err(|e| Error::io("seek failed", e))?;
-            bar.inc(run.length);
-            return Ok(());
+    walk_status(image, 1 << 30, |whole| {
+        let mut skipped = whole.length;
+        for run in changes.select(whole) {
+            skipped -= run.length;
+            if run.zero && sparse {
+                out.zero(run.start, run.length)?;
+                progress.inc(run.length);
+                continue;
+            }
+            let end = run.start + run.length;
+            let mut pos = run.start;
+            while pos < end {
+                let n = (end - pos).min(CHUNK) as usize;
+                read_at(image, &mut buf[..n], pos)?;
+                out.write(pos, &buf[..n])?;
+                progress.inc(n as u64);
+                pos += n as u64;
+            }
         }
-        copy_run(image, run.start, run.length, &mut buf, file, bar)
+        progress.inc(skipped);
+        Ok(())
     })
-}
-
-/// Copies everything, zeroes included, to a stream.
-fn copy_dense(
-    image: &dyn DiskImage,
-    out: &mut impl Write,
-    bar: &indicatif::ProgressBar,
-) -> Result<()> {
-    let mut buf = vec![0u8; CHUNK as usize];
-    copy_run(image, 0, image.virtual_size(), &mut buf, out, bar)
-}
-
-fn copy_run(
-    image: &dyn DiskImage,
-    start: u64,
-    length: u64,
-    buf: &mut [u8],
-    out: &mut impl Write,
-    bar: &indicatif::ProgressBar,
-) -> Result<()> {
-    let mut pos = start;
-    let end = start + length;
-    while pos < end {
-        let n = (end - pos).min(buf.len() as u64) as usize;
-        read_at(image, &mut buf[..n], pos)?;
-        out.write_all(&buf[..n])
-            .map_err(|e| Error::io("write failed", e))?;
-        bar.inc(n as u64);
-        pos += n as u64;
-    }
-    Ok(())
 }

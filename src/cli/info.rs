@@ -2,6 +2,7 @@
 
 use super::{human_size, open_for_reading, print_json, Escaped, ImageArgs, EXIT_OK};
 use crate::error::Result;
+use crate::image::qcow2::bitmap::{self, Bitmap};
 use crate::image::qcow2::snapshot::{format_date, Snapshot};
 use crate::image::status::walk_status;
 use crate::image::ChainEntry;
@@ -32,6 +33,9 @@ struct Info {
     /// Internal snapshots of the top file (qcow2).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     snapshots: Vec<Snapshot>,
+    /// Persistent dirty bitmaps of the top file (qcow2).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    bitmaps: Vec<Bitmap>,
 }
 
 /// Runs `imgblk info`.
@@ -55,6 +59,7 @@ pub fn run(args: InfoArgs) -> Result<i32> {
         unallocated,
         chain,
         snapshots: image.snapshots().to_vec(),
+        bitmaps: bitmaps(&args.image.image, image.format()),
     };
     if args.json {
         print_json(&info)?;
@@ -112,5 +117,32 @@ pub fn run(args: InfoArgs) -> Result<i32> {
             );
         }
     }
+    if !info.bitmaps.is_empty() {
+        println!("bitmaps:");
+        for b in &info.bitmaps {
+            let flags = [(b.in_use, "in-use"), (b.auto, "auto")]
+                .iter()
+                .filter_map(|&(set, flag)| set.then_some(flag))
+                .collect::<Vec<_>>()
+                .join(",");
+            println!(
+                "  {}  granularity {}  flags [{flags}]",
+                b.name,
+                human_size(b.granularity)
+            );
+        }
+    }
     Ok(EXIT_OK)
+}
+
+/// The persistent bitmaps of a qcow2 file; a damaged bitmap directory is reported as a
+/// warning, since the image itself reads fine without it.
+fn bitmaps(path: &std::path::Path, format: crate::image::Format) -> Vec<Bitmap> {
+    if format != crate::image::Format::Qcow2 {
+        return Vec::new();
+    }
+    bitmap::list(path).unwrap_or_else(|e| {
+        tracing::warn!("cannot list the persistent bitmaps: {e}");
+        Vec::new()
+    })
 }

@@ -1,5 +1,6 @@
 //! `imgblk map`: which guest ranges hold data, read as zero, or come from a backing file.
 
+use super::changes::ChangeArgs;
 use super::{open_source_for_reading, print_json, SourceArgs, EXIT_OK};
 use crate::error::Result;
 use crate::image::status::walk_status;
@@ -8,10 +9,12 @@ use crate::image::status::walk_status;
 ///
 /// Each run says where it starts, how long it is, which image of the backing chain supplies
 /// it (depth), and whether it holds data or reads as zero. Backup tools use it to copy only
-/// what is allocated.
+/// what is allocated. --top-layers, --since and --bitmap list only the runs that changed
+/// since a previous backup (an incremental backup's ranges).
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  imgblk map disk.qcow2\n  imgblk map --json disk.qcow2 | jq '[.[] | select(.data)] | length'"
+    after_help = "Examples:\n  imgblk map disk.qcow2\n  imgblk map --json disk.qcow2 | jq '[.[] | select(.data)] | length'\n  \
+imgblk map --top-layers 1 overlay.qcow2\n  imgblk map --bitmap b0 disk.qcow2"
 )]
 pub struct MapArgs {
     #[command(flatten)]
@@ -19,14 +22,18 @@ pub struct MapArgs {
     /// Print JSON (the shape of `qemu-img map --output=json`).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    changes: ChangeArgs,
 }
 
 /// Runs `imgblk map`.
 pub fn run(args: MapArgs) -> Result<i32> {
+    args.changes.check(&args.source, false)?;
     let image = open_source_for_reading(&args.source)?;
+    let changes = args.changes.resolve(&*image, &args.source)?;
     let mut entries = Vec::new();
     walk_status(&*image, 1 << 30, |entry| {
-        entries.push(entry);
+        entries.extend(changes.select(entry));
         Ok(())
     })?;
     if args.json {

@@ -3,7 +3,9 @@
 
 mod attach;
 mod cat;
+mod changes;
 mod child;
+mod convert;
 mod detach;
 mod doctor;
 mod escape;
@@ -14,7 +16,9 @@ mod list;
 mod luks;
 mod map;
 mod mount;
+mod output;
 mod piece;
+mod progress;
 mod recover;
 
 use crate::error::{Error, ErrorKind};
@@ -79,6 +83,7 @@ enum Command {
     List(list::ListArgs),
     Map(map::MapArgs),
     Cat(cat::CatArgs),
+    Convert(convert::ConvertArgs),
     Recover(recover::RecoverArgs),
     Mount(mount::MountArgs),
     Umount(mount::UmountArgs),
@@ -103,6 +108,7 @@ pub fn main() -> i32 {
         Command::List(args) => list::run(args),
         Command::Map(args) => map::run(args),
         Command::Cat(args) => cat::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Recover(args) => recover::run(args),
         Command::Mount(args) => mount::run_mount(args),
         Command::Umount(args) => mount::run_umount(args),

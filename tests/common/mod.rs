@@ -199,3 +199,39 @@ pub fn open_err(path: &Path) -> imgblk::Error {
         Err(e) => e,
     }
 }
+
+/// A two-layer qcow2 chain in `dir`: `base.qcow2` (compressed, from [`make_raw`] of
+/// `seed`, also left as `base.raw`) under `top.qcow2`, which holds written data at
+/// 1M..4M and zeroes at 9M..11M (written by `qemu-io`).
+pub fn compressed_chain(dir: &Path, seed: u64) {
+    make_raw(&dir.join("base.raw"), seed);
+    qemu_img(
+        dir,
+        &["convert", "-c", "-O", "qcow2", "base.raw", "base.qcow2"],
+    );
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
+    qemu(
+        "qemu-io",
+        dir,
+        &[
+            "-c",
+            "write -P 0x5a 1M 3M",
+            "-c",
+            "write -z 9M 2M",
+            "top.qcow2",
+        ],
+    );
+}

@@ -759,3 +759,14 @@ pub fn with_cleanup<T>(
     cleanup();
     result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
+
+/// Sets up a loop device over `file` (`losetup --show -f`); returns its path.
+pub fn loop_device(file: &Path) -> String {
+    cmd("losetup")
+        .args(["--show", "-f"])
+        .arg(file)
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
+}

@@ -1,6 +1,7 @@
 //! Creating a qcow2 overlay: an empty version 3 image whose backing file is another image,
 //! as `qemu-img create -f qcow2 -b BASE -F FMT OVERLAY` makes it. `attach --overlay FILE`
-//! uses it so that writes land in the new file and the base is never changed.
+//! uses it so that writes land in the new file and the base is never changed; `convert`
+//! creates its output with it (with or without a backing file).
 //!
 //! Layout (64 KiB clusters): cluster 0 the header, its extensions and the backing file
 //! name; cluster 1 the refcount table; cluster 2 its one refcount block (16-bit refcounts,
@@ -37,15 +38,24 @@ pub fn create_overlay(
     backing_format: Format,
     size: u64,
 ) -> Result<()> {
-    let name = backing
-        .to_str()
-        .ok_or_else(|| Error::invalid("backing file name is not UTF-8").with_path(backing))?;
+    create(path, size, Some((backing, backing_format)))
+}
+
+/// Creates the empty qcow2 file `path` (which must not exist) of `size` bytes, over
+/// `backing` (its path, stored as given, and format) when given (`imgblk convert`).
+pub fn create(path: &Path, size: u64, backing: Option<(&Path, Format)>) -> Result<()> {
+    let name = match backing {
+        Some((file, _)) => file
+            .to_str()
+            .ok_or_else(|| Error::invalid("backing file name is not UTF-8").with_path(file))?,
+        None => "",
+    };
     if name.len() > MAX_BACKING_NAME as usize {
         return Err(Error::invalid(format!(
             "backing file name is {} bytes long, more than the {MAX_BACKING_NAME} qcow2 allows",
             name.len()
         ))
-        .with_path(backing));
+        .with_path(path));
     }
     let l2_entries = CLUSTER / 8;
     let l1_size = size.div_ceil(CLUSTER * l2_entries);
@@ -57,7 +67,7 @@ pub fn create_overlay(
     }
     let l1_clusters = (l1_size * 8).div_ceil(CLUSTER).max(1);
     let clusters = 3 + l1_clusters;
-    let image = layout(name, backing_format, size, l1_size, clusters);
+    let image = layout(name, backing.map(|(_, f)| f), size, l1_size, clusters);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -69,29 +79,35 @@ pub fn create_overlay(
             } else {
                 ErrorKind::Io
             };
-            Error::new(kind, format!("cannot create the overlay: {e}")).with_path(path)
+            Error::new(kind, format!("cannot create the qcow2 image: {e}")).with_path(path)
         })?;
     file.write_all(&image)
         .and_then(|()| file.set_len(clusters * CLUSTER))
         .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io("cannot write the overlay", e).with_path(path))
+        .map_err(|e| Error::io("cannot write the qcow2 image", e).with_path(path))
 }
 
-/// The bytes of the metadata clusters (the L1 table's zeroes are left to `set_len`).
-fn layout(name: &str, format: Format, size: u64, l1_size: u64, clusters: u64) -> Vec<u8> {
+/// The bytes of the metadata clusters (the L1 table's zeroes are left to `set_len`); a
+/// backing file `name` (empty: none) in `format`.
+fn layout(name: &str, format: Option<Format>, size: u64, l1_size: u64, clusters: u64) -> Vec<u8> {
     let mut out = vec![0u8; 3 * CLUSTER as usize];
-    let format = format.to_string();
+    let format = format.map(|f| f.to_string()).unwrap_or_default();
     // Extensions right after the header: backing format (padded to 8), then the end.
-    let ext_len = 8 + format.len().next_multiple_of(8) + 8;
-    let name_offset = V3_HEADER_LEN + ext_len;
+    let format_ext = match format.len() {
+        0 => 0,
+        n => 8 + n.next_multiple_of(8),
+    };
+    let name_offset = V3_HEADER_LEN + format_ext + 8;
     let put32 =
         |out: &mut [u8], at: usize, v: u32| out[at..at + 4].copy_from_slice(&v.to_be_bytes());
     let put64 =
         |out: &mut [u8], at: usize, v: u64| out[at..at + 8].copy_from_slice(&v.to_be_bytes());
     out[..4].copy_from_slice(&MAGIC);
     put32(&mut out, 4, 3); // version
-    put64(&mut out, 8, name_offset as u64); // backing_file_offset
-    put32(&mut out, 16, name.len() as u32); // backing_file_size
+    if !name.is_empty() {
+        put64(&mut out, 8, name_offset as u64); // backing_file_offset
+        put32(&mut out, 16, name.len() as u32); // backing_file_size
+    }
     put32(&mut out, 20, CLUSTER_BITS);
     put64(&mut out, 24, size);
     put32(&mut out, 32, 0); // crypt_method
@@ -102,9 +118,11 @@ fn layout(name: &str, format: Format, size: u64, l1_size: u64, clusters: u64) ->
                             // nb_snapshots, snapshots_offset and the feature bitmaps stay zero.
     put32(&mut out, 96, REFCOUNT_ORDER);
     put32(&mut out, 100, V3_HEADER_LEN as u32); // header_length
-    put32(&mut out, V3_HEADER_LEN, EXT_BACKING_FORMAT);
-    put32(&mut out, V3_HEADER_LEN + 4, format.len() as u32);
-    out[V3_HEADER_LEN + 8..V3_HEADER_LEN + 8 + format.len()].copy_from_slice(format.as_bytes());
+    if format_ext > 0 {
+        put32(&mut out, V3_HEADER_LEN, EXT_BACKING_FORMAT);
+        put32(&mut out, V3_HEADER_LEN + 4, format.len() as u32);
+        out[V3_HEADER_LEN + 8..V3_HEADER_LEN + 8 + format.len()].copy_from_slice(format.as_bytes());
+    }
     // The end-of-extensions marker is the 8 zero bytes already there.
     out[name_offset..name_offset + name.len()].copy_from_slice(name.as_bytes());
     // Refcount table: its one block is cluster 2. Block: 16-bit count 1 per used cluster.
@@ -122,7 +140,7 @@ mod tests {
 
     #[test]
     fn header_round_trips_through_the_parser() {
-        let bytes = layout("/images/base.vmdk", Format::Vmdk, 10 << 30, 20, 4);
+        let bytes = layout("/images/base.vmdk", Some(Format::Vmdk), 10 << 30, 20, 4);
         let header = Header::parse(&bytes, 4 * CLUSTER).expect("parse");
         assert_eq!(header.version, 3);
         assert_eq!(header.size, 10 << 30);
@@ -130,6 +148,8 @@ mod tests {
         assert_eq!(header.backing_file.as_deref(), Some("/images/base.vmdk"));
         assert_eq!(header.backing_format, Some(Format::Vmdk));
         assert_eq!(header.refcount_order, 4);
+        let alone = Header::parse(&layout("", None, 1 << 20, 1, 4), 4 * CLUSTER).expect("parse");
+        assert_eq!((alone.backing_file, alone.backing_format), (None, None));
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub const INCOMPAT_CORRUPT: u32 = 1;
 pub const INCOMPAT_DATA_FILE: u32 = 2;
 /// Auto-clear feature bit: the external data file is a raw image of the guest.
 pub const AUTOCLEAR_RAW_EXTERNAL: u32 = 1;
+/// Auto-clear feature bit: the bitmaps extension is consistent with the image (a program
+/// unaware of bitmaps that wrote the image cleared it).
+pub const AUTOCLEAR_BITMAPS: u32 = 0;
 /// Incompatible feature bit: the `compression_type` field is not zlib.
 pub const INCOMPAT_COMPRESSION: u32 = 3;
 /// Incompatible feature bit: extended L2 entries (subclusters).
@@ -41,6 +44,7 @@ const EXT_END: u32 = 0;
 const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
 const EXT_DATA_FILE: u32 = 0x4441_5441;
+const EXT_BITMAPS: u32 = 0x2385_2875;
 const FEATURE_NAME_ENTRY: usize = 48;
 
 /// Which feature bitmap a feature-name-table entry is about.
@@ -108,6 +112,9 @@ pub struct Header {
     pub data_file: Option<String>,
     /// The feature name table, empty if absent.
     pub feature_names: Vec<FeatureName>,
+    /// The bitmaps header extension as stored, with its offset in the file: parsed only
+    /// by [`super::bitmap`] when asked for, so that a damaged one never hinders reading.
+    pub bitmaps_extension: Option<(u64, Vec<u8>)>,
 }
 
 /// Reads a big-endian `u32` at `off`; bytes past the end of `buf` read as zero, which is
@@ -221,6 +228,7 @@ impl Header {
             backing_format: None,
             data_file: None,
             feature_names: Vec::new(),
+            bitmaps_extension: None,
         };
         if version >= 3 {
             h.header_length = be32(buf, 100);
@@ -410,7 +418,8 @@ impl Header {
                     self.data_file = Some(ext_string(data, "external data file name", at)?)
                 }
                 EXT_FEATURE_NAMES => self.feature_names = parse_feature_names(data),
-                _ => {} // bitmaps, encryption pointer, unknown: ignorable for reading
+                EXT_BITMAPS => self.bitmaps_extension = Some((at, data.to_vec())),
+                _ => {} // encryption pointer, unknown: ignorable for reading
             }
             pos += 8 + pad8(len);
         }

@@ -13,6 +13,7 @@
 //!
 //! Depth: the rule of every format, [`chain::map_parent`](super::common::chain::map_parent)'s.
 
+pub mod bitmap;
 pub mod create;
 pub mod entry;
 pub mod guard;

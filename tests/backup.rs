@@ -1,0 +1,537 @@
+//! Backup and restore without a kernel: `imgblk cat` restores that read back exactly as
+//! `qemu-img convert -O raw` does, sparse where the image is zero; progress lines in logs.
+
+mod common;
+
+use common::{imgblk, make_raw, qemu, qemu_img};
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Images with zero runs (holes, zeroed clusters, a compressed base under them), each with
+/// `qemu-img convert -O raw` of it as `NAME.ref`.
+fn images_with_zero_runs(d: &Path) -> Vec<&'static str> {
+    common::compressed_chain(d, 7);
+    qemu_img(d, &["convert", "-O", "vmdk", "top.qcow2", "flat.vmdk"]);
+    let images = vec!["top.qcow2", "base.qcow2", "flat.vmdk"];
+    for image in &images {
+        qemu_img(d, &["convert", "-O", "raw", image, &format!("{image}.ref")]);
+    }
+    images
+}
+
+fn filled(path: &Path, len: usize) {
+    fs::write(path, vec![0xffu8; len]).unwrap();
+}
+
+#[test]
+fn restore_into_a_used_file_is_exact_and_sparse() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for image in images_with_zero_runs(d) {
+        let want = fs::read(d.join(format!("{image}.ref"))).unwrap();
+        filled(&d.join("out.raw"), want.len() + (1 << 20));
+        imgblk(d, &["cat", "--sparse", "-o", "out.raw", image]);
+        assert!(
+            fs::read(d.join("out.raw")).unwrap() == want,
+            "cat -o {image}"
+        );
+        // qemu-img also finds zeroes inside data clusters: allow for those (1 MiB)
+        let qemu_out = fs::metadata(d.join(format!("{image}.ref"))).unwrap();
+        let ours = fs::metadata(d.join("out.raw")).unwrap();
+        assert!(
+            ours.blocks() < want.len() as u64 / 1024 && ours.blocks() <= qemu_out.blocks() + 2048,
+            "{image}: {} blocks allocated, qemu-img {}",
+            ours.blocks(),
+            qemu_out.blocks()
+        );
+
+        // a redirected stdout is a file too, and gets holes
+        let status = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+            .args(["cat", "--sparse", image])
+            .current_dir(d)
+            .stdout(File::create(d.join("stdout.raw")).unwrap())
+            .status()
+            .unwrap();
+        assert!(status.success(), "cat {image} > file");
+        let redirected = fs::metadata(d.join("stdout.raw")).unwrap();
+        assert!(
+            fs::read(d.join("stdout.raw")).unwrap() == want,
+            "cat {image} > file"
+        );
+        assert_eq!(redirected.blocks(), ours.blocks(), "cat {image} > file");
+
+        // what a script writes next to the same stdout goes after the guest's bytes
+        let status = Command::new("sh")
+            .args(["-c", "\"$0\" cat --sparse \"$1\"; echo end"])
+            .args([env!("CARGO_BIN_EXE_imgblk"), image])
+            .current_dir(d)
+            .stdout(File::create(d.join("script.out")).unwrap())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let script = fs::read(d.join("script.out")).unwrap();
+        assert!(
+            script.ends_with(b"end\n") && script[..want.len()] == want[..],
+            "{image}"
+        );
+
+        // without --sparse every byte is written
+        imgblk(d, &["cat", "-o", "dense.raw", image]);
+        let dense_out = fs::metadata(d.join("dense.raw")).unwrap();
+        assert!(
+            fs::read(d.join("dense.raw")).unwrap() == want,
+            "cat {image}"
+        );
+        assert!(dense_out.blocks() >= want.len() as u64 / 512, "cat {image}");
+    }
+}
+
+#[test]
+fn progress_goes_to_a_log_as_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_raw(&d.join("disk.raw"), 3);
+    let run = |flag: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+            .args(["cat", flag, "disk.raw"])
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(File::create(d.join("log")).unwrap())
+            .status()
+            .unwrap();
+        assert!(out.success());
+        fs::read_to_string(d.join("log")).unwrap()
+    };
+    let log = run("--progress");
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 2, "{log}");
+    assert!(
+        lines[0].starts_with("imgblk: copied ")
+            && lines[0].contains(" of 24.0 MiB (")
+            && lines[0].contains("/s, ETA "),
+        "{log}"
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with("imgblk: copied 24.0 MiB in "),
+        "{log}"
+    );
+    assert_eq!(run("--no-progress"), "");
+    assert_eq!(run("--sparse"), "", "no progress by default in a log");
+}
+
+/// The guest sectors (512 bytes) that runs of a `map --output=json` array list as
+/// changed within the top `n` layers: present at a depth below `n`.
+fn changed_sectors(runs: &serde_json::Value, n: u64) -> Vec<u64> {
+    let mut sectors = Vec::new();
+    for run in runs.as_array().unwrap() {
+        if run["present"].as_bool().unwrap() && run["depth"].as_u64().unwrap() < n {
+            let start = run["start"].as_u64().unwrap() / 512;
+            sectors.extend(start..start + run["length"].as_u64().unwrap() / 512);
+        }
+    }
+    sectors
+}
+
+/// A 3-deep chain of `format` (base ← mid ← top), each layer made while it was the top,
+/// as a backup agent would see it: returns the layers, bottom first.
+fn three_layers(d: &Path, format: &str) -> [String; 3] {
+    let names = ["base", "mid", "top"].map(|n| format!("{n}.{format}"));
+    make_raw(&d.join("base.raw"), 11);
+    qemu_img(d, &["convert", "-O", format, "base.raw", &names[0]]);
+    let writes = [
+        [
+            "write -P 0x11 1M 2M",
+            "write -z 4M 1M",
+            "write -P 0x12 20M 512k",
+        ],
+        [
+            "write -P 0x21 2M 64k",
+            "write -z 10M 2M",
+            "write -P 0x22 22M 2M",
+        ],
+    ];
+    for (i, w) in writes.iter().enumerate() {
+        let (below, layer) = (&names[i], &names[i + 1]);
+        qemu_img(
+            d,
+            &[
+                "create", "-q", "-f", format, "-b", below, "-F", format, layer,
+            ],
+        );
+        let mut args = vec!["-f", format];
+        for c in w {
+            args.extend(["-c", c]);
+        }
+        args.push(layer);
+        qemu("qemu-io", d, &args);
+    }
+    names
+}
+
+#[test]
+fn top_layers_are_what_qemu_img_map_says_and_incrementals_restore_the_image() {
+    for format in ["qcow2", "vmdk"] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let [base, mid, top] = three_layers(d, format);
+        let theirs: serde_json::Value =
+            serde_json::from_str(&qemu_img(d, &["map", "--output=json", &top])).unwrap();
+        for n in [1u64, 2] {
+            let ours: serde_json::Value = serde_json::from_slice(&imgblk(
+                d,
+                &["map", "--json", "--top-layers", &n.to_string(), &top],
+            ))
+            .unwrap();
+            let want = changed_sectors(&theirs, n);
+            assert!(
+                !want.is_empty(),
+                "{format}: nothing changed in {n} layer(s)"
+            );
+            assert!(
+                changed_sectors(&ours, n) == want,
+                "{format}: map --top-layers {n} differs from qemu-img map"
+            );
+            assert!(
+                ours.as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|r| r["depth"].as_u64() < Some(n)),
+                "{format}: map --top-layers {n} lists deeper runs"
+            );
+        }
+        let since = imgblk(d, &["map", "--json", "--since", &base, &top]);
+        assert_eq!(
+            since,
+            imgblk(d, &["map", "--json", "--top-layers", "2", &top]),
+            "{format}: --since {base}"
+        );
+
+        // full backup of base, then one incremental per layer, applied in order
+        filled(&d.join("restore.raw"), 1 << 20);
+        imgblk(d, &["cat", "--sparse", "-o", "restore.raw", &base]);
+        for layer in [&mid, &top] {
+            imgblk(
+                d,
+                &[
+                    "cat",
+                    "--sparse",
+                    "--top-layers",
+                    "1",
+                    "-o",
+                    "restore.raw",
+                    layer,
+                ],
+            );
+        }
+        qemu_img(d, &["convert", "-O", "raw", &top, "final.raw"]);
+        assert!(
+            fs::read(d.join("restore.raw")).unwrap() == fs::read(d.join("final.raw")).unwrap(),
+            "{format}: full + incrementals differ from the final image"
+        );
+
+        // the same as qcow2 files, each over the previous backup
+        let backups = ["full.qcow2", "incr1.qcow2", "incr2.qcow2"];
+        imgblk(d, &["convert", "-o", backups[0], &base]);
+        for (i, layer) in [&mid, &top].into_iter().enumerate() {
+            imgblk(
+                d,
+                &[
+                    "convert",
+                    "--top-layers",
+                    "1",
+                    "-B",
+                    backups[i],
+                    "-o",
+                    backups[i + 1],
+                    layer,
+                ],
+            );
+        }
+        for (backup, layer) in backups.iter().zip([&base, &mid, &top]) {
+            qemu_img(d, &["check", backup]);
+            qemu_img(d, &["compare", backup, layer]);
+        }
+        imgblk(d, &["convert", "-O", "raw", "-o", "converted.raw", &top]);
+        assert!(
+            fs::read(d.join("converted.raw")).unwrap() == fs::read(d.join("final.raw")).unwrap(),
+            "{format}: convert -O raw"
+        );
+
+        // usage errors: a pipe cannot take an incremental, a piece has no layers of its
+        // own, and a chain has no more layers than it has
+        for (args, says) in [
+            (
+                &["cat", "--top-layers", "1", &top][..],
+                "needs a file or block device",
+            ),
+            (
+                &["map", "--top-layers", "1", "--part", "1", &top],
+                "whole images",
+            ),
+            (&["map", "--top-layers", "3", &top], "has 3 layer(s)"),
+            (&["map", "--since", &top, &top], "top of the chain"),
+            (
+                &["convert", "--top-layers", "1", "-o", "x.qcow2", &top],
+                "need -B",
+            ),
+        ] {
+            let out = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+                .args(args)
+                .current_dir(d)
+                .stdout(Stdio::piped())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(
+                err.contains(says) && out.stdout.is_empty(),
+                "{args:?}: {err}"
+            );
+        }
+    }
+}
+
+/// Adjacent `(start, end)` ranges joined.
+fn merged(ranges: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in ranges {
+        match out.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => out.push((start, end)),
+        }
+    }
+    out
+}
+
+/// `(start, end)` of each run of a JSON map whose start is in field `start`.
+fn json_ranges<'a>(
+    runs: &'a serde_json::Value,
+    start: &'a str,
+) -> impl Iterator<Item = (u64, u64)> + 'a {
+    runs.as_array().unwrap().iter().map(move |run| {
+        let s = run[start].as_u64().unwrap();
+        (s, s + run["length"].as_u64().unwrap())
+    })
+}
+
+/// The dirty ranges `map --json --bitmap NAME` lists, merged.
+fn dirty(d: &Path, image: &str, name: &str) -> Vec<(u64, u64)> {
+    let runs: serde_json::Value = serde_json::from_slice(&imgblk(
+        d,
+        &["map", "--json", "-U", "--bitmap", name, image],
+    ))
+    .unwrap();
+    merged(json_ranges(&runs, "start"))
+}
+
+/// The dirty ranges of bitmap `name` that `qemu-nbd --bitmap` exports and nbdinfo reads
+/// (`qemu:dirty-bitmap:NAME`), merged; `None` without nbdinfo (libnbd-bin).
+fn nbdinfo_dirty(d: &Path, image: &str, name: &str) -> Option<Vec<(u64, u64)>> {
+    let context = format!("--map=qemu:dirty-bitmap:{name}");
+    let out = Command::new("nbdinfo")
+        .args([
+            "--json", &context, "--", "[", "qemu-nbd", "-r", "-f", "qcow2",
+        ])
+        .args(["-B", name, image, "]"])
+        .current_dir(d)
+        .output();
+    let out = match out {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("nbdinfo not installed (libnbd-bin): not compared with qemu-nbd");
+            return None;
+        }
+        other => other.unwrap(),
+    };
+    assert!(
+        out.status.success(),
+        "nbdinfo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    if let Some(list) = runs.as_array_mut() {
+        list.retain(|run| run["type"].as_u64().unwrap() & 1 == 1);
+    }
+    Some(merged(json_ranges(&runs, "offset")))
+}
+
+#[test]
+fn qcow2_dirty_bitmaps_give_what_qemu_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_raw(&d.join("base.raw"), 5);
+    qemu_img(d, &["convert", "-O", "qcow2", "base.raw", "disk.qcow2"]);
+    // the full backup, taken when the bitmaps start tracking
+    imgblk(d, &["cat", "--sparse", "-o", "restore.raw", "disk.qcow2"]);
+    imgblk(d, &["convert", "-o", "full.qcow2", "disk.qcow2"]);
+    qemu_img(d, &["bitmap", "--add", "disk.qcow2", "b0"]);
+    qemu_img(
+        d,
+        &["bitmap", "--add", "-g", "256k", "disk.qcow2", "coarse"],
+    );
+    qemu_img(d, &["bitmap", "--add", "--disable", "disk.qcow2", "off"]);
+    qemu(
+        "qemu-io",
+        d,
+        &[
+            "-c",
+            "write -P 0xaa 1M 64k",
+            "-c",
+            "write -P 0xbb 5000k 4k",
+            "-c",
+            "write -z 12M 1M",
+            "-c",
+            "discard 20M 128k",
+            "disk.qcow2",
+        ],
+    );
+    let info = String::from_utf8(imgblk(d, &["info", "disk.qcow2"])).unwrap();
+    for line in [
+        "  b0  granularity 64.0 KiB  flags [auto]",
+        "  coarse  granularity 256.0 KiB  flags [auto]",
+        "  off  granularity 64.0 KiB  flags []",
+    ] {
+        assert!(info.lines().any(|l| l == line), "{line:?} not in:\n{info}");
+    }
+    // the written ranges, each widened to whole granules of the bitmap
+    const K: u64 = 1024;
+    let written = [(1024, 64), (5000, 4), (12288, 1024), (20480, 128)].map(|(s, l)| (s * K, l * K));
+    for (name, granule) in [("b0", 64 * K), ("coarse", 256 * K)] {
+        let want =
+            written.map(|(s, l)| (s / granule * granule, (s + l).div_ceil(granule) * granule));
+        assert_eq!(dirty(d, "disk.qcow2", name), want, "{name}");
+    }
+    assert_eq!(dirty(d, "disk.qcow2", "off"), []);
+    for name in ["b0", "coarse", "off"] {
+        if let Some(theirs) = nbdinfo_dirty(d, "disk.qcow2", name) {
+            assert_eq!(dirty(d, "disk.qcow2", name), theirs, "{name} vs nbdinfo");
+        }
+    }
+
+    // the incremental over the full backup gives the image
+    imgblk(
+        d,
+        &[
+            "cat",
+            "--sparse",
+            "--bitmap",
+            "b0",
+            "-o",
+            "restore.raw",
+            "disk.qcow2",
+        ],
+    );
+    qemu_img(d, &["convert", "-O", "raw", "disk.qcow2", "final.raw"]);
+    assert!(
+        fs::read(d.join("restore.raw")).unwrap() == fs::read(d.join("final.raw")).unwrap(),
+        "full + bitmap incremental differ from the image"
+    );
+    imgblk(
+        d,
+        &[
+            "convert",
+            "--bitmap",
+            "b0",
+            "-B",
+            "full.qcow2",
+            "-o",
+            "incr.qcow2",
+            "disk.qcow2",
+        ],
+    );
+    qemu_img(d, &["check", "incr.qcow2"]);
+    qemu_img(d, &["compare", "incr.qcow2", "disk.qcow2"]);
+    // it holds the dirty ranges, and nothing else
+    let mut own: serde_json::Value =
+        serde_json::from_str(&qemu_img(d, &["map", "--output=json", "incr.qcow2"])).unwrap();
+    if let Some(runs) = own.as_array_mut() {
+        runs.retain(|r| r["depth"] == 0 && r["present"] == true);
+    }
+    assert_eq!(
+        merged(json_ranges(&own, "start")),
+        dirty(d, "disk.qcow2", "b0")
+    );
+
+    // a bitmap that a running (or dead) QEMU holds is in use, and refused
+    let mut writer = Command::new("qemu-io")
+        .args(["-c", "sleep 60000", "disk.qcow2"])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let in_use = (0..100).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let out = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+            .args(["map", "-U", "--bitmap", "b0", "disk.qcow2"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        (!out.status.success()).then_some(out)
+    });
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    let out = in_use.expect("qemu-io never marked b0 in use");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("bitmap \"b0\" is marked in use"), "{err}");
+}
+
+/// The file offset of the bitmap directory of qcow2 v3 `image`, from its bitmaps header
+/// extension (and that extension's offset).
+fn bitmap_directory(image: &[u8]) -> (usize, usize) {
+    let be32 = |at: usize| u32::from_be_bytes(image[at..at + 4].try_into().unwrap());
+    let mut pos = be32(100) as usize;
+    loop {
+        let (kind, len) = (be32(pos), be32(pos + 4) as usize);
+        assert_ne!(kind, 0, "no bitmaps extension");
+        if kind == 0x2385_2875 {
+            let dir = u64::from_be_bytes(image[pos + 24..pos + 32].try_into().unwrap());
+            return (dir as usize, pos + 8);
+        }
+        pos += 8 + len.div_ceil(8) * 8;
+    }
+}
+
+#[test]
+fn damaged_bitmaps_are_named_in_errors_and_never_hinder_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    qemu_img(d, &["create", "-q", "-f", "qcow2", "good.qcow2", "8M"]);
+    qemu_img(d, &["bitmap", "--add", "good.qcow2", "b0"]);
+    let good = fs::read(d.join("good.qcow2")).unwrap();
+    let (directory, extension) = bitmap_directory(&good);
+    let damages: [(&str, usize, &[u8]); 6] = [
+        ("nb_bitmaps is 0", extension, &[0, 0, 0, 0]),
+        ("bitmap_directory_size is", extension + 8, &[0xff; 8]),
+        ("\"b0\" granularity_bits is 40", directory + 17, &[40]),
+        ("\"b0\" type is 2", directory + 16, &[2]),
+        ("name_size/extra_data_size", directory + 18, &[0xff, 0xff]),
+        (
+            "\"b0\" bitmap_table_size is 9",
+            directory + 8,
+            &[0, 0, 0, 9],
+        ),
+    ];
+    for (field, at, bytes) in damages {
+        let mut bad = good.clone();
+        bad[at..at + bytes.len()].copy_from_slice(bytes);
+        fs::write(d.join("bad.qcow2"), &bad).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+            .args(["map", "--bitmap", "b0", "bad.qcow2"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{field}: {err}");
+        assert!(
+            err.contains("bad.qcow2") && err.contains(field),
+            "{field}: {err}"
+        );
+        imgblk(d, &["info", "bad.qcow2"]);
+        imgblk(d, &["cat", "-o", "out.raw", "bad.qcow2"]);
+    }
+}
