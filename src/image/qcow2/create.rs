@@ -42,7 +42,9 @@ pub fn create_overlay(
 }
 
 /// Creates the empty qcow2 file `path` (which must not exist) of `size` bytes, over
-/// `backing` (its path, stored as given, and format) when given (`imgblk convert`).
+/// `backing` (its path, stored as given, and format) when given (`imgblk convert`). It
+/// gets the backing file's read and write permissions (see [`create_overlay`]); without
+/// one, owner-only.
 pub fn create(path: &Path, size: u64, backing: Option<(&Path, Format)>) -> Result<()> {
     let name = match backing {
         Some((file, _)) => file
@@ -71,7 +73,11 @@ pub fn create(path: &Path, size: u64, backing: Option<(&Path, Format)>) -> Resul
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(std::fs::metadata(backing).map_or(0o600, |m| m.mode() & 0o666))
+        .mode(
+            backing
+                .and_then(|(file, _)| std::fs::metadata(file).ok())
+                .map_or(0o600, |m| m.mode() & 0o666),
+        )
         .open(path)
         .map_err(|e| {
             let kind = if e.kind() == std::io::ErrorKind::AlreadyExists {
