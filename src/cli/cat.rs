@@ -1,7 +1,7 @@
 //! `imgblk cat`: stream an image's guest contents, without ublk (works in containers).
 
 use super::{open_source_for_reading, SourceArgs, EXIT_OK};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::image::{io::read_at, status::walk_status, DiskImage};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -41,8 +41,10 @@ pub fn run(args: CatArgs) -> Result<i32> {
     let bar = progress_bar(size, args.progress);
     match &args.output {
         Some(path) => {
-            let mut file = File::create(path)
-                .map_err(|e| Error::io("cannot create output", e).with_path(path))?;
+            // Not the image's error kinds (missing, unreadable): the output failed.
+            let mut file = File::create(path).map_err(|e| {
+                Error::new(ErrorKind::Io, format!("cannot create output: {e}")).with_path(path)
+            })?;
             copy(&*image, &mut file, args.sparse, &bar).map_err(|e| e.with_path(path))?;
             file.set_len(size)
                 .and_then(|()| file.sync_all())

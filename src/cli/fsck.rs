@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::image::{open_image, DiskImage, Format, OpenOptions};
 use crate::layout::{discover, ContentKind, NodeKind, PieceId};
 use crate::serve::Overlay;
+use crate::ublk::device;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -53,6 +54,8 @@ Exit status (bits OR-ed together, like fsck(8)):
        holds it, for --repair), a checker is not installed, or a checker failed
   130  interrupted (SIGINT/SIGTERM); every device this run attached is detached
   2    bad usage
+  4    also, as for imgblk's other commands, when the system lacks ublk or root: said
+       once on stderr, before any check, and nothing was checked
 Images with no file system to check give 0, with a note on stderr.";
 
 /// Check the file systems inside images (e2fsck, xfs_repair, fsck.vfat, btrfs check).
@@ -213,6 +216,10 @@ pub fn run(args: FsckArgs) -> Result<i32> {
     groups.retain(|g| !g.is_empty());
     if groups.is_empty() && results.is_empty() {
         eprintln!("imgblk: no file systems found");
+    }
+    if !groups.is_empty() {
+        // once, not once per file system: every check would fail alike
+        device::check_available()?;
     }
     let shared = Arc::new(Shared {
         stop: stop.clone(),

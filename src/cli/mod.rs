@@ -35,9 +35,10 @@ pub const EXIT_BUSY: i32 = 5;
 const EXIT_CODES_HELP: &str = "\
 Exit status:
   0  success
-  1  operational failure (I/O error, daemon died)
+  1  operational failure (I/O error, an output that cannot be created, daemon died)
   2  bad usage
-  3  image missing, corrupt or of an unsupported kind
+  3  an input cannot be used: image (or key file) missing, unreadable, corrupt or of an
+     unsupported kind (a directory), or a LUKS key that opens no key slot
   4  the system lacks something: ublk_drv not loaded, not root
   5  busy: the image has another writer, or the device is mounted
   75 attach (daemon): stopped by a signal while the device was in use, and left the
@@ -117,10 +118,13 @@ pub fn main() -> i32 {
     }
 }
 
-/// The documented exit status for an error.
+/// The documented exit status for an error. A permission error about a file (an image or
+/// key file that cannot be read, a key that opens no LUKS key slot) is an unusable input,
+/// 3; one about no file (not root) is what the system lacks, 4.
 pub fn exit_code(error: &Error) -> i32 {
     match error.kind() {
         ErrorKind::NotFound | ErrorKind::Corrupt | ErrorKind::Unsupported => EXIT_IMAGE,
+        ErrorKind::Permission if error.path().is_some() => EXIT_IMAGE,
         ErrorKind::Kernel | ErrorKind::Permission => EXIT_SYSTEM,
         ErrorKind::Busy => EXIT_BUSY,
         ErrorKind::InvalidInput => EXIT_USAGE,
@@ -271,6 +275,40 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// Parses `imgblk ARGS...`, panicking with clap's message on failure.
+    pub(super) fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("imgblk").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command
+    }
+
+    #[test]
+    fn options_are_accepted_between_positionals() {
+        for args in [
+            ["mount", "a.img", "--lv", "vg/lv", "/mnt"],
+            ["attach", "a.img", "--lv", "vg/lv", "b.img"],
+            ["cat", "a.img", "--lv", "vg/lv", "b.img"],
+            ["map", "a.img", "--lv", "vg/lv", "b.img"],
+            ["fsck", "a.img", "--jobs", "2", "b.img"],
+            ["inspect", "a.img", "--format", "raw", "b.img"],
+        ] {
+            parse(&args);
+        }
+    }
+
+    #[test]
+    fn mount_usage_names_each_positional_once() {
+        let usage = Cli::command()
+            .find_subcommand_mut("mount")
+            .unwrap()
+            .render_usage()
+            .to_string();
+        assert!(
+            usage.ends_with("mount [OPTIONS] <IMAGE>... <MOUNTPOINT>"),
+            "{usage}"
+        );
+    }
+
     #[test]
     fn sizes_read_naturally() {
         assert_eq!(human_size(512), "512 B");
@@ -282,5 +320,8 @@ mod tests {
         assert_eq!(exit_code(&Error::corrupt("x")), EXIT_IMAGE);
         assert_eq!(exit_code(&Error::new(ErrorKind::Kernel, "x")), EXIT_SYSTEM);
         assert_eq!(exit_code(&Error::new(ErrorKind::Busy, "x")), EXIT_BUSY);
+        let denied = || Error::new(ErrorKind::Permission, "x");
+        assert_eq!(exit_code(&denied()), EXIT_SYSTEM);
+        assert_eq!(exit_code(&denied().with_path("/img".as_ref())), EXIT_IMAGE);
     }
 }

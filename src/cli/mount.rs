@@ -8,7 +8,7 @@ use crate::image::{open_image, DiskImage, OpenOptions};
 use crate::layout::{discover, ContentKind, Layout, Node, NodeKind, PieceId};
 use crate::ublk::device;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -19,11 +19,17 @@ use std::sync::Arc;
 /// through ntfs3 (or ntfs-3g). With --rw the file system is mounted read-write and a
 /// journal is replayed. `imgblk umount MOUNTPOINT` unmounts, flushes and detaches.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  imgblk mount guest.qcow2 --part 1 /mnt\n  \
-imgblk mount guest.qcow2 --lv vg0/root /mnt\n  imgblk mount --auto guest.vmdk /mnt\n  imgblk umount /mnt")]
+#[command(
+    override_usage = "imgblk mount [OPTIONS] <IMAGE>... <MOUNTPOINT>",
+    after_help = "Examples:\n  imgblk mount guest.qcow2 --part 1 /mnt\n  \
+imgblk mount guest.qcow2 --lv vg0/root /mnt\n  imgblk mount --auto guest.vmdk /mnt\n  imgblk umount /mnt"
+)]
 pub struct MountArgs {
-    /// The image(s), then the mount point last.
-    #[arg(required = true, num_args = 2.., value_name = "IMAGE... MOUNTPOINT")]
+    // One list, not two positionals, so that options may stand between the paths: clap
+    // would give a path followed by an option to the last positional.
+    /// The image (or block device), every disk of the guest for a VG spanning them, then
+    /// the mount point last.
+    #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
     #[command(flatten)]
     piece: PieceArgs,
@@ -46,12 +52,21 @@ pub struct UmountArgs {
     mountpoint: PathBuf,
 }
 
+impl MountArgs {
+    /// The images and the mount point: every path given but the last, and the last.
+    fn images_and_mountpoint(&self) -> Result<(&[PathBuf], &Path)> {
+        match self.paths.split_last() {
+            Some((mountpoint, images)) if !images.is_empty() => Ok((images, mountpoint)),
+            _ => Err(Error::invalid(
+                "give the image(s), then the mount point: imgblk mount IMAGE... MOUNTPOINT",
+            )),
+        }
+    }
+}
+
 /// Runs `imgblk mount`.
 pub fn run_mount(args: MountArgs) -> Result<i32> {
-    let (mountpoint, images) = args
-        .paths
-        .split_last()
-        .ok_or_else(|| Error::invalid("no mount point"))?;
+    let (images, mountpoint) = args.images_and_mountpoint()?;
     if !mountpoint.is_dir() {
         return Err(
             Error::new(ErrorKind::NotFound, "mount point is not a directory").with_path(mountpoint),
@@ -286,6 +301,33 @@ fn kernel_knows(fstype: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::tests::parse;
+    use crate::cli::Command as Parsed;
+
+    /// `mount`'s arguments from `imgblk mount ARGS...`.
+    fn mount_args(args: &[&str]) -> MountArgs {
+        match parse(&[&["mount"], args].concat()) {
+            Parsed::Mount(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_mount_point_is_the_last_path_wherever_options_are() {
+        let m = mount_args(&["a.qcow2", "--lv", "vg/root", "b.qcow2", "/mnt"]);
+        let (images, mountpoint) = m.images_and_mountpoint().unwrap();
+        assert_eq!(images, [PathBuf::from("a.qcow2"), "b.qcow2".into()]);
+        assert_eq!(mountpoint, Path::new("/mnt"));
+        assert_eq!(m.piece.piece().unwrap().to_string(), "vg/root");
+        let m = mount_args(&["a.qcow2", "--part", "1", "/mnt", "--rw"]);
+        let (images, mountpoint) = m.images_and_mountpoint().unwrap();
+        assert_eq!(
+            (images.len(), mountpoint, m.rw),
+            (1, Path::new("/mnt"), true)
+        );
+        let lone = mount_args(&["/mnt"]).images_and_mountpoint().unwrap_err();
+        assert_eq!(lone.kind(), ErrorKind::InvalidInput);
+    }
 
     #[test]
     fn read_only_options_never_replay() {

@@ -96,7 +96,7 @@ impl ImageFile {
         } else if meta.is_file() {
             meta.len()
         } else {
-            return Err(Error::invalid("not a regular file or block device").with_path(path));
+            return Err(Error::unsupported("not a regular file or block device").with_path(path));
         };
         let direct = if want_direct {
             open_direct(path, writable)
