@@ -223,7 +223,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__detach)
-            opts="-v -q -h --all --force --timeout --verbose --quiet --help"
+            opts="-v -q -h --all --force --timeout --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -593,7 +593,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__mount)
-            opts="-f -v -q -h --part --lv --auto --rw --format --verbose --quiet --help"
+            opts="-f -v -q -h --part --lv --auto --rw --format --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -623,7 +623,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__recover)
-            opts="-v -q -h --all --verbose --quiet --help"
+            opts="-v -q -h --all --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -637,7 +637,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__umount)
-            opts="-v -q -h --verbose --quiet --help"
+            opts="-v -q -h --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -2,11 +2,12 @@
 //! attach the piece, mount it with safe options — and undone in one step.
 
 use super::piece::PieceArgs;
-use super::{child, EXIT_OK};
+use super::{child, print_json, EXIT_OK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{open_image, DiskImage, OpenOptions};
 use crate::layout::{discover, ContentKind, Layout, Node, NodeKind, PieceId};
 use crate::ublk::device;
+use serde::Serialize;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,7 +23,8 @@ use std::sync::Arc;
 #[command(
     override_usage = "imgblk mount [OPTIONS] <IMAGE>... <MOUNTPOINT>",
     after_help = "Examples:\n  imgblk mount guest.qcow2 --part 1 /mnt\n  \
-imgblk mount guest.qcow2 --lv vg0/root /mnt\n  imgblk mount --auto guest.vmdk /mnt\n  imgblk umount /mnt"
+imgblk mount guest.qcow2 --lv vg0/root /mnt\n  imgblk mount --auto guest.vmdk /mnt\n  \
+imgblk mount --json guest.qcow2 /mnt\n  imgblk umount /mnt"
 )]
 pub struct MountArgs {
     // One list, not two positionals, so that options may stand between the paths: clap
@@ -42,14 +44,56 @@ pub struct MountArgs {
     /// Image format; detected when omitted.
     #[arg(short, long, value_enum)]
     format: Option<crate::image::Format>,
+    /// Print what was mounted as JSON (device, mount point, piece, file system, options).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Unmount what `imgblk mount` mounted, flush, and detach its device.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  imgblk umount /mnt")]
+#[command(after_help = "Examples:\n  imgblk umount /mnt\n  imgblk umount --json /mnt")]
 pub struct UmountArgs {
     /// The mount point.
     mountpoint: PathBuf,
+    /// Print what was unmounted and detached as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `mount --json` prints: what was mounted where, through which device.
+#[derive(Debug, Serialize)]
+struct Mounted {
+    /// The mount point, as an absolute path.
+    mountpoint: PathBuf,
+    /// The device mounted, `/dev/ublkbN`.
+    device: PathBuf,
+    /// Its ublk id, for `imgblk detach`.
+    id: u32,
+    /// The image served.
+    image: PathBuf,
+    /// The piece of the image, when not the whole image.
+    piece: Option<PieceId>,
+    /// What the piece holds (`ext4`, `xfs`, `ntfs`...).
+    content: &'static str,
+    /// The kernel file system type mounted (`ext4` for ext2/3/4, `ntfs3`...).
+    fstype: String,
+    /// The mount options.
+    options: String,
+    /// Whether the file system is mounted read-write.
+    writable: bool,
+}
+
+/// What `umount --json` prints: the mount point left and the device detached.
+#[derive(Debug, Serialize)]
+struct Unmounted {
+    /// The mount point, as an absolute path.
+    mountpoint: PathBuf,
+    /// What was mounted there: `/dev/ublkbN` or `/dev/ublkbNpM`.
+    source: String,
+    /// The device detached, `/dev/ublkbN`.
+    device: PathBuf,
+    /// Its ublk id.
+    id: u32,
 }
 
 impl MountArgs {
@@ -117,9 +161,9 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
     let record = child::attach(&attach_args)?;
     let device = record.device.display().to_string();
 
-    let (fstype, mount_options) = mount_options(fs, args.rw);
+    let (fstype, options) = mount_options(fs, args.rw);
     let status = Command::new("mount")
-        .args(["-t", &fstype, "-o", &mount_options, &device])
+        .args(["-t", &fstype, "-o", &options, &device])
         .arg(mountpoint)
         .output()
         .map_err(|e| Error::io("cannot run mount", e))?;
@@ -138,13 +182,27 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
             format!("mounting {} ({fstype}) failed: {why}; {hint}", node.name),
         ));
     }
-    println!(
-        "{} ({}, {}) mounted on {} via {device}",
-        node.name,
-        fs.as_str(),
-        if args.rw { "rw" } else { "ro" },
-        mountpoint.display()
-    );
+    if args.json {
+        print_json(&Mounted {
+            mountpoint: std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.into()),
+            device: record.device,
+            id: record.id,
+            image: record.image,
+            piece: record.piece,
+            content: fs.as_str(),
+            fstype,
+            options,
+            writable: args.rw,
+        })?;
+    } else {
+        println!(
+            "{} ({}, {}) mounted on {} via {device}",
+            node.name,
+            fs.as_str(),
+            if args.rw { "rw" } else { "ro" },
+            mountpoint.display()
+        );
+    }
     Ok(EXIT_OK)
 }
 
@@ -174,7 +232,16 @@ pub fn run_umount(args: UmountArgs) -> Result<i32> {
             format!("unmounted, but {whole} could not be detached: {e}"),
         )
     })?;
-    println!("unmounted {} and detached {whole}", target.display());
+    if args.json {
+        print_json(&Unmounted {
+            mountpoint: target,
+            source: mount.source,
+            device: whole.into(),
+            id,
+        })?;
+    } else {
+        println!("unmounted {} and detached {whole}", target.display());
+    }
     Ok(EXIT_OK)
 }
 
@@ -327,6 +394,28 @@ mod tests {
         );
         let lone = mount_args(&["/mnt"]).images_and_mountpoint().unwrap_err();
         assert_eq!(lone.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn json_says_what_was_mounted_where() {
+        let (fstype, options) = mount_options(ContentKind::Ext3, false);
+        let mounted = Mounted {
+            mountpoint: "/mnt".into(),
+            device: "/dev/ublkb0".into(),
+            id: 0,
+            image: "/img/disk.qcow2".into(),
+            piece: Some(PieceId::Partition(2)),
+            content: ContentKind::Ext3.as_str(),
+            fstype,
+            options,
+            writable: false,
+        };
+        assert_eq!(
+            serde_json::to_value(mounted).unwrap(),
+            serde_json::json!({"mountpoint": "/mnt", "device": "/dev/ublkb0", "id": 0,
+                "image": "/img/disk.qcow2", "piece": "disk0p2", "content": "ext3",
+                "fstype": "ext4", "options": "ro,noload", "writable": false})
+        );
     }
 
     #[test]
