@@ -36,16 +36,24 @@ pub const FSCK_OPERATIONAL: i32 = 8;
 /// Exit status after SIGINT/SIGTERM.
 pub const FSCK_INTERRUPTED: i32 = 130;
 
+const FSCK_EXAMPLES: &str = "Examples:\n  imgblk fsck guest.qcow2\n  \
+imgblk fsck --jobs 4 vm1.qcow2 vm2.vmdk\n  imgblk fsck --part 2 disk.raw\n  \
+imgblk fsck --repair disk.raw\n  imgblk fsck --repair --overlay memory guest.qcow2   # dry-run repair\n  \
+imgblk fsck --json --lv vg0/root disk.qcow2";
+
 const FSCK_HELP: &str = "\
-Checkers: ext2/3/4 e2fsck -fn (--repair: e2fsck -fy); xfs xfs_repair -n (xfs_repair);
-vfat fsck.vfat -n (fsck.vfat -a); btrfs btrfs check --readonly (btrfs check --repair);
-ntfs ntfsfix -n (ntfsfix). For xfs, vfat, btrfs and ntfs, --repair first checks
-read-only, repairs only when errors were found, and checks again to tell the outcome.
+Checkers:
+  ext2/3/4 e2fsck -fn (--repair: e2fsck -fy); xfs xfs_repair -n (xfs_repair);
+  vfat fsck.vfat -n (fsck.vfat -a); btrfs btrfs check --readonly (btrfs check --repair);
+  ntfs ntfsfix -n (ntfsfix). For xfs, vfat, btrfs and ntfs, --repair first checks
+  read-only, repairs only when errors were found, and checks again to tell the outcome.
 
-Results: clean, errors (found and left), repaired, missing (checker not installed),
-failed (the device could not be attached, or the checker failed to run).
+Results:
+  clean, errors (found and left), repaired, missing (checker not installed),
+  failed (the device could not be attached, or the checker failed to run).
 
-Exit status (bits OR-ed together, like fsck(8)):
+Exit status:
+  Bits OR-ed together, like fsck(8):
   0    every file system is clean
   1    errors were corrected in the image (--repair)
   4    errors are left: found read-only, not repairable, or repaired only into the
@@ -56,7 +64,7 @@ Exit status (bits OR-ed together, like fsck(8)):
   2    bad usage
   4    also, as for imgblk's other commands, when the system lacks ublk or root: said
        once on stderr, before any check, and nothing was checked
-Images with no file system to check give 0, with a note on stderr.";
+  Images with no file system to check give 0, with a note on stderr.";
 
 /// Check the file systems inside images (e2fsck, xfs_repair, fsck.vfat, btrfs check).
 ///
@@ -66,11 +74,8 @@ Images with no file system to check give 0, with a note on stderr.";
 /// goes into RAM and the image is left untouched (a dry run of the repair).
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  imgblk fsck guest.qcow2\n  \
-imgblk fsck --jobs 4 vm1.qcow2 vm2.vmdk\n  imgblk fsck --part 2 disk.raw\n  \
-imgblk fsck --repair disk.raw\n  imgblk fsck --repair --overlay memory guest.qcow2   # dry-run repair\n  \
-imgblk fsck --json --lv vg0/root disk.qcow2",
-    after_long_help = FSCK_HELP
+    after_help = FSCK_EXAMPLES,
+    after_long_help = super::long_help(FSCK_EXAMPLES, FSCK_HELP)
 )]
 pub struct FsckArgs {
     /// The images (or block devices); each is checked on its own.

@@ -32,6 +32,15 @@ pub const EXIT_SYSTEM: i32 = 4;
 /// Exit status when an image or device is busy (another writer, a mounted device).
 pub const EXIT_BUSY: i32 = 5;
 
+const EXAMPLES: &str = "Examples:\n  imgblk attach guest.qcow2          # prints /dev/ublkb0\n  \
+mount -o ro /dev/ublkb0p1 /mnt\n  umount /mnt; imgblk detach /dev/ublkb0\n  imgblk list --json";
+
+/// What `--help` shows after the options: the examples `-h` shows, then `more`. (clap
+/// shows either the short or the long text, not both.)
+fn long_help(examples: &str, more: &str) -> String {
+    format!("{examples}\n\n{more}")
+}
+
 const EXIT_CODES_HELP: &str = "\
 Exit status:
   0  success
@@ -55,9 +64,8 @@ Exit status:
 It replaces `modprobe nbd; qemu-nbd -c`, `kpartx` and `losetup -o`: partitions of the image \
 appear as /dev/ublkbNpM, and one partition or guest LVM logical volume can be served on its own \
 (--part, --lv) or mounted in one step (imgblk mount). Devices are read-only unless --rw is given.",
-    after_help = "Examples:\n  imgblk attach guest.qcow2          # prints /dev/ublkb0\n  \
-mount -o ro /dev/ublkb0p1 /mnt\n  umount /mnt; imgblk detach /dev/ublkb0\n  imgblk list --json",
-    after_long_help = EXIT_CODES_HELP
+    after_help = EXAMPLES,
+    after_long_help = long_help(EXAMPLES, EXIT_CODES_HELP)
 )]
 pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
@@ -307,6 +315,24 @@ mod tests {
             usage.ends_with("mount [OPTIONS] <IMAGE>... <MOUNTPOINT>"),
             "{usage}"
         );
+    }
+
+    #[test]
+    fn long_help_shows_the_examples_of_short_help() {
+        let mut cli = Cli::command();
+        cli.build();
+        for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            let (Some(short), Some(long)) =
+                (command.get_after_help(), command.get_after_long_help())
+            else {
+                continue;
+            };
+            assert!(
+                long.to_string().starts_with(&short.to_string()),
+                "{} --help lacks the examples of -h",
+                command.get_name()
+            );
+        }
     }
 
     #[test]
