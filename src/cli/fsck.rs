@@ -14,6 +14,7 @@ use crate::image::{open_image, DiskImage, Format, OpenOptions};
 use crate::layout::{discover, ContentKind, NodeKind, PieceId};
 use crate::serve::Overlay;
 use crate::ublk::device;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -94,7 +95,9 @@ pub struct FsckArgs {
     #[arg(long)]
     repair: bool,
     /// With --repair: write the repairs into RAM (`memory`), leaving the image as it was.
-    #[arg(long, value_name = "memory", value_parser = Overlay::parse)]
+    /// (Every file system checked gets its own RAM overlay: no overlay file.)
+    #[arg(long, value_name = "memory",
+          value_parser = PossibleValuesParser::new(["memory"]).map(|_| Overlay::Memory))]
     overlay: Option<Overlay>,
     /// Print the results as a JSON array instead of a table.
     #[arg(long)]
@@ -183,11 +186,6 @@ pub fn run(args: FsckArgs) -> Result<i32> {
     if args.overlay.is_some() && !args.repair {
         return Err(Error::invalid(
             "--overlay only matters with --repair (a read-only check writes nothing)",
-        ));
-    }
-    if let Some(Overlay::File(_)) = &args.overlay {
-        return Err(Error::invalid(
-            "fsck --overlay takes `memory` only: every filesystem it checks gets its own RAM overlay",
         ));
     }
     let mode = match (args.repair, &args.overlay) {

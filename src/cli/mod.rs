@@ -336,6 +336,37 @@ mod tests {
     }
 
     #[test]
+    fn fsck_overlay_is_memory_only() {
+        assert!(matches!(
+            parse(&["fsck", "--repair", "--overlay", "memory", "a.img"]),
+            Command::Fsck(_)
+        ));
+        let file = [
+            "imgblk",
+            "fsck",
+            "--repair",
+            "--overlay",
+            "fix.qcow2",
+            "a.img",
+        ];
+        let e = Cli::try_parse_from(file).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn pieces_do_not_complete_as_file_names() {
+        let cli = Cli::command();
+        let attach = cli.find_subcommand("attach").unwrap();
+        for piece in ["part", "lv"] {
+            let arg = attach
+                .get_arguments()
+                .find(|a| a.get_id() == piece)
+                .unwrap();
+            assert_eq!(arg.get_value_hint(), clap::ValueHint::Other, "--{piece}");
+        }
+    }
+
+    #[test]
     fn sizes_read_naturally() {
         assert_eq!(human_size(512), "512 B");
         assert_eq!(human_size(3 << 29), "1.5 GiB");
