@@ -303,6 +303,16 @@ fn find_checks(image: &Path, piece: &PieceArgs, format: Option<Format>) -> Resul
     Ok(checks)
 }
 
+/// Every file system fsck checks, with its checker program and the package that has it
+/// (for `doctor`).
+pub(super) const CHECKERS: [(ContentKind, &str, &str); 5] = [
+    (ContentKind::Ext4, "e2fsck", "e2fsprogs"),
+    (ContentKind::Xfs, "xfs_repair", "xfsprogs"),
+    (ContentKind::Vfat, "fsck.vfat", "dosfstools"),
+    (ContentKind::Btrfs, "btrfs", "btrfs-progs"),
+    (ContentKind::Ntfs, "ntfsfix", "ntfs-3g"),
+];
+
 /// The checker command for `kind`: read-only, or repairing.
 fn checker(kind: ContentKind, repair: bool) -> Option<(&'static str, &'static [&'static str])> {
     Some(match (kind, repair) {
@@ -704,13 +714,14 @@ mod tests {
 
     #[test]
     fn every_file_system_has_both_checkers() {
-        for kind in [
-            ContentKind::Ext4,
-            ContentKind::Xfs,
-            ContentKind::Vfat,
-            ContentKind::Btrfs,
-        ] {
-            assert!(checker(kind, false).is_some() && checker(kind, true).is_some());
+        for (kind, program, _) in CHECKERS {
+            for repair in [false, true] {
+                assert_eq!(
+                    checker(kind, repair).map(|c| c.0),
+                    Some(program),
+                    "{kind:?}"
+                );
+            }
         }
         assert!(checker(ContentKind::Swap, false).is_none());
     }
