@@ -189,3 +189,6 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_
 complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "inspect" -d 'Show partitions, LVM volume groups and file systems inside images, without ublk'
 complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "fsck" -d 'Check the file systems inside images (e2fsck, xfs_repair, fsck.vfat, btrfs check)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat recover mount umount info inspect fsck help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+
+# imgblk detach/recover DEVICE: the ublk block devices there are.
+complete -c imgblk -n "__fish_imgblk_using_subcommand detach; or __fish_imgblk_using_subcommand recover" -f -a "(string match -r '^/dev/ublkb[0-9]+\$' /dev/ublkb*)"

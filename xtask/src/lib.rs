@@ -38,17 +38,26 @@ pub fn generated_files() -> Vec<(PathBuf, Vec<u8>)> {
             render_man(page, &see_also),
         ));
     }
-    for (shell, file) in [
-        (clap_complete::Shell::Bash, "imgblk.bash"),
-        (clap_complete::Shell::Zsh, "_imgblk"),
-        (clap_complete::Shell::Fish, "imgblk.fish"),
+    // Devices cannot be listed by clap's static completions: the bash and fish scripts
+    // get a few lines that offer /dev/ublkbN to detach and recover (zsh completes the
+    // device's path as a file already).
+    for (shell, file, devices) in [
+        (clap_complete::Shell::Bash, "imgblk.bash", DEVICES_BASH),
+        (clap_complete::Shell::Zsh, "_imgblk", ""),
+        (clap_complete::Shell::Fish, "imgblk.fish", DEVICES_FISH),
     ] {
         let mut out = Vec::new();
         clap_complete::generate(shell, &mut imgblk::cli::Cli::command(), "imgblk", &mut out);
+        out.extend_from_slice(devices.as_bytes());
         files.push((PathBuf::from("contrib/completions").join(file), out));
     }
     files
 }
+
+/// Bash completion of the devices `detach` and `recover` take.
+const DEVICES_BASH: &str = include_str!("completions/devices.bash");
+/// Fish completion of the devices `detach` and `recover` take.
+const DEVICES_FISH: &str = include_str!("completions/devices.fish");
 
 /// The commands a reader of `command`'s page will want next.
 fn related(command: &str) -> &'static [&'static str] {
@@ -236,6 +245,56 @@ mod tests {
         assert!(
             !attach.contains("\\-\\-version"),
             "imgblk-attach.1 lists -V"
+        );
+    }
+
+    #[test]
+    fn devices_complete_for_the_commands_that_take_one() {
+        let command = imgblk::cli::Cli::command();
+        for name in ["detach", "recover"] {
+            let sub = command.find_subcommand(name).unwrap();
+            assert!(
+                sub.get_positionals().any(|a| a.get_id() == "device"),
+                "{name}"
+            );
+            assert!(
+                DEVICES_BASH.contains(name) && DEVICES_FISH.contains(name),
+                "{name}"
+            );
+        }
+        let (_, bash) = generated_files()
+            .into_iter()
+            .find(|(p, _)| p.ends_with("imgblk.bash"))
+            .unwrap();
+        // what completes the last of the words typed
+        let complete = |words: &str| {
+            let script = format!(
+                "{}\nCOMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}}-1)); \
+                 _imgblk_devices imgblk; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+                String::from_utf8_lossy(&bash)
+            );
+            let out = std::process::Command::new("bash")
+                .args(["-c", &script])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert!(complete("imgblk detach --").contains("--force"));
+        assert!(complete("imgblk attach --r").contains("--rw"));
+        let devices = complete("imgblk detach ''");
+        let listed = std::fs::read_dir("/dev")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix("ublkb")
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .count();
+        assert_eq!(
+            devices.lines().filter(|l| !l.is_empty()).count(),
+            listed,
+            "{devices}"
         );
     }
 
