@@ -72,18 +72,19 @@ fn an_output_folder_that_does_not_exist_is_an_operational_failure() {
 fn argument_errors_come_before_the_missing_ublk() {
     let dir = tempfile::tempdir().unwrap();
     ext4_disk(dir.path(), "disk.raw");
-    for args in [
-        &["attach", "--part", "7", "disk.raw"][..],
-        &["attach", "--snapshot", "nope", "disk.raw"],
-        &["mount", "disk.raw", "--part", "7", "."],
-        &["fsck", "--part", "7", "disk.raw"],
+    for (args, said) in [
+        (&["attach", "--part", "7", "disk.raw"][..], "partition 7"),
+        (
+            &["attach", "--snapshot", "nope", "disk.raw"],
+            "snapshot 'nope'",
+        ),
+        (&["mount", "disk.raw", "--part", "7", "."], "partition 7"),
+        (&["fsck", "--part", "7", "disk.raw"], "partition 7"),
+        (&["recover", "/dev/sda"], "not a ublk device"),
     ] {
         let (code, err) = fails(dir.path(), args);
-        assert!(!err.contains("ublk"), "{args:?}: {err}");
-        assert!(
-            err.contains("partition 7") || err.contains("snapshot 'nope'"),
-            "{args:?}: {err}"
-        );
+        assert!(!err.contains("/dev/ublk-control"), "{args:?}: {err}");
+        assert!(err.contains(said), "{args:?}: {err}");
         assert_ne!(code, EXIT_SYSTEM, "{args:?}: {err}");
     }
 }

@@ -32,10 +32,14 @@ pub struct RecoverArgs {
 
 /// Runs `imgblk recover`.
 pub fn run(args: RecoverArgs) -> Result<i32> {
+    let id = args
+        .device
+        .as_deref()
+        .map(super::detach::parse_device)
+        .transpose()?;
     device::check_available()?;
-    let records = match &args.device {
-        Some(name) => {
-            let id = super::detach::parse_device(name)?;
+    let records = match id {
+        Some(id) => {
             vec![registry::load(id).ok_or_else(|| {
                 Error::new(
                     ErrorKind::NotFound,
