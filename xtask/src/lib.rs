@@ -38,11 +38,12 @@ pub fn generated_files() -> Vec<(PathBuf, Vec<u8>)> {
             render_man(page, &see_also),
         ));
     }
-    // Devices cannot be listed by clap's static completions: the bash and fish scripts
-    // get a few lines that offer /dev/ublkbN to detach and recover (zsh completes the
+    // Devices and pieces cannot be listed by clap's static completions: the bash script
+    // gets a few lines that offer the devices there are to detach and recover, and the
+    // pieces of the images given to --part and --lv; fish the devices (zsh completes the
     // device's path as a file already).
     for (shell, file, devices) in [
-        (clap_complete::Shell::Bash, "imgblk.bash", DEVICES_BASH),
+        (clap_complete::Shell::Bash, "imgblk.bash", DYNAMIC_BASH),
         (clap_complete::Shell::Zsh, "_imgblk", ""),
         (clap_complete::Shell::Fish, "imgblk.fish", DEVICES_FISH),
     ] {
@@ -54,8 +55,8 @@ pub fn generated_files() -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
-/// Bash completion of the devices `detach` and `recover` take.
-const DEVICES_BASH: &str = include_str!("completions/devices.bash");
+/// Bash completion of the devices `detach` and `recover` take, and of pieces.
+const DYNAMIC_BASH: &str = include_str!("completions/dynamic.bash");
 /// Fish completion of the devices `detach` and `recover` take.
 const DEVICES_FISH: &str = include_str!("completions/devices.fish");
 
@@ -249,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn devices_complete_for_the_commands_that_take_one() {
+    fn devices_and_pieces_complete_in_bash() {
         let command = imgblk::cli::Cli::command();
         for name in ["detach", "recover"] {
             let sub = command.find_subcommand(name).unwrap();
@@ -258,7 +259,7 @@ mod tests {
                 "{name}"
             );
             assert!(
-                DEVICES_BASH.contains(name) && DEVICES_FISH.contains(name),
+                DYNAMIC_BASH.contains(name) && DEVICES_FISH.contains(name),
                 "{name}"
             );
         }
@@ -266,11 +267,18 @@ mod tests {
             .into_iter()
             .find(|(p, _)| p.ends_with("imgblk.bash"))
             .unwrap();
-        // what completes the last of the words typed
-        let complete = |words: &str| {
+        // `imgblk inspect --json` as it prints names, for an image with two partitions
+        // (one with a GPT name) and an LV
+        let inspect = r#"imgblk() { printf '%s\n' '  "name": "disk0",' \
+            '      "name": "disk0p1",' '        "name": null,' '      "name": "disk0p2",' \
+            '        "name": "EFI system",' '        "name": "vg0/root",'; }"#;
+        let image = std::env::current_exe().unwrap();
+        let image = image.display();
+        // what completes the word at `at` of the words typed
+        let complete_at = |words: &str, at: &str| {
             let script = format!(
-                "{}\nCOMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}}-1)); \
-                 _imgblk_devices imgblk; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+                "{}\n{inspect}\nCOMP_WORDS=({words}); COMP_CWORD={at}; \
+                 _imgblk_dynamic imgblk; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
                 String::from_utf8_lossy(&bash)
             );
             let out = std::process::Command::new("bash")
@@ -279,6 +287,23 @@ mod tests {
                 .unwrap();
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
+        let complete = |words: &str| complete_at(words, "$((${#COMP_WORDS[@]}-1))");
+        assert_eq!(
+            complete(&format!("imgblk mount {image} --part ''")),
+            "1\n2\n"
+        );
+        assert_eq!(complete(&format!("imgblk cat {image} --part 2")), "2\n");
+        assert_eq!(
+            complete(&format!("imgblk attach {image} --lv ''")),
+            "vg0/root\n"
+        );
+        let before = complete_at(&format!("imgblk mount --lv '' {image} /mnt"), "3");
+        assert_eq!(before, "vg0/root\n", "the image typed after the option");
+        assert_eq!(
+            complete("imgblk mount --part ''"),
+            "\n",
+            "no image, no pieces"
+        );
         assert!(complete("imgblk detach --").contains("--force"));
         assert!(complete("imgblk attach --r").contains("--rw"));
         let devices = complete("imgblk detach ''");
