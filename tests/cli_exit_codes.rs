@@ -57,6 +57,34 @@ fn a_directory_given_as_image_is_an_unusable_image() {
 }
 
 #[test]
+fn an_image_that_cannot_be_read_is_an_unusable_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("secret.raw");
+    std::fs::write(&image, vec![0u8; 4096]).unwrap();
+    let mode = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap()
+    };
+    mode(&image, 0o000);
+    mode(dir.path(), 0o755);
+    // root reads any file: run as nobody then
+    let mut command = if nix::unistd::geteuid().is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_imgblk"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_imgblk"))
+    };
+    let out = command.arg("info").arg(&image).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("secret.raw") && err.contains("ermission denied"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_output_folder_that_does_not_exist_is_an_operational_failure() {
     let dir = tempfile::tempdir().unwrap();
     ext4_disk(dir.path(), "disk.raw");
