@@ -194,6 +194,24 @@ fn wrong_key_is_refused() {
 }
 
 #[test]
+fn a_wrong_key_file_is_named_and_exits_as_an_unusable_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = "--type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000";
+    let (path, _) = encrypted(dir.path(), 12 * MIB, None, args);
+    let wrong = dir.path().join("wrong.key");
+    std::fs::write(&wrong, b"wrong").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+        .args(["cat", "--luks", "--key-file"])
+        .arg(&wrong)
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains(&*wrong.to_string_lossy()), "{err}");
+}
+
+#[test]
 fn ext4_inside_is_discovered_and_writes_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let fs = dir.path().join("fs.img");

@@ -128,11 +128,17 @@ _imgblk() {
             fi
             case "${prev}" in
                 --part)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
                     return 0
                     ;;
                 --lv)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
                     return 0
                     ;;
                 --key-file)
@@ -202,11 +208,17 @@ _imgblk() {
                     return 0
                     ;;
                 --part)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
                     return 0
                     ;;
                 --lv)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
                     return 0
                     ;;
                 --key-file)
@@ -260,11 +272,17 @@ _imgblk() {
                     return 0
                     ;;
                 --part)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
                     return 0
                     ;;
                 --lv)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
                     return 0
                     ;;
                 --key-file)
@@ -315,7 +333,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__detach)
-            opts="-v -q -h --all --force --timeout --verbose --quiet --help"
+            opts="-v -q -h --all --force --timeout --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -354,11 +372,17 @@ _imgblk() {
             fi
             case "${prev}" in
                 --part)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
                     return 0
                     ;;
                 --lv)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
                     return 0
                     ;;
                 --format)
@@ -378,7 +402,7 @@ _imgblk() {
                     return 0
                     ;;
                 --overlay)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "memory" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -684,11 +708,17 @@ _imgblk() {
                     return 0
                     ;;
                 --part)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
                     return 0
                     ;;
                 --lv)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
                     return 0
                     ;;
                 --top-layers)
@@ -711,18 +741,24 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__mount)
-            opts="-f -v -q -h --part --lv --auto --rw --format --suid --dev --noexec --verbose --quiet --help"
+            opts="-f -v -q -h --part --lv --auto --rw --format --json --suid --dev --noexec --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --part)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
                     return 0
                     ;;
                 --lv)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
                     return 0
                     ;;
                 --format)
@@ -741,7 +777,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__recover)
-            opts="-v -q -h --all --verbose --quiet --help"
+            opts="-v -q -h --all --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -755,7 +791,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__umount)
-            opts="-v -q -h --verbose --quiet --help"
+            opts="-v -q -h --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -776,3 +812,45 @@ if [[ "${BASH_VERSINFO[0]}" -eq 4 && "${BASH_VERSINFO[1]}" -ge 4 || "${BASH_VERS
 else
     complete -F _imgblk -o bashdefault -o default imgblk
 fi
+
+# What clap's static completions cannot know: the devices there are, for detach and
+# recover, and the pieces of the images on the command line, for --part and --lv (as
+# `imgblk inspect` finds them). Everything else as above.
+_imgblk_dynamic() {
+    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" word i
+    local images=() names
+    case "${prev}" in
+        --part|--lv)
+            for i in "${!COMP_WORDS[@]}"; do
+                word="${COMP_WORDS[i]}"
+                if [[ ${i} -gt 1 && ${i} -ne ${COMP_CWORD} && ( -f "${word}" || -b "${word}" ) ]]; then
+                    images+=("${word}")
+                fi
+            done
+            [[ ${#images[@]} -gt 0 ]] || return 0
+            names=$(imgblk inspect --json "${images[@]}" 2>/dev/null \
+                | sed -n 's/^ *"name": "\(.*\)",$/\1/p')
+            if [[ "${prev}" == --part ]]; then
+                names=$(sed -n 's/^disk0p\([0-9][0-9]*\)$/\1/p' <<< "${names}")
+            else
+                names=$(grep / <<< "${names}")
+            fi
+            COMPREPLY=( $(compgen -W "${names}" -- "${cur}") )
+            return 0
+            ;;
+    esac
+    for word in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
+        case "${word}" in
+            detach|recover)
+                if [[ "${cur}" != -* ]]; then
+                    COMPREPLY=( $(compgen -W "$(compgen -G '/dev/ublkb*' | grep -E 'ublkb[0-9]+$')" -- "${cur}") )
+                    return 0
+                fi
+                ;;
+            -*) ;;
+            *) break ;;
+        esac
+    done
+    _imgblk "$@"
+}
+complete -F _imgblk_dynamic -o bashdefault -o default imgblk

@@ -42,8 +42,8 @@ complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "info" -d 'Show an ima
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "inspect" -d 'Show partitions, LVM volume groups and file systems inside images, without ublk'
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "fsck" -d 'Check the file systems inside images (e2fsck, xfs_repair, fsck.vfat, btrfs check)'
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
-complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`); without it, the passphrase is asked for on the terminal' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s f -l format -d 'Image format; detected from the file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
 qcow2\t'QEMU copy-on-write v2/v3'
@@ -71,6 +71,7 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s h -l help -d 'P
 complete -c imgblk -n "__fish_imgblk_using_subcommand detach" -l timeout -d 'Seconds to wait for the daemon to stop' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand detach" -l all -d 'Detach every imgblk device (and orphaned ublk devices)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand detach" -l force -d 'Detach even if the device is mounted or held (its users will see I/O errors)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand detach" -l json -d 'Print the devices detached as a JSON array (also when some could not be)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand detach" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand detach" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand detach" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -89,8 +90,8 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
-complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
-complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
+complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l top-layers -d 'Only what the top N layers of the backing chain hold (1 = the top file alone): ranges supplied by deeper layers are unchanged and left out' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l since -d 'Only what the layers above BACKING-FILE (a file of the image\'s backing chain) hold: what the guest wrote since BACKING-FILE was the top' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l bitmap -d 'Only the ranges that the qcow2 persistent dirty bitmap NAME marks dirty (see `imgblk info`); a bitmap in use by a running or crashed QEMU is refused' -r
@@ -106,8 +107,8 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
-complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
-complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`); without it, the passphrase is asked for on the terminal' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s o -l output -d 'Write to this file or block device instead of stdout (a file is created, and truncated unless only changes are written; a device must be at least as large as the image)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l top-layers -d 'Only what the top N layers of the backing chain hold (1 = the top file alone): ranges supplied by deeper layers are unchanged and left out' -r
@@ -128,8 +129,8 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
-complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
-complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`); without it, the passphrase is asked for on the terminal' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s o -l output -d 'The new image (a qcow2 must not exist yet; a raw file is created or truncated)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s O -l output-format -d 'Format of the new image' -r -f -a "qcow2\t'qcow2 version 3, 64 KiB clusters'
@@ -146,11 +147,12 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s v -l verbose -
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c imgblk -n "__fish_imgblk_using_subcommand recover" -l all -d 'Recover every orphaned device'
+complete -c imgblk -n "__fish_imgblk_using_subcommand recover" -l json -d 'Print the records of the devices served again as a JSON array (as `attach --json` prints one)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand recover" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand recover" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand recover" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
-complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
+complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -s f -l format -d 'Image format; detected when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
 qcow2\t'QEMU copy-on-write v2/v3'
 vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
@@ -159,12 +161,14 @@ vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l rw -d 'Mount read-write (the image must not be in use by another writer)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l json -d 'Print what was mounted as JSON (device, mount point, piece, file system, options)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l suid -d 'Honour the setuid and setgid bits of the image\'s files (mounted nosuid without it). Only for an image you trust: its setuid-root programs become usable by anyone who reaches the mount point'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l dev -d 'Let device nodes in the image be opened (mounted nodev without it). Only for an image you trust: a device node in it can reach this host\'s disks or memory'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l noexec -d 'Never run programs from the mounted file system (noexec)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c imgblk -n "__fish_imgblk_using_subcommand umount" -l json -d 'Print what was unmounted and detached as JSON'
 complete -c imgblk -n "__fish_imgblk_using_subcommand umount" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand umount" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand umount" -s h -l help -d 'Print help'
@@ -192,8 +196,8 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l json -d 'Print
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r
-complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s f -l format -d 'Image format of all the images; detected from each file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
 qcow2\t'QEMU copy-on-write v2/v3'
 vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
@@ -201,7 +205,7 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s j -l jobs -d 'How many file systems to check at once' -r
-complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l overlay -d 'With --repair: write the repairs into RAM (`memory`), leaving the image as it was' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l overlay -d 'With --repair: write the repairs into RAM (`memory`), leaving the image as it was. (Every file system checked gets its own RAM overlay: no overlay file.)' -r -f -a "memory\t''"
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l repair -d 'Repair what the checkers find (devices are attached read-write; refused while another writer holds the image)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l json -d 'Print the results as a JSON array instead of a table'
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
@@ -221,3 +225,6 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_
 complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "inspect" -d 'Show partitions, LVM volume groups and file systems inside images, without ublk'
 complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "fsck" -d 'Check the file systems inside images (e2fsck, xfs_repair, fsck.vfat, btrfs check)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+
+# imgblk detach/recover DEVICE: the ublk block devices there are.
+complete -c imgblk -n "__fish_imgblk_using_subcommand detach; or __fish_imgblk_using_subcommand recover" -f -a "(string match -r '^/dev/ublkb[0-9]+\$' /dev/ublkb*)"

@@ -92,6 +92,7 @@ pub struct AttachArgs {
 /// Runs `imgblk attach`.
 pub fn run(args: AttachArgs) -> Result<i32> {
     let spec = spec(&args)?;
+    serve::check_selection(&spec)?;
     device::check_available()?;
     let orphan = registry::all()
         .into_iter()

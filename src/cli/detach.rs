@@ -1,10 +1,13 @@
 //! `imgblk detach`: flush and remove a device, waiting until it is gone.
 
-use super::{Escaped, EXIT_OK};
+use super::{print_json, Escaped, EXIT_OK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{open_image, OpenOptions};
+use crate::layout::PieceId;
 use crate::ublk::device;
 use crate::ublk::registry::{self, DeviceRecord};
+use serde::Serialize;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Remove a device created by `imgblk attach`.
@@ -14,7 +17,8 @@ use std::time::{Duration, Instant};
 /// device-mapper) is refused unless --force.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  imgblk detach /dev/ublkb0\n  imgblk detach 0\n  imgblk detach --all"
+    after_help = "Examples:\n  imgblk detach /dev/ublkb0\n  imgblk detach 0\n  imgblk detach --all\n  \
+imgblk detach --json --all"
 )]
 pub struct DetachArgs {
     /// The device: /dev/ublkbN or its id N.
@@ -29,6 +33,37 @@ pub struct DetachArgs {
     /// Seconds to wait for the daemon to stop.
     #[arg(long, default_value_t = 30)]
     timeout: u64,
+    /// Print the devices detached as a JSON array (also when some could not be).
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `detach --json` says of a device it removed: the device, and what it served when
+/// imgblk had its record (an orphaned ublk device of another program has none).
+#[derive(Debug, Serialize)]
+struct Detached {
+    /// ublk device id.
+    id: u32,
+    /// Its block device node, `/dev/ublkbN`.
+    device: PathBuf,
+    /// The image it served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<PathBuf>,
+    /// The piece of the image it served, when not the whole image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    piece: Option<PieceId>,
+}
+
+impl Detached {
+    /// Device `id`, with what its `record` says it served.
+    fn new(id: u32, record: Option<&DeviceRecord>) -> Detached {
+        Detached {
+            id,
+            device: PathBuf::from(format!("/dev/ublkb{id}")),
+            image: record.map(|r| r.image.clone()),
+            piece: record.and_then(|r| r.piece.clone()),
+        }
+    }
 }
 
 /// Runs `imgblk detach`.
@@ -37,26 +72,31 @@ pub fn run(args: DetachArgs) -> Result<i32> {
         Some(name) => vec![parse_device(name)?],
         None => all_ids(),
     };
-    if let [id] = ids[..] {
-        detach(id, args.force, Duration::from_secs(args.timeout))?;
-        return Ok(EXIT_OK);
+    let timeout = Duration::from_secs(args.timeout);
+    let single = ids.len() == 1;
+    let mut detached = Vec::new();
+    let mut failed = Vec::new();
+    for id in ids {
+        match detach(id, args.force, timeout) {
+            Ok(done) => detached.push(done),
+            Err(e) => failed.push((id, e)),
+        }
     }
-    let failed = ids
-        .into_iter()
-        .filter(
-            |&id| match detach(id, args.force, Duration::from_secs(args.timeout)) {
-                Ok(()) => false,
-                Err(e) => {
-                    eprintln!("imgblk: /dev/ublkb{id}: {}", Escaped(&e));
-                    true
-                }
-            },
-        )
-        .count();
-    if failed > 0 {
+    if args.json {
+        print_json(&detached)?;
+    }
+    if single {
+        if let Some((_, e)) = failed.pop() {
+            return Err(e);
+        }
+    }
+    for (id, e) in &failed {
+        eprintln!("imgblk: /dev/ublkb{id}: {}", Escaped(e));
+    }
+    if !failed.is_empty() {
         return Err(Error::new(
             ErrorKind::Busy,
-            format!("{failed} device(s) could not be detached"),
+            format!("{} device(s) could not be detached", failed.len()),
         ));
     }
     Ok(EXIT_OK)
@@ -83,12 +123,14 @@ fn all_ids() -> Vec<u32> {
     ids
 }
 
-fn detach(id: u32, force: bool, timeout: Duration) -> Result<()> {
+/// Detaches device `id`; says what was detached.
+fn detach(id: u32, force: bool, timeout: Duration) -> Result<Detached> {
     let record = registry::load(id);
+    let done = Detached::new(id, record.as_ref());
     if !device::kernel_has_device(id) {
         if record.is_some() {
             registry::remove(id);
-            return Ok(());
+            return Ok(done);
         }
         return Err(Error::new(
             ErrorKind::NotFound,
@@ -124,7 +166,7 @@ fn detach(id: u32, force: bool, timeout: Duration) -> Result<()> {
         }
     }
     registry::remove(id);
-    Ok(())
+    Ok(done)
 }
 
 /// After deleting the device of a daemon that died: replays into the image what the
@@ -216,5 +258,24 @@ mod tests {
         assert_eq!(parse_device("ublkb12").unwrap(), 12);
         assert_eq!(parse_device("7").unwrap(), 7);
         assert!(parse_device("/dev/sda").is_err());
+    }
+
+    #[test]
+    fn json_names_the_device_and_what_it_served() {
+        let record: DeviceRecord = serde_json::from_value(serde_json::json!({
+            "id": 3, "device": "/dev/ublkb3", "image": "/img/disk.qcow2", "piece": "vg0/root",
+            "format": "qcow2", "size": 4096, "queues": 1, "depth": 64, "writable": false,
+            "pid": 1,
+        }))
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(Detached::new(3, Some(&record))).unwrap(),
+            serde_json::json!({"id": 3, "device": "/dev/ublkb3",
+                "image": "/img/disk.qcow2", "piece": "vg0/root"})
+        );
+        assert_eq!(
+            serde_json::to_value(Detached::new(5, None)).unwrap(),
+            serde_json::json!({"id": 5, "device": "/dev/ublkb5"})
+        );
     }
 }

@@ -2,9 +2,8 @@
 
 use super::{print_json, EXIT_OK, EXIT_SYSTEM};
 use crate::error::Result;
-use crate::ublk::device::CONTROL_PATH;
+use crate::ublk::device::Driver;
 use serde::Serialize;
-use std::path::Path;
 
 /// Check that this host can run imgblk, and say how to fix what is missing.
 ///
@@ -80,7 +79,9 @@ pub fn run(args: DoctorArgs) -> Result<i32> {
             if usable {
                 "imgblk can attach images on this host."
             } else {
-                "imgblk cannot attach images on this host until the FAIL items are fixed."
+                "imgblk cannot attach images on this host until the FAIL items are fixed.\n\
+                 Without ublk, info, inspect, map, cat and doctor work; attach, mount, fsck \
+                 and recover need it (detach, umount and list only find nothing to do)."
             }
         );
     }
@@ -100,26 +101,14 @@ fn checks() -> Vec<Check> {
         format!("Linux {release}"),
         "ublk needs Linux 6.0 or newer (6.5+ for unprivileged devices)",
     )];
-    let control = Path::new(CONTROL_PATH).exists();
-    let installed = module_available(&release);
-    let (module_state, fix) = match (control, installed) {
-        (true, _) => (format!("{CONTROL_PATH} present"), ""),
-        (false, true) => (
-            "ublk_drv is installed but not loaded".to_string(),
-            "modprobe ublk_drv  (list it in /etc/modules-load.d/ to load it at boot)",
-        ),
-        (false, false) => (
-            format!("{CONTROL_PATH} missing and this kernel has no ublk_drv module"),
-            "boot a kernel built with CONFIG_BLK_DEV_UBLK (Linux >= 6.0; Debian and Ubuntu \
-             kernels have it as the module ublk_drv), then modprobe ublk_drv",
-        ),
-    };
+    let driver = Driver::probe();
+    let control = driver == Driver::Ready;
     checks.push(Check::new(
         "ublk driver",
         Need::Required,
         control,
-        module_state,
-        fix,
+        driver.problem(),
+        driver.fix(),
     ));
     if control {
         let features = libublk::ctrl::UblkCtrl::get_features();
@@ -140,12 +129,8 @@ fn checks() -> Vec<Check> {
         "run imgblk as root (creating ublk devices needs CAP_SYS_ADMIN)",
     ));
     checks.push(locking_check());
-    for (tool, fs) in [
-        ("e2fsck", "ext2/3/4"),
-        ("xfs_repair", "xfs"),
-        ("fsck.vfat", "vfat"),
-        ("btrfs", "btrfs"),
-    ] {
+    for (kind, tool, package) in super::fsck::CHECKERS {
+        let fs = kind.as_str();
         let found = super::find_program(tool);
         checks.push(Check::new(
             "fsck checker",
@@ -155,7 +140,7 @@ fn checks() -> Vec<Check> {
                 Some(path) => format!("{tool} for {fs}: {}", path.display()),
                 None => format!("{tool} for {fs}: not found"),
             },
-            &format!("install the package that has {tool} (e2fsprogs, xfsprogs, dosfstools, btrfs-progs)"),
+            &format!("install {package} (imgblk fsck runs {tool} for {fs})"),
         ));
     }
     checks
@@ -276,16 +261,6 @@ fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
     }
 }
 
-fn module_available(release: &str) -> bool {
-    let base = Path::new("/lib/modules").join(release);
-    let listed = |file: &str| {
-        std::fs::read_to_string(base.join(file))
-            .map(|text| text.contains("ublk_drv.ko"))
-            .unwrap_or(false)
-    };
-    listed("modules.dep") || listed("modules.builtin")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,7 +277,10 @@ mod tests {
     fn report_matches_this_host() {
         let checks = checks();
         let driver = checks.iter().find(|c| c.check == "ublk driver").unwrap();
-        assert_eq!(driver.ok, Path::new(CONTROL_PATH).exists());
+        assert_eq!(
+            driver.ok,
+            std::path::Path::new("/dev/ublk-control").exists()
+        );
         assert_eq!(driver.fix.is_some(), !driver.ok);
         let io_uring = checks.iter().find(|c| c.check == "io_uring").unwrap();
         assert_eq!(io_uring.ok, io_uring::IoUring::new(2).is_ok());

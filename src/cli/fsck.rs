@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 use crate::image::{open_image, DiskImage, Format, OpenOptions};
 use crate::layout::{discover, ContentKind, NodeKind, PieceId};
 use crate::serve::Overlay;
+use crate::ublk::device;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -35,25 +37,34 @@ pub const FSCK_OPERATIONAL: i32 = 8;
 /// Exit status after SIGINT/SIGTERM.
 pub const FSCK_INTERRUPTED: i32 = 130;
 
+const FSCK_EXAMPLES: &str = "Examples:\n  imgblk fsck guest.qcow2\n  \
+imgblk fsck --jobs 4 vm1.qcow2 vm2.vmdk\n  imgblk fsck --part 2 disk.raw\n  \
+imgblk fsck --repair disk.raw\n  imgblk fsck --repair --overlay memory guest.qcow2   # dry-run repair\n  \
+imgblk fsck --json --lv vg0/root disk.qcow2";
+
 const FSCK_HELP: &str = "\
-Checkers: ext2/3/4 e2fsck -fn (--repair: e2fsck -fy); xfs xfs_repair -n (xfs_repair);
-vfat fsck.vfat -n (fsck.vfat -a); btrfs btrfs check --readonly (btrfs check --repair);
-ntfs ntfsfix -n (ntfsfix). For xfs, vfat, btrfs and ntfs, --repair first checks
-read-only, repairs only when errors were found, and checks again to tell the outcome.
+Checkers:
+  ext2/3/4 e2fsck -fn (--repair: e2fsck -fy); xfs xfs_repair -n (xfs_repair);
+  vfat fsck.vfat -n (fsck.vfat -a); btrfs btrfs check --readonly (btrfs check --repair);
+  ntfs ntfsfix -n (ntfsfix). For xfs, vfat, btrfs and ntfs, --repair first checks
+  read-only, repairs only when errors were found, and checks again to tell the outcome.
 
-Results: clean, errors (found and left), repaired, missing (checker not installed),
-failed (the device could not be attached, or the checker failed to run).
+Results:
+  clean, errors (found and left), repaired, missing (checker not installed),
+  failed (the device could not be attached, or the checker failed to run).
 
-Exit status (bits OR-ed together, like fsck(8)):
+Exit status:
+  Bits OR-ed together, like fsck(8):
   0    every file system is clean
   1    errors were corrected in the image (--repair)
   4    errors are left: found read-only, not repairable, or repaired only into the
        RAM overlay (--repair --overlay memory leaves the image as it was)
   8    operational error: an image could not be opened or attached (another writer
-       holds it, for --repair), a checker is not installed, or a checker failed
+       holds it, for --repair), a checker is not installed, or a checker failed; also
+       when the system lacks ublk or root: said once on stderr, before any check
   130  interrupted (SIGINT/SIGTERM); every device this run attached is detached
   2    bad usage
-Images with no file system to check give 0, with a note on stderr.";
+  Images with no file system to check give 0, with a note on stderr.";
 
 /// Check the file systems inside images (e2fsck, xfs_repair, fsck.vfat, btrfs check).
 ///
@@ -63,11 +74,8 @@ Images with no file system to check give 0, with a note on stderr.";
 /// goes into RAM and the image is left untouched (a dry run of the repair).
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  imgblk fsck guest.qcow2\n  \
-imgblk fsck --jobs 4 vm1.qcow2 vm2.vmdk\n  imgblk fsck --part 2 disk.raw\n  \
-imgblk fsck --repair disk.raw\n  imgblk fsck --repair --overlay memory guest.qcow2   # dry-run repair\n  \
-imgblk fsck --json --lv vg0/root disk.qcow2",
-    after_long_help = FSCK_HELP
+    after_help = FSCK_EXAMPLES,
+    after_long_help = super::long_help(FSCK_EXAMPLES, FSCK_HELP)
 )]
 pub struct FsckArgs {
     /// The images (or block devices); each is checked on its own.
@@ -86,7 +94,9 @@ pub struct FsckArgs {
     #[arg(long)]
     repair: bool,
     /// With --repair: write the repairs into RAM (`memory`), leaving the image as it was.
-    #[arg(long, value_name = "memory", value_parser = Overlay::parse)]
+    /// (Every file system checked gets its own RAM overlay: no overlay file.)
+    #[arg(long, value_name = "memory",
+          value_parser = PossibleValuesParser::new(["memory"]).map(|_| Overlay::Memory))]
     overlay: Option<Overlay>,
     /// Print the results as a JSON array instead of a table.
     #[arg(long)]
@@ -177,11 +187,6 @@ pub fn run(args: FsckArgs) -> Result<i32> {
             "--overlay only matters with --repair (a read-only check writes nothing)",
         ));
     }
-    if let Some(Overlay::File(_)) = &args.overlay {
-        return Err(Error::invalid(
-            "fsck --overlay takes `memory` only: every filesystem it checks gets its own RAM overlay",
-        ));
-    }
     let mode = match (args.repair, &args.overlay) {
         (false, _) => Mode::ReadOnly,
         (true, None) => Mode::Repair,
@@ -213,6 +218,14 @@ pub fn run(args: FsckArgs) -> Result<i32> {
     groups.retain(|g| !g.is_empty());
     if groups.is_empty() && results.is_empty() {
         eprintln!("imgblk: no file systems found");
+    }
+    if !groups.is_empty() {
+        // once, not once per file system: every check would fail alike; exit 8, fsck's
+        // operational error, not 4, which says a file system has errors
+        if let Err(e) = device::check_available() {
+            eprintln!("imgblk: {}", Escaped(&e));
+            return Ok(FSCK_OPERATIONAL);
+        }
     }
     let shared = Arc::new(Shared {
         stop: stop.clone(),
@@ -292,6 +305,16 @@ fn find_checks(image: &Path, piece: &PieceArgs, format: Option<Format>) -> Resul
     }
     Ok(checks)
 }
+
+/// Every file system fsck checks, with its checker program and the package that has it
+/// (for `doctor`).
+pub(super) const CHECKERS: [(ContentKind, &str, &str); 5] = [
+    (ContentKind::Ext4, "e2fsck", "e2fsprogs"),
+    (ContentKind::Xfs, "xfs_repair", "xfsprogs"),
+    (ContentKind::Vfat, "fsck.vfat", "dosfstools"),
+    (ContentKind::Btrfs, "btrfs", "btrfs-progs"),
+    (ContentKind::Ntfs, "ntfsfix", "ntfs-3g"),
+];
 
 /// The checker command for `kind`: read-only, or repairing.
 fn checker(kind: ContentKind, repair: bool) -> Option<(&'static str, &'static [&'static str])> {
@@ -694,13 +717,14 @@ mod tests {
 
     #[test]
     fn every_file_system_has_both_checkers() {
-        for kind in [
-            ContentKind::Ext4,
-            ContentKind::Xfs,
-            ContentKind::Vfat,
-            ContentKind::Btrfs,
-        ] {
-            assert!(checker(kind, false).is_some() && checker(kind, true).is_some());
+        for (kind, program, _) in CHECKERS {
+            for repair in [false, true] {
+                assert_eq!(
+                    checker(kind, repair).map(|c| c.0),
+                    Some(program),
+                    "{kind:?}"
+                );
+            }
         }
         assert!(checker(ContentKind::Swap, false).is_none());
     }

@@ -38,12 +38,22 @@ pub const EXIT_SYSTEM: i32 = 4;
 /// Exit status when an image or device is busy (another writer, a mounted device).
 pub const EXIT_BUSY: i32 = 5;
 
+const EXAMPLES: &str = "Examples:\n  imgblk attach guest.qcow2          # prints /dev/ublkb0\n  \
+mount -o ro /dev/ublkb0p1 /mnt\n  umount /mnt; imgblk detach /dev/ublkb0\n  imgblk list --json";
+
+/// What `--help` shows after the options: the examples `-h` shows, then `more`. (clap
+/// shows either the short or the long text, not both.)
+fn long_help(examples: &str, more: &str) -> String {
+    format!("{examples}\n\n{more}")
+}
+
 const EXIT_CODES_HELP: &str = "\
 Exit status:
   0  success
-  1  operational failure (I/O error, daemon died)
+  1  operational failure (I/O error, an output that cannot be created, daemon died)
   2  bad usage
-  3  image missing, corrupt or of an unsupported kind
+  3  an input cannot be used: image (or key file) missing, unreadable, corrupt or of an
+     unsupported kind (a directory), or a LUKS key that opens no key slot
   4  the system lacks something: ublk_drv not loaded, not root
   5  busy: the image has another writer, or the device is mounted
   75 attach (daemon): stopped by a signal while the device was in use, and left the
@@ -60,9 +70,8 @@ Exit status:
 It replaces `modprobe nbd; qemu-nbd -c`, `kpartx` and `losetup -o`: partitions of the image \
 appear as /dev/ublkbNpM, and one partition or guest LVM logical volume can be served on its own \
 (--part, --lv) or mounted in one step (imgblk mount). Devices are read-only unless --rw is given.",
-    after_help = "Examples:\n  imgblk attach guest.qcow2          # prints /dev/ublkb0\n  \
-mount -o ro /dev/ublkb0p1 /mnt\n  umount /mnt; imgblk detach /dev/ublkb0\n  imgblk list --json",
-    after_long_help = EXIT_CODES_HELP
+    after_help = EXAMPLES,
+    after_long_help = long_help(EXAMPLES, EXIT_CODES_HELP)
 )]
 pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
@@ -125,10 +134,13 @@ pub fn main() -> i32 {
     }
 }
 
-/// The documented exit status for an error.
+/// The documented exit status for an error. A permission error about a file (an image or
+/// key file that cannot be read, a key that opens no LUKS key slot) is an unusable input,
+/// 3; one about no file (not root) is what the system lacks, 4.
 pub fn exit_code(error: &Error) -> i32 {
     match error.kind() {
         ErrorKind::NotFound | ErrorKind::Corrupt | ErrorKind::Unsupported => EXIT_IMAGE,
+        ErrorKind::Permission if error.path().is_some() => EXIT_IMAGE,
         ErrorKind::Kernel | ErrorKind::Permission => EXIT_SYSTEM,
         ErrorKind::Busy => EXIT_BUSY,
         ErrorKind::InvalidInput => EXIT_USAGE,
@@ -279,6 +291,89 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// Parses `imgblk ARGS...`, panicking with clap's message on failure.
+    pub(super) fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("imgblk").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command
+    }
+
+    #[test]
+    fn options_are_accepted_between_positionals() {
+        for args in [
+            ["mount", "a.img", "--lv", "vg/lv", "/mnt"],
+            ["attach", "a.img", "--lv", "vg/lv", "b.img"],
+            ["cat", "a.img", "--lv", "vg/lv", "b.img"],
+            ["map", "a.img", "--lv", "vg/lv", "b.img"],
+            ["fsck", "a.img", "--jobs", "2", "b.img"],
+            ["inspect", "a.img", "--format", "raw", "b.img"],
+        ] {
+            parse(&args);
+        }
+    }
+
+    #[test]
+    fn mount_usage_names_each_positional_once() {
+        let usage = Cli::command()
+            .find_subcommand_mut("mount")
+            .unwrap()
+            .render_usage()
+            .to_string();
+        assert!(
+            usage.ends_with("mount [OPTIONS] <IMAGE>... <MOUNTPOINT>"),
+            "{usage}"
+        );
+    }
+
+    #[test]
+    fn long_help_shows_the_examples_of_short_help() {
+        let mut cli = Cli::command();
+        cli.build();
+        for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            let (Some(short), Some(long)) =
+                (command.get_after_help(), command.get_after_long_help())
+            else {
+                continue;
+            };
+            assert!(
+                long.to_string().starts_with(&short.to_string()),
+                "{} --help lacks the examples of -h",
+                command.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn fsck_overlay_is_memory_only() {
+        assert!(matches!(
+            parse(&["fsck", "--repair", "--overlay", "memory", "a.img"]),
+            Command::Fsck(_)
+        ));
+        let file = [
+            "imgblk",
+            "fsck",
+            "--repair",
+            "--overlay",
+            "fix.qcow2",
+            "a.img",
+        ];
+        let e = Cli::try_parse_from(file).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn pieces_do_not_complete_as_file_names() {
+        let cli = Cli::command();
+        let attach = cli.find_subcommand("attach").unwrap();
+        for piece in ["part", "lv"] {
+            let arg = attach
+                .get_arguments()
+                .find(|a| a.get_id() == piece)
+                .unwrap();
+            assert_eq!(arg.get_value_hint(), clap::ValueHint::Other, "--{piece}");
+        }
+    }
+
     #[test]
     fn sizes_read_naturally() {
         assert_eq!(human_size(512), "512 B");
@@ -290,5 +385,8 @@ mod tests {
         assert_eq!(exit_code(&Error::corrupt("x")), EXIT_IMAGE);
         assert_eq!(exit_code(&Error::new(ErrorKind::Kernel, "x")), EXIT_SYSTEM);
         assert_eq!(exit_code(&Error::new(ErrorKind::Busy, "x")), EXIT_BUSY);
+        let denied = || Error::new(ErrorKind::Permission, "x");
+        assert_eq!(exit_code(&denied()), EXIT_SYSTEM);
+        assert_eq!(exit_code(&denied().with_path("/img".as_ref())), EXIT_IMAGE);
     }
 }

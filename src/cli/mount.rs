@@ -2,13 +2,14 @@
 //! attach the piece, mount it with safe options — and undone in one step.
 
 use super::piece::PieceArgs;
-use super::{child, Escaped, EXIT_OK};
+use super::{child, print_json, Escaped, EXIT_OK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{open_image, DiskImage, OpenOptions};
 use crate::layout::{discover, ContentKind, Layout, Node, NodeKind, PieceId};
 use crate::ublk::device;
+use serde::Serialize;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -24,12 +25,19 @@ use std::sync::Arc;
 /// its programs from running; `--suid` and `--dev` lift the defaults, for images you
 /// trust.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  imgblk mount guest.qcow2 --part 1 /mnt\n  \
+#[command(
+    override_usage = "imgblk mount [OPTIONS] <IMAGE>... <MOUNTPOINT>",
+    after_help = "Examples:\n  imgblk mount guest.qcow2 --part 1 /mnt\n  \
 imgblk mount guest.qcow2 --lv vg0/root /mnt\n  imgblk mount --auto guest.vmdk /mnt\n  \
-imgblk mount --noexec evidence.vmdk /mnt\n  imgblk umount /mnt")]
+imgblk mount --noexec evidence.vmdk /mnt\n  imgblk mount --json guest.qcow2 /mnt\n  \
+imgblk umount /mnt"
+)]
 pub struct MountArgs {
-    /// The image(s), then the mount point last.
-    #[arg(required = true, num_args = 2.., value_name = "IMAGE... MOUNTPOINT")]
+    // One list, not two positionals, so that options may stand between the paths: clap
+    // would give a path followed by an option to the last positional.
+    /// The image (or block device), every disk of the guest for a VG spanning them, then
+    /// the mount point last.
+    #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
     #[command(flatten)]
     piece: PieceArgs,
@@ -42,12 +50,15 @@ pub struct MountArgs {
     /// Image format; detected when omitted.
     #[arg(short, long, value_enum)]
     format: Option<crate::image::Format>,
+    /// Print what was mounted as JSON (device, mount point, piece, file system, options).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     safety: MountSafety,
 }
 
 /// What the mounted file system may do on this host: `nosuid,nodev` unless lifted.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub struct MountSafety {
     /// Honour the setuid and setgid bits of the image's files (mounted nosuid without
     /// it). Only for an image you trust: its setuid-root programs become usable by anyone
@@ -65,18 +76,66 @@ pub struct MountSafety {
 
 /// Unmount what `imgblk mount` mounted, flush, and detach its device.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  imgblk umount /mnt")]
+#[command(after_help = "Examples:\n  imgblk umount /mnt\n  imgblk umount --json /mnt")]
 pub struct UmountArgs {
     /// The mount point.
     mountpoint: PathBuf,
+    /// Print what was unmounted and detached as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `mount --json` prints: what was mounted where, through which device.
+#[derive(Debug, Serialize)]
+struct Mounted {
+    /// The mount point, as an absolute path.
+    mountpoint: PathBuf,
+    /// The device mounted, `/dev/ublkbN`.
+    device: PathBuf,
+    /// Its ublk id, for `imgblk detach`.
+    id: u32,
+    /// The image served.
+    image: PathBuf,
+    /// The piece of the image, when not the whole image.
+    piece: Option<PieceId>,
+    /// What the piece holds (`ext4`, `xfs`, `ntfs`...).
+    content: &'static str,
+    /// The kernel file system type mounted (`ext4` for ext2/3/4, `ntfs3`...).
+    fstype: String,
+    /// The mount options.
+    options: String,
+    /// Whether the file system is mounted read-write.
+    writable: bool,
+}
+
+/// What `umount --json` prints: the mount point left and the device detached.
+#[derive(Debug, Serialize)]
+struct Unmounted {
+    /// The mount point, as an absolute path.
+    mountpoint: PathBuf,
+    /// What was mounted there: `/dev/ublkbN` or `/dev/ublkbNpM`.
+    source: String,
+    /// The device detached, `/dev/ublkbN`.
+    device: PathBuf,
+    /// Its ublk id.
+    id: u32,
+}
+
+impl MountArgs {
+    /// The images and the mount point: every path given but the last, and the last.
+    fn images_and_mountpoint(&self) -> Result<(&[PathBuf], &Path)> {
+        match self.paths.split_last() {
+            Some((mountpoint, images)) if !images.is_empty() => Ok((images, mountpoint)),
+            _ => Err(Error::invalid(
+                "give the image(s), then the mount point: imgblk mount IMAGE... MOUNTPOINT",
+            )),
+        }
+    }
 }
 
 /// Runs `imgblk mount`.
 pub fn run_mount(args: MountArgs) -> Result<i32> {
-    let (mountpoint, images) = args
-        .paths
-        .split_last()
-        .ok_or_else(|| Error::invalid("no mount point"))?;
+    let (images, mountpoint) = args.images_and_mountpoint()?;
     if !mountpoint.is_dir() {
         return Err(
             Error::new(ErrorKind::NotFound, "mount point is not a directory").with_path(mountpoint),
@@ -128,9 +187,9 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
     let device = record.device.display().to_string();
 
     let fstype = mount_type(fs);
-    let mount_options = mount_options(fstype, args.rw, &args.safety);
+    let options = mount_options(fstype, args.rw, &args.safety);
     let status = Command::new("mount")
-        .args(["-t", fstype, "-o", &mount_options, &device])
+        .args(["-t", fstype, "-o", &options, &device])
         .arg(mountpoint)
         .output()
         .map_err(|e| Error::io("cannot run mount", e))?;
@@ -149,13 +208,27 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
             format!("mounting {} ({fstype}) failed: {why}; {hint}", node.name),
         ));
     }
-    println!(
-        "{} ({}, {}) mounted on {} via {device}",
-        Escaped(&node.name),
-        fs.as_str(),
-        if args.rw { "rw" } else { "ro" },
-        mountpoint.display()
-    );
+    if args.json {
+        print_json(&Mounted {
+            mountpoint: std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.into()),
+            device: record.device,
+            id: record.id,
+            image: record.image,
+            piece: record.piece,
+            content: fs.as_str(),
+            fstype: fstype.to_string(),
+            options,
+            writable: args.rw,
+        })?;
+    } else {
+        println!(
+            "{} ({}, {}) mounted on {} via {device}",
+            Escaped(&node.name),
+            fs.as_str(),
+            if args.rw { "rw" } else { "ro" },
+            mountpoint.display()
+        );
+    }
     Ok(EXIT_OK)
 }
 
@@ -185,7 +258,16 @@ pub fn run_umount(args: UmountArgs) -> Result<i32> {
             format!("unmounted, but {whole} could not be detached: {e}"),
         )
     })?;
-    println!("unmounted {} and detached {whole}", target.display());
+    if args.json {
+        print_json(&Unmounted {
+            mountpoint: target,
+            source: mount.source,
+            device: whole.into(),
+            id,
+        })?;
+    } else {
+        println!("unmounted {} and detached {whole}", target.display());
+    }
     Ok(EXIT_OK)
 }
 
@@ -326,6 +408,56 @@ fn kernel_knows(fstype: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::tests::parse;
+    use crate::cli::Command as Parsed;
+
+    /// `mount`'s arguments from `imgblk mount ARGS...`.
+    fn mount_args(args: &[&str]) -> MountArgs {
+        match parse(&[&["mount"], args].concat()) {
+            Parsed::Mount(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_mount_point_is_the_last_path_wherever_options_are() {
+        let m = mount_args(&["a.qcow2", "--lv", "vg/root", "b.qcow2", "/mnt"]);
+        let (images, mountpoint) = m.images_and_mountpoint().unwrap();
+        assert_eq!(images, [PathBuf::from("a.qcow2"), "b.qcow2".into()]);
+        assert_eq!(mountpoint, Path::new("/mnt"));
+        assert_eq!(m.piece.piece().unwrap().to_string(), "vg/root");
+        let m = mount_args(&["a.qcow2", "--part", "1", "/mnt", "--rw"]);
+        let (images, mountpoint) = m.images_and_mountpoint().unwrap();
+        assert_eq!(
+            (images.len(), mountpoint, m.rw),
+            (1, Path::new("/mnt"), true)
+        );
+        let lone = mount_args(&["/mnt"]).images_and_mountpoint().unwrap_err();
+        assert_eq!(lone.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn json_says_what_was_mounted_where() {
+        let fstype = mount_type(ContentKind::Ext3).to_string();
+        let options = mount_options(&fstype, false, &MountSafety::default());
+        let mounted = Mounted {
+            mountpoint: "/mnt".into(),
+            device: "/dev/ublkb0".into(),
+            id: 0,
+            image: "/img/disk.qcow2".into(),
+            piece: Some(PieceId::Partition(2)),
+            content: ContentKind::Ext3.as_str(),
+            fstype,
+            options,
+            writable: false,
+        };
+        assert_eq!(
+            serde_json::to_value(mounted).unwrap(),
+            serde_json::json!({"mountpoint": "/mnt", "device": "/dev/ublkb0", "id": 0,
+                "image": "/img/disk.qcow2", "piece": "disk0p2", "content": "ext3",
+                "fstype": "ext4", "options": "ro,noload,nosuid,nodev", "writable": false})
+        );
+    }
 
     /// The options `imgblk mount ARGS...` passes for `fstype`.
     fn options_of(fstype: &str, args: &[&str]) -> String {

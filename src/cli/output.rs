@@ -10,7 +10,7 @@
 //!   system cannot punch).
 //! - A stream gets every byte, zero runs as written zeroes.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -81,7 +81,15 @@ impl Output {
             None => e,
         };
         let file = match path {
-            Some(p) => open_named(p, keep).map_err(|e| at(Error::io("cannot open output", e)))?,
+            // Not the kinds of an input's errors (missing, unreadable): the output failed,
+            // unless a device is busy (mounted).
+            Some(p) => open_named(p, keep).map_err(|e| match e.raw_os_error() {
+                Some(libc::EBUSY) => at(Error::io("cannot open output", e)),
+                _ => at(Error::new(
+                    ErrorKind::Io,
+                    format!("cannot create output: {e}"),
+                )),
+            })?,
             None => std::io::stdout()
                 .as_fd()
                 .try_clone_to_owned()

@@ -14,7 +14,9 @@ use crate::ublk::registry;
 /// LUKS volume is unlocked again with the key file it was attached with (one unlocked
 /// with a typed passphrase cannot be recovered).
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  imgblk recover /dev/ublkb0\n  imgblk recover --all")]
+#[command(
+    after_help = "Examples:\n  imgblk recover /dev/ublkb0\n  imgblk recover --all\n  imgblk recover --json --all"
+)]
 pub struct RecoverArgs {
     /// The device: /dev/ublkbN or its id N.
     #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -22,14 +24,22 @@ pub struct RecoverArgs {
     /// Recover every orphaned device.
     #[arg(long)]
     all: bool,
+    /// Print the records of the devices served again as a JSON array (as `attach --json`
+    /// prints one).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs `imgblk recover`.
 pub fn run(args: RecoverArgs) -> Result<i32> {
+    let id = args
+        .device
+        .as_deref()
+        .map(super::detach::parse_device)
+        .transpose()?;
     device::check_available()?;
-    let records = match &args.device {
-        Some(name) => {
-            let id = super::detach::parse_device(name)?;
+    let records = match id {
+        Some(id) => {
             vec![registry::load(id).ok_or_else(|| {
                 Error::new(
                     ErrorKind::NotFound,
@@ -51,6 +61,7 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
             })
             .collect(),
     };
+    let mut recovered = Vec::new();
     for record in records {
         if !device::wait_until_recoverable(&record) {
             return Err(Error::new(
@@ -64,10 +75,13 @@ pub fn run(args: RecoverArgs) -> Result<i32> {
         let spec = ServeSpec::from_record(&record)?;
         let served = serve::open(&spec)?;
         match serve::launch(served.image, spec.device, record, false, |_| {})? {
-            Launched::Started(_) => {}
+            Launched::Started(record) => recovered.push(record),
             // This is the daemon now: it must not go on to recover the next device.
             Launched::Served(result) => return result.map(|()| super::EXIT_OK),
         }
+    }
+    if args.json {
+        super::print_json(&recovered)?;
     }
     Ok(super::EXIT_OK)
 }

@@ -110,11 +110,18 @@ fn set_blocking(file: &File) -> std::io::Result<()> {
 /// `field` (`None`: the user gave it). A file that does not exist is left to the caller,
 /// which knows what the image called it and where it looked.
 pub fn open_error(path: &Path, named_by: Option<(&Path, &str)>, error: std::io::Error) -> Error {
-    match named_by {
+    // A file of a kind that cannot be an image (see `open_checked`) is an unusable input,
+    // not an I/O failure.
+    let refused = error.kind() == std::io::ErrorKind::InvalidInput;
+    let (what, about) = match named_by {
         Some((image, field)) if error.kind() != std::io::ErrorKind::NotFound => {
-            Error::io(format!("cannot open its {field} {}", path.display()), error).with_path(image)
+            (format!("cannot open its {field} {}", path.display()), image)
         }
-        _ => Error::io("cannot open", error).with_path(path),
+        _ => ("cannot open".to_string(), path),
+    };
+    match refused {
+        true => Error::unsupported(format!("{what}: {error}")).with_path(about),
+        false => Error::io(what, error).with_path(about),
     }
 }
 

@@ -8,6 +8,8 @@ pub mod open;
 pub mod run;
 pub mod spec;
 
-pub use open::{create_overlay_and_open, open, open_piece, select, unlock, Served};
+pub use open::{
+    check_selection, create_overlay_and_open, open, open_piece, select, unlock, Served,
+};
 pub use run::{launch, Launched};
 pub use spec::{LuksKey, Overlay, ServeSpec};

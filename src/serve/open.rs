@@ -57,6 +57,19 @@ pub fn open_piece(
     })
 }
 
+/// Checks that `spec`'s images open and hold its snapshot and piece, reading them only
+/// (shared, unlocked), so that a command can report what was asked wrongly before what
+/// the system lacks (ublk, root) and before it creates anything.
+pub fn check_selection(spec: &ServeSpec) -> Result<()> {
+    let options = OpenOptions {
+        writable: false,
+        force_share: true,
+        journal_dir: None,
+        ..spec.options.clone()
+    };
+    open_piece(&spec.images, &options, spec.piece.as_ref()).map(drop)
+}
+
 /// The volume `piece` of `layout`, or an error listing the pieces of that kind there are.
 pub fn select(layout: &Layout, piece: &PieceId) -> Result<Arc<dyn DiskImage>> {
     let kind = piece.node_kind();

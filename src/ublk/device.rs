@@ -105,14 +105,89 @@ pub struct LiveDevice {
     pub zero_copy: bool,
 }
 
+/// Where the ublk driver stands on this host: what `attach` and `doctor` say to do when
+/// the control device is missing differs with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// `/dev/ublk-control` is there.
+    Ready,
+    /// The kernel has the module ublk_drv, not loaded.
+    NotLoaded,
+    /// The driver is loaded, but this process sees no control device: a container that
+    /// was not given the device nodes.
+    Hidden,
+    /// This kernel has no ublk driver (or its modules are not visible here).
+    Absent,
+}
+
+impl Driver {
+    /// The state of the driver on this host.
+    pub fn probe() -> Driver {
+        if Path::new(CONTROL_PATH).exists() {
+            Driver::Ready
+        } else if Path::new("/sys/module/ublk_drv").exists() {
+            Driver::Hidden
+        } else if module_installed() {
+            Driver::NotLoaded
+        } else {
+            Driver::Absent
+        }
+    }
+
+    /// What is wrong, for a missing control device.
+    pub fn problem(self) -> String {
+        match self {
+            Driver::Ready => format!("{CONTROL_PATH} present"),
+            Driver::NotLoaded => "the ublk driver (ublk_drv) is installed but not loaded".into(),
+            Driver::Hidden => format!(
+                "the ublk driver is loaded, but {CONTROL_PATH} is missing here (a container?)"
+            ),
+            Driver::Absent => "this kernel has no ublk driver (ublk_drv)".into(),
+        }
+    }
+
+    /// How to fix it.
+    pub fn fix(self) -> &'static str {
+        match self {
+            Driver::Ready => "",
+            Driver::NotLoaded => {
+                "modprobe ublk_drv  (list it in /etc/modules-load.d/ to load it at boot)"
+            }
+            Driver::Hidden => {
+                "give the container /dev/ublk-control and the device nodes it creates: \
+                 /dev/ublkcN (char) and /dev/ublkbN (block), e.g. docker run \
+                 --device /dev/ublk-control --device-cgroup-rule 'b 259:* rwm' \
+                 --device-cgroup-rule 'c <ublk-char major, /proc/devices>:* rwm' \
+                 -v /dev:/dev, or --privileged"
+            }
+            Driver::Absent => {
+                "boot a kernel built with CONFIG_BLK_DEV_UBLK (Linux >= 6.0; Debian and \
+                 Ubuntu kernels have it as the module ublk_drv)"
+            }
+        }
+    }
+}
+
+/// Whether this kernel's modules include ublk_drv (loadable, or built in).
+fn module_installed() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let base = Path::new("/lib/modules").join(release.trim());
+    let listed = |file: &str| {
+        std::fs::read_to_string(base.join(file)).is_ok_and(|text| text.contains("ublk_drv.ko"))
+    };
+    listed("modules.dep") || listed("modules.builtin")
+}
+
 /// Checks that this kernel and process can create ublk devices, with an actionable error.
 pub fn check_available() -> Result<()> {
-    if !Path::new(CONTROL_PATH).exists() {
+    let driver = Driver::probe();
+    if driver != Driver::Ready {
         return Err(Error::new(
             ErrorKind::Kernel,
             format!(
-                "{CONTROL_PATH} does not exist: the ublk driver is not loaded. \
-                 Run `modprobe ublk_drv` (needs Linux >= 6.0 built with CONFIG_BLK_DEV_UBLK)"
+                "{CONTROL_PATH} does not exist: {}. Fix: {} (imgblk doctor checks the rest)",
+                driver.problem(),
+                driver.fix()
             ),
         ));
     }
@@ -609,6 +684,20 @@ pub fn ublk_mounts() -> Vec<DeviceMount> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modprobe_is_advised_only_where_the_module_exists() {
+        assert!(Driver::NotLoaded.fix().contains("modprobe ublk_drv"));
+        for driver in [Driver::Hidden, Driver::Absent] {
+            assert!(!driver.fix().contains("modprobe"), "{driver:?}");
+        }
+        assert!(Driver::Hidden.fix().contains("/dev/ublk-control"));
+        let said = check_available().err().map(|e| e.to_string());
+        match Driver::probe() {
+            Driver::Ready => {}
+            driver => assert!(said.unwrap().contains(driver.fix())),
+        }
+    }
 
     fn shape(queues: u16, depth: u16) -> DeviceConfig {
         DeviceConfig {

@@ -156,3 +156,47 @@ fn mount_ntfs_and_refuse_unknown_content() {
     );
     assert_no_devices();
 }
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn mount_umount_and_detach_say_what_they_did_as_json() {
+    require_ublk();
+    let s = Scratch::new("mount-json");
+    let image = s.path("ext4.raw");
+    cmd("truncate").args(["-s", "16M"]).arg(&image).ok();
+    cmd("mkfs.ext4").args(["-q", "-F"]).arg(&image).ok();
+    let mnt = s.mkdir("mnt");
+    let real = |path: &Path| std::fs::canonicalize(path).unwrap().display().to_string();
+    let json = |out: Output| -> serde_json::Value {
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.describe()))
+    };
+
+    // the option stands between the image and the mount point, as people type it
+    let mounted = json(
+        imgblk()
+            .arg("mount")
+            .arg(&image)
+            .arg("--json")
+            .arg(&mnt)
+            .ok(),
+    );
+    assert_eq!(mounted["mountpoint"], real(&mnt), "{mounted}");
+    assert_eq!(mounted["image"], real(&image), "{mounted}");
+    assert_eq!(mounted["content"], "ext4", "{mounted}");
+    assert_eq!(mounted["writable"], false, "{mounted}");
+    let device = mounted["device"].as_str().unwrap().to_string();
+    assert!(
+        cmd("findmnt").arg(&mnt).ok().stdout.contains(&device),
+        "{mounted}"
+    );
+    let unmounted = json(imgblk().args(["umount", "--json"]).arg(&mnt).ok());
+    assert_eq!(unmounted["device"], device.as_str(), "{unmounted}");
+    assert_eq!(unmounted["id"], mounted["id"], "{unmounted}");
+    assert_no_devices();
+
+    let attached = imgblk().arg("attach").arg(&image).ok().stdout;
+    let detached = json(imgblk().args(["detach", "--json", attached.trim()]).ok());
+    assert_eq!(detached[0]["device"], attached.trim(), "{detached}");
+    assert_eq!(detached[0]["image"], real(&image), "{detached}");
+    assert_no_devices();
+}
