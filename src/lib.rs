@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod files;
 pub mod image;
 pub mod layout;
 pub mod ublk;

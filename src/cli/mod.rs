@@ -5,15 +5,20 @@ mod attach;
 mod cat;
 mod detach;
 mod doctor;
+mod files;
 mod fsck;
+mod get;
 mod info;
 mod inspect;
 mod list;
+mod ls;
 mod luks;
 mod map;
 mod mount;
+mod pick;
 mod piece;
 mod recover;
+mod tar;
 
 use crate::error::{Error, ErrorKind};
 use clap::{Parser, Subcommand};
@@ -82,6 +87,9 @@ enum Command {
     Info(info::InfoArgs),
     Inspect(inspect::InspectArgs),
     Fsck(fsck::FsckArgs),
+    Ls(ls::LsArgs),
+    Get(get::GetArgs),
+    Tar(tar::TarArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -106,6 +114,9 @@ pub fn main() -> i32 {
         Command::Info(args) => info::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Fsck(args) => fsck::run(args),
+        Command::Ls(args) => ls::run(args),
+        Command::Get(args) => get::run(args),
+        Command::Tar(args) => tar::run(args),
     };
     match result {
         Ok(code) => code,
