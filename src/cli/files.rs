@@ -47,7 +47,7 @@ impl FsArgs {
             opened.push(Arc::from(open_image(path, &options)?));
         }
         let layout = discover(&opened);
-        let node = choose(&layout, &self.piece, self.auto)?;
+        let node = choose(&layout, &self.piece, self.auto).map_err(|e| e.with_path(first))?;
         let name = match node.name.as_str() {
             "disk0" => first.display().to_string(),
             piece => format!("{} ({piece})", first.display()),
@@ -70,7 +70,8 @@ pub fn open_with_path<'p>(
 ) -> Result<(Box<dyn FileSystem>, &'p Path)> {
     let (path, images) = paths
         .split_last()
-        .ok_or_else(|| Error::invalid("no path inside the image given"))?;
+        .filter(|(_, images)| !images.is_empty())
+        .ok_or_else(|| Error::invalid("give the image(s), then a path inside the image"))?;
     let path = inside(path)?;
     Ok((args.open(images)?, path))
 }

@@ -17,7 +17,7 @@ imgblk get --auto guest.vmdk /home/ann/notes.txt -o notes.txt"
 )]
 pub struct GetArgs {
     /// The image(s), then the path of the file inside the file system last.
-    #[arg(required = true, num_args = 2.., value_name = "IMAGE... PATH")]
+    #[arg(required = true, value_name = "IMAGE... PATH")]
     paths: Vec<PathBuf>,
     #[command(flatten)]
     fs: FsArgs,

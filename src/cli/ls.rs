@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 imgblk ls -l --auto guest.vmdk /home\n  imgblk ls -R --json --lv vg0/root disk.raw /var/log")]
 pub struct LsArgs {
     /// The image(s), then the path inside the file system last.
-    #[arg(required = true, num_args = 2.., value_name = "IMAGE... PATH")]
+    #[arg(required = true, value_name = "IMAGE... PATH")]
     paths: Vec<PathBuf>,
     #[command(flatten)]
     fs: FsArgs,
