@@ -518,14 +518,14 @@ fn ls_lists_names_modes_owners_and_json() {
 #[test]
 fn other_file_systems_and_missing_features_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let fat = dir.path().join("fat.raw");
-    File::create(&fat).unwrap().set_len(16 * MIB).unwrap();
-    run("mkfs.vfat", os![&fat]);
-    let out = imgblk(os!["ls", &fat, "/"]);
+    let xfs = dir.path().join("xfs.raw");
+    File::create(&xfs).unwrap().set_len(300 * MIB).unwrap();
+    run("mkfs.xfs", os!["-q", &xfs]);
+    let out = imgblk(os!["ls", &xfs, "/"]);
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("holds vfat") && err.contains("imgblk mount"),
+        err.contains("holds xfs") && err.contains("imgblk mount"),
         "{err}"
     );
 
@@ -610,32 +610,29 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Random damage to the metadata of the file system, read in process through imgblk's
-/// own entry points: whatever the bytes, every call returns (an error or not), none
-/// panics out.
-#[test]
-fn random_damage_never_panics() {
+/// Damages `rounds` copies of the file system in `image` (`kind`) at 8 random bytes of
+/// its first `span` bytes (superblock or boot sector, group descriptors or FATs, inode
+/// tables, the first directories) and reads each whole through imgblk's own entry
+/// points: whatever the bytes, every call returns (an error or not), none panics out.
+fn damage_and_read(image: &Path, kind: imgblk::layout::ContentKind, span: u64, rounds: u32) {
     use imgblk::files::walk::{walk, Limits};
     use imgblk::image::{open_image, OpenOptions};
-    use imgblk::layout::ContentKind;
-    let f = fixture();
-    let (_, raw, _) = &f.images[0];
-    let clean = fs::read(raw).unwrap();
-    let bad = f.dir.path().join("fuzz.raw");
-    let mut rng = pattern(4 * 200 * 8, 99).into_iter();
+    let clean = fs::read(image).unwrap();
+    let bad = image.with_extension("damaged");
+    fs::write(&bad, &clean).unwrap();
+    let file = File::options().write(true).open(&bad).unwrap();
+    let mut rng = pattern(4 * 8 * rounds as usize, 99).into_iter();
     let mut next = move || u64::from(rng.next().unwrap());
-    for round in 0..200 {
-        let mut bytes = clean.clone();
+    for round in 0..rounds {
+        let mut head = clean[..span as usize].to_vec();
         for _ in 0..8 {
-            // Damage the first 2 MiB: superblock, group descriptors, bitmaps, inode
-            // tables, the first directories.
-            let at = ((next() << 16 | next() << 8 | next()) % (2 * MIB)) as usize;
-            bytes[at] = next() as u8;
+            let at = ((next() << 16 | next() << 8 | next()) % span) as usize;
+            head[at] = next() as u8;
         }
-        fs::write(&bad, &bytes).unwrap();
-        let image = Arc::from(open_image(&bad, &OpenOptions::default()).unwrap());
+        file.write_all_at(&head, 0).unwrap();
+        let opened = Arc::from(open_image(&bad, &OpenOptions::default()).unwrap());
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let Ok(fs) = imgblk::files::open(image, ContentKind::Ext4, "fuzz.raw") else {
+            let Ok(fs) = imgblk::files::open(opened, kind, "damaged") else {
                 return;
             };
             let limits = Limits {
@@ -644,14 +641,50 @@ fn random_damage_never_panics() {
             };
             let _ = walk(&*fs, Path::new("/"), limits, &mut |path, entry| {
                 if entry.kind == imgblk::files::Kind::File {
-                    let mut file = fs.open_file(path)?;
-                    let _ = std::io::copy(&mut file, &mut std::io::sink());
+                    // A damaged size may claim gigabytes: the first MiB is enough.
+                    let file = fs.open_file(path)?;
+                    let _ = std::io::copy(&mut file.take(MIB), &mut std::io::sink());
                 }
                 Ok(())
             });
         }));
-        assert!(result.is_ok(), "round {round}: a panic escaped");
+        assert!(result.is_ok(), "{kind:?} round {round}: a panic escaped");
     }
+}
+
+#[test]
+fn random_damage_to_ext4_never_panics() {
+    let f = fixture();
+    let (_, raw, _) = &f.images[0];
+    damage_and_read(raw, imgblk::layout::ContentKind::Ext4, 2 * MIB, 200);
+}
+
+#[test]
+fn random_damage_to_fat_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let fat = dir.path().join("fat.raw");
+    File::create(&fat).unwrap().set_len(16 * MIB).unwrap();
+    run("mkfs.vfat", os![&fat]);
+    // A directory of several clusters with long names, and files of several clusters.
+    let many = dir.path().join("many");
+    fs::create_dir(&many).unwrap();
+    for i in 0..200 {
+        fs::write(
+            many.join(format!("a long file name {i:04}")),
+            pattern(i * 300, 5),
+        )
+        .unwrap();
+    }
+    let out = Command::new("mcopy")
+        .args(os!["-s", "-i", &fat, &many, "::"])
+        .output()
+        .expect("mcopy is required (mtools, ci/install-deps)");
+    assert!(
+        out.status.success(),
+        "mcopy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    damage_and_read(&fat, imgblk::layout::ContentKind::Vfat, 256 << 10, 200);
 }
 
 /// The commands need neither root nor ublk: run as nobody, they read an image nobody
@@ -684,4 +717,94 @@ fn runs_as_an_unprivileged_user() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.stdout, b"hello\n");
+}
+
+/// FAT12, FAT16 and FAT32 file systems filled by `mcopy` come back from `tar` and `get`
+/// with their long names, bytes and modification times, also from a qcow2 and a GPT
+/// partition; FAT's missing owners and modes read as Linux's vfat shows them.
+#[test]
+fn fat_trees_come_back_from_tar_and_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("Sub/Deeper")).unwrap();
+    fs::write(src.join("Hello.txt"), b"fat hello\n").unwrap();
+    fs::write(src.join("Sub/a long file name.bin"), pattern(70_000, 3)).unwrap();
+    fs::write(src.join("Sub/Deeper/x.txt"), b"deeper").unwrap();
+    for file in ["Hello.txt", "Sub/a long file name.bin", "Sub/Deeper/x.txt"] {
+        // FAT keeps even seconds.
+        set_mtime(&src.join(file), 1_600_000_000, 0);
+    }
+    let want: BTreeMap<&str, Option<&str>> = [
+        ("./", None),
+        ("./Hello.txt", Some("Hello.txt")),
+        ("./Sub/", None),
+        ("./Sub/Deeper/", None),
+        ("./Sub/Deeper/x.txt", Some("Sub/Deeper/x.txt")),
+        (
+            "./Sub/a long file name.bin",
+            Some("Sub/a long file name.bin"),
+        ),
+    ]
+    .into();
+    for (bits, size) in [("12", 4 * MIB), ("16", 16 * MIB), ("32", 40 * MIB)] {
+        let fat = dir.path().join(format!("fat{bits}.raw"));
+        File::create(&fat).unwrap().set_len(size).unwrap();
+        run("mkfs.vfat", os!["-F", bits, &fat]);
+        let out = Command::new("mcopy")
+            .env("TZ", "UTC")
+            .args(os![
+                "-s",
+                "-m",
+                "-i",
+                &fat,
+                src.join("Hello.txt"),
+                src.join("Sub"),
+                "::"
+            ])
+            .output()
+            .expect("mcopy is required (mtools, ci/install-deps)");
+        assert!(
+            out.status.success(),
+            "mcopy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let qcow2 = dir.path().join(format!("fat{bits}.qcow2"));
+        run(
+            "qemu-img",
+            os!["convert", "-f", "raw", "-O", "qcow2", &fat, &qcow2],
+        );
+        let gpt = dir.path().join(format!("gpt{bits}.raw"));
+        partitioned(&gpt, &fat, "gpt");
+        for (image, piece) in [
+            (&fat, &[][..]),
+            (&qcow2, &[][..]),
+            (&gpt, &["--part", "1"][..]),
+        ] {
+            let what = format!("FAT{bits} {}", image.display());
+            let files = archive_files(&imgblk_ok(&command("tar", image, piece, None)));
+            let names: Vec<String> = files
+                .keys()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            assert_eq!(names, want.keys().copied().collect::<Vec<_>>(), "{what}");
+            for (name, source) in &want {
+                let got = &files[name.as_bytes()];
+                assert_eq!((got.uid, got.gid), (0, 0), "{what}: {name}");
+                let Some(source) = source else {
+                    assert_eq!((got.kind, got.mode), ('d', 0o755), "{what}: {name}");
+                    continue;
+                };
+                assert_eq!((got.kind, got.mode), ('-', 0o644), "{what}: {name}");
+                assert_eq!(
+                    got.content,
+                    fs::read(src.join(source)).unwrap(),
+                    "{what}: {name}"
+                );
+                assert_eq!(got.mtime, "1600000000", "{what}: {name}");
+            }
+            // Lookups ignore case, as FAT does.
+            let args = command("get", image, piece, Some("/SUB/A LONG FILE NAME.BIN"));
+            assert_eq!(imgblk_ok(&args), pattern(70_000, 3), "{what}");
+        }
+    }
 }

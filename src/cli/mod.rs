@@ -147,7 +147,10 @@ fn init_logging(verbose: u8, quiet: bool) {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("imgblk={default},warn")));
+        // fatfs warns about layouts mkfs.vfat makes by default (reserved sectors != 1).
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("imgblk={default},warn,fatfs=error"))
+        });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -61,6 +61,66 @@ impl ImageReader {
     }
 }
 
+/// An image as the `Read + Write + Seek` stream crates such as `fatfs` take: reads go
+/// through [`ImageReader::read_at`] (so past the end they end, as a file does), writes are
+/// refused, for imgblk's file commands never change an image.
+pub struct ImageStream {
+    reader: ImageReader,
+    pos: u64,
+}
+
+impl ImageStream {
+    /// A stream over `reader`, at its start.
+    pub fn new(reader: ImageReader) -> Self {
+        ImageStream { reader, pos: 0 }
+    }
+}
+
+impl std::io::Read for ImageStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.reader.len().saturating_sub(self.pos);
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        self.reader
+            .read_at(self.pos, &mut buf[..n])
+            .map_err(std::io::Error::other)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for ImageStream {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        let target = match pos {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::End(d) => self.reader.len().checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| {
+            std::io::Error::other(Error::corrupt(format!(
+                "{}: the file system seeks before the start of its volume",
+                self.reader.name
+            )))
+        })?;
+        Ok(self.pos)
+    }
+}
+
+impl std::io::Write for ImageStream {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other(Error::new(
+            crate::error::ErrorKind::ReadOnly,
+            format!(
+                "{}: the file commands never write to an image",
+                self.reader.name
+            ),
+        )))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +142,14 @@ mod tests {
             "{err}"
         );
         assert!(reader.read_at(u64::MAX - 4, &mut buf).is_err());
+
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut stream = ImageStream::new(reader);
+        assert_eq!(stream.seek(SeekFrom::End(-10)).unwrap(), 4086);
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, [7u8; 10]);
+        assert!(stream.seek(SeekFrom::Current(-5000)).is_err());
+        assert!(stream.write(b"x").is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! extended attributes, inode numbers (so hard links), device numbers, hole maps.
 
 use super::adapter::ImageReader;
-use super::guard::guarded;
+use super::guard::{guarded, GuardedRead};
 use super::{Entry, FileSystem, Kind};
 use crate::error::{Error, ErrorKind, Result};
 use ext4_view::{Ext4, Ext4Error, Ext4Read, FileType, Metadata, Timestamp};
@@ -113,30 +113,7 @@ impl FileSystem for Ext4Fs {
                 .open(bytes(path))
                 .map_err(|e| error(&self.name, path, e))
         })?;
-        Ok(Box::new(FileReader {
-            fs: self,
-            path: path.to_path_buf(),
-            file,
-        }))
-    }
-}
-
-/// A regular file's bytes as a [`Read`], each read guarded.
-struct FileReader<'a> {
-    fs: &'a Ext4Fs,
-    path: PathBuf,
-    file: ext4_view::File,
-}
-
-impl Read for FileReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.fs
-            .guarded(|| {
-                self.file
-                    .read_bytes(buf)
-                    .map_err(|e| error(&self.fs.name, &self.path, e))
-            })
-            .map_err(std::io::Error::other)
+        Ok(Box::new(GuardedRead::new(file, &self.name, FS, path)))
     }
 }
 

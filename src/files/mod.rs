@@ -12,6 +12,7 @@ pub mod archive;
 pub mod entry;
 pub mod escape;
 pub mod ext4;
+pub mod fat;
 pub mod guard;
 pub mod open;
 pub mod walk;

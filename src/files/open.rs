@@ -2,6 +2,7 @@
 
 use super::adapter::ImageReader;
 use super::ext4::Ext4Fs;
+use super::fat::FatFs;
 use super::FileSystem;
 use crate::error::{Error, Result};
 use crate::image::DiskImage;
@@ -19,8 +20,10 @@ pub fn open(
         ContentKind::Ext2 | ContentKind::Ext3 | ContentKind::Ext4 => {
             Ok(Box::new(Ext4Fs::load(ImageReader::new(image, name))?))
         }
+        ContentKind::Vfat => Ok(Box::new(FatFs::load(ImageReader::new(image, name))?)),
         other => Err(Error::unsupported(format!(
-            "{name} holds {}, which imgblk cannot read without the kernel (ext2/3/4 only); \
+            "{name} holds {}, which imgblk cannot read without the kernel (ext2/3/4 and \
+             vfat only); \
              as root with ublk, `imgblk mount` mounts it",
             other.as_str()
         ))),
