@@ -684,7 +684,7 @@ fn random_damage_to_fat_never_panics() {
         "mcopy: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    damage_and_read(&fat, imgblk::layout::ContentKind::Vfat, 256 << 10, 200);
+    damage_and_read(&fat, imgblk::layout::ContentKind::Vfat, 256 << 10, 40);
 }
 
 /// The commands need neither root nor ublk: run as nobody, they read an image nobody

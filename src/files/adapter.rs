@@ -67,22 +67,47 @@ impl ImageReader {
 pub struct ImageStream {
     reader: ImageReader,
     pos: u64,
+    /// The last [`WINDOW`]-aligned stretch read, from `window_start`: such crates read a
+    /// directory entry (32 bytes) at a time, and one image lookup each was most of the
+    /// cost of a walk.
+    window: Vec<u8>,
+    window_start: u64,
 }
+
+/// How much [`ImageStream`] reads at once.
+const WINDOW: u64 = 64 << 10;
 
 impl ImageStream {
     /// A stream over `reader`, at its start.
     pub fn new(reader: ImageReader) -> Self {
-        ImageStream { reader, pos: 0 }
+        ImageStream {
+            reader,
+            pos: 0,
+            window: Vec::new(),
+            window_start: 0,
+        }
     }
 }
 
 impl std::io::Read for ImageStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.reader.len().saturating_sub(self.pos);
-        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        self.reader
-            .read_at(self.pos, &mut buf[..n])
-            .map_err(std::io::Error::other)?;
+        let len = self.reader.len();
+        if buf.is_empty() || self.pos >= len {
+            return Ok(0);
+        }
+        let cached = self.window_start..self.window_start + self.window.len() as u64;
+        if !cached.contains(&self.pos) {
+            let start = self.pos / WINDOW * WINDOW;
+            self.window.clear();
+            let mut window = vec![0; (len - start).min(WINDOW) as usize];
+            self.reader
+                .read_at(start, &mut window)
+                .map_err(std::io::Error::other)?;
+            (self.window, self.window_start) = (window, start);
+        }
+        let from = (self.pos - self.window_start) as usize;
+        let n = buf.len().min(self.window.len() - from);
+        buf[..n].copy_from_slice(&self.window[from..from + n]);
         self.pos += n as u64;
         Ok(n)
     }

@@ -100,12 +100,21 @@ impl FatFs {
                 .map_err(self.fail(path))?
         };
         let mut entries = Vec::new();
+        let mut names = std::collections::HashSet::new();
         for item in dir.iter() {
             let item = item.map_err(self.fail(path))?;
             let name = item.file_name();
             if name == "." || name == ".." || item.attributes().contains(FileAttributes::VOLUME_ID)
             {
                 continue;
+            }
+            if !names.insert(name.to_lowercase()) {
+                return Err(Error::corrupt(format!(
+                    "{}: {}: the vfat directory holds {} twice (a loop in its cluster chain?)",
+                    self.name,
+                    super::escape::escape(path),
+                    super::escape::escape(Path::new(&name))
+                )));
             }
             if entries.len() == MAX_DIR_ENTRIES {
                 return Err(Error::corrupt(format!(
