@@ -26,9 +26,14 @@ fn run(tool: &str, args: &[&OsStr]) -> Output {
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .output()
         .unwrap_or_else(|e| panic!("{tool} is required (ci/install-deps): {e}"));
+    succeeded(&format!("{tool} {args:?}"), out)
+}
+
+/// `out`, once checked that the command (`what`) succeeded.
+fn succeeded(what: &str, out: Output) -> Output {
     assert!(
         out.status.success(),
-        "{tool} {args:?}: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out
@@ -41,13 +46,7 @@ fn imgblk(args: &[&OsStr]) -> Output {
 
 /// Runs imgblk, failing the test unless it succeeds; returns stdout.
 fn imgblk_ok(args: &[&OsStr]) -> Vec<u8> {
-    let out = imgblk(args);
-    assert!(
-        out.status.success(),
-        "imgblk {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    succeeded(&format!("imgblk {args:?}"), imgblk(args)).stdout
 }
 
 macro_rules! os {
@@ -679,11 +678,7 @@ fn random_damage_to_fat_never_panics() {
         .args(os!["-s", "-i", &fat, &many, "::"])
         .output()
         .expect("mcopy is required (mtools, ci/install-deps)");
-    assert!(
-        out.status.success(),
-        "mcopy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded("mcopy", out);
     damage_and_read(&fat, imgblk::layout::ContentKind::Vfat, 256 << 10, 40);
 }
 
@@ -711,11 +706,7 @@ fn runs_as_an_unprivileged_user() {
         .arg("/a.txt")
         .output()
         .expect("setpriv (util-linux) is required");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeded("setpriv", out);
     assert_eq!(out.stdout, b"hello\n");
 }
 
@@ -763,11 +754,7 @@ fn fat_trees_come_back_from_tar_and_get() {
             ])
             .output()
             .expect("mcopy is required (mtools, ci/install-deps)");
-        assert!(
-            out.status.success(),
-            "mcopy: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded("mcopy", out);
         let qcow2 = dir.path().join(format!("fat{bits}.qcow2"));
         run(
             "qemu-img",

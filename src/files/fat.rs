@@ -46,16 +46,7 @@ impl FatFs {
 
     /// `path` as fatfs takes it: relative to the root, `/`-separated, UTF-8.
     fn relative<'p>(&self, path: &'p Path) -> Result<&'p str> {
-        let bad = || {
-            Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "{}: {}: no such file",
-                    self.name,
-                    super::escape::escape(path)
-                ),
-            )
-        };
+        let bad = || self.not_found(path);
         let text = path.to_str().ok_or_else(bad)?;
         if path
             .components()
@@ -76,16 +67,18 @@ impl FatFs {
         self.entries(parent)?
             .into_iter()
             .find(|e| e.file_name().eq_ignore_ascii_case(wanted))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "{}: {}: no such file",
-                        self.name,
-                        super::escape::escape(path)
-                    ),
-                )
-            })
+            .ok_or_else(|| self.not_found(path))
+    }
+
+    fn not_found(&self, path: &Path) -> Error {
+        Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "{}: {}: no such file",
+                self.name,
+                super::escape::escape(path)
+            ),
+        )
     }
 
     /// The entries of directory `path`, without `.`, `..` and the volume label.
