@@ -13,8 +13,8 @@ use std::path::PathBuf;
 /// Write a directory tree (or one file) of an image's file system as a POSIX pax tar.
 ///
 /// Names are relative (`./etc/fstab`), owners numeric, modes, modification times (with
-/// nanoseconds) and symbolic links kept. Reads the file system in process (ext2/3/4): no
-/// ublk, no root, no mount.
+/// nanoseconds) and symbolic links kept. Reads the file system in process (ext2/3/4,
+/// FAT12/16/32): no ublk, no root, no mount.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  imgblk tar guest.qcow2 --part 1 -o root.tar\n  \
