@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 /// List a directory (or one file) inside an image's file system.
 ///
 /// Reads the file system in process (ext2/3/4, FAT12/16/32), so it needs no ublk and no
-/// root: it works in containers and CI. Names with control characters are shown escaped (`\n`, `\x1b`).
+/// root: it works in containers and CI. Names with control characters are shown escaped
+/// (`\n`, `\x1b`).
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  imgblk ls guest.qcow2 --part 1 /etc\n  \
 imgblk ls -l --auto guest.vmdk /home\n  imgblk ls -R --json --lv vg0/root disk.raw /var/log")]
