@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod files;
 pub mod image;
 pub mod layout;
 pub mod serve;

@@ -34,6 +34,9 @@ _imgblk() {
             imgblk,fsck)
                 cmd="imgblk__subcmd__fsck"
                 ;;
+            imgblk,get)
+                cmd="imgblk__subcmd__get"
+                ;;
             imgblk,help)
                 cmd="imgblk__subcmd__help"
                 ;;
@@ -46,6 +49,9 @@ _imgblk() {
             imgblk,list)
                 cmd="imgblk__subcmd__list"
                 ;;
+            imgblk,ls)
+                cmd="imgblk__subcmd__ls"
+                ;;
             imgblk,map)
                 cmd="imgblk__subcmd__map"
                 ;;
@@ -54,6 +60,9 @@ _imgblk() {
                 ;;
             imgblk,recover)
                 cmd="imgblk__subcmd__recover"
+                ;;
+            imgblk,tar)
+                cmd="imgblk__subcmd__tar"
                 ;;
             imgblk,umount)
                 cmd="imgblk__subcmd__umount"
@@ -76,6 +85,9 @@ _imgblk() {
             imgblk__subcmd__help,fsck)
                 cmd="imgblk__subcmd__help__subcmd__fsck"
                 ;;
+            imgblk__subcmd__help,get)
+                cmd="imgblk__subcmd__help__subcmd__get"
+                ;;
             imgblk__subcmd__help,help)
                 cmd="imgblk__subcmd__help__subcmd__help"
                 ;;
@@ -88,6 +100,9 @@ _imgblk() {
             imgblk__subcmd__help,list)
                 cmd="imgblk__subcmd__help__subcmd__list"
                 ;;
+            imgblk__subcmd__help,ls)
+                cmd="imgblk__subcmd__help__subcmd__ls"
+                ;;
             imgblk__subcmd__help,map)
                 cmd="imgblk__subcmd__help__subcmd__map"
                 ;;
@@ -96,6 +111,9 @@ _imgblk() {
                 ;;
             imgblk__subcmd__help,recover)
                 cmd="imgblk__subcmd__help__subcmd__recover"
+                ;;
+            imgblk__subcmd__help,tar)
+                cmd="imgblk__subcmd__help__subcmd__tar"
                 ;;
             imgblk__subcmd__help,umount)
                 cmd="imgblk__subcmd__help__subcmd__umount"
@@ -107,7 +125,7 @@ _imgblk() {
 
     case "${cmd}" in
         imgblk)
-            opts="-v -q -h -V --verbose --quiet --help --version attach detach doctor list map cat convert recover mount umount info inspect fsck help"
+            opts="-v -q -h -V --verbose --quiet --help --version attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -412,8 +430,56 @@ _imgblk() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        imgblk__subcmd__get)
+            opts="-f -U -o -v -q -h --part --lv --auto --format --force-share --snapshot --output --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --part)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --lv)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         imgblk__subcmd__help)
-            opts="attach detach doctor list map cat convert recover mount umount info inspect fsck help"
+            opts="attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -510,6 +576,20 @@ _imgblk() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        imgblk__subcmd__help__subcmd__get)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         imgblk__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -566,6 +646,20 @@ _imgblk() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        imgblk__subcmd__help__subcmd__ls)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         imgblk__subcmd__help__subcmd__map)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -595,6 +689,20 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__help__subcmd__recover)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        imgblk__subcmd__help__subcmd__tar)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -681,6 +789,46 @@ _imgblk() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        imgblk__subcmd__ls)
+            opts="-f -U -l -R -v -q -h --part --lv --auto --format --force-share --snapshot --long --recursive --json --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --part)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --lv)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -783,6 +931,62 @@ _imgblk() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        imgblk__subcmd__tar)
+            opts="-f -U -C -o -v -q -h --part --lv --auto --format --force-share --snapshot --directory --output --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --part)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --lv)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --directory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -C)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

@@ -41,6 +41,9 @@ complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "umount" -d 'Unmount w
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "info" -d 'Show an image\'s format, virtual size and backing chain'
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "inspect" -d 'Show partitions, LVM volume groups and file systems inside images, without ublk'
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "fsck" -d 'Check the file systems inside images (e2fsck, xfs_repair, fsck.vfat, btrfs check)'
+complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "ls" -d 'List a directory (or one file) inside an image\'s file system'
+complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "get" -d 'Copy one regular file out of an image\'s file system, to stdout or a file'
+complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "tar" -d 'Write a directory tree (or one file) of an image\'s file system as a POSIX pax tar'
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
@@ -211,20 +214,71 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l json -d 'Print th
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "attach" -d 'Expose an image as a block device /dev/ublkbN'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "detach" -d 'Remove a device created by `imgblk attach`'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "doctor" -d 'Check that this host can run imgblk, and say how to fix what is missing'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "list" -d 'List ublk devices: imgblk\'s own, with their image, and orphaned ones'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "map" -d 'Show the allocation map of an image, like `qemu-img map`'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "cat" -d 'Copy an image\'s guest contents (the raw disk) to stdout or a file'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "convert" -d 'Copy an image\'s guest contents into a new qcow2 or raw image'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "recover" -d 'Serve again a device whose daemon died (ublk USER_RECOVERY)'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "mount" -d 'Mount a file system inside an image: attach the piece and mount it, in one step'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "umount" -d 'Unmount what `imgblk mount` mounted, flush, and detach its device'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "info" -d 'Show an image\'s format, virtual size and backing chain'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "inspect" -d 'Show partitions, LVM volume groups and file systems inside images, without ublk'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "fsck" -d 'Check the file systems inside images (e2fsck, xfs_repair, fsck.vfat, btrfs check)'
-complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s f -l format -d 'Image format of all the images; detected from each file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
+qcow2\t'QEMU copy-on-write v2/v3'
+vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
+vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
+vhdx\t'Microsoft VHDX (Hyper-V)'
+vdi\t'VirtualBox disk image'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s l -l long -d 'Long listing: type and mode, owner, group, size, modification time (as `ls -l`)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s R -l recursive -d 'Everything below PATH, by full path'
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l json -d 'Print a JSON array of entries (path, kind, size, mode, uid, gid, times, target)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s q -l quiet -d 'Only errors'
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s f -l format -d 'Image format of all the images; detected from each file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
+qcow2\t'QEMU copy-on-write v2/v3'
+vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
+vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
+vhdx\t'Microsoft VHDX (Hyper-V)'
+vdi\t'VirtualBox disk image'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s q -l quiet -d 'Only errors'
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s f -l format -d 'Image format of all the images; detected from each file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
+qcow2\t'QEMU copy-on-write v2/v3'
+vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
+vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
+vhdx\t'Microsoft VHDX (Hyper-V)'
+vdi\t'VirtualBox disk image'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s C -l directory -d 'The directory (or file) inside the file system to archive' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s q -l quiet -d 'Only errors'
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "attach" -d 'Expose an image as a block device /dev/ublkbN'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "detach" -d 'Remove a device created by `imgblk attach`'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "doctor" -d 'Check that this host can run imgblk, and say how to fix what is missing'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "list" -d 'List ublk devices: imgblk\'s own, with their image, and orphaned ones'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "map" -d 'Show the allocation map of an image, like `qemu-img map`'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "cat" -d 'Copy an image\'s guest contents (the raw disk) to stdout or a file'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "convert" -d 'Copy an image\'s guest contents into a new qcow2 or raw image'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "recover" -d 'Serve again a device whose daemon died (ublk USER_RECOVERY)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "mount" -d 'Mount a file system inside an image: attach the piece and mount it, in one step'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "umount" -d 'Unmount what `imgblk mount` mounted, flush, and detach its device'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "info" -d 'Show an image\'s format, virtual size and backing chain'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "inspect" -d 'Show partitions, LVM volume groups and file systems inside images, without ublk'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "fsck" -d 'Check the file systems inside images (e2fsck, xfs_repair, fsck.vfat, btrfs check)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "ls" -d 'List a directory (or one file) inside an image\'s file system'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "get" -d 'Copy one regular file out of an image\'s file system, to stdout or a file'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "tar" -d 'Write a directory tree (or one file) of an image\'s file system as a POSIX pax tar'
+complete -c imgblk -n "__fish_imgblk_using_subcommand help; and not __fish_seen_subcommand_from attach detach doctor list map cat convert recover mount umount info inspect fsck ls get tar help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 
 # imgblk detach/recover DEVICE: the ublk block devices there are.
 complete -c imgblk -n "__fish_imgblk_using_subcommand detach; or __fish_imgblk_using_subcommand recover" -f -a "(string match -r '^/dev/ublkb[0-9]+\$' /dev/ublkb*)"

@@ -285,7 +285,7 @@ fn find_checks(image: &Path, piece: &PieceArgs, format: Option<Format>) -> Resul
         .nodes()
         .into_iter()
         .filter(|n| n.kind != NodeKind::Extended)
-        .filter(|n| wanted.as_deref().map_or(true, |w| n.name == w))
+        .filter(|n| wanted.as_deref().is_none_or(|w| n.name == w))
         .filter_map(|n| {
             let kind = n.content.as_ref()?.kind;
             checker(kind, false).map(|_| Check {

@@ -111,7 +111,7 @@ pub fn run(args: InfoArgs) -> Result<i32> {
                 "  {:id_width$}  {:name_width$}  {}  disk {}  vm state {}",
                 Escaped(&s.id),
                 Escaped(&s.name),
-                format_date(s.date_sec),
+                format_date(i64::from(s.date_sec)),
                 human_size(s.disk_size),
                 human_size(s.vm_state_size)
             );

@@ -9,17 +9,22 @@ mod convert;
 mod detach;
 mod doctor;
 mod escape;
+mod files;
 mod fsck;
+mod get;
 mod info;
 mod inspect;
 mod list;
+mod ls;
 mod luks;
 mod map;
 mod mount;
 mod output;
+mod pick;
 mod piece;
 mod progress;
 mod recover;
+mod tar;
 
 use crate::error::{Error, ErrorKind};
 use clap::{Parser, Subcommand};
@@ -99,6 +104,9 @@ enum Command {
     Info(info::InfoArgs),
     Inspect(inspect::InspectArgs),
     Fsck(fsck::FsckArgs),
+    Ls(ls::LsArgs),
+    Get(get::GetArgs),
+    Tar(tar::TarArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -124,6 +132,9 @@ pub fn main() -> i32 {
         Command::Info(args) => info::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Fsck(args) => fsck::run(args),
+        Command::Ls(args) => ls::run(args),
+        Command::Get(args) => get::run(args),
+        Command::Tar(args) => tar::run(args),
     };
     match result {
         Ok(code) => code,
@@ -169,7 +180,10 @@ fn init_logging(verbose: u8, quiet: bool) {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("imgblk={default},warn")));
+        // fatfs warns about layouts mkfs.vfat makes by default (reserved sectors != 1).
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("imgblk={default},warn,fatfs=error"))
+        });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,11 +1,12 @@
 //! `imgblk mount` / `imgblk umount`: a file system inside an image mounted in one step —
 //! attach the piece, mount it with safe options — and undone in one step.
 
+use super::pick::{choose, fs_type};
 use super::piece::PieceArgs;
 use super::{child, print_json, Escaped, EXIT_OK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{open_image, DiskImage, OpenOptions};
-use crate::layout::{discover, ContentKind, Layout, Node, NodeKind, PieceId};
+use crate::layout::{discover, ContentKind, PieceId};
 use crate::ublk::device;
 use serde::Serialize;
 use std::ffi::OsString;
@@ -151,7 +152,7 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
     }
     let layout = discover(&opened);
     drop(opened); // release the read locks before the daemon takes its own
-    let node = choose(&layout, &args)?;
+    let node = choose(&layout, &args.piece, args.auto)?;
     let fs = node
         .content
         .as_ref()
@@ -269,89 +270,6 @@ pub fn run_umount(args: UmountArgs) -> Result<i32> {
         println!("unmounted {} and detached {whole}", target.display());
     }
     Ok(EXIT_OK)
-}
-
-/// The piece to mount: as `--part`/`--lv` say, or chosen by `--auto`.
-fn choose<'a>(layout: &'a Layout, args: &MountArgs) -> Result<&'a Node> {
-    if let Some(piece) = args.piece.piece() {
-        crate::serve::select(layout, &piece)?;
-        return layout
-            .find(&piece.to_string())
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no {piece}")));
-    }
-    let filesystems: Vec<&Node> = layout
-        .nodes()
-        .into_iter()
-        .filter(|n| {
-            n.content
-                .as_ref()
-                .is_some_and(|c| fs_type(c.kind).is_some())
-        })
-        .collect();
-    let listing = || {
-        filesystems
-            .iter()
-            .map(|n| {
-                format!(
-                    "{} ({}{})",
-                    n.name,
-                    n.content.as_ref().map_or("", |c| c.kind.as_str()),
-                    n.label()
-                        .map(|l| format!(", label {l}"))
-                        .unwrap_or_default()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match filesystems.as_slice() {
-        [] => Err(Error::new(
-            ErrorKind::NotFound,
-            "no file system found in the image",
-        )),
-        [only] => Ok(only),
-        _ if args.auto => filesystems
-            .iter()
-            .copied()
-            .find(|n| looks_like_root(n))
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "cannot tell which file system is the root; choose with --part or --lv: {}",
-                    listing()
-                ))
-            }),
-        _ => Err(Error::invalid(format!(
-            "the image holds several file systems; choose with --part, --lv or --auto: {}",
-            listing()
-        ))),
-    }
-}
-
-/// Root-ness by name: an LV called root, or a label that says so.
-fn looks_like_root(node: &Node) -> bool {
-    let lv_root = node.kind == NodeKind::LogicalVolume
-        && node
-            .name
-            .rsplit('/')
-            .next()
-            .is_some_and(|n| n == "root" || n == "lv_root");
-    let label_root = node
-        .label()
-        .is_some_and(|l| matches!(l, "root" | "rootfs" | "/" | "cloudimg-rootfs"));
-    lv_root || label_root
-}
-
-/// The kernel file system type for content `kind`, if it is a mountable file system.
-fn fs_type(kind: ContentKind) -> Option<&'static str> {
-    Some(match kind {
-        ContentKind::Ext2 | ContentKind::Ext3 | ContentKind::Ext4 => "ext4",
-        ContentKind::Xfs => "xfs",
-        ContentKind::Btrfs => "btrfs",
-        ContentKind::Vfat => "vfat",
-        ContentKind::Ntfs => "ntfs",
-        ContentKind::Iso9660 => "iso9660",
-        _ => return None,
-    })
 }
 
 /// The type to give `mount` for content `kind`, with its kernel module loaded if need be.

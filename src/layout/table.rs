@@ -100,7 +100,7 @@ pub fn check_partitions(parts: &mut Vec<Partition>, disk_size: u64, warnings: &m
                 ));
             }
         }
-        if furthest.map_or(true, |f| p.end() > f.end()) {
+        if furthest.is_none_or(|f| p.end() > f.end()) {
             furthest = Some(p);
         }
     }

@@ -172,7 +172,7 @@ impl<'a> Walker<'a> {
         let within = rel % self.block_size;
         if within
             .checked_add(len)
-            .map_or(true, |end| end > self.block_size)
+            .is_none_or(|end| end > self.block_size)
         {
             return Ok(None);
         }

@@ -331,11 +331,7 @@ impl Header {
                 "must be cluster aligned",
             ));
         }
-        if l1_size > 0
-            && (l1 == 0
-                || l1
-                    .checked_add(l1_size * 8)
-                    .map_or(true, |end| end > file_len))
+        if l1_size > 0 && (l1 == 0 || l1.checked_add(l1_size * 8).is_none_or(|end| end > file_len))
         {
             return Err(bad_field(
                 "l1_table_offset",

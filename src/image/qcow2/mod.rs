@@ -194,7 +194,7 @@ impl Qcow2Image {
         let size = self.cluster_size();
         if host
             .checked_add(size)
-            .map_or(true, |end| end > self.file.len())
+            .is_none_or(|end| end > self.file.len())
         {
             let guest = (l1_index as u64) << (self.header.cluster_bits + self.header.l2_bits());
             return Err(Error::corrupt(format!(

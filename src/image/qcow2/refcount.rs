@@ -62,7 +62,7 @@ impl Refcounts {
             || bytes > MAX_TABLE_BYTES
             || table_offset
                 .checked_add(bytes)
-                .map_or(true, |end| end > file.len())
+                .is_none_or(|end| end > file.len())
         {
             return Err(Error::corrupt(format!(
                 "qcow2 refcount table at {table_offset:#x} ({table_clusters} clusters) is empty, \
@@ -340,11 +340,7 @@ fn check_table_entry(index: usize, entry: u64, cluster_size: u64, file_len: u64)
         "has reserved bits set"
     } else if entry % cluster_size != 0 {
         "names a refcount block offset that is not cluster aligned"
-    } else if entry != 0
-        && entry
-            .checked_add(cluster_size)
-            .map_or(true, |e| e > file_len)
-    {
+    } else if entry != 0 && entry.checked_add(cluster_size).is_none_or(|e| e > file_len) {
         "names a refcount block past the end of the file"
     } else {
         return Ok(());

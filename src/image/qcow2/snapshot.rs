@@ -138,7 +138,7 @@ fn read_table_inner(file: &ImageFile, header: &Header) -> Result<Vec<Snapshot>> 
                 && (l1_table_offset == 0
                     || l1_table_offset
                         .checked_add(l1_bytes)
-                        .map_or(true, |end| end > file_len)))
+                        .is_none_or(|end| end > file_len)))
         {
             return Err(bad(
                 index,
@@ -212,10 +212,11 @@ pub fn apply(header: &mut Header, snapshot: &Snapshot) -> Result<()> {
     Ok(())
 }
 
-/// Formats `secs` since the Unix epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
-pub fn format_date(secs: u32) -> String {
-    let days = i64::from(secs / 86400);
-    let rem = secs % 86400;
+/// Formats `secs` since the Unix epoch (negative before it) as `YYYY-MM-DD HH:MM:SS`
+/// (UTC); also the dates `imgblk ls -l` shows.
+pub fn format_date(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -243,6 +244,7 @@ mod tests {
         assert_eq!(format_date(0), "1970-01-01 00:00:00");
         assert_eq!(format_date(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(format_date(1_718_454_896), "2024-06-15 12:34:56");
+        assert_eq!(format_date(-1), "1969-12-31 23:59:59");
     }
 
     fn snap(id: &str, name: &str) -> Snapshot {

@@ -240,7 +240,7 @@ fn parse_keyslot(id: u32, ks: &Value, size: u64) -> Result<Keyslot> {
         || !(16..=128).contains(&key_len)
         || area_offset
             .checked_add(area_size)
-            .map_or(true, |end| end > size)
+            .is_none_or(|end| end > size)
         || (key_len as u64) * u64::from(stripes) > area_size
     {
         return Err(Error::corrupt(format!("LUKS2 key slot {id} is malformed")));

@@ -1,0 +1,89 @@
+//! What `imgblk ls`, `get` and `tar` share: which file system of which images to read,
+//! opened in process (no ublk, no root).
+
+use super::pick::choose;
+use super::piece::PieceArgs;
+use crate::error::{Error, ErrorKind, Result};
+use crate::files::FileSystem;
+use crate::image::{open_image, DiskImage, OpenOptions};
+use crate::layout::discover;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The options of the file commands that say which file system to read.
+#[derive(Debug, clap::Args)]
+pub struct FsArgs {
+    #[command(flatten)]
+    piece: PieceArgs,
+    /// Pick the guest's root file system (or the only one), or list the choices.
+    #[arg(long, conflicts_with_all = ["part", "lv"])]
+    auto: bool,
+    /// Image format of all the images; detected from each file's magic when omitted.
+    #[arg(short, long, value_enum)]
+    format: Option<crate::image::Format>,
+    /// Read the images even while another process (a running VM) writes them; what is
+    /// read may then be inconsistent.
+    #[arg(short = 'U', long)]
+    force_share: bool,
+    /// Read this internal snapshot of a qcow2 image (by name, then by id).
+    #[arg(long, value_name = "NAME")]
+    snapshot: Option<String>,
+}
+
+impl FsArgs {
+    /// Opens `images` and the file system these options choose in them.
+    pub fn open(&self, images: &[PathBuf]) -> Result<Box<dyn FileSystem>> {
+        let first = images
+            .first()
+            .ok_or_else(|| Error::invalid("no image given"))?;
+        let options = OpenOptions {
+            format: self.format,
+            force_share: self.force_share,
+            snapshot: self.snapshot.clone(),
+            ..OpenOptions::default()
+        };
+        let mut opened: Vec<Arc<dyn DiskImage>> = Vec::with_capacity(images.len());
+        for path in images {
+            opened.push(Arc::from(open_image(path, &options)?));
+        }
+        let layout = discover(&opened);
+        let node = choose(&layout, &self.piece, self.auto).map_err(|e| e.with_path(first))?;
+        let name = match node.name.as_str() {
+            "disk0" => first.display().to_string(),
+            piece => format!("{} ({piece})", first.display()),
+        };
+        let kind = node.content.as_ref().map(|c| c.kind).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("{name} holds no file system imgblk recognises"),
+            )
+        })?;
+        crate::files::open(node.image()?, kind, &name)
+    }
+}
+
+/// Splits `paths` (the images, then a path inside the file system last, as `ls` and
+/// `get` take them) and opens the file system; returns it with the path.
+pub fn open_with_path<'p>(
+    args: &FsArgs,
+    paths: &'p [PathBuf],
+) -> Result<(Box<dyn FileSystem>, &'p Path)> {
+    let (path, images) = paths
+        .split_last()
+        .filter(|(_, images)| !images.is_empty())
+        .ok_or_else(|| Error::invalid("give the image(s), then a path inside the image"))?;
+    let path = inside(path)?;
+    Ok((args.open(images)?, path))
+}
+
+/// `path` as the file commands take it: absolute inside the file system.
+pub fn inside(path: &Path) -> Result<&Path> {
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(Error::invalid(format!(
+            "{}: paths inside the image start with /",
+            path.display()
+        )))
+    }
+}

@@ -1,0 +1,275 @@
+//! A tree of a [`FileSystem`] as a POSIX pax tar stream (`imgblk tar`): ustar headers, with
+//! pax extended records for what they cannot hold (long names and link targets,
+//! nanosecond times, large ids and sizes), so that GNU tar, bsdtar, restic and borg read
+//! it back attribute for attribute.
+
+use super::walk::{walk, Limits};
+use super::{copy_error, Entry, FileSystem, Kind};
+use crate::error::Result;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use tar::{EntryType, Header};
+
+/// Largest value a ustar octal field of 8 bytes holds (uid, gid).
+const USTAR_ID_MAX: u64 = 0o7777777;
+/// Largest value a ustar octal field of 12 bytes holds (size, mtime).
+const USTAR_NUM_MAX: u64 = 0o77777777777;
+
+/// Writes `root` (a directory's whole tree, or one file) of `fs` to `out` as a pax
+/// archive; names are `./` plus the path below `root` (a file alone by its own name).
+/// Files tar cannot carry, or whose details the reader does not give (sockets, device
+/// nodes without their numbers), are left out with a line to `skipped`.
+pub fn write_tar<W: Write>(
+    fs: &dyn FileSystem,
+    root: &Path,
+    limits: Limits,
+    out: W,
+    skipped: &mut dyn FnMut(&Path, &str),
+) -> Result<W> {
+    let mut builder = tar::Builder::new(Ending {
+        inner: out,
+        failed: false,
+    });
+    let walked = walk(fs, root, limits, &mut |path, entry| {
+        let name = archive_name(root, path, entry);
+        let (kind, why) = match entry.kind {
+            Kind::File => (EntryType::Regular, None),
+            Kind::Dir => (EntryType::Directory, None),
+            Kind::Symlink => (EntryType::Symlink, None),
+            Kind::Fifo => (EntryType::Fifo, None),
+            Kind::Socket => (EntryType::Regular, Some("a socket, which tar cannot hold")),
+            Kind::CharDev | Kind::BlockDev => (
+                EntryType::Regular,
+                Some("a device node, whose device numbers this file-system reader does not give"),
+            ),
+        };
+        if let Some(why) = why {
+            skipped(path, why);
+            return Ok(());
+        }
+        let size = if kind == EntryType::Regular {
+            entry.size
+        } else {
+            0
+        };
+        let (header, records) = header(&name, entry, kind, size);
+        if !records.is_empty() {
+            builder
+                .append(&pax_header(records.len()), records.as_slice())
+                .map_err(copy_error)?;
+        }
+        if kind == EntryType::Regular {
+            let data = Exact {
+                inner: fs.open_file(path)?,
+                left: size,
+            };
+            builder.append(&header, data).map_err(copy_error)
+        } else {
+            builder
+                .append(&header, std::io::empty())
+                .map_err(copy_error)
+        }
+    });
+    if let Err(e) = walked {
+        builder.get_mut().failed = true;
+        return Err(e);
+    }
+    builder
+        .into_inner()
+        .map(|ending| ending.inner)
+        .map_err(copy_error)
+}
+
+/// The output of an archive, which refuses writes once writing the archive failed: the
+/// tar builder ends the stream when it is dropped, and a failed backup must not end
+/// with the marker that makes a truncated archive look complete.
+struct Ending<W> {
+    inner: W,
+    failed: bool,
+}
+
+impl<W: Write> Write for Ending<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.failed {
+            return Err(std::io::Error::other("the archive failed"));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The name `path` (below `root`) gets in the archive.
+fn archive_name(root: &Path, path: &Path, entry: &Entry) -> PathBuf {
+    match path.strip_prefix(root) {
+        Ok(rel) if rel.as_os_str().is_empty() && entry.kind == Kind::Dir => "./".into(),
+        Ok(rel) if rel.as_os_str().is_empty() => entry.name.clone(),
+        Ok(rel) => Path::new(".").join(rel),
+        Err(_) => path.to_path_buf(),
+    }
+}
+
+/// The ustar header of one entry and the pax records it needs besides.
+fn header(name: &Path, entry: &Entry, kind: EntryType, size: u64) -> (Header, Vec<u8>) {
+    let mut records = Vec::new();
+    let mut header = Header::new_ustar();
+    header.set_entry_type(kind);
+    header.set_mode(entry.mode);
+    let mut name_bytes = name.as_os_str().as_bytes().to_vec();
+    if kind == EntryType::Directory && !name_bytes.ends_with(b"/") {
+        name_bytes.push(b'/');
+    }
+    field(
+        &mut header.as_old_mut().name,
+        &name_bytes,
+        "path",
+        &mut records,
+    );
+    if let Some(target) = &entry.target {
+        let target = target.as_os_str().as_bytes();
+        field(
+            &mut header.as_old_mut().linkname,
+            target,
+            "linkpath",
+            &mut records,
+        );
+    }
+    for (key, value, set) in [
+        (
+            "uid",
+            u64::from(entry.uid),
+            Header::set_uid as fn(&mut Header, u64),
+        ),
+        ("gid", u64::from(entry.gid), Header::set_gid),
+    ] {
+        set(&mut header, value.min(USTAR_ID_MAX));
+        if value > USTAR_ID_MAX {
+            record(&mut records, key, value.to_string().as_bytes());
+        }
+    }
+    header.set_size(size);
+    if size > USTAR_NUM_MAX {
+        record(&mut records, "size", size.to_string().as_bytes());
+    }
+    let secs = u64::try_from(entry.mtime.secs).unwrap_or(0);
+    header.set_mtime(secs.min(USTAR_NUM_MAX));
+    if entry.mtime.nanos != 0 || secs > USTAR_NUM_MAX || entry.mtime.secs < 0 {
+        record(&mut records, "mtime", pax_time(entry.mtime).as_bytes());
+    }
+    header.set_cksum();
+    (header, records)
+}
+
+/// Puts `value` in a fixed header field; when it does not fit, its start, and the whole
+/// as pax record `key`.
+fn field(field: &mut [u8; 100], value: &[u8], key: &str, records: &mut Vec<u8>) {
+    let n = value.len().min(field.len());
+    field[..n].copy_from_slice(&value[..n]);
+    if value.len() > field.len() {
+        record(records, key, value);
+    }
+}
+
+/// Appends one pax record, `LEN key=value\n`, where LEN counts the whole record itself.
+fn record(records: &mut Vec<u8>, key: &str, value: &[u8]) {
+    let base = key.len() + value.len() + 3;
+    let mut len = base;
+    while base + len.to_string().len() != len {
+        len = base + len.to_string().len();
+    }
+    records.extend_from_slice(format!("{len} {key}=").as_bytes());
+    records.extend_from_slice(value);
+    records.push(b'\n');
+}
+
+/// A time as pax writes it: seconds, then a fraction when there is one.
+fn pax_time(t: super::entry::Time) -> String {
+    if t.nanos == 0 {
+        return t.secs.to_string();
+    }
+    let (sign, secs, nanos) = if t.secs < 0 {
+        ("-", -(t.secs + 1), 1_000_000_000 - t.nanos)
+    } else {
+        ("", t.secs, t.nanos)
+    };
+    let fraction = format!("{nanos:09}");
+    format!("{sign}{secs}.{}", fraction.trim_end_matches('0'))
+}
+
+/// The header of a pax extended-header entry carrying `len` bytes of records.
+fn pax_header(len: usize) -> Header {
+    let mut header = Header::new_ustar();
+    header.set_entry_type(EntryType::XHeader);
+    let name = b"././@PaxHeader";
+    header.as_old_mut().name[..name.len()].copy_from_slice(name);
+    header.set_mode(0o644);
+    header.set_size(len as u64);
+    header.set_cksum();
+    header
+}
+
+/// A file's bytes, exactly as many as its header says: a file system that delivers
+/// fewer is an error, not a torn archive.
+struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the file ended {} bytes before its size", self.left),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::entry::Time;
+
+    #[test]
+    fn pax_records_count_their_own_length() {
+        let mut r = Vec::new();
+        record(&mut r, "path", b"a");
+        assert_eq!(r, b"9 path=a\n");
+        let mut r = Vec::new();
+        record(&mut r, "path", &[b'x'; 92]);
+        assert_eq!(r.len(), 102);
+        assert!(r.starts_with(b"102 path="));
+    }
+
+    #[test]
+    fn times_keep_their_nanoseconds() {
+        assert_eq!(pax_time(Time { secs: 5, nanos: 0 }), "5");
+        assert_eq!(
+            pax_time(Time {
+                secs: 5,
+                nanos: 250_000_000
+            }),
+            "5.25"
+        );
+        assert_eq!(
+            pax_time(Time {
+                secs: -2,
+                nanos: 500_000_000
+            }),
+            "-1.5"
+        );
+    }
+}

@@ -1,0 +1,797 @@
+//! `imgblk ls`, `get` and `tar` against ext4 file systems made on the host with
+//! `mkfs.ext4 -d` from a known tree: the tree read back from raw, qcow2 and VMDK images and
+//! from inside MBR and GPT partitions must equal the source, name for name, byte for byte
+//! and attribute for attribute; hostile file systems must give errors, never a panic.
+//! A missing tool fails the test: install it with ci/install-deps.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+
+const MIB: u64 = 1 << 20;
+const IMGBLK: &str = env!("CARGO_BIN_EXE_imgblk");
+/// A name no terminal should see raw: an escape sequence and a newline.
+const HOSTILE_NAME: &[u8] = b"bad\x1b[2Jname\n";
+
+/// Runs a host tool, failing the test with its output when it fails.
+fn run(tool: &str, args: &[&OsStr]) -> Output {
+    let out = Command::new(tool)
+        .args(args)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} is required (ci/install-deps): {e}"));
+    succeeded(&format!("{tool} {args:?}"), out)
+}
+
+/// `out`, once checked that the command (`what`) succeeded.
+fn succeeded(what: &str, out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs imgblk; returns its output whatever the status.
+fn imgblk(args: &[&OsStr]) -> Output {
+    Command::new(IMGBLK).args(args).output().unwrap()
+}
+
+/// Runs imgblk, failing the test unless it succeeds; returns stdout.
+fn imgblk_ok(args: &[&OsStr]) -> Vec<u8> {
+    succeeded(&format!("imgblk {args:?}"), imgblk(args)).stdout
+}
+
+macro_rules! os {
+    ($($a:expr),* $(,)?) => { &[$(AsRef::<OsStr>::as_ref(&$a)),*] };
+}
+
+/// Deterministic bytes that do not compress to nothing.
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sets a file's modification time (with nanoseconds) without following links.
+fn set_mtime(path: &Path, secs: i64, nanos: i64) {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: nanos,
+        },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: nanos,
+        },
+    ];
+    // SAFETY: a valid C string and two timespecs, as utimensat(2) wants.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(rc, 0, "utimensat {}", path.display());
+}
+
+/// Builds the source tree: small and larger files, odd modes, nanosecond times, short and
+/// long symbolic links, a hard link, a sparse file, a FIFO, a long path, a crowded
+/// directory (htree once e2fsck -D indexes it) and a name with control characters.
+fn make_tree(root: &Path) {
+    fs::create_dir_all(root.join("dir/sub")).unwrap();
+    fs::write(root.join("a.txt"), b"hello\n").unwrap();
+    fs::write(root.join("dir/big.bin"), pattern(300_000, 1)).unwrap();
+    if nix_is_root() {
+        // Before the chmod: a chown clears the set-uid bit.
+        std::os::unix::fs::lchown(root.join("dir/big.bin"), Some(1234), Some(5678)).unwrap();
+    }
+    fs::set_permissions(root.join("dir/big.bin"), fs::Permissions::from_mode(0o4750)).unwrap();
+    fs::set_permissions(root.join("dir/sub"), fs::Permissions::from_mode(0o1777)).unwrap();
+    std::os::unix::fs::symlink("../a.txt", root.join("dir/link")).unwrap();
+    std::os::unix::fs::symlink("t".repeat(150), root.join("dir/longlink")).unwrap();
+    fs::hard_link(root.join("a.txt"), root.join("hard")).unwrap();
+    let sparse = File::create(root.join("sparse")).unwrap();
+    sparse.set_len(8 * MIB).unwrap();
+    sparse.write_all_at(b"middle", 4 * MIB).unwrap();
+    run("mkfifo", os![root.join("fifo")]);
+    let deep = root.join("d".repeat(60)).join("e".repeat(60));
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("f".repeat(70)), b"deep").unwrap();
+    fs::create_dir(root.join("many")).unwrap();
+    for i in 0..400 {
+        fs::write(
+            root.join(format!("many/file-with-a-long-name-{i:04}")),
+            i.to_string(),
+        )
+        .unwrap();
+    }
+    fs::write(root.join(OsStr::from_bytes(HOSTILE_NAME)), b"x").unwrap();
+    // Whole seconds everywhere (mke2fs -d drops nanoseconds); the two with a fraction get
+    // it in the image from debugfs (see `NANOS`).
+    stamp_all(root, &mut 1_600_000_000);
+    for (path, nanos) in NANOS {
+        let secs = fs::symlink_metadata(root.join(path)).unwrap().mtime();
+        set_mtime(&root.join(path), secs, nanos);
+    }
+}
+
+/// Files whose modification time has a fraction of a second, and that fraction.
+const NANOS: [(&str, i64); 2] = [("a.txt", 500_000_000), ("dir/link", 123_456_789)];
+
+/// Gives every file below `path` its own whole-second modification time.
+fn stamp_all(path: &Path, secs: &mut i64) {
+    *secs += 1;
+    set_mtime(path, *secs, 0);
+    if fs::symlink_metadata(path).unwrap().is_dir() {
+        for child in fs::read_dir(path).unwrap() {
+            stamp_all(&child.unwrap().path(), secs);
+        }
+    }
+}
+
+/// Puts the fractions of `NANOS` into the file system at `image` (ext4 keeps them, shifted
+/// left by 2, in the inode's `mtime_extra`), as the kernel would have.
+fn set_nanos(image: &Path) {
+    for (path, nanos) in NANOS {
+        let request = format!("sif /{path} mtime_extra {}", nanos << 2);
+        run("debugfs", os!["-w", "-R", request, image]);
+    }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `mkfs.ext4 -d src` into a new `size`-byte file, with 256-byte inodes (nanosecond times)
+/// and `extra` options; directories indexed (htree) by `e2fsck -D`.
+fn mkfs_ext4(path: &Path, src: &Path, size: u64, extra: &[&str]) {
+    File::create(path).unwrap().set_len(size).unwrap();
+    let mut args: Vec<&OsStr> = vec!["-q".as_ref(), "-F".as_ref(), "-I".as_ref(), "256".as_ref()];
+    args.extend(extra.iter().map(OsStr::new));
+    args.extend([OsStr::new("-d"), src.as_os_str(), path.as_os_str()]);
+    run("mkfs.ext4", &args);
+    let out = Command::new("e2fsck")
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .args(os!["-fyD", path])
+        .output()
+        .unwrap();
+    // 0: clean, 1: corrected (the directories were re-indexed).
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "e2fsck -fyD: {out:?}"
+    );
+}
+
+/// A disk of `size` bytes with one partition (1 MiB in) as `label` ("dos" or "gpt")
+/// holding the file system `fs`.
+fn partitioned(path: &Path, fs_image: &Path, label: &str) {
+    let fs_len = fs::metadata(fs_image).unwrap().len();
+    File::create(path)
+        .unwrap()
+        .set_len(fs_len + 2 * MIB)
+        .unwrap();
+    let mut child = Command::new("sfdisk")
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .args(os!["-q", path])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sfdisk is required (ci/install-deps)");
+    let script = format!("label: {label}\nstart=2048, size={}\n", fs_len / 512);
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "sfdisk failed");
+    let bytes = fs::read(fs_image).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(&bytes, MIB)
+        .unwrap();
+}
+
+/// What the comparison looks at for one file.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    kind: char,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: String,
+    content: Vec<u8>,
+}
+
+/// A time as pax writes it: seconds, then a fraction when there is one.
+fn pax_time(secs: i64, nanos: i64) -> String {
+    if nanos == 0 {
+        secs.to_string()
+    } else {
+        format!("{secs}.{}", format!("{nanos:09}").trim_end_matches('0'))
+    }
+}
+
+/// The source tree as `Seen`s, by archive name (`./a.txt`); directories with a slash.
+fn source_files(root: &Path) -> BTreeMap<Vec<u8>, Seen> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let rel = path.strip_prefix(root).unwrap();
+        let mut name = Path::new(".").join(rel).as_os_str().as_bytes().to_vec();
+        if name.ends_with(b"/") {
+            name.pop(); // the root, "./"
+        }
+        let ft = meta.file_type();
+        let (kind, content) = if ft.is_dir() {
+            name.push(b'/');
+            for child in fs::read_dir(&path).unwrap() {
+                stack.push(child.unwrap().path());
+            }
+            ('d', Vec::new())
+        } else if ft.is_symlink() {
+            (
+                'l',
+                fs::read_link(&path)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+            )
+        } else if ft.is_file() {
+            ('-', fs::read(&path).unwrap())
+        } else {
+            ('p', Vec::new())
+        };
+        out.insert(
+            name,
+            Seen {
+                kind,
+                mode: meta.mode() & 0o7777,
+                uid: u64::from(meta.uid()),
+                gid: u64::from(meta.gid()),
+                mtime: pax_time(meta.mtime(), meta.mtime_nsec()),
+                content,
+            },
+        );
+    }
+    out
+}
+
+/// An archive read back with the tar crate (pax records applied), by name.
+fn archive_files(tar_bytes: &[u8]) -> BTreeMap<Vec<u8>, Seen> {
+    let mut archive = tar::Archive::new(tar_bytes);
+    let mut out = BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let header = entry.header().clone();
+        let mut mtime = header.mtime().unwrap().to_string();
+        if let Some(pax) = entry.pax_extensions().unwrap() {
+            for ext in pax {
+                let ext = ext.unwrap();
+                if ext.key().unwrap() == "mtime" {
+                    mtime = ext.value().unwrap().to_string();
+                }
+            }
+        }
+        let name = entry.path_bytes().into_owned();
+        let kind = match header.entry_type() {
+            tar::EntryType::Directory => 'd',
+            tar::EntryType::Symlink => 'l',
+            tar::EntryType::Regular => '-',
+            tar::EntryType::Fifo => 'p',
+            other => panic!("unexpected entry type {other:?} for {name:?}"),
+        };
+        let content = if kind == 'l' {
+            entry.link_name_bytes().unwrap().into_owned()
+        } else {
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            data
+        };
+        let seen = Seen {
+            kind,
+            mode: header.mode().unwrap(),
+            uid: header.uid().unwrap(),
+            gid: header.gid().unwrap(),
+            mtime,
+            content,
+        };
+        assert!(out.insert(name.clone(), seen).is_none(), "{name:?} twice");
+    }
+    out
+}
+
+/// Compares an archive with the source tree: every source file with its attributes (a
+/// directory's own root entry and lost+found aside, which mkfs makes).
+fn assert_tree_equal(what: &str, tar_bytes: &[u8], src: &Path) {
+    let mut got = archive_files(tar_bytes);
+    let want = source_files(src);
+    got.remove(b"./lost+found/".as_slice());
+    let only = |a: &BTreeMap<Vec<u8>, Seen>, b: &BTreeMap<Vec<u8>, Seen>| {
+        a.keys()
+            .filter(|k| !b.contains_key(*k))
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect::<Vec<_>>()
+    };
+    let (extra, missing) = (only(&got, &want), only(&want, &got));
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "{what}: extra {extra:?}, missing {missing:?}"
+    );
+    for (name, want) in &want {
+        let got = &got[name];
+        if name == b"./" {
+            assert_eq!(got.kind, 'd', "{what}: root");
+            continue;
+        }
+        assert_eq!(got, want, "{what}: {}", String::from_utf8_lossy(name));
+    }
+}
+
+/// A tree, an ext4 file system of it, and that file system in every container the test
+/// reads it from: (description, image, imgblk's piece options).
+struct Fixture {
+    dir: tempfile::TempDir,
+    src: PathBuf,
+    images: Vec<(&'static str, PathBuf, Vec<&'static str>)>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src);
+    let raw = dir.path().join("fs.raw");
+    mkfs_ext4(&raw, &src, 48 * MIB, &[]);
+    set_nanos(&raw);
+    let qcow2 = dir.path().join("fs.qcow2");
+    let vmdk = dir.path().join("fs.vmdk");
+    run(
+        "qemu-img",
+        os!["convert", "-f", "raw", "-O", "qcow2", &raw, &qcow2],
+    );
+    run(
+        "qemu-img",
+        os!["convert", "-f", "raw", "-O", "vmdk", &raw, &vmdk],
+    );
+    let gpt_raw = dir.path().join("gpt.raw");
+    partitioned(&gpt_raw, &raw, "gpt");
+    let gpt = dir.path().join("gpt.qcow2");
+    run(
+        "qemu-img",
+        os!["convert", "-f", "raw", "-O", "qcow2", &gpt_raw, &gpt],
+    );
+    let mbr = dir.path().join("mbr.raw");
+    partitioned(&mbr, &raw, "dos");
+    let images = vec![
+        ("raw", raw, vec![]),
+        ("qcow2", qcow2, vec![]),
+        ("vmdk", vmdk, vec![]),
+        ("GPT partition in qcow2", gpt, vec!["--part", "1"]),
+        ("MBR partition, --auto", mbr, vec!["--auto"]),
+    ];
+    Fixture { dir, src, images }
+}
+
+/// `imgblk VERB IMAGE PIECE-OPTIONS... [PATH]` as arguments.
+fn command<'a>(
+    verb: &'a str,
+    image: &'a Path,
+    piece: &'a [&'static str],
+    path: Option<&'a str>,
+) -> Vec<&'a OsStr> {
+    let mut args: Vec<&OsStr> = vec![verb.as_ref(), image.as_os_str()];
+    args.extend(piece.iter().copied().map(OsStr::new));
+    args.extend(path.map(OsStr::new));
+    args
+}
+
+#[test]
+fn tar_gives_back_the_source_tree_from_every_container() {
+    let f = fixture();
+    for (what, image, piece) in &f.images {
+        let tar_bytes = imgblk_ok(&command("tar", image, piece, None));
+        assert_tree_equal(what, &tar_bytes, &f.src);
+    }
+    // -o FILE and -C PATH: just the subtree, names relative to it.
+    let (_, raw, _) = &f.images[0];
+    let out = f.dir.path().join("dir.tar");
+    imgblk_ok(os!["tar", raw, "-C", "/dir", "-o", &out]);
+    let names: Vec<String> = archive_files(&fs::read(&out).unwrap())
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    assert_eq!(names, ["./", "./big.bin", "./link", "./longlink", "./sub/"]);
+    // GNU tar reads the stream too, pax records and all.
+    let listing = run("tar", os!["-tvf", &out, "--numeric-owner"]);
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.contains(&format!("./longlink -> {}", "t".repeat(150))),
+        "{listing}"
+    );
+}
+
+#[test]
+fn get_returns_a_files_bytes() {
+    let f = fixture();
+    for (what, image, piece) in &f.images {
+        for file in ["dir/big.bin", "sparse", "a.txt"] {
+            let inside = format!("/{file}");
+            let args = command("get", image, piece, Some(&inside));
+            assert!(
+                imgblk_ok(&args) == fs::read(f.src.join(file)).unwrap(),
+                "{what}: {file}"
+            );
+        }
+    }
+    let (_, raw, _) = &f.images[0];
+    let out = f.dir.path().join("big.out");
+    imgblk_ok(os!["get", raw, "/dir/big.bin", "-o", &out]);
+    assert_eq!(fs::read(&out).unwrap(), pattern(300_000, 1));
+    let dir = imgblk(os!["get", raw, "/dir"]);
+    assert_eq!(dir.status.code(), Some(2), "a directory is bad usage");
+    assert!(String::from_utf8_lossy(&dir.stderr).contains("/dir: is a directory"));
+    let missing = imgblk(os!["get", raw, "/nope"]);
+    assert_eq!(missing.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("fs.raw") && err.contains("/nope: no such file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ls_lists_names_modes_owners_and_json() {
+    let f = fixture();
+    let (_, raw, _) = &f.images[0];
+    let names = String::from_utf8(imgblk_ok(os!["ls", raw, "/"])).unwrap();
+    let names: Vec<&str> = names.lines().collect();
+    // Sorted; the hostile name escaped on one line.
+    assert!(names.contains(&"bad\\x1b[2Jname\\n"), "{names:?}");
+    assert!(names.windows(2).all(|w| w[0] <= w[1]), "{names:?}");
+    assert!(names.contains(&"a.txt") && names.contains(&"lost+found"));
+
+    let long = String::from_utf8(imgblk_ok(os!["ls", "-l", raw, "/dir"])).unwrap();
+    let big = long.lines().find(|l| l.ends_with(" big.bin")).unwrap();
+    assert!(big.starts_with("-rwsr-x--- "), "{big}");
+    assert!(big.contains(" 300000 "), "{big}");
+    let link = long.lines().find(|l| l.contains(" link -> ")).unwrap();
+    assert!(
+        link.starts_with("lrwxrwxrwx") && link.ends_with("link -> ../a.txt"),
+        "{link}"
+    );
+    assert!(
+        long.lines()
+            .any(|l| l.starts_with("drwxrwxrwt") && l.ends_with(" sub")),
+        "{long}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&imgblk_ok(os!["ls", "-R", "--json", raw, "/dir"])).unwrap();
+    let entries = json.as_array().unwrap();
+    let paths: Vec<&str> = entries
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/dir/big.bin", "/dir/link", "/dir/longlink", "/dir/sub"]
+    );
+    let src = fs::symlink_metadata(f.src.join("dir/big.bin")).unwrap();
+    let big = &entries[0];
+    assert_eq!(big["name"], "big.bin");
+    assert_eq!(big["kind"], "file");
+    assert_eq!(big["size"], 300_000);
+    assert_eq!(big["mode"], 0o4750);
+    assert_eq!(big["uid"], src.uid());
+    assert_eq!(big["gid"], src.gid());
+    assert_eq!(big["mtime"]["secs"], src.mtime());
+    let link = &entries[1];
+    assert_eq!(link["kind"], "symlink");
+    assert_eq!(link["target"], "../a.txt");
+    assert_eq!(link["mtime"]["nanos"], 123_456_789);
+    assert_eq!(entries[3]["kind"], "dir");
+}
+
+#[test]
+fn other_file_systems_and_missing_features_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let xfs = dir.path().join("xfs.raw");
+    File::create(&xfs).unwrap().set_len(300 * MIB).unwrap();
+    run("mkfs.xfs", os!["-q", &xfs]);
+    let out = imgblk(os!["ls", &xfs, "/"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds xfs") && err.contains("imgblk mount"),
+        "{err}"
+    );
+
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("small"), b"inline").unwrap();
+    let inline = dir.path().join("inline.raw");
+    mkfs_ext4(&inline, &src, 8 * MIB, &["-O", "inline_data"]);
+    let out = imgblk(os!["get", &inline, "/small"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("inline.raw") && err.contains("lacks") && err.contains("imgblk mount"),
+        "{err}"
+    );
+}
+
+/// Offset of the primary superblock in an ext4 file system.
+const SUPERBLOCK: u64 = 1024;
+
+#[test]
+fn corrupt_superblocks_and_directories_give_errors_naming_the_image() {
+    let f = fixture();
+    let (_, raw, _) = &f.images[0];
+    let bytes = fs::read(raw).unwrap();
+    let bad = f.dir.path().join("bad.raw");
+    let cases: [(&str, u64, &[u8]); 3] = [
+        // s_log_block_size far out of range.
+        ("block size", SUPERBLOCK + 24, &[0xff, 0xff, 0, 0]),
+        // s_inodes_per_group 0.
+        ("inodes per group", SUPERBLOCK + 40, &[0, 0, 0, 0]),
+        // s_magic gone.
+        ("magic", SUPERBLOCK + 56, &[0, 0]),
+    ];
+    for (what, offset, patch) in cases {
+        fs::write(&bad, &bytes).unwrap();
+        File::options()
+            .write(true)
+            .open(&bad)
+            .unwrap()
+            .write_all_at(patch, offset)
+            .unwrap();
+        let out = imgblk(os!["ls", &bad, "/"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{what}: {err}");
+        assert!(
+            err.contains("bad.raw") && !err.contains("panicked"),
+            "{what}: {err}"
+        );
+    }
+
+    // Every block of the root directory's htree-indexed neighbour `many` overwritten with
+    // garbage: listing it fails cleanly, the rest of the file system still reads.
+    let mut fs_bytes = bytes.clone();
+    let marker = b"file-with-a-long-name-0000";
+    let mut hits = 0;
+    let mut pos = 0;
+    while let Some(i) = find(&fs_bytes[pos..], marker) {
+        let block = (pos + i) / 4096 * 4096;
+        fs_bytes[block..block + 4096].copy_from_slice(&pattern(4096, 7));
+        hits += 1;
+        pos = block + 4096;
+    }
+    assert!(hits > 0, "the directory blocks were not found");
+    fs::write(&bad, &fs_bytes).unwrap();
+    let out = imgblk(os!["ls", "-R", &bad, "/many"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("bad.raw") && err.contains("corrupt"), "{err}");
+    let ok = imgblk_ok(os!["get", &bad, "/a.txt"]);
+    assert_eq!(ok, b"hello\n");
+    // A failed tar does not end its stream as if it were complete.
+    let out = imgblk(os!["tar", &bad]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        !out.stdout.ends_with(&[0u8; 1024]),
+        "a failed tar looks complete"
+    );
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Damages `rounds` copies of the file system in `image` (`kind`) at 8 random bytes of
+/// its first `span` bytes (superblock or boot sector, group descriptors or FATs, inode
+/// tables, the first directories) and reads each whole through imgblk's own entry
+/// points: whatever the bytes, every call returns (an error or not), none panics out.
+fn damage_and_read(image: &Path, kind: imgblk::layout::ContentKind, span: u64, rounds: u32) {
+    use imgblk::files::walk::{walk, Limits};
+    use imgblk::image::{open_image, OpenOptions};
+    let clean = fs::read(image).unwrap();
+    let bad = image.with_extension("damaged");
+    fs::write(&bad, &clean).unwrap();
+    let file = File::options().write(true).open(&bad).unwrap();
+    let mut rng = pattern(4 * 8 * rounds as usize, 99).into_iter();
+    let mut next = move || u64::from(rng.next().unwrap());
+    for round in 0..rounds {
+        let mut head = clean[..span as usize].to_vec();
+        for _ in 0..8 {
+            let at = ((next() << 16 | next() << 8 | next()) % span) as usize;
+            head[at] = next() as u8;
+        }
+        file.write_all_at(&head, 0).unwrap();
+        let opened = Arc::from(open_image(&bad, &OpenOptions::default()).unwrap());
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let Ok(fs) = imgblk::files::open(opened, kind, "damaged") else {
+                return;
+            };
+            let limits = Limits {
+                max_depth: 64,
+                max_entries: 100_000,
+            };
+            let _ = walk(&*fs, Path::new("/"), limits, &mut |path, entry| {
+                if entry.kind == imgblk::files::Kind::File {
+                    // A damaged size may claim gigabytes: the first MiB is enough.
+                    let file = fs.open_file(path)?;
+                    let _ = std::io::copy(&mut file.take(MIB), &mut std::io::sink());
+                }
+                Ok(())
+            });
+        }));
+        assert!(result.is_ok(), "{kind:?} round {round}: a panic escaped");
+    }
+}
+
+#[test]
+fn random_damage_to_ext4_never_panics() {
+    let f = fixture();
+    let (_, raw, _) = &f.images[0];
+    damage_and_read(raw, imgblk::layout::ContentKind::Ext4, 2 * MIB, 200);
+}
+
+#[test]
+fn random_damage_to_fat_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let fat = dir.path().join("fat.raw");
+    File::create(&fat).unwrap().set_len(16 * MIB).unwrap();
+    run("mkfs.vfat", os![&fat]);
+    // A directory of several clusters with long names, and files of several clusters.
+    let many = dir.path().join("many");
+    fs::create_dir(&many).unwrap();
+    for i in 0..200 {
+        fs::write(
+            many.join(format!("a long file name {i:04}")),
+            pattern(i * 300, 5),
+        )
+        .unwrap();
+    }
+    let out = Command::new("mcopy")
+        .args(os!["-s", "-i", &fat, &many, "::"])
+        .output()
+        .expect("mcopy is required (mtools, ci/install-deps)");
+    succeeded("mcopy", out);
+    damage_and_read(&fat, imgblk::layout::ContentKind::Vfat, 256 << 10, 40);
+}
+
+/// The commands need neither root nor ublk: run as nobody, they read an image nobody
+/// may read.
+#[test]
+fn runs_as_an_unprivileged_user() {
+    if !nix_is_root() {
+        // Already unprivileged: every other test here proves it.
+        return;
+    }
+    let f = fixture();
+    let (_, qcow2, _) = &f.images[1];
+    fs::set_permissions(f.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(qcow2, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            IMGBLK,
+            "get",
+        ])
+        .arg(qcow2)
+        .arg("/a.txt")
+        .output()
+        .expect("setpriv (util-linux) is required");
+    let out = succeeded("setpriv", out);
+    assert_eq!(out.stdout, b"hello\n");
+}
+
+/// FAT12, FAT16 and FAT32 file systems filled by `mcopy` come back from `tar` and `get`
+/// with their long names, bytes and modification times, also from a qcow2 and a GPT
+/// partition; FAT's missing owners and modes read as Linux's vfat shows them.
+#[test]
+fn fat_trees_come_back_from_tar_and_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("Sub/Deeper")).unwrap();
+    fs::write(src.join("Hello.txt"), b"fat hello\n").unwrap();
+    fs::write(src.join("Sub/a long file name.bin"), pattern(70_000, 3)).unwrap();
+    fs::write(src.join("Sub/Deeper/x.txt"), b"deeper").unwrap();
+    for file in ["Hello.txt", "Sub/a long file name.bin", "Sub/Deeper/x.txt"] {
+        // FAT keeps even seconds.
+        set_mtime(&src.join(file), 1_600_000_000, 0);
+    }
+    let want: BTreeMap<&str, Option<&str>> = [
+        ("./", None),
+        ("./Hello.txt", Some("Hello.txt")),
+        ("./Sub/", None),
+        ("./Sub/Deeper/", None),
+        ("./Sub/Deeper/x.txt", Some("Sub/Deeper/x.txt")),
+        (
+            "./Sub/a long file name.bin",
+            Some("Sub/a long file name.bin"),
+        ),
+    ]
+    .into();
+    for (bits, size) in [("12", 4 * MIB), ("16", 16 * MIB), ("32", 40 * MIB)] {
+        let fat = dir.path().join(format!("fat{bits}.raw"));
+        File::create(&fat).unwrap().set_len(size).unwrap();
+        run("mkfs.vfat", os!["-F", bits, &fat]);
+        let out = Command::new("mcopy")
+            .env("TZ", "UTC")
+            .args(os![
+                "-s",
+                "-m",
+                "-i",
+                &fat,
+                src.join("Hello.txt"),
+                src.join("Sub"),
+                "::"
+            ])
+            .output()
+            .expect("mcopy is required (mtools, ci/install-deps)");
+        succeeded("mcopy", out);
+        let qcow2 = dir.path().join(format!("fat{bits}.qcow2"));
+        run(
+            "qemu-img",
+            os!["convert", "-f", "raw", "-O", "qcow2", &fat, &qcow2],
+        );
+        let gpt = dir.path().join(format!("gpt{bits}.raw"));
+        partitioned(&gpt, &fat, "gpt");
+        for (image, piece) in [
+            (&fat, &[][..]),
+            (&qcow2, &[][..]),
+            (&gpt, &["--part", "1"][..]),
+        ] {
+            let what = format!("FAT{bits} {}", image.display());
+            let files = archive_files(&imgblk_ok(&command("tar", image, piece, None)));
+            let names: Vec<String> = files
+                .keys()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            assert_eq!(names, want.keys().copied().collect::<Vec<_>>(), "{what}");
+            for (name, source) in &want {
+                let got = &files[name.as_bytes()];
+                assert_eq!((got.uid, got.gid), (0, 0), "{what}: {name}");
+                let Some(source) = source else {
+                    assert_eq!((got.kind, got.mode), ('d', 0o755), "{what}: {name}");
+                    continue;
+                };
+                assert_eq!((got.kind, got.mode), ('-', 0o644), "{what}: {name}");
+                assert_eq!(
+                    got.content,
+                    fs::read(src.join(source)).unwrap(),
+                    "{what}: {name}"
+                );
+                assert_eq!(got.mtime, "1600000000", "{what}: {name}");
+            }
+            // Lookups ignore case, as FAT does.
+            let args = command("get", image, piece, Some("/SUB/A LONG FILE NAME.BIN"));
+            assert_eq!(imgblk_ok(&args), pattern(70_000, 3), "{what}");
+        }
+    }
+}
