@@ -159,6 +159,26 @@ pub fn exit_code(error: &Error) -> i32 {
     }
 }
 
+/// `--format`'s values: the library's formats by their names, each with a line of help.
+impl clap::ValueEnum for crate::image::Format {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use crate::image::Format;
+        let help = match self {
+            Format::Raw => "A plain byte-for-byte disk (or a block device)",
+            Format::Qcow2 => "QEMU copy-on-write v2/v3",
+            Format::Vmdk => "VMware virtual disk: a descriptor plus flat or sparse extents",
+            Format::Vpc => "Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it \"vpc\"",
+            Format::Vhdx => "Microsoft VHDX (Hyper-V)",
+            Format::Vdi => "VirtualBox disk image",
+        };
+        Some(clap::builder::PossibleValue::new(self.name()).help(help))
+    }
+}
+
 /// The error kind an imgblk exit status stands for (one of each kind [`exit_code`] maps
 /// to it), for commands run as children ([`child`]) whose caller should exit alike.
 pub fn error_kind_of_exit(code: i32) -> ErrorKind {

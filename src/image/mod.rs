@@ -31,7 +31,7 @@ use serde::Serialize;
 use std::fmt;
 
 /// The on-disk formats imgblk knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// A plain byte-for-byte disk (or a block device).
@@ -48,34 +48,44 @@ pub enum Format {
     Vdi,
 }
 
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Format {
+    /// Every format, in the order `--help` lists them.
+    pub const ALL: [Format; 6] = [
+        Format::Raw,
+        Format::Qcow2,
+        Format::Vmdk,
+        Format::Vpc,
+        Format::Vhdx,
+        Format::Vdi,
+    ];
+
+    /// The format's name, as qemu-img spells it (and a qcow2 backing format records it).
+    pub fn name(self) -> &'static str {
+        match self {
             Format::Raw => "raw",
             Format::Qcow2 => "qcow2",
             Format::Vmdk => "vmdk",
             Format::Vpc => "vpc",
             Format::Vhdx => "vhdx",
             Format::Vdi => "vdi",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
 impl std::str::FromStr for Format {
     type Err = Error;
 
-    /// Parses a format's name as [`fmt::Display`] writes it (and qemu-img names it).
+    /// Parses a format's [`name`](Format::name).
     fn from_str(name: &str) -> Result<Format> {
-        const ALL: [Format; 6] = [
-            Format::Raw,
-            Format::Qcow2,
-            Format::Vmdk,
-            Format::Vpc,
-            Format::Vhdx,
-            Format::Vdi,
-        ];
-        ALL.into_iter()
-            .find(|f| f.to_string() == name)
+        Format::ALL
+            .into_iter()
+            .find(|f| f.name() == name)
             .ok_or_else(|| Error::unsupported(format!("unknown image format `{name}`")))
     }
 }

@@ -516,7 +516,7 @@ fn ext_string(data: &[u8], what: &str, at: u64) -> Result<String> {
 /// Maps the backing format extension to a [`Format`] this build can open.
 fn parse_format(data: &[u8], at: u64) -> Result<Format> {
     let name = ext_string(data, "backing file format", at)?;
-    <Format as clap::ValueEnum>::from_str(&name, false).map_err(|_| {
+    name.parse::<Format>().map_err(|_| {
         Error::unsupported(format!("backing file format '{name}' is not supported")).at(at)
     })
 }
