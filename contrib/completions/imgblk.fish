@@ -186,15 +186,15 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand info" -l json -d 'Print JS
 complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s f -l format -d 'Image format of all the images; detected when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s f -l format -d 'Image format of all the images; detected from each file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
 qcow2\t'QEMU copy-on-write v2/v3'
 vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
 vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
-complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l snapshot -d 'Inspect this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l key-file -d 'Unlock the LUKS volumes found with the key in FILE and show what they hold, as disks named luks-NODE' -r -F
-complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s U -l force-share -d 'Inspect even while a VM writes the images (no image locks)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l json -d 'Print JSON instead of a tree'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s q -l quiet -d 'Only errors'
@@ -222,7 +222,7 @@ vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
 vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
-complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s l -l long -d 'Long listing: type and mode, owner, group, size, modification time (as `ls -l`)'
@@ -239,7 +239,7 @@ vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
 vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
-complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
@@ -254,7 +254,7 @@ vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
 vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
-complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id)' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s C -l directory -d 'The directory (or file) inside the file system to archive' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'

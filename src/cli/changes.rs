@@ -48,7 +48,8 @@ impl ChangeArgs {
     /// piece or snapshot, not `luks`-decrypted): changed ranges are those of the files.
     /// Called before opening, so that the usage error comes first.
     pub fn check(&self, source: &super::SourceArgs, luks: bool) -> Result<()> {
-        if self.any() && (luks || source.snapshot.is_some() || source.piece.piece().is_some()) {
+        if self.any() && (luks || source.read.snapshot.is_some() || source.piece.piece().is_some())
+        {
             return Err(Error::invalid(
                 "--top-layers, --since and --bitmap work on whole images \
                  (not with --part, --lv, --luks or --snapshot)",

@@ -5,7 +5,7 @@ use super::pick::choose;
 use super::piece::PieceArgs;
 use crate::error::{Error, ErrorKind, Result};
 use crate::files::FileSystem;
-use crate::image::{open_image, DiskImage, OpenOptions};
+use crate::image::{open_image, DiskImage};
 use crate::layout::discover;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,16 +18,8 @@ pub struct FsArgs {
     /// Pick the guest's root file system (or the only one), or list the choices.
     #[arg(long, conflicts_with_all = ["part", "lv"])]
     auto: bool,
-    /// Image format of all the images; detected from each file's magic when omitted.
-    #[arg(short, long, value_enum)]
-    format: Option<crate::image::Format>,
-    /// Read the images even while another process (a running VM) writes them; what is
-    /// read may then be inconsistent.
-    #[arg(short = 'U', long)]
-    force_share: bool,
-    /// Read this internal snapshot of a qcow2 image (by name, then by id).
-    #[arg(long, value_name = "NAME")]
-    snapshot: Option<String>,
+    #[command(flatten)]
+    read: super::ReadArgs,
 }
 
 impl FsArgs {
@@ -36,12 +28,7 @@ impl FsArgs {
         let first = images
             .first()
             .ok_or_else(|| Error::invalid("no image given"))?;
-        let options = OpenOptions {
-            format: self.format,
-            force_share: self.force_share,
-            snapshot: self.snapshot.clone(),
-            ..OpenOptions::default()
-        };
+        let options = self.read.open_options();
         let mut opened: Vec<Arc<dyn DiskImage>> = Vec::with_capacity(images.len());
         for path in images {
             opened.push(Arc::from(open_image(path, &options)?));

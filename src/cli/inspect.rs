@@ -2,7 +2,7 @@
 
 use super::{human_size, print_json, Escaped, EXIT_OK};
 use crate::error::Result;
-use crate::image::{open_image, DiskImage, OpenOptions};
+use crate::image::{open_image, DiskImage};
 use crate::layout::{discover, Node};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,16 +20,8 @@ pub struct InspectArgs {
     /// The images (or block devices).
     #[arg(required = true)]
     images: Vec<PathBuf>,
-    /// Image format of all the images; detected when omitted.
-    #[arg(short, long, value_enum)]
-    format: Option<crate::image::Format>,
-    /// Inspect even while a VM writes the images (no image locks).
-    #[arg(short = 'U', long)]
-    force_share: bool,
-    /// Inspect this internal snapshot of a qcow2 image (by name, then by id) instead of
-    /// its current state.
-    #[arg(long, value_name = "NAME")]
-    snapshot: Option<String>,
+    #[command(flatten)]
+    read: super::ReadArgs,
     /// Print JSON instead of a tree.
     #[arg(long)]
     json: bool,
@@ -39,12 +31,7 @@ pub struct InspectArgs {
 
 /// Runs `imgblk inspect`.
 pub fn run(args: InspectArgs) -> Result<i32> {
-    let options = OpenOptions {
-        format: args.format,
-        force_share: args.force_share,
-        snapshot: args.snapshot.clone(),
-        ..OpenOptions::default()
-    };
+    let options = args.read.open_options();
     let mut images: Vec<Arc<dyn DiskImage>> = Vec::new();
     for path in &args.images {
         images.push(Arc::from(open_image(path, &options)?));

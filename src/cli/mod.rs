@@ -238,12 +238,9 @@ fn open_for_reading(args: &ImageArgs) -> crate::Result<Box<dyn crate::image::Dis
     crate::image::open_image(&args.image, &options)
 }
 
-/// The arguments of commands that read guest contents: images plus an optional piece.
+/// How the commands that only read open images: `--format`, `-U`, `--snapshot`.
 #[derive(Debug, clap::Args)]
-struct SourceArgs {
-    /// The image (or block device); give every disk of the guest for a VG spanning them.
-    #[arg(required = true)]
-    images: Vec<std::path::PathBuf>,
+struct ReadArgs {
     /// Image format of all the images; detected from each file's magic when omitted.
     #[arg(short, long, value_enum)]
     format: Option<crate::image::Format>,
@@ -255,6 +252,28 @@ struct SourceArgs {
     /// current state.
     #[arg(long, value_name = "NAME")]
     snapshot: Option<String>,
+}
+
+impl ReadArgs {
+    /// The options to open the images with, read-only.
+    fn open_options(&self) -> crate::image::OpenOptions {
+        crate::image::OpenOptions {
+            format: self.format,
+            force_share: self.force_share,
+            snapshot: self.snapshot.clone(),
+            ..crate::image::OpenOptions::default()
+        }
+    }
+}
+
+/// The arguments of commands that read guest contents: images plus an optional piece.
+#[derive(Debug, clap::Args)]
+struct SourceArgs {
+    /// The image (or block device); give every disk of the guest for a VG spanning them.
+    #[arg(required = true)]
+    images: Vec<std::path::PathBuf>,
+    #[command(flatten)]
+    read: ReadArgs,
     #[command(flatten)]
     piece: piece::PieceArgs,
 }
@@ -263,12 +282,7 @@ struct SourceArgs {
 fn open_source_for_reading(
     args: &SourceArgs,
 ) -> crate::Result<std::sync::Arc<dyn crate::image::DiskImage>> {
-    let options = crate::image::OpenOptions {
-        format: args.format,
-        force_share: args.force_share,
-        snapshot: args.snapshot.clone(),
-        ..crate::image::OpenOptions::default()
-    };
+    let options = args.read.open_options();
     Ok(crate::serve::open_piece(&args.images, &options, args.piece.piece().as_ref())?.image)
 }
 
