@@ -19,18 +19,31 @@ const SEED: u64 = 0x1d6b_0c0f_2024;
 const MIB: u64 = 1 << 20;
 
 /// Runs `tool args`, failing the test with its stderr if it cannot run or fails.
+///
+/// A tool that finds its image locked is run again a few times: another test thread's
+/// child, between its fork and its exec, may still hold the descriptor (and so the
+/// QEMU-style lock) of an image this thread has just closed.
 fn run(tool: &str, args: &[&str]) -> Vec<u8> {
     let _running = CHILDREN.read().unwrap_or_else(PoisonError::into_inner);
-    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
-        panic!("cannot run `{tool}` ({e}): these tests need qemu-utils (qemu-img, qemu-io); see ci/install-deps")
-    });
-    assert!(
-        out.status.success(),
-        "`{tool} {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    let mut tries = 0;
+    loop {
+        let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
+            panic!("cannot run `{tool}` ({e}): these tests need qemu-utils (qemu-img, qemu-io); see ci/install-deps")
+        });
+        let locked = String::from_utf8_lossy(&out.stderr).contains("Failed to get");
+        if locked && tries < 5 {
+            tries += 1;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        assert!(
+            out.status.success(),
+            "`{tool} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return out.stdout;
+    }
 }
 
 /// Held shared while a qemu tool runs, and alone by [`open_writable`]. A child that one
