@@ -383,7 +383,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__fsck)
-            opts="-f -j -v -q -h --part --lv --format --jobs --repair --overlay --json --verbose --quiet --help"
+            opts="-f -j -v -q -h --part --lv --key-file --format --jobs --repair --overlay --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -401,6 +401,10 @@ _imgblk() {
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace
                     fi
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --format)
@@ -889,7 +893,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__mount)
-            opts="-f -v -q -h --part --lv --auto --rw --format --json --suid --dev --noexec --verbose --quiet --help"
+            opts="-f -v -q -h --part --lv --auto --rw --format --json --suid --dev --noexec --key-file --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -915,6 +919,10 @@ _imgblk() {
                     ;;
                 -f)
                     COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

@@ -47,7 +47,7 @@ complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "tar" -d 'Write a dire
 complete -c imgblk -n "__fish_imgblk_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
-complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`); without it, the passphrase is asked for on the terminal' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With --luks it decrypts the selected piece (without, the passphrase is asked for on the terminal); alone it unlocks every LUKS volume in the images, so that --lv can name a logical volume inside one, as `imgblk inspect --key-file` shows them' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s f -l format -d 'Image format; detected from the file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
 qcow2\t'QEMU copy-on-write v2/v3'
 vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
@@ -112,7 +112,7 @@ vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
-complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`); without it, the passphrase is asked for on the terminal' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With --luks it decrypts the selected piece (without, the passphrase is asked for on the terminal); alone it unlocks every LUKS volume in the images, so that --lv can name a logical volume inside one, as `imgblk inspect --key-file` shows them' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s o -l output -d 'Write to this file or block device instead of stdout (a file is created, and truncated unless only changes are written; a device must be at least as large as the image)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l top-layers -d 'Only what the top N layers of the backing chain hold (1 = the top file alone): ranges supplied by deeper layers are unchanged and left out' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l since -d 'Only what the layers above BACKING-FILE (a file of the image\'s backing chain) hold: what the guest wrote since BACKING-FILE was the top' -r -F
@@ -134,7 +134,7 @@ vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
-complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`); without it, the passphrase is asked for on the terminal' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With --luks it decrypts the selected piece (without, the passphrase is asked for on the terminal); alone it unlocks every LUKS volume in the images, so that --lv can name a logical volume inside one, as `imgblk inspect --key-file` shows them' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s o -l output -d 'The new image (a qcow2 must not exist yet; a raw file is created or truncated)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s O -l output-format -d 'Format of the new image' -r -f -a "qcow2\t'qcow2 version 3, 64 KiB clusters'
 raw\t'A raw file (holes for zero runs) or block device'"
@@ -162,6 +162,7 @@ vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
 vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l key-file -d 'Unlock the LUKS volumes found with the key in FILE (all its bytes) and use what they hold, as disks named luks-NODE: a VG inside is assembled, so --lv can name its logical volumes' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l rw -d 'Mount read-write (the image must not be in use by another writer)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l json -d 'Print what was mounted as JSON (device, mount point, piece, file system, options)'
@@ -193,7 +194,7 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
-complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l key-file -d 'Unlock the LUKS volumes found with the key in FILE and show what they hold, as disks named luks-NODE' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l key-file -d 'Unlock the LUKS volumes found with the key in FILE (all its bytes) and use what they hold, as disks named luks-NODE: a VG inside is assembled, so --lv can name its logical volumes' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l json -d 'Print JSON instead of a tree'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
@@ -201,6 +202,7 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s q -l quiet -d 
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l key-file -d 'Unlock the LUKS volumes found with the key in FILE (all its bytes) and use what they hold, as disks named luks-NODE: a VG inside is assembled, so --lv can name its logical volumes' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s f -l format -d 'Image format of all the images; detected from each file\'s magic when omitted' -r -f -a "raw\t'A plain byte-for-byte disk (or a block device)'
 qcow2\t'QEMU copy-on-write v2/v3'
 vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'

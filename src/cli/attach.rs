@@ -143,6 +143,7 @@ fn spec(args: &AttachArgs) -> Result<ServeSpec> {
         },
         piece: args.piece.piece(),
         luks: args.luks.key(),
+        unlock: args.luks.unlock(),
         overlay: args.overlay.clone(),
         device: DeviceConfig {
             queues: args.queues,

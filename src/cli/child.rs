@@ -6,9 +6,11 @@
 
 use super::{error_kind_of_exit, own_exe};
 use crate::error::{Error, ErrorKind, Result};
+use crate::layout::PieceId;
 use crate::ublk::registry::DeviceRecord;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 /// Runs `imgblk attach --json ARGS...` and returns the record of the device it made.
@@ -25,6 +27,32 @@ where
         .args(args))?;
     serde_json::from_slice(&output.stdout)
         .map_err(|e| Error::invalid(format!("imgblk attach --json printed no record: {e}")))
+}
+
+/// The `imgblk attach` options that serve layout node `name` of the first image: none for
+/// the whole disk, `--part N` or `--lv VG/LV` for a piece (with `--key-file` when the
+/// layout was discovered with LUKS volumes unlocked by it), `--part N --luks --key-file`
+/// for the decrypted partition `luks-disk0pN`; `None` for a node attach cannot name on
+/// its own (a partition inside a decrypted volume, another disk's partition).
+pub fn piece_args(name: &str, key_file: Option<&Path>) -> Option<Vec<OsString>> {
+    let key = key_file.map(|k| vec![OsString::from("--key-file"), k.into()]);
+    if name == "disk0" {
+        return Some(Vec::new());
+    }
+    if let Some(piece) = PieceId::of_node(name) {
+        let mut args: Vec<OsString> = piece.cli_args().map(OsString::from).to_vec();
+        args.extend(key.unwrap_or_default());
+        return Some(args);
+    }
+    match (name.strip_prefix("luks-").map(PieceId::of_node), key) {
+        (Some(Some(PieceId::Partition(n))), Some(key)) => {
+            let mut args: Vec<OsString> =
+                vec!["--part".into(), n.to_string().into(), "--luks".into()];
+            args.extend(key);
+            Some(args)
+        }
+        _ => None,
+    }
 }
 
 /// Runs `imgblk detach ID`.
@@ -50,4 +78,34 @@ fn run(command: &mut Command) -> Result<Output> {
         .code()
         .map_or(ErrorKind::Io, error_kind_of_exit);
     Err(Error::new(kind, message.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(args: Option<Vec<OsString>>) -> Option<String> {
+        args.map(|a| a.join(OsStr::new(" ")).to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn nodes_become_attach_options() {
+        let key = Path::new("/k");
+        assert_eq!(shown(piece_args("disk0", None)).as_deref(), Some(""));
+        assert_eq!(
+            shown(piece_args("disk0p2", None)).as_deref(),
+            Some("--part 2")
+        );
+        assert_eq!(
+            shown(piece_args("vg/root", Some(key))).as_deref(),
+            Some("--lv vg/root --key-file /k")
+        );
+        assert_eq!(
+            shown(piece_args("luks-disk0p1", Some(key))).as_deref(),
+            Some("--part 1 --luks --key-file /k")
+        );
+        assert_eq!(piece_args("luks-disk0p1", None), None);
+        assert_eq!(piece_args("luks-disk0p1p2", Some(key)), None);
+        assert_eq!(piece_args("disk1p1", None), None);
+    }
 }

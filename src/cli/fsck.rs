@@ -11,13 +11,13 @@ use super::piece::PieceArgs;
 use super::{print_json, Escaped};
 use crate::error::{Error, Result};
 use crate::image::{open_image, DiskImage, Format, OpenOptions};
-use crate::layout::{discover, ContentKind, NodeKind, PieceId};
-use crate::serve::Overlay;
+use crate::layout::{ContentKind, NodeKind};
+use crate::serve::{LuksKey, Overlay};
 use crate::ublk::device;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use serde::Serialize;
 use std::collections::VecDeque;
-use std::ffi::OsString;
+
 use std::fs::File;
 use std::io::{IsTerminal, Read, Seek};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -83,6 +83,8 @@ pub struct FsckArgs {
     images: Vec<PathBuf>,
     #[command(flatten)]
     piece: PieceArgs,
+    #[command(flatten)]
+    key: super::luks::KeyFileArgs,
     /// Image format of all the images; detected from each file's magic when omitted.
     #[arg(short, long, value_enum)]
     format: Option<Format>,
@@ -171,6 +173,8 @@ struct Shared {
     devices: Mutex<Vec<u32>>,
     mode: Mode,
     format: Option<Format>,
+    /// `--key-file`: unlocks the LUKS volumes the checked file systems lie in.
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,7 +204,7 @@ pub fn run(args: FsckArgs) -> Result<i32> {
     let mut results = Vec::new();
     let mut groups: VecDeque<Vec<Check>> = VecDeque::new();
     for image in &args.images {
-        match find_checks(image, &args.piece, args.format) {
+        match find_checks(image, &args.piece, args.format, args.key.key().as_ref()) {
             Ok(checks) if mode == Mode::Repair => groups.push_back(checks),
             Ok(checks) => groups.extend(checks.into_iter().map(|c| vec![c])),
             Err(e) => results.push(CheckResult {
@@ -232,6 +236,7 @@ pub fn run(args: FsckArgs) -> Result<i32> {
         devices: Mutex::new(Vec::new()),
         mode,
         format: args.format,
+        key_file: args.key.key_file.clone(),
     });
     let progress = Progress::new(!args.json || std::io::stderr().is_terminal());
     results.extend(run_all(&shared, groups, args.jobs.into(), &progress));
@@ -272,14 +277,19 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The file systems of `image` (only the piece asked for, if any).
-fn find_checks(image: &Path, piece: &PieceArgs, format: Option<Format>) -> Result<Vec<Check>> {
+fn find_checks(
+    image: &Path,
+    piece: &PieceArgs,
+    format: Option<Format>,
+    key: Option<&LuksKey>,
+) -> Result<Vec<Check>> {
     let options = OpenOptions {
         format,
         ..OpenOptions::default()
     };
     // opened (shared lock) only for the discovery, and closed before any attach
     let opened: Arc<dyn DiskImage> = Arc::from(open_image(image, &options)?);
-    let layout = discover(&[opened]);
+    let layout = crate::serve::discover_with(&[opened], key)?;
     let wanted = piece.piece().map(|p| p.to_string());
     let checks: Vec<Check> = layout
         .nodes()
@@ -427,10 +437,14 @@ fn run_check(shared: &Shared, check: &Check) -> CheckResult {
 
 /// `imgblk attach --json ...` for the check; returns the device id.
 fn attach(shared: &Shared, check: &Check) -> Result<u32> {
-    let mut args: Vec<OsString> = Vec::new();
-    if let Some(piece) = PieceId::of_node(&check.piece) {
-        args.extend(piece.cli_args().map(OsString::from));
-    }
+    let mut args =
+        child::piece_args(&check.piece, shared.key_file.as_deref()).ok_or_else(|| {
+            Error::unsupported(format!(
+                "{} cannot be attached on its own; attach its decrypted volume and check that \
+             device",
+                Escaped(&check.piece)
+            ))
+        })?;
     match shared.mode {
         Mode::ReadOnly => {}
         Mode::Repair => args.push("--rw".into()),

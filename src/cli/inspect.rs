@@ -3,7 +3,7 @@
 use super::{human_size, print_json, Escaped, EXIT_OK};
 use crate::error::Result;
 use crate::image::{open_image, DiskImage};
-use crate::layout::{discover, Node};
+use crate::layout::Node;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -36,7 +36,7 @@ pub fn run(args: InspectArgs) -> Result<i32> {
     for path in &args.images {
         images.push(Arc::from(open_image(path, &options)?));
     }
-    let layout = super::luks::unlock_all(&args.luks, &images, discover(&images))?;
+    let layout = crate::serve::discover_with(&images, args.luks.key().as_ref())?;
     if args.json {
         print_json(&layout)?;
         return Ok(EXIT_OK);

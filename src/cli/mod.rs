@@ -278,12 +278,15 @@ struct SourceArgs {
     piece: piece::PieceArgs,
 }
 
-/// Opens what `SourceArgs` name, read-only.
+/// Opens what `SourceArgs` name, read-only, after unlocking every LUKS volume in the
+/// images with `unlock`, if given (`--key-file` without `--luks`).
 fn open_source_for_reading(
     args: &SourceArgs,
+    unlock: Option<&crate::serve::LuksKey>,
 ) -> crate::Result<std::sync::Arc<dyn crate::image::DiskImage>> {
     let options = args.read.open_options();
-    Ok(crate::serve::open_piece(&args.images, &options, args.piece.piece().as_ref())?.image)
+    let piece = args.piece.piece();
+    Ok(crate::serve::open_piece(&args.images, &options, piece.as_ref(), unlock)?.image)
 }
 
 /// Whether `program` is found in $PATH (or the sbin folders, which root's PATH may lack).

@@ -6,7 +6,7 @@ use super::piece::PieceArgs;
 use super::{child, print_json, Escaped, EXIT_OK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{open_image, DiskImage, OpenOptions};
-use crate::layout::{discover, ContentKind, PieceId};
+use crate::layout::{ContentKind, PieceId};
 use crate::ublk::device;
 use serde::Serialize;
 use std::ffi::OsString;
@@ -56,6 +56,8 @@ pub struct MountArgs {
     json: bool,
     #[command(flatten)]
     safety: MountSafety,
+    #[command(flatten)]
+    key: super::luks::KeyFileArgs,
 }
 
 /// What the mounted file system may do on this host: `nosuid,nodev` unless lifted.
@@ -150,7 +152,7 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
     for path in images {
         opened.push(Arc::from(open_image(path, &options)?));
     }
-    let layout = discover(&opened);
+    let layout = crate::serve::discover_with(&opened, args.key.key().as_ref())?;
     drop(opened); // release the read locks before the daemon takes its own
     let node = choose(&layout, &args.piece, args.auto)?;
     let fs = node
@@ -179,9 +181,14 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
     if args.rw {
         attach_args.push("--rw".into());
     }
-    if let Some(piece) = PieceId::of_node(&node.name) {
-        attach_args.extend(piece.cli_args().map(OsString::from));
-    }
+    let piece = child::piece_args(&node.name, args.key.key_file.as_deref()).ok_or_else(|| {
+        Error::unsupported(format!(
+            "{} cannot be attached on its own; attach its decrypted volume and mount from \
+             that device",
+            Escaped(&node.name)
+        ))
+    })?;
+    attach_args.extend(piece);
     attach_args.push("--".into());
     attach_args.extend(images.iter().map(OsString::from));
     let record = child::attach(&attach_args)?;

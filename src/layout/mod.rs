@@ -15,6 +15,7 @@ pub mod mbr;
 pub mod piece;
 pub mod probe;
 pub mod table;
+pub mod unlock;
 pub mod util;
 pub mod view;
 
@@ -26,6 +27,7 @@ pub(crate) mod testutil;
 pub use piece::PieceId;
 pub use probe::{Content, ContentKind};
 pub use table::{Partition, PartitionTable, TableKind};
+pub use unlock::discover_unlocked;
 pub use view::{Area, Segment, SegmentView, SliceView};
 
 use crate::error::{Error, ErrorKind, Result};

@@ -9,7 +9,8 @@ pub mod run;
 pub mod spec;
 
 pub use open::{
-    check_selection, create_overlay_and_open, open, open_piece, select, unlock, Served,
+    check_selection, create_overlay_and_open, discover_with, open, open_piece, select, unlock,
+    Served,
 };
 pub use run::{launch, Launched};
 pub use spec::{LuksKey, Overlay, ServeSpec};

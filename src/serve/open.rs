@@ -6,7 +6,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::image::overlay::MemoryOverlay;
 use crate::image::{open_image, qcow2, DiskImage, Format, OpenOptions};
 use crate::layout::luks::LuksVolume;
-use crate::layout::{discover, Layout, NodeKind, PieceId};
+use crate::layout::{discover, discover_unlocked, Layout, NodeKind, PieceId};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -22,11 +22,12 @@ pub struct Served {
 }
 
 /// Opens `paths` with `options` and picks `piece` of them (the whole first image when
-/// `None`).
+/// `None`), after unlocking every LUKS volume in them with `unlock`, if given.
 pub fn open_piece(
     paths: &[PathBuf],
     options: &OpenOptions,
     piece: Option<&PieceId>,
+    unlock: Option<&LuksKey>,
 ) -> Result<Served> {
     let mut images: Vec<Arc<dyn DiskImage>> = Vec::with_capacity(paths.len());
     for path in paths {
@@ -48,7 +49,7 @@ pub fn open_piece(
             piece: None,
         });
     };
-    let layout = discover(&images);
+    let layout = discover_with(&images, unlock)?;
     let image = select(&layout, piece)?;
     Ok(Served {
         image,
@@ -67,7 +68,22 @@ pub fn check_selection(spec: &ServeSpec) -> Result<()> {
         journal_dir: None,
         ..spec.options.clone()
     };
-    open_piece(&spec.images, &options, spec.piece.as_ref()).map(drop)
+    open_piece(
+        &spec.images,
+        &options,
+        spec.piece.as_ref(),
+        spec.unlock.as_ref(),
+    )
+    .map(drop)
+}
+
+/// The layout of `images`, with every LUKS volume in them unlocked if `unlock` is given
+/// (see [`crate::layout::discover_unlocked`]).
+pub fn discover_with(images: &[Arc<dyn DiskImage>], unlock: Option<&LuksKey>) -> Result<Layout> {
+    Ok(match unlock {
+        Some(key) => discover_unlocked(images, &key.read()?),
+        None => discover(images),
+    })
 }
 
 /// The volume `piece` of `layout`, or an error listing the pieces of that kind there are.
@@ -117,7 +133,12 @@ pub fn open(spec: &ServeSpec) -> Result<Served> {
     let served = match &spec.overlay {
         Some(Overlay::File(file)) => open_overlay_file(file, &spec.images[0], &spec.options)?,
         _ => {
-            let mut served = open_piece(&spec.images, &spec.options, spec.piece.as_ref())?;
+            let mut served = open_piece(
+                &spec.images,
+                &spec.options,
+                spec.piece.as_ref(),
+                spec.unlock.as_ref(),
+            )?;
             served.image = unlock(served.image, spec.luks.as_ref())?;
             if spec.overlay == Some(Overlay::Memory) {
                 served.image = Arc::new(MemoryOverlay::new(served.image)?);
@@ -143,7 +164,7 @@ pub fn create_overlay_and_open(spec: &ServeSpec) -> Result<Served> {
     };
     let base = &spec.images[0];
     let (format, size) = {
-        let served = open_piece(std::slice::from_ref(base), &spec.options, None)?;
+        let served = open_piece(std::slice::from_ref(base), &spec.options, None, None)?;
         (served.format, served.image.virtual_size())
     };
     qcow2::create::create_overlay(file, base, format, size)?;
@@ -162,5 +183,5 @@ fn open_overlay_file(file: &Path, base: &Path, options: &OpenOptions) -> Result<
         user_paths: vec![base.to_path_buf()],
         ..options.clone()
     };
-    open_piece(&[file.to_path_buf()], &options, None)
+    open_piece(&[file.to_path_buf()], &options, None, None)
 }

@@ -25,6 +25,9 @@ pub struct ServeSpec {
     pub piece: Option<PieceId>,
     /// Decrypt the piece as a LUKS volume with this key.
     pub luks: Option<LuksKey>,
+    /// Unlock every LUKS volume in the images with this key before choosing the piece, so
+    /// that it may be a logical volume inside one.
+    pub unlock: Option<LuksKey>,
     /// Where writes go when not to the image.
     pub overlay: Option<Overlay>,
     /// The device's shape (and, for a recovery, the device to take over).
@@ -134,7 +137,7 @@ impl ServeSpec {
         }
         let why = if self.piece.is_some() {
             Some("a partition or LV")
-        } else if self.luks.is_some() {
+        } else if self.luks.is_some() || self.unlock.is_some() {
             Some("a decrypted LUKS volume")
         } else if self.options.snapshot.is_some() {
             Some("an internal snapshot")
@@ -161,6 +164,7 @@ impl ServeSpec {
             && record.overlay.is_none()
             && self.overlay.is_none()
             && record.luks == self.luks.is_some()
+            && record.key_file.is_some() == (self.luks.is_some() || self.unlock.is_some())
             && record.snapshot == self.options.snapshot
     }
 
@@ -185,9 +189,11 @@ impl ServeSpec {
                 record.id
             )));
         }
-        let luks = match (record.luks, &record.key_file) {
-            (false, _) => None,
-            (true, Some(file)) => Some(LuksKey::File(file.clone())),
+        let (luks, unlock) = match (record.luks, &record.key_file) {
+            (false, None) => (None, None),
+            // the key file unlocked every LUKS volume before the piece was chosen
+            (false, Some(file)) => (None, Some(LuksKey::File(file.clone()))),
+            (true, Some(file)) => (Some(LuksKey::File(file.clone())), None),
             (true, None) => {
                 return Err(Error::unsupported(format!(
                     "{} shows a LUKS volume unlocked with a typed passphrase, which imgblk \
@@ -215,6 +221,7 @@ impl ServeSpec {
             },
             piece: record.piece.clone(),
             luks,
+            unlock,
             overlay,
             device: DeviceConfig {
                 queues: record.queues,
@@ -228,7 +235,7 @@ impl ServeSpec {
     /// The record of the device this spec serves, once opened as `served`; the daemon
     /// fills in the device id, node and pid when the device is live.
     pub fn record(&self, served: &super::Served) -> Result<DeviceRecord> {
-        let key_file = match &self.luks {
+        let key_file = match self.luks.as_ref().or(self.unlock.as_ref()) {
             Some(key) => key.recorded_file()?,
             None => None,
         };

@@ -60,7 +60,9 @@ pub struct DeviceRecord {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub luks: bool,
     /// The absolute path of the key file that unlocked the LUKS volume (never the key),
-    /// so that `recover` can unlock it again; `None` when the passphrase was typed.
+    /// so that `recover` can unlock it again; `None` when the passphrase was typed. With
+    /// `luks` false, the key file unlocked every LUKS volume of the images before the
+    /// piece (an LV inside one) was chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
     /// The qcow2 internal snapshot served instead of the image's active state.

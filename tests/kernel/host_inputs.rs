@@ -276,6 +276,47 @@ fn lvm_inside_a_luks2_partition_inside_qcow2() {
     imgblk().arg("umount").arg(&mnt).ok();
     plain.detach();
     assert_eq!(text.unwrap(), "hello from an LV in LUKS in qcow2\n");
+
+    // The same in one step: --key-file unlocks the LUKS partition it finds, and --lv
+    // names the LV inside (options may stand between mount's paths).
+    let key_arg = key.to_str().unwrap();
+    let one_step = ["--lv", "vgcrypt/root", "--key-file", key_arg];
+    let lv = Device::attach(&image, &one_step);
+    let sha = cmd("sha256sum").arg(&lv.path).ok().stdout;
+    assert_eq!(sha.split_whitespace().next(), Some(lv_sha.as_str()));
+    lv.detach();
+    let copy = s.path("lv.bin");
+    imgblk()
+        .arg("cat")
+        .args(one_step)
+        .arg("-o")
+        .arg(&copy)
+        .arg(&image)
+        .ok();
+    let sha = cmd("sha256sum").arg(&copy).ok().stdout;
+    assert_eq!(sha.split_whitespace().next(), Some(lv_sha.as_str()));
+    let mnt = s.mkdir("mnt-one-step");
+    imgblk()
+        .arg("mount")
+        .arg(&image)
+        .args(one_step)
+        .arg(&mnt)
+        .ok();
+    let text = std::fs::read_to_string(mnt.join("hello.txt"));
+    imgblk().arg("umount").arg(&mnt).ok();
+    assert_eq!(text.unwrap(), "hello from an LV in LUKS in qcow2\n");
+    let fsck = imgblk()
+        .args(["fsck", "--json", "--key-file", key_arg])
+        .arg(&image)
+        .ok();
+    let results: serde_json::Value = serde_json::from_str(&fsck.stdout).unwrap();
+    assert!(
+        results.as_array().is_some_and(|r| r
+            .iter()
+            .any(|c| c["piece"] == "vgcrypt/root" && c["result"] == "clean")),
+        "{}",
+        fsck.stdout
+    );
     assert!(
         list_json().is_empty(),
         "devices left behind: {:?}",
