@@ -114,15 +114,22 @@ fn broken_vmdk_chains_name_the_files() {
         .position(|w| w == b"parentCID=")
         .unwrap()
         + 10;
+    // QEMU writes the CID unpadded (%x), so the value is 1 to 8 digits: replace it by as
+    // many of "0badc1d0"'s last digits.
+    let digits = pristine[text_at..]
+        .iter()
+        .take_while(|b| b.is_ascii_hexdigit())
+        .count();
+    let bad = &"0badc1d0"[8 - digits..];
     let mut edited = pristine.clone();
-    edited[text_at..text_at + 8].copy_from_slice(b"0badc1d0");
+    edited[text_at..text_at + digits].copy_from_slice(bad.as_bytes());
     fs::write(&mid, &edited).unwrap();
     let err = open_err(&snap.join("top.vmdk"));
     let msg = err.to_string();
     println!("{msg}");
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{msg}");
     assert!(
-        msg.contains("mid.vmdk") && msg.contains("base.vmdk") && msg.contains("0badc1d0"),
+        msg.contains("mid.vmdk") && msg.contains("base.vmdk") && msg.contains(bad),
         "{msg}"
     );
     fs::write(&mid, &pristine).unwrap();
