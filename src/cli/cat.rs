@@ -49,10 +49,7 @@ const CHUNK: u64 = 4 << 20;
 /// Runs `imgblk cat`.
 pub fn run(args: CatArgs) -> Result<i32> {
     args.changes.check(&args.source, args.luks.luks)?;
-    let image = args.luks.apply(open_source_for_reading(
-        &args.source,
-        args.luks.unlock().as_ref(),
-    )?)?;
+    let image = open_source_for_reading(&args.source, &args.luks)?;
     let size = image.virtual_size();
     let changes = args.changes.resolve(&*image, &args.source)?;
     let mut out = Output::open(args.output.as_deref(), size, args.changes.any())?;

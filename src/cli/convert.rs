@@ -69,10 +69,7 @@ pub fn run(args: ConvertArgs) -> Result<i32> {
         }
         _ => {}
     }
-    let image = args.luks.apply(open_source_for_reading(
-        &args.source,
-        args.luks.unlock().as_ref(),
-    )?)?;
+    let image = open_source_for_reading(&args.source, &args.luks)?;
     let size = image.virtual_size();
     let changes = args.changes.resolve(&*image, &args.source)?;
     let mut progress = Progress::new(args.progress, size);

@@ -29,7 +29,7 @@ pub struct MapArgs {
 /// Runs `imgblk map`.
 pub fn run(args: MapArgs) -> Result<i32> {
     args.changes.check(&args.source, false)?;
-    let image = open_source_for_reading(&args.source, None)?;
+    let image = open_source_for_reading(&args.source, &super::luks::LuksArgs::default())?;
     let changes = args.changes.resolve(&*image, &args.source)?;
     let mut entries = Vec::new();
     walk_status(&*image, 1 << 30, |entry| {

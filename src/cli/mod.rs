@@ -278,15 +278,17 @@ struct SourceArgs {
     piece: piece::PieceArgs,
 }
 
-/// Opens what `SourceArgs` name, read-only, after unlocking every LUKS volume in the
-/// images with `unlock`, if given (`--key-file` without `--luks`).
+/// Opens what `SourceArgs` name, read-only, as `luks` says: every LUKS volume in the
+/// images unlocked first (`--key-file` alone), the chosen piece decrypted (`--luks`).
 fn open_source_for_reading(
     args: &SourceArgs,
-    unlock: Option<&crate::serve::LuksKey>,
+    luks: &luks::LuksArgs,
 ) -> crate::Result<std::sync::Arc<dyn crate::image::DiskImage>> {
     let options = args.read.open_options();
     let piece = args.piece.piece();
-    Ok(crate::serve::open_piece(&args.images, &options, piece.as_ref(), unlock)?.image)
+    let unlock = luks.unlock();
+    let served = crate::serve::open_piece(&args.images, &options, piece.as_ref(), unlock.as_ref())?;
+    luks.apply(served.image)
 }
 
 /// Whether `program` is found in $PATH (or the sbin folders, which root's PATH may lack).
