@@ -248,6 +248,37 @@ fn ext4_inside_is_discovered_and_writes_round_trip() {
         text.contains("luks-disk0") && text.contains("secret"),
         "{text}"
     );
+    // map describes the decrypted volume: its runs cover it exactly.
+    let size = LuksVolume::open(open_raw(&path, false), PASS)
+        .unwrap()
+        .virtual_size();
+    let map = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+        .args(["map", "--json", "--luks", "--key-file"])
+        .arg(&key)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        map.status.success(),
+        "{}",
+        String::from_utf8_lossy(&map.stderr)
+    );
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&map.stdout).unwrap();
+    let covered: u64 = runs.iter().map(|r| r["length"].as_u64().unwrap()).sum();
+    assert_eq!(covered, size, "{runs:?}");
+    assert!(
+        size < 20 * MIB as u64 - 4096,
+        "not the decrypted volume: {size}"
+    );
+    // Asked for an LV without a key, the error points at the locked volume.
+    let locked = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+        .args(["cat", "--lv", "vg/root"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&locked.stderr);
+    assert_eq!(locked.status.code(), Some(3), "{err}");
+    assert!(err.contains("still locked: disk0; --key-file"), "{err}");
     let bad = dir.path().join("bad");
     std::fs::write(&bad, b"nope").unwrap();
     let cat = Command::new(env!("CARGO_BIN_EXE_imgblk"))

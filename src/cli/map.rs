@@ -14,11 +14,14 @@ use crate::image::status::walk_status;
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  imgblk map disk.qcow2\n  imgblk map --json disk.qcow2 | jq '[.[] | select(.data)] | length'\n  \
-imgblk map --top-layers 1 overlay.qcow2\n  imgblk map --bitmap b0 disk.qcow2"
+imgblk map --top-layers 1 overlay.qcow2\n  imgblk map --bitmap b0 disk.qcow2\n  \
+imgblk map --part 3 --luks --key-file key disk.qcow2   # the LUKS volume's decrypted data"
 )]
 pub struct MapArgs {
     #[command(flatten)]
     source: SourceArgs,
+    #[command(flatten)]
+    luks: super::luks::LuksArgs,
     /// Print JSON (the shape of `qemu-img map --output=json`).
     #[arg(long)]
     json: bool,
@@ -28,8 +31,8 @@ pub struct MapArgs {
 
 /// Runs `imgblk map`.
 pub fn run(args: MapArgs) -> Result<i32> {
-    args.changes.check(&args.source, false)?;
-    let image = open_source_for_reading(&args.source, &super::luks::LuksArgs::default())?;
+    args.changes.check(&args.source, args.luks.luks)?;
+    let image = open_source_for_reading(&args.source, &args.luks)?;
     let changes = args.changes.resolve(&*image, &args.source)?;
     let mut entries = Vec::new();
     walk_status(&*image, 1 << 30, |entry| {

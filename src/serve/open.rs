@@ -6,7 +6,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::image::overlay::MemoryOverlay;
 use crate::image::{open_image, qcow2, DiskImage, Format, OpenOptions};
 use crate::layout::luks::LuksVolume;
-use crate::layout::{discover, discover_unlocked, Layout, NodeKind, PieceId};
+use crate::layout::{discover, discover_unlocked, ContentKind, Layout, NodeKind, PieceId};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -104,14 +104,35 @@ pub fn select(layout: &Layout, piece: &PieceId) -> Result<Arc<dyn DiskImage>> {
         _ => "partition",
     };
     let shown = piece.user_name();
-    Err(Error::new(
-        ErrorKind::NotFound,
-        if choices.is_empty() {
-            format!("no {what} {shown}: the image has none")
-        } else {
-            format!("no {what} {shown}; there are: {}", choices.join(", "))
-        },
-    ))
+    let mut message = if choices.is_empty() {
+        format!("no {what} {shown}: the image has none")
+    } else {
+        format!("no {what} {shown}; there are: {}", choices.join(", "))
+    };
+    let locked = locked_luks_volumes(layout);
+    if !locked.is_empty() {
+        message.push_str(&format!(
+            " (LUKS volumes still locked: {}; --key-file FILE unlocks them and shows what \
+             they hold)",
+            locked.join(", ")
+        ));
+    }
+    Err(Error::new(ErrorKind::NotFound, message))
+}
+
+/// The LUKS volumes of `layout` that were not unlocked (no `luks-NODE` disk holds their
+/// contents), as the user names their pieces.
+fn locked_luks_volumes(layout: &Layout) -> Vec<String> {
+    let nodes = layout.nodes();
+    nodes
+        .iter()
+        .filter(|n| n.content.as_ref().map(|c| c.kind) == Some(ContentKind::Luks))
+        .filter(|n| {
+            let unlocked = format!("luks-{}", n.name);
+            !nodes.iter().any(|m| m.name == unlocked)
+        })
+        .map(|n| PieceId::of_node(&n.name).map_or(n.name.clone(), |p| p.user_name()))
+        .collect()
 }
 
 /// `image`, or with `key` the LUKS volume it holds, decrypted.

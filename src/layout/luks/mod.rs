@@ -9,6 +9,7 @@
 //! make us allocate without limit or spin for hours.
 
 pub mod crypto;
+mod keycache;
 pub mod luks1;
 pub mod luks2;
 mod volume;

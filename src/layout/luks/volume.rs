@@ -1,7 +1,7 @@
 //! [`LuksVolume`]: the decrypted view of a LUKS volume.
 
 use super::crypto::{af_merge, argon2, SectorCipher};
-use super::{read_metadata, wrong_key, Kdf, Keyslot, Metadata, SECTOR};
+use super::{keycache, read_metadata, wrong_key, Kdf, Keyslot, Metadata, SECTOR};
 use crate::error::{Error, Result};
 use crate::image::io::{read_at, write_at};
 use crate::image::{check_range, ChainEntry, DiskImage, Extent, Format, TransformRead, WritePlan};
@@ -39,8 +39,12 @@ impl LuksVolume {
             return Err(Error::invalid("LUKS key file larger than 8 MiB"));
         }
         let meta = read_metadata(&*inner)?;
+        if let Some(master) = keycache::lookup(&meta, key) {
+            return Self::with_master_key(inner, meta, &master);
+        }
         for slot in &meta.keyslots {
             if let Some(master) = try_slot(&*inner, &meta, slot, key)? {
+                keycache::store(&meta, key, &master);
                 return Self::with_master_key(inner, meta, &master);
             }
         }
