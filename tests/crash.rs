@@ -303,12 +303,16 @@ fn run(w: &Workload) -> Run {
                             io::write_at(&*disk, &data, first * SECTOR).expect("write");
                         }
                         Op::Zero { first, count } => disk
+                            .writer()
+                            .unwrap()
                             .write_zeroes(first * SECTOR, count * SECTOR)
                             .expect("write_zeroes"),
                         Op::Discard { first, count } => disk
+                            .writer()
+                            .unwrap()
                             .discard(first * SECTOR, count * SECTOR)
                             .expect("discard"),
-                        Op::Flush => disk.flush().expect("flush"),
+                        Op::Flush => disk.writer().unwrap().flush().expect("flush"),
                     }
                     recorder.push(Event::Done(id));
                 }
@@ -694,7 +698,7 @@ fn a_failed_sync_is_sticky_and_the_image_keeps_its_last_flush() {
     // A write, a flush, a second write (whose flush is the one to fail).
     let start = |disk: &dyn DiskImage| {
         io::write_at(disk, &sectors(1, 0), 0).expect("write");
-        disk.flush().expect("first flush");
+        disk.writer().unwrap().flush().expect("first flush");
         io::write_at(disk, &sectors(2, 64), 64 * SECTOR).expect("write");
     };
     // Count the syncs up to the second write (the open's own, the first flush's), to
@@ -716,12 +720,16 @@ fn a_failed_sync_is_sticky_and_the_image_keeps_its_last_flush() {
     let disk = open(&Recorder::new(&image, Some(syncs + 1)));
     start(&*disk);
     let failed = disk
+        .writer()
+        .unwrap()
         .flush()
         .expect_err("the injected EIO must fail the flush");
     assert!(failed.to_string().contains("fdatasync"), "{failed}");
     // Sticky: a second flush must not "succeed" over pages the kernel may have dropped,
     // and nothing more is written.
     let again = disk
+        .writer()
+        .unwrap()
         .flush()
         .expect_err("a flush after a failed sync must fail");
     assert!(again.to_string().contains("earlier fdatasync"), "{again}");

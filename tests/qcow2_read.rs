@@ -589,7 +589,7 @@ fn internal_snapshots() {
     qemu_io(&img, "qcow2", &["write -P 0x44 0 64k"]);
 
     let active = check(&img);
-    let listed = active.snapshots();
+    let listed = imgblk::image::qcow2::snapshot::list(&img).unwrap();
     let names: Vec<(&str, &str, u64)> = listed
         .iter()
         .map(|s| (s.id.as_str(), s.name.as_str(), s.disk_size))
@@ -607,7 +607,7 @@ fn internal_snapshots() {
         .all(|s| s.date_sec > 1_600_000_000 && s.vm_state_size == 0));
     for name in ["one", "two", "3"] {
         let snap = open_snapshot(&img, name).unwrap();
-        assert!(!snap.writable());
+        assert!(snap.writer().is_none());
         let option = format!("snapshot.name={name}");
         assert_reads_like_qemu_convert(&*snap, &img, &["-l", &option]);
     }

@@ -157,10 +157,14 @@ fn random_writes(path: &Path, mirror: &mut [u8], seed: u64, rounds: usize) {
         let range = off as usize..(off + len) as usize;
         match rng.gen_range(0..20) {
             0 | 1 => {
-                image.write_zeroes(off, len).expect("write_zeroes");
+                image
+                    .writer()
+                    .unwrap()
+                    .write_zeroes(off, len)
+                    .expect("write_zeroes");
                 mirror[range].fill(0);
             }
-            2 => image.flush().expect("flush"),
+            2 => image.writer().unwrap().flush().expect("flush"),
             _ => {
                 let buf = &mut data[..len as usize];
                 rng.fill_bytes(buf);
@@ -320,7 +324,7 @@ fn concurrent_writers_share_clusters() {
                         fill_pattern(&mut buf, round + 1, off);
                         io::write_at(image, &buf, off).expect("write");
                         if rng.gen_range(0..50) == 0 {
-                            image.flush().expect("flush");
+                            image.writer().unwrap().flush().expect("flush");
                         }
                     }
                 }
@@ -360,7 +364,7 @@ fn refcount_table_grows() {
             mirror[off as usize..off as usize + buf.len()].copy_from_slice(&buf);
             if i == 0 {
                 // Later growths happen between two flushes: the table moves twice.
-                image.flush().expect("flush");
+                image.writer().unwrap().flush().expect("flush");
             }
         }
     }
@@ -379,10 +383,10 @@ fn refuses_writes_read_only_and_with_snapshots() {
     let img = dir.path().join("img.qcow2");
     create(&img, &[], 4 * MIB);
     let ro = open_ro(&img);
-    assert!(!ro.writable());
+    assert!(ro.writer().is_none());
     assert!(io::write_at(&ro, &[1u8; 512], 0).is_err());
     drop(ro);
-    assert!(open_rw(&img).writable());
+    assert!(open_rw(&img).writer().is_some());
     run("qemu-img", &["snapshot", "-c", "snap", s(&img)]);
     let err = open_rw_err(&img);
     assert!(err.to_string().contains("snapshots"), "{err}");
@@ -445,14 +449,18 @@ fn crash_child() {
     for epoch in 1.. {
         for (off, len, zero) in epoch_ops(seed, epoch, cluster) {
             if zero {
-                image.write_zeroes(off, len).expect("write_zeroes");
+                image
+                    .writer()
+                    .unwrap()
+                    .write_zeroes(off, len)
+                    .expect("write_zeroes");
             } else {
                 let part = &mut buf[..len as usize];
                 fill_pattern(part, epoch, off);
                 io::write_at(&image, part, off).expect("write");
             }
         }
-        image.flush().expect("flush");
+        image.writer().unwrap().flush().expect("flush");
         writeln!(out, "flushed {epoch}").expect("pipe");
         out.flush().expect("pipe");
     }
@@ -543,7 +551,7 @@ fn random_discards(path: &Path, mirror: &mut [u8], seed: u64, keeps_backed: bool
         let range = off as usize..(off + len) as usize;
         match rng.gen_range(0..10) {
             0..=5 => {
-                image.discard(off, len).expect("discard");
+                image.writer().unwrap().discard(off, len).expect("discard");
                 let first = off.div_ceil(cluster) * cluster;
                 let last = ((off + len) / cluster * cluster).max(first);
                 let whole_end = if off + len == size { size } else { last };
@@ -551,7 +559,7 @@ fn random_discards(path: &Path, mirror: &mut [u8], seed: u64, keeps_backed: bool
                     mirror[first as usize..whole_end as usize].fill(0);
                 }
             }
-            6 => image.flush().expect("flush"),
+            6 => image.writer().unwrap().flush().expect("flush"),
             _ => {
                 let mut buf = vec![0u8; len as usize];
                 rng.fill_bytes(&mut buf);
@@ -588,7 +596,11 @@ fn discard_frees_clusters_without_leaks() {
     {
         // Everything gone: the data clusters' space is back with the file system.
         let image = open_rw(&img);
-        image.discard(0, size).expect("discard all");
+        image
+            .writer()
+            .unwrap()
+            .discard(0, size)
+            .expect("discard all");
     }
     mirror.fill(0);
     verify(dir.path(), &img, &mirror);
@@ -711,11 +723,15 @@ fn writes_and_discards_keep_off_metadata_a_corrupt_entry_names() {
         {
             let image = open_rw(&img);
             if discard {
-                image.discard(0, 64 * KIB).expect("discard");
+                image
+                    .writer()
+                    .unwrap()
+                    .discard(0, 64 * KIB)
+                    .expect("discard");
             } else {
                 io::write_at(&image, &[0x5a; 64 * KIB as usize], 0).expect("write");
             }
-            image.flush().expect("flush");
+            image.writer().unwrap().flush().expect("flush");
         }
         assert!(
             cluster_bytes(&img, l1) == l1_before,
@@ -748,7 +764,7 @@ fn writes_to_a_cluster_past_the_end_of_the_file_are_copied_on_write() {
         let image = open_rw(&img);
         io::write_at(&image, &[0x5a; 64 * KIB as usize], 0).unwrap();
         io::write_at(&image, &[0x33; 64 * KIB as usize], 256 * KIB).unwrap();
-        image.flush().unwrap();
+        image.writer().unwrap().flush().unwrap();
     }
     check(&img, true);
     let image = open_ro(&img);
@@ -822,8 +838,12 @@ fn an_unaligned_l2_entry_fails_writes_and_discards_and_leaves_the_file_alone() {
         ("partial write", |image| {
             io::write_at(image, &[0x5a; 4096], 512)
         }),
-        ("discard", |image| image.discard(0, 64 * KIB)),
-        ("write_zeroes", |image| image.write_zeroes(0, 64 * KIB)),
+        ("discard", |image| {
+            image.writer().unwrap().discard(0, 64 * KIB)
+        }),
+        ("write_zeroes", |image| {
+            image.writer().unwrap().write_zeroes(0, 64 * KIB)
+        }),
     ];
     for zero_flag in [false, true] {
         for (name, op) in ops {
@@ -849,7 +869,7 @@ fn an_unaligned_l2_entry_fails_writes_and_discards_and_leaves_the_file_alone() {
                     "not cluster aligned",
                 ];
                 assert_refused(&err, &img, &fields, &before, &what);
-                image.flush().expect("flush");
+                image.writer().unwrap().flush().expect("flush");
             }
             assert!(
                 std::fs::read(&img).unwrap() == before,

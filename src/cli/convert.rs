@@ -83,7 +83,7 @@ pub fn run(args: ConvertArgs) -> Result<i32> {
             let target = new_qcow2(&args.output, size, args.backing.as_deref())?;
             let mut sink: &dyn DiskImage = &*target;
             super::cat::copy(&*image, &changes, &mut sink, true, &mut progress)?;
-            target.flush()?;
+            crate::image::io::flush(&*target)?;
         }
     }
     progress.finish();

@@ -3,7 +3,7 @@
 use super::{human_size, open_for_reading, print_json, Escaped, ImageArgs, EXIT_OK};
 use crate::error::Result;
 use crate::image::qcow2::bitmap::{self, Bitmap};
-use crate::image::qcow2::snapshot::{format_date, Snapshot};
+use crate::image::qcow2::snapshot::{self, format_date, Snapshot};
 use crate::image::status::walk_status;
 use crate::image::ChainEntry;
 use serde::Serialize;
@@ -58,8 +58,18 @@ pub fn run(args: InfoArgs) -> Result<i32> {
         allocated,
         unallocated,
         chain,
-        snapshots: image.snapshots().to_vec(),
-        bitmaps: bitmaps(&args.image.image, image.format()),
+        snapshots: qcow2_extra(
+            &args.image.image,
+            image.format(),
+            "internal snapshots",
+            snapshot::list,
+        ),
+        bitmaps: qcow2_extra(
+            &args.image.image,
+            image.format(),
+            "persistent bitmaps",
+            bitmap::list,
+        ),
     };
     if args.json {
         print_json(&info)?;
@@ -135,14 +145,20 @@ pub fn run(args: InfoArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-/// The persistent bitmaps of a qcow2 file; a damaged bitmap directory is reported as a
-/// warning, since the image itself reads fine without it.
-fn bitmaps(path: &std::path::Path, format: crate::image::Format) -> Vec<Bitmap> {
+/// What `list` finds in a qcow2 file (its internal snapshots, its persistent bitmaps);
+/// a damaged table is reported as a warning, since the image itself reads fine without
+/// it. Nothing for other formats.
+fn qcow2_extra<T>(
+    path: &std::path::Path,
+    format: crate::image::Format,
+    what: &str,
+    list: fn(&std::path::Path) -> Result<Vec<T>>,
+) -> Vec<T> {
     if format != crate::image::Format::Qcow2 {
         return Vec::new();
     }
-    bitmap::list(path).unwrap_or_else(|e| {
-        tracing::warn!("cannot list the persistent bitmaps: {e}");
+    list(path).unwrap_or_else(|e| {
+        tracing::warn!("cannot list the {what}: {e}");
         Vec::new()
     })
 }

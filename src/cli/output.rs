@@ -42,7 +42,7 @@ impl Sink for &dyn crate::image::DiskImage {
     }
 
     fn zero(&mut self, at: u64, len: u64) -> Result<()> {
-        self.write_zeroes(at, len)
+        crate::image::io::writer_of(*self)?.write_zeroes(at, len)
     }
 }
 

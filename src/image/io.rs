@@ -1,8 +1,10 @@
 //! Synchronous reads and writes through an image's extent map, with `pread`/`pwrite`.
 //! The library path (`cat`, tests, agents without ublk); ublk queues use io_uring instead.
 
-use super::{check_range, compress, CompressedCluster, DiskImage, Extent, Source, WritePlan};
-use crate::error::{Error, Result};
+use super::{
+    check_range, compress, CompressedCluster, DiskImage, Extent, ImageWrite, Source, WritePlan,
+};
+use crate::error::{Error, ErrorKind, Result};
 use std::sync::Arc;
 
 /// Reads `buf.len()` guest bytes at `offset`.
@@ -86,9 +88,10 @@ pub fn part_of<'d>(
 /// Writes `buf` as guest bytes at `offset`.
 pub fn write_at<I: DiskImage + ?Sized>(image: &I, buf: &[u8], offset: u64) -> Result<()> {
     check_range(offset, buf.len() as u64, image.virtual_size())?;
+    let writer = writer_of(image)?;
     let mut extents = Vec::new();
-    if image.map_write(offset, buf.len() as u64, &mut extents)? == WritePlan::Synchronous {
-        return image.write_sync(offset, buf);
+    if writer.map_write(offset, buf.len() as u64, &mut extents)? == WritePlan::Synchronous {
+        return writer.write_sync(offset, buf);
     }
     let mut pos = 0usize;
     for extent in &extents {
@@ -103,6 +106,26 @@ pub fn write_at<I: DiskImage + ?Sized>(image: &I, buf: &[u8], offset: u64) -> Re
         pos += len;
     }
     Ok(())
+}
+
+/// The write side of `image`, or the error for an image open read-only, naming its file.
+pub fn writer_of<I: DiskImage + ?Sized>(image: &I) -> Result<&dyn ImageWrite> {
+    image.writer().ok_or_else(|| {
+        let error = Error::new(
+            ErrorKind::ReadOnly,
+            format!("{} image is open read-only", image.format()),
+        );
+        match image.chain().first() {
+            Some(top) => error.with_path(&top.path),
+            None => error,
+        }
+    })
+}
+
+/// Makes what was written to `image` durable; nothing to do when it is open read-only
+/// (a FLUSH reaches read-only devices too).
+pub fn flush<I: DiskImage + ?Sized>(image: &I) -> Result<()> {
+    image.writer().map_or(Ok(()), ImageWrite::flush)
 }
 
 /// Zeroes a range by writing zero buffers: the fallback for formats without a cheaper way.

@@ -26,7 +26,7 @@ pub mod vmdk;
 pub use file::ImageFile;
 pub use open::{open_image, OpenOptions};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use serde::Serialize;
 use std::fmt;
 
@@ -312,39 +312,35 @@ pub trait DiskImage: Send + Sync {
         512
     }
 
-    /// Whether writes are allowed.
-    fn writable(&self) -> bool {
-        false
+    /// The image's write side: `Some` when it was opened for writing (a layer over
+    /// another image, when that one was).
+    fn writer(&self) -> Option<&dyn ImageWrite> {
+        None
     }
 
+    /// The files of the image, top first, backing files after.
+    fn chain(&self) -> Vec<ChainEntry>;
+}
+
+/// The write side of an image opened for writing, as [`DiskImage::writer`] gives it.
+/// Offsets are guest offsets of that image; a format without writes implements none of it.
+pub trait ImageWrite: Send + Sync {
     /// Decides how to write `offset..offset + len`. For [`WritePlan::Mapped`] it appends
     /// the `Data` extents to write the guest bytes into; for [`WritePlan::Synchronous`] it
-    /// appends nothing and the caller uses [`DiskImage::write_sync`].
+    /// appends nothing and the caller uses [`ImageWrite::write_sync`].
     fn map_write<'a>(
         &'a self,
-        _offset: u64,
-        _len: u64,
-        _out: &mut Vec<Extent<'a>>,
-    ) -> Result<WritePlan> {
-        Err(Error::new(
-            ErrorKind::ReadOnly,
-            format!("{} image is open read-only", self.format()),
-        ))
-    }
+        offset: u64,
+        len: u64,
+        out: &mut Vec<Extent<'a>>,
+    ) -> Result<WritePlan>;
 
     /// Writes `buf` at `offset` when `map_write` answered [`WritePlan::Synchronous`]:
     /// allocation, copy-on-write and metadata updates happen here, in crash-safe order.
-    fn write_sync(&self, _offset: u64, _buf: &[u8]) -> Result<()> {
-        Err(Error::unsupported(format!(
-            "synchronous writes to a {} image",
-            self.format()
-        )))
-    }
+    fn write_sync(&self, offset: u64, buf: &[u8]) -> Result<()>;
 
     /// Makes every completed write durable, data and metadata.
-    fn flush(&self) -> Result<()> {
-        Ok(())
-    }
+    fn flush(&self) -> Result<()>;
 
     /// Tells the image that `offset..offset + len` is no longer needed. A hint: doing
     /// nothing is correct.
@@ -353,17 +349,7 @@ pub trait DiskImage: Send + Sync {
     }
 
     /// Makes `offset..offset + len` read as zeroes.
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        io::write_zeroes_by_writing(self, offset, len)
-    }
-
-    /// The files of the image, top first, backing files after.
-    fn chain(&self) -> Vec<ChainEntry>;
-
-    /// The internal snapshots of the top file (qcow2 only; empty elsewhere).
-    fn snapshots(&self) -> &[qcow2::snapshot::Snapshot] {
-        &[]
-    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()>;
 }
 
 /// Checks that `offset..offset + len` lies inside an image of `size` bytes.
@@ -383,6 +369,7 @@ fn range_error(offset: u64, len: u64, size: u64) -> Error {
         "range {offset}+{len} lies beyond the end of the {size}-byte image"
     ))
 }
+
 #[cfg(test)]
 mod layout_tests {
     /// Every lookup builds and copies extents: a variant growing `Source` (as

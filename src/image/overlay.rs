@@ -21,7 +21,10 @@
 //!
 //! The bitmap costs 1/4096 of the virtual size in RAM (256 MiB for a 1 TiB image).
 
-use super::{check_range, io, ChainEntry, DiskImage, Extent, Format, ImageFile, Source, WritePlan};
+use super::{
+    check_range, io, ChainEntry, DiskImage, Extent, Format, ImageFile, ImageWrite, Source,
+    WritePlan,
+};
 use crate::error::{Error, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -225,10 +228,16 @@ impl DiskImage for MemoryOverlay {
         self.base.logical_block_size()
     }
 
-    fn writable(&self) -> bool {
-        true
+    fn chain(&self) -> Vec<ChainEntry> {
+        self.base.chain()
     }
 
+    fn writer(&self) -> Option<&dyn ImageWrite> {
+        Some(self)
+    }
+}
+
+impl ImageWrite for MemoryOverlay {
     fn map_write<'a>(
         &'a self,
         offset: u64,
@@ -305,10 +314,6 @@ impl DiskImage for MemoryOverlay {
         }
         Ok(())
     }
-
-    fn chain(&self) -> Vec<ChainEntry> {
-        self.base.chain()
-    }
 }
 
 #[cfg(test)]
@@ -347,7 +352,7 @@ mod tests {
     fn writes_stay_in_the_overlay() {
         let (tmp, base, bytes) = base(64 << 10, 1);
         let overlay = MemoryOverlay::new(base.clone()).unwrap();
-        assert!(overlay.writable());
+        assert!(overlay.writer().is_some());
         io::write_at(&overlay, &[7u8; 1024], 4096).unwrap();
         io::write_at(&overlay, &[9u8; 3], 10_000).unwrap();
         let mut expected = bytes.clone();

@@ -1,6 +1,8 @@
 //! Raw images: guest offset = file offset. Also serves block devices given as images.
 
-use super::{check_range, ChainEntry, DiskImage, Extent, Format, ImageFile, Source, WritePlan};
+use super::{
+    check_range, ChainEntry, DiskImage, Extent, Format, ImageFile, ImageWrite, Source, WritePlan,
+};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The first sector, which format probing reads.
@@ -61,17 +63,27 @@ impl DiskImage for RawImage {
         Ok(())
     }
 
-    fn writable(&self) -> bool {
-        self.file.writable()
+    fn chain(&self) -> Vec<ChainEntry> {
+        vec![super::common::chain::entry(
+            &self.file,
+            Format::Raw,
+            self.virtual_size(),
+        )]
     }
 
+    fn writer(&self) -> Option<&dyn ImageWrite> {
+        self.file.writable().then_some(self)
+    }
+}
+
+impl ImageWrite for RawImage {
     fn map_write<'a>(
         &'a self,
         offset: u64,
         len: u64,
         out: &mut Vec<Extent<'a>>,
     ) -> Result<WritePlan> {
-        if !self.writable() {
+        if !self.file.writable() {
             return Err(
                 Error::new(ErrorKind::ReadOnly, "raw image is open read-only")
                     .with_path(self.file.path()),
@@ -124,14 +136,6 @@ impl DiskImage for RawImage {
             return Ok(());
         }
         super::io::write_zeroes_by_writing(self, offset, len)
-    }
-
-    fn chain(&self) -> Vec<ChainEntry> {
-        vec![super::common::chain::entry(
-            &self.file,
-            Format::Raw,
-            self.virtual_size(),
-        )]
     }
 }
 

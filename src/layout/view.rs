@@ -3,7 +3,10 @@
 //! request to the inner image's own `map`, so they add no copy and no lock.
 
 use crate::error::{Error, Result};
-use crate::image::{check_range, ChainEntry, DiskImage, Extent, Format, ImageFile, WritePlan};
+use crate::image::io::writer_of;
+use crate::image::{
+    check_range, ChainEntry, DiskImage, Extent, Format, ImageFile, ImageWrite, WritePlan,
+};
 use std::sync::Arc;
 
 /// Most stripes a segment may have (LVM's own limit).
@@ -57,10 +60,16 @@ impl DiskImage for SliceView {
         self.inner.logical_block_size()
     }
 
-    fn writable(&self) -> bool {
-        self.inner.writable()
+    fn chain(&self) -> Vec<ChainEntry> {
+        self.inner.chain()
     }
 
+    fn writer(&self) -> Option<&dyn ImageWrite> {
+        self.inner.writer().map(|_| self as &dyn ImageWrite)
+    }
+}
+
+impl ImageWrite for SliceView {
     fn map_write<'a>(
         &'a self,
         offset: u64,
@@ -68,30 +77,26 @@ impl DiskImage for SliceView {
         out: &mut Vec<Extent<'a>>,
     ) -> Result<WritePlan> {
         check_range(offset, len, self.len)?;
-        self.inner.map_write(self.start + offset, len, out)
+        writer_of(&*self.inner)?.map_write(self.start + offset, len, out)
     }
 
     fn write_sync(&self, offset: u64, buf: &[u8]) -> Result<()> {
         check_range(offset, buf.len() as u64, self.len)?;
-        self.inner.write_sync(self.start + offset, buf)
+        writer_of(&*self.inner)?.write_sync(self.start + offset, buf)
     }
 
     fn flush(&self) -> Result<()> {
-        self.inner.flush()
+        writer_of(&*self.inner)?.flush()
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
         check_range(offset, len, self.len)?;
-        self.inner.discard(self.start + offset, len)
+        writer_of(&*self.inner)?.discard(self.start + offset, len)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         check_range(offset, len, self.len)?;
-        self.inner.write_zeroes(self.start + offset, len)
-    }
-
-    fn chain(&self) -> Vec<ChainEntry> {
-        self.inner.chain()
+        writer_of(&*self.inner)?.write_zeroes(self.start + offset, len)
     }
 }
 
@@ -284,11 +289,26 @@ impl DiskImage for SegmentView {
             .fold(512, u32::max)
     }
 
-    fn writable(&self) -> bool {
-        let images = self.images();
-        !images.is_empty() && images.iter().all(|i| i.writable())
+    fn chain(&self) -> Vec<ChainEntry> {
+        let mut out: Vec<ChainEntry> = Vec::new();
+        for image in self.images() {
+            for entry in image.chain() {
+                if !out.iter().any(|e| e.path == entry.path) {
+                    out.push(entry);
+                }
+            }
+        }
+        out
     }
 
+    fn writer(&self) -> Option<&dyn ImageWrite> {
+        let images = self.images();
+        let writable = !images.is_empty() && images.iter().all(|i| i.writer().is_some());
+        writable.then_some(self)
+    }
+}
+
+impl ImageWrite for SegmentView {
     fn map_write<'a>(
         &'a self,
         offset: u64,
@@ -298,7 +318,7 @@ impl DiskImage for SegmentView {
         let mut plan = WritePlan::Mapped;
         let first = out.len();
         self.for_each_piece(offset, len, |image, off, n| {
-            if image.map_write(off, n, out)? == WritePlan::Synchronous {
+            if writer_of(image)?.map_write(off, n, out)? == WritePlan::Synchronous {
                 plan = WritePlan::Synchronous;
             }
             Ok(())
@@ -320,27 +340,21 @@ impl DiskImage for SegmentView {
     }
 
     fn flush(&self) -> Result<()> {
-        self.images().iter().try_for_each(|i| i.flush())
+        self.images()
+            .iter()
+            .try_for_each(|i| writer_of(&***i)?.flush())
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.for_each_piece(offset, len, |image, off, n| image.discard(off, n))
+        self.for_each_piece(offset, len, |image, off, n| {
+            writer_of(image)?.discard(off, n)
+        })
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.for_each_piece(offset, len, |image, off, n| image.write_zeroes(off, n))
-    }
-
-    fn chain(&self) -> Vec<ChainEntry> {
-        let mut out: Vec<ChainEntry> = Vec::new();
-        for image in self.images() {
-            for entry in image.chain() {
-                if !out.iter().any(|e| e.path == entry.path) {
-                    out.push(entry);
-                }
-            }
-        }
-        out
+        self.for_each_piece(offset, len, |image, off, n| {
+            writer_of(image)?.write_zeroes(off, n)
+        })
     }
 }
 
@@ -432,7 +446,7 @@ mod tests {
         io::write_at(&lv, &[0xee; 4], 1024 + 1022).unwrap();
         assert_eq!(read(&*a, 2048 + 1022, 2), vec![0xee; 2]);
         assert_eq!(read(&*b, 2048, 2), vec![0xee; 2]);
-        assert!(lv.writable());
+        assert!(lv.writer().is_some());
         assert_eq!(lv.chain().len(), 2);
         lv.flush().unwrap();
     }

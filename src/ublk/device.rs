@@ -6,7 +6,7 @@
 
 use super::queue::{run_queue, Gate};
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::DiskImage;
+use crate::image::{io, DiskImage};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::UblkDev;
 use libublk::{sys, UblkError, UblkFlags};
@@ -355,7 +355,7 @@ where
                 }
             }
         }
-        if let Err(e) = flush_image.flush() {
+        if let Err(e) = io::flush(&*flush_image) {
             tracing::error!(error = %e, "flush before stop failed");
         }
         if let Err(e) = ctrl.kill_dev() {
@@ -364,7 +364,7 @@ where
     };
     ctrl.run_target(init, run, supervise)
         .map_err(|e| ublk_error("cannot start the ublk device", e))?;
-    let flushed = image.flush();
+    let flushed = io::flush(&*image);
     if config.recover.is_some() {
         // Dropping a control that recovered (rather than added) a device leaves it behind.
         let _ = ctrl.del_dev();
@@ -381,7 +381,7 @@ fn leave_for_recovery(live: &LiveDevice, user: &str, gate: &Gate, image: &dyn Di
     if !gate.close(Duration::from_secs(30)) {
         tracing::warn!(%device, "requests still running after 30s; leaving them to the next daemon");
     }
-    if let Err(e) = image.flush() {
+    if let Err(e) = io::flush(image) {
         tracing::error!(%device, error = %e, "flush before leaving the device failed");
     }
     tracing::warn!(%device,
@@ -502,7 +502,7 @@ fn logical_shift(image: &dyn DiskImage) -> u8 {
 /// Fills in size, block sizes and the features the image supports.
 fn set_params(dev: &mut UblkDev, image: &dyn DiskImage, config: DeviceConfig) {
     let size = image.virtual_size();
-    let writable = image.writable();
+    let writable = image.writer().is_some();
     let ring_depth = config.depth.saturating_mul(2).min(4096);
     dev.tgt.sq_depth = ring_depth;
     dev.tgt.cq_depth = ring_depth;

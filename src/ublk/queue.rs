@@ -7,7 +7,7 @@
 use super::data::{Data, Registered, Scratch};
 use super::ratelimit::{RateLimiter, Verdict};
 use crate::error::{Error, Result};
-use crate::image::io::{decode, part_of, stored_buffer};
+use crate::image::io::{self, decode, part_of, stored_buffer, writer_of};
 use crate::image::{CompressedCluster, DiskImage, Extent, ImageFile, Source, WritePlan};
 use io_uring::squeue;
 use libublk::helpers::IoBuf;
@@ -347,7 +347,7 @@ fn prepare<'a>(
             image.map(req.offset, req.len, extents)?;
             Ok(single_data_run(extents, req.len).map_or(Work::Read, |run| transfer(run, false)))
         }
-        sys::UBLK_IO_OP_WRITE => match image.map_write(req.offset, req.len, extents)? {
+        sys::UBLK_IO_OP_WRITE => match writer_of(image)?.map_write(req.offset, req.len, extents)? {
             WritePlan::Mapped if extents.iter().any(after_failed_sync) => Err(Error::io(
                 "an earlier fdatasync of the image failed: writes are refused until detach",
                 std::io::Error::from_raw_os_error(libc::EIO),
@@ -357,11 +357,13 @@ fn prepare<'a>(
             ),
             WritePlan::Synchronous => Ok(Work::WriteSync),
         },
-        sys::UBLK_IO_OP_FLUSH => image.flush().map(|()| Work::Done),
-        sys::UBLK_IO_OP_DISCARD => image.discard(req.offset, req.len).map(|()| Work::Done),
-        sys::UBLK_IO_OP_WRITE_ZEROES => {
-            image.write_zeroes(req.offset, req.len).map(|()| Work::Done)
-        }
+        sys::UBLK_IO_OP_FLUSH => io::flush(image).map(|()| Work::Done),
+        sys::UBLK_IO_OP_DISCARD => writer_of(image)?
+            .discard(req.offset, req.len)
+            .map(|()| Work::Done),
+        sys::UBLK_IO_OP_WRITE_ZEROES => writer_of(image)?
+            .write_zeroes(req.offset, req.len)
+            .map(|()| Work::Done),
         op => Err(Error::unsupported(format!("ublk operation {op}"))),
     }
 }
@@ -385,9 +387,9 @@ async fn carry_out(
         Work::Transfer(transfer) => transfer.finish(buffer, req, None).await,
         Work::Read => read_extents(extents, buffer.data(req.len)?, &shared.scratch).await,
         Work::Write => write_extents(extents, buffer.data(req.len)?).await,
-        Work::WriteSync => buffer
-            .data(req.len)?
-            .with_bytes(&shared.scratch, |bytes| image.write_sync(req.offset, bytes)),
+        Work::WriteSync => buffer.data(req.len)?.with_bytes(&shared.scratch, |bytes| {
+            writer_of(image)?.write_sync(req.offset, bytes)
+        }),
         Work::Done => Ok(()),
     }
 }

@@ -34,8 +34,8 @@ use super::common::chain;
 use super::common::walk::push;
 use super::open::open_at_depth;
 use super::{
-    check_range, ChainEntry, CompressedCluster, DiskImage, Extent, Format, ImageFile, OpenOptions,
-    Source, WritePlan,
+    check_range, ChainEntry, CompressedCluster, DiskImage, Extent, Format, ImageFile, ImageWrite,
+    OpenOptions, Source, WritePlan,
 };
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use std::path::{Path, PathBuf};
@@ -64,8 +64,6 @@ pub struct Qcow2Image {
     /// The external data file that guest data lives in, if the image has one.
     data_file: Option<ImageFile>,
     backing: Option<Box<dyn DiskImage>>,
-    /// The internal snapshots.
-    snapshots: Vec<snapshot::Snapshot>,
     /// Metadata state of the write path; `None` when open read-only.
     writer: Option<Mutex<write::Writer>>,
     /// The clusters writes must keep off; `None` when open read-only.
@@ -129,7 +127,6 @@ impl Qcow2Image {
             l2,
             data_file,
             backing,
-            snapshots,
             writer,
             guard,
         };
@@ -453,10 +450,17 @@ impl DiskImage for Qcow2Image {
         }
     }
 
-    fn writable(&self) -> bool {
-        self.writer.is_some()
+    fn chain(&self) -> Vec<ChainEntry> {
+        let own = chain::entry(&self.file, Format::Qcow2, self.virtual_size());
+        chain::chain_with_parent(own, self.backing.as_deref())
     }
 
+    fn writer(&self) -> Option<&dyn ImageWrite> {
+        self.writer.as_ref().map(|_| self as &dyn ImageWrite)
+    }
+}
+
+impl ImageWrite for Qcow2Image {
     fn map_write<'a>(
         &'a self,
         offset: u64,
@@ -488,15 +492,6 @@ impl DiskImage for Qcow2Image {
             );
         }
         self.write_zeroes_impl(offset, len)
-    }
-
-    fn snapshots(&self) -> &[snapshot::Snapshot] {
-        &self.snapshots
-    }
-
-    fn chain(&self) -> Vec<ChainEntry> {
-        let own = chain::entry(&self.file, Format::Qcow2, self.virtual_size());
-        chain::chain_with_parent(own, self.backing.as_deref())
     }
 }
 

@@ -55,6 +55,14 @@ fn bad(index: u32, field: &str, offset: u64, what: String) -> Error {
     Error::corrupt(format!("qcow2 snapshot {index}: field {field} {what}")).at(offset)
 }
 
+/// The internal snapshots of the qcow2 image at `path`, as `qemu-img snapshot -l` lists
+/// them (empty when it has none).
+pub fn list(path: &std::path::Path) -> Result<Vec<Snapshot>> {
+    let file = ImageFile::open(path, false, false)?;
+    let header = Header::read(&file).map_err(|e| e.with_path(path))?;
+    read_table(&file, &header)
+}
+
 /// Reads the snapshot table `header` describes from `file`. Errors name the file, the
 /// snapshot's index, the field and its offset.
 pub fn read_table(file: &ImageFile, header: &Header) -> Result<Vec<Snapshot>> {

@@ -326,10 +326,13 @@ fn writable_image() -> Vec<u8> {
 fn writes_allocate_and_flush_in_order() {
     let (_dir, path) = write_file("t.qcow2", &writable_image());
     let img = open_rw(&path).unwrap();
-    assert!(img.writable());
+    assert!(img.writer().is_some());
     let mut extents = Vec::new();
     assert_eq!(
-        img.map_write(100, 200, &mut extents).unwrap(),
+        img.writer()
+            .unwrap()
+            .map_write(100, 200, &mut extents)
+            .unwrap(),
         WritePlan::Mapped
     );
     assert_eq!(extents.len(), 1);
@@ -337,17 +340,23 @@ fn writes_allocate_and_flush_in_order() {
     extents.clear();
     let at = 3 * CLUSTER as u64 + 10;
     assert_eq!(
-        img.map_write(at, 5, &mut extents).unwrap(),
+        img.writer()
+            .unwrap()
+            .map_write(at, 5, &mut extents)
+            .unwrap(),
         WritePlan::Synchronous
     );
     assert!(extents.is_empty());
     io::write_at(&*img, b"hello", at).unwrap();
-    img.write_zeroes(CLUSTER as u64, CLUSTER as u64).unwrap();
+    img.writer()
+        .unwrap()
+        .write_zeroes(CLUSTER as u64, CLUSTER as u64)
+        .unwrap();
     let mut buf = vec![0u8; 3 * CLUSTER];
     io::read_at(&*img, &mut buf, 0).unwrap();
     assert!(buf[100..300].iter().all(|&b| b == 0x11));
     assert!(buf[CLUSTER..].iter().all(|&b| b == 0));
-    img.flush().unwrap();
+    img.writer().unwrap().flush().unwrap();
     drop(img);
     let f = std::fs::read(&path).unwrap();
     let l2 = |i: usize| u64::from_be_bytes(f[L2_AT + 8 * i..L2_AT + 8 * i + 8].try_into().unwrap());

@@ -3,8 +3,10 @@
 use super::crypto::{af_merge, argon2, SectorCipher};
 use super::{keycache, read_metadata, wrong_key, Kdf, Keyslot, Metadata, SECTOR};
 use crate::error::{Error, Result};
-use crate::image::io::{read_at, write_at};
-use crate::image::{check_range, ChainEntry, DiskImage, Extent, Format, TransformRead, WritePlan};
+use crate::image::io::{read_at, write_at, write_zeroes_by_writing, writer_of};
+use crate::image::{
+    check_range, ChainEntry, DiskImage, Extent, Format, ImageWrite, TransformRead, WritePlan,
+};
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
@@ -213,10 +215,20 @@ impl DiskImage for LuksVolume {
         Ok(())
     }
 
-    fn writable(&self) -> bool {
-        self.inner.writable()
+    fn logical_block_size(&self) -> u32 {
+        self.sector_size as u32
     }
 
+    fn chain(&self) -> Vec<ChainEntry> {
+        self.inner.chain()
+    }
+
+    fn writer(&self) -> Option<&dyn ImageWrite> {
+        self.inner.writer().map(|_| self as &dyn ImageWrite)
+    }
+}
+
+impl ImageWrite for LuksVolume {
     fn map_write<'a>(
         &'a self,
         offset: u64,
@@ -224,7 +236,7 @@ impl DiskImage for LuksVolume {
         _out: &mut Vec<Extent<'a>>,
     ) -> Result<WritePlan> {
         check_range(offset, len, self.size)?;
-        if !self.inner.writable() {
+        if self.inner.writer().is_none() {
             return Err(Error::new(
                 crate::error::ErrorKind::ReadOnly,
                 "LUKS volume is open read-only",
@@ -259,16 +271,12 @@ impl DiskImage for LuksVolume {
         Ok(())
     }
 
-    fn logical_block_size(&self) -> u32 {
-        self.sector_size as u32
-    }
-
     fn flush(&self) -> Result<()> {
-        self.inner.flush()
+        writer_of(&*self.inner)?.flush()
     }
 
-    fn chain(&self) -> Vec<ChainEntry> {
-        self.inner.chain()
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        write_zeroes_by_writing(self, offset, len)
     }
 }
 
