@@ -4,22 +4,11 @@
 
 mod common;
 
-use common::{compare, imgblk, open, open_err, qemu, qemu_img};
+use common::{compare, imgblk, open, open_err, qemu_img, qemu_io};
 use imgblk::image::{open_image, OpenOptions};
 use imgblk::ErrorKind;
 use std::fs;
 use std::path::Path;
-
-fn qemu_io(dir: &Path, image: &str, format: &str, writes: &[(u8, u64, u64)]) {
-    let mut args = vec!["-f".to_string(), format.to_string()];
-    for (pattern, off, len) in writes {
-        args.push("-c".into());
-        args.push(format!("write -P {pattern:#04x} {off} {len}"));
-    }
-    args.push(image.to_string());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    qemu("qemu-io", dir, &args);
-}
 
 /// base (in its own directory) <- mid <- top, each written after its parent.
 fn make_vmdk_chain(root: &Path) {

@@ -126,7 +126,7 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
         Format::Vmdk => VmdkImage::open(file, options, depth).map(|i| Box::new(i) as _),
         Format::Vpc => VhdImage::open(file, options, depth).map(|i| Box::new(i) as _),
         Format::Vhdx => VhdxImage::open(file, options, depth).map(|i| Box::new(i) as _),
-        Format::Vdi => VdiImage::open(file, options).map(|i| Box::new(i) as _),
+        Format::Vdi => VdiImage::open(file, options, depth).map(|i| Box::new(i) as _),
     };
     // Every error names a file: the one it is about (a backing file, say) if the format
     // named it, else this one.

@@ -49,6 +49,19 @@ pub fn qemu_img(dir: &Path, args: &[&str]) -> String {
     qemu("qemu-img", dir, args)
 }
 
+/// `qemu-io` in `dir` on `image` (read as `format`): one `write -P PATTERN OFFSET LEN`
+/// per entry of `writes`.
+pub fn qemu_io(dir: &Path, image: &str, format: &str, writes: &[(u8, u64, u64)]) {
+    let mut args = vec!["-f".to_string(), format.to_string()];
+    for (pattern, off, len) in writes {
+        args.push("-c".into());
+        args.push(format!("write -P {pattern:#04x} {off} {len}"));
+    }
+    args.push(image.to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    qemu("qemu-io", dir, &args);
+}
+
 /// The virtual size `qemu-img info` reports for `path` read as `format`.
 pub fn qemu_virtual_size(path: &Path, format: &str) -> u64 {
     let dir = path.parent().unwrap();
