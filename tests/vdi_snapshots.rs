@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{imgblk, open_err, qemu_img, qemu_io};
+use common::{imgblk, map_runs, open_err, qemu_img, qemu_io};
 use imgblk::image::{open_image, OpenOptions};
 use imgblk::ErrorKind;
 use std::fs;
@@ -120,26 +120,6 @@ fn make_vm(root: &Path) -> ([std::path::PathBuf; 3], Vec<u8>) {
     ([vm.join("base.vdi"), snap1, snap2], want)
 }
 
-/// `map --json` runs as (start, length, depth, data), adjacent equal runs merged.
-fn runs(dir: &Path, image: &Path) -> Vec<(u64, u64, u64, bool)> {
-    let json = imgblk(dir, &["map", "--json", image.to_str().unwrap()]);
-    let list: serde_json::Value = serde_json::from_slice(&json).unwrap();
-    let mut merged: Vec<(u64, u64, u64, bool)> = Vec::new();
-    for run in list.as_array().unwrap() {
-        let next = (
-            run["start"].as_u64().unwrap(),
-            run["length"].as_u64().unwrap(),
-            run["depth"].as_u64().unwrap(),
-            run["data"].as_bool().unwrap(),
-        );
-        match merged.last_mut() {
-            Some(last) if (last.2, last.3) == (next.2, next.3) => last.1 += next.1,
-            _ => merged.push(next),
-        }
-    }
-    merged
-}
-
 #[test]
 fn three_deep_snapshot_chain_reads_merged_blocks_at_their_depths() {
     let dir = tempfile::tempdir().unwrap();
@@ -151,12 +131,12 @@ fn three_deep_snapshot_chain_reads_merged_blocks_at_their_depths() {
     // Block 0 from the top, block 1 from the first snapshot (over the base's data), block
     // 2 allocated nowhere, block 3 discarded in the first snapshot (over the base's data).
     assert_eq!(
-        runs(d, &snap2),
+        map_runs(&imgblk(d, &["map", "--json", snap2.to_str().unwrap()])),
         vec![
-            (0, M, 0, true),
-            (M, M, 1, true),
-            (2 * M, M, 2, false),
-            (3 * M, M, 1, false),
+            (0, M, 0, true, false),
+            (M, M, 1, true, false),
+            (2 * M, M, 2, false, true),
+            (3 * M, M, 1, false, true),
         ]
     );
     let info: serde_json::Value =

@@ -38,6 +38,9 @@ pub struct OpenOptions {
     /// write that was completed (see `qcow2::journal`); `None`: no journal, as for
     /// library users whose process is the whole life of the image.
     pub journal_dir: Option<PathBuf>,
+    /// Which disk of an OVA archive to open (1-based; the first when `None`); an error
+    /// for a top file that is no OVA. Applies to the top file only.
+    pub disk: Option<u32>,
     /// Sees, and may fail, every change made to the files opened (crash tests).
     pub tap: Option<Tap>,
     /// The files above the one being opened in its chain, top first; the last one names
@@ -108,6 +111,10 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
         ..options.clone()
     };
     file.lock(options.lock_mode())?;
+    let file = match options.format {
+        None => super::ova::unpack(file, options, depth)?,
+        Some(_) => file,
+    };
     let format = match options.format {
         Some(format) => format,
         None => detect(&file).map_err(|e| e.with_path(path))?,
