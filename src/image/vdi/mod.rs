@@ -109,7 +109,10 @@ impl DiskImage for VdiImage {
     }
 
     fn chain(&self) -> Vec<ChainEntry> {
-        let own = chain::entry(&self.file, Format::Vdi, self.header.disk_size);
+        let own = ChainEntry {
+            holes_read_as_zero: true,
+            ..chain::entry(&self.file, Format::Vdi, self.header.disk_size)
+        };
         chain::chain_with_parent(own, self.parent.as_deref())
     }
 }
