@@ -171,6 +171,40 @@ fn three_deep_snapshot_chain_reads_merged_blocks_at_their_depths() {
     );
 }
 
+/// A qcow2 overlay over a VirtualBox snapshot chain: four layers, two formats; the VDI
+/// layers' depths shift by one under it.
+#[test]
+fn qcow2_over_a_snapshot_chain_counts_depth_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ([_, _, snap2], want) = make_vm(d);
+    // -u: QEMU cannot open a differencing VDI to check it.
+    let backing = snap2.to_str().unwrap();
+    qemu_img(
+        d,
+        &[
+            "create",
+            "-q",
+            "-u",
+            "-f",
+            "qcow2",
+            "-b",
+            backing,
+            "-F",
+            "vdi",
+            "top.qcow2",
+            "4M",
+        ],
+    );
+    imgblk(d, &["cat", "-o", "top.raw", "top.qcow2"]);
+    assert!(fs::read(d.join("top.raw")).unwrap() == want, "cat differs");
+    let depths: Vec<u64> = map_runs(&imgblk(d, &["map", "--json", "top.qcow2"]))
+        .iter()
+        .map(|run| run.2)
+        .collect();
+    assert_eq!(depths, [1, 2, 3, 2]);
+}
+
 #[test]
 fn a_snapshot_beside_its_parent_is_found_by_uuid_whatever_the_names() {
     let dir = tempfile::tempdir().unwrap();
