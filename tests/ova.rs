@@ -151,6 +151,32 @@ fn an_ova_is_read_only_and_disk_numbers_are_checked() {
         msg.contains("vm.ova") && msg.contains("--disk 3") && msg.contains("2 disk(s)"),
         "{msg}"
     );
+    // A descriptor VMDK in an archive names its extent, which would be read from beside
+    // the archive: refused.
+    qemu_img(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=monolithicFlat",
+            "flat.vmdk",
+            "1M",
+        ],
+    );
+    fs::write(d.join("vm.ovf"), ovf(&["flat.vmdk"])).unwrap();
+    fs::rename(d.join("vm.ova"), d.join("kept.ova")).unwrap();
+    tar(d, "gnu", &["vm.ovf", "flat.vmdk", "flat-flat.vmdk"]);
+    let Err(err) = open_image(&ova, &OpenOptions::default()) else {
+        panic!("a descriptor VMDK in an OVA opened");
+    };
+    assert!(
+        err.to_string().contains("flat-flat.vmdk") && err.to_string().contains("self-contained"),
+        "{err}"
+    );
+    fs::rename(d.join("kept.ova"), &ova).unwrap();
     // --disk for a file that is no OVA.
     let Err(err) = open_image(&d.join("disk1.vmdk"), &third) else {
         panic!("--disk accepted for a VMDK");

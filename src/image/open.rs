@@ -115,6 +115,7 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
         None => super::ova::unpack(file, options, depth)?,
         Some(_) => file,
     };
+    let in_archive = file.host_offset(0) > 0;
     let format = match options.format {
         Some(format) => format,
         None => detect(&file).map_err(|e| e.with_path(path))?,
@@ -137,7 +138,11 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
     };
     // Every error names a file: the one it is about (a backing file, say) if the format
     // named it, else this one.
-    image.map_err(|e| e.with_path(path))
+    let image = image.map_err(|e| e.with_path(path))?;
+    if in_archive {
+        super::ova::refuse_outside_files(image.as_ref(), path)?;
+    }
+    Ok(image)
 }
 
 /// Refuses `file` if it is one of the files `above` it in its chain: an image that is its

@@ -7,8 +7,9 @@
 //! requires to be the order of the descriptor's `References/File` list; `--disk N` picks
 //! the Nth (1 = the first, the default).
 
-use super::{ImageFile, OpenOptions};
+use super::{DiskImage, ImageFile, OpenOptions};
 use crate::error::{Error, ErrorKind, Result};
+use std::path::Path;
 
 /// Size of a tar header and the unit member data is padded to.
 const BLOCK: u64 = 512;
@@ -95,6 +96,26 @@ pub fn unpack(file: ImageFile, options: &OpenOptions, depth: u32) -> Result<Imag
         .with_path(file.path()));
     }
     open_disk(file, number)
+}
+
+/// Refuses a disk of an OVA that names other files (a VMDK descriptor's extents, a
+/// parent): they would be looked for beside the archive, not in it.
+pub fn refuse_outside_files(image: &dyn DiskImage, ova: &Path) -> Result<()> {
+    let chain = image.chain();
+    let named = chain
+        .iter()
+        .flat_map(|layer| layer.extents.iter().map(|e| e.path.clone()))
+        .chain(chain.iter().skip(1).map(|layer| layer.path.clone()))
+        .next();
+    match named {
+        Some(other) => Err(Error::unsupported(format!(
+            "the OVA's disk names another file, {}: only self-contained disks (sparse or \
+             streamOptimized VMDKs) are read from inside an archive",
+            other.display()
+        ))
+        .with_path(ova)),
+        None => Ok(()),
+    }
 }
 
 /// Disk `number` (1-based) of the OVA `file`, as a file of its own.
