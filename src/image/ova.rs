@@ -301,4 +301,56 @@ mod tests {
         assert_eq!(buf, [5, 6, 0, 0]);
         assert!(open().window(6, 4).is_err());
     }
+
+    /// A ustar header for `name` of `size` bytes, checksum as given or computed.
+    fn header(name: &str, size: u64, checksum: Option<u64>) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+        h[156] = b'0';
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].fill(b' ');
+        let sum = checksum.unwrap_or_else(|| h.iter().map(|&b| u64::from(b)).sum());
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+
+    fn disks_of(bytes: &[u8]) -> Result<Vec<Member>> {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(tmp.path(), bytes).unwrap();
+        disks(&ImageFile::open(tmp.path(), false, false).unwrap())
+    }
+
+    #[test]
+    fn hostile_archives_are_errors() {
+        let mut good = header("vm.ovf", 3, None);
+        good.extend([b'x'; 512]);
+        good.extend(header("d.vmdk", 600, None));
+        good.extend([0u8; 1024]);
+        good.extend([0u8; 1024]);
+        assert!(is_ova(&good));
+        let found = disks_of(&good).unwrap();
+        assert_eq!(found[0].name, "d.vmdk");
+        assert_eq!((found[0].offset, found[0].size), (1536, 600));
+        let cases: [(Vec<u8>, &str); 4] = [
+            (
+                [header("vm.ovf", 1 << 32, None), vec![0; 1024]].concat(),
+                "past the end",
+            ),
+            (
+                [header("vm.ovf", 3, Some(7)), vec![0; 1024]].concat(),
+                "checksum",
+            ),
+            (
+                [header("vm.ovf", 3, None), vec![0; 1024]].concat(),
+                "no .vmdk",
+            ),
+            (header("vm.ovf", 0, None), "ends inside a member header"),
+        ];
+        for (bytes, want) in cases {
+            let msg = disks_of(&bytes).unwrap_err().to_string();
+            assert!(msg.contains(want), "{want}: {msg}");
+        }
+    }
 }
