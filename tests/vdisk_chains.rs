@@ -4,22 +4,11 @@
 
 mod common;
 
-use common::{compare, imgblk, open, open_err, qemu, qemu_img};
+use common::{compare, imgblk, map_runs, open, open_err, qemu_img, qemu_io};
 use imgblk::image::{open_image, OpenOptions};
 use imgblk::ErrorKind;
 use std::fs;
 use std::path::Path;
-
-fn qemu_io(dir: &Path, image: &str, format: &str, writes: &[(u8, u64, u64)]) {
-    let mut args = vec!["-f".to_string(), format.to_string()];
-    for (pattern, off, len) in writes {
-        args.push("-c".into());
-        args.push(format!("write -P {pattern:#04x} {off} {len}"));
-    }
-    args.push(image.to_string());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    qemu("qemu-io", dir, &args);
-}
 
 /// base (in its own directory) <- mid <- top, each written after its parent.
 fn make_vmdk_chain(root: &Path) {
@@ -303,27 +292,6 @@ fn differencing_vhd_reads_parent_where_bitmap_is_clear() {
     assert_eq!(err.kind(), ErrorKind::NotFound);
     println!("{err}");
     assert!(err.to_string().contains("parent.vhd"), "{err}");
-}
-
-/// A `map --json` listing as (start, length, depth, data, zero) runs, adjacent runs
-/// with the same depth, data and zero merged (the two tools split runs differently).
-fn map_runs(json: &[u8]) -> Vec<(u64, u64, u64, bool, bool)> {
-    let runs: serde_json::Value = serde_json::from_slice(json).unwrap();
-    let mut merged: Vec<(u64, u64, u64, bool, bool)> = Vec::new();
-    for run in runs.as_array().unwrap() {
-        let next = (
-            run["start"].as_u64().unwrap(),
-            run["length"].as_u64().unwrap(),
-            run["depth"].as_u64().unwrap(),
-            run["data"].as_bool().unwrap(),
-            run["zero"].as_bool().unwrap(),
-        );
-        match merged.last_mut() {
-            Some(last) if (last.2, last.3, last.4) == (next.2, next.3, next.4) => last.1 += next.1,
-            _ => merged.push(next),
-        }
-    }
-    merged
 }
 
 /// `top` (in `dir`) through imgblk: `cat` equals `qemu-img convert -O raw`, and `map

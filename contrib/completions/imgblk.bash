@@ -139,7 +139,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__attach)
-            opts="-f -d -U -v -q -h --part --lv --luks --key-file --format --queues --depth --zero-copy --rw --overlay --snapshot --foreground --json --force-share --l2-cache-mib --no-direct --verbose --quiet --help"
+            opts="-f -d -U -v -q -h --part --lv --luks --key-file --format --queues --depth --zero-copy --rw --overlay --snapshot --disk --foreground --json --force-share --l2-cache-mib --no-direct --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -195,6 +195,10 @@ _imgblk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --disk)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --l2-cache-mib)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -207,7 +211,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__cat)
-            opts="-f -U -o -v -q -h --format --force-share --snapshot --part --lv --luks --key-file --output --sparse --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
+            opts="-f -U -o -v -q -h --format --force-share --snapshot --disk --part --lv --luks --key-file --output --sparse --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -222,6 +226,10 @@ _imgblk() {
                     return 0
                     ;;
                 --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --disk)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -271,7 +279,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__convert)
-            opts="-f -U -o -O -B -v -q -h --format --force-share --snapshot --part --lv --luks --key-file --output --output-format --backing --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
+            opts="-f -U -o -O -B -v -q -h --format --force-share --snapshot --disk --part --lv --luks --key-file --output --output-format --backing --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -286,6 +294,10 @@ _imgblk() {
                     return 0
                     ;;
                 --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --disk)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -435,7 +447,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__get)
-            opts="-f -U -o -v -q -h --part --lv --auto --format --force-share --snapshot --output --verbose --quiet --help"
+            opts="-f -U -o -v -q -h --part --lv --auto --format --force-share --snapshot --disk --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -464,6 +476,10 @@ _imgblk() {
                     return 0
                     ;;
                 --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --disk)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -735,7 +751,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__info)
-            opts="-f -U -v -q -h --format --force-share --json --verbose --quiet --help"
+            opts="-f -U -v -q -h --format --force-share --disk --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -749,6 +765,10 @@ _imgblk() {
                     COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
                     return 0
                     ;;
+                --disk)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -757,7 +777,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__inspect)
-            opts="-f -U -v -q -h --format --force-share --snapshot --json --key-file --verbose --quiet --help"
+            opts="-f -U -v -q -h --format --force-share --snapshot --disk --json --key-file --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -772,6 +792,10 @@ _imgblk() {
                     return 0
                     ;;
                 --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --disk)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -801,7 +825,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__ls)
-            opts="-f -U -l -R -v -q -h --part --lv --auto --format --force-share --snapshot --long --recursive --json --verbose --quiet --help"
+            opts="-f -U -l -R -v -q -h --part --lv --auto --format --force-share --snapshot --disk --long --recursive --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -833,6 +857,10 @@ _imgblk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --disk)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -841,7 +869,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__map)
-            opts="-f -U -v -q -h --format --force-share --snapshot --part --lv --luks --key-file --json --top-layers --since --bitmap --verbose --quiet --help"
+            opts="-f -U -v -q -h --format --force-share --snapshot --disk --part --lv --luks --key-file --json --top-layers --since --bitmap --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -856,6 +884,10 @@ _imgblk() {
                     return 0
                     ;;
                 --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --disk)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -897,7 +929,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__mount)
-            opts="-f -v -q -h --part --lv --auto --rw --format --json --suid --dev --noexec --key-file --verbose --quiet --help"
+            opts="-f -v -q -h --part --lv --auto --rw --format --disk --json --suid --dev --noexec --key-file --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -923,6 +955,10 @@ _imgblk() {
                     ;;
                 -f)
                     COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
+                    return 0
+                    ;;
+                --disk)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --key-file)
@@ -951,7 +987,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__tar)
-            opts="-f -U -C -o -v -q -h --part --lv --auto --format --force-share --snapshot --directory --output --verbose --quiet --help"
+            opts="-f -U -C -o -v -q -h --part --lv --auto --format --force-share --snapshot --disk --directory --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -980,6 +1016,10 @@ _imgblk() {
                     return 0
                     ;;
                 --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --disk)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -61,6 +61,7 @@ on\t'Always: fail on a kernel without it'
 off\t'Never: copy through the daemon\'s buffers on every kernel'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l overlay -d 'Make the device writable but send every write to an overlay, so that the image is opened read-only, may be shared with other readers, and is never changed. `memory` keeps the writes in RAM (lost at detach; memory use grows with what is written). Any other value is the path of a new qcow2 file to create, backed by the image (its absolute path and format recorded, as `qemu-img create -b IMAGE -F FMT` would): the writes stay in it after detach, for `qemu-img commit`, a later attach, or deleting. The file must not exist yet (write `./memory` for a file of that name). A file overlay needs a whole image: no --part, --lv, --luks or --snapshot' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l snapshot -d 'Serve this internal snapshot of a qcow2 image (matched by name, then by id, as `qemu-img snapshot -l` lists them) instead of its current state. Read-only; with --overlay memory the device is writable and the writes stay in RAM' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l disk -d 'Serve disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `imgblk info` lists them. Read-only' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l l2-cache-mib -d 'Most MiB of qcow2 L2 tables to cache per image of the chain. The default (128) holds every table of a 1 TiB image with 64 KiB clusters; tables load on first use' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l rw -d 'Allow writes (the image must not be in use by another writer)'
@@ -93,6 +94,7 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With --luks it decrypts the selected piece (without, the passphrase is asked for on the terminal); alone it unlocks every LUKS volume in the images, so that --lv can name a logical volume inside one, as `imgblk inspect --key-file` shows them' -r -F
@@ -112,6 +114,7 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With --luks it decrypts the selected piece (without, the passphrase is asked for on the terminal); alone it unlocks every LUKS volume in the images, so that --lv can name a logical volume inside one, as `imgblk inspect --key-file` shows them' -r -F
@@ -134,6 +137,7 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With --luks it decrypts the selected piece (without, the passphrase is asked for on the terminal); alone it unlocks every LUKS volume in the images, so that --lv can name a logical volume inside one, as `imgblk inspect --key-file` shows them' -r -F
@@ -164,6 +168,7 @@ vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
 vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l disk -d 'Mount from disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `imgblk info` lists them' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l key-file -d 'Unlock the LUKS volumes found with the key in FILE (all its bytes) and use what they hold, as disks named luks-NODE: a VG inside is assembled, so --lv can name its logical volumes' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l rw -d 'Mount read-write (the image must not be in use by another writer)'
@@ -184,6 +189,7 @@ vmdk\t'VMware virtual disk: a descriptor plus flat or sparse extents'
 vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls it "vpc"'
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand info" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s U -l force-share -d 'Read the image even while another process (a running VM) writes it; what is read may then be inconsistent'
 complete -c imgblk -n "__fish_imgblk_using_subcommand info" -l json -d 'Print JSON instead of text'
 complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
@@ -196,6 +202,7 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l key-file -d 'Unlock the LUKS volumes found with the key in FILE (all its bytes) and use what they hold, as disks named luks-NODE: a VG inside is assembled, so --lv can name its logical volumes' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l json -d 'Print JSON instead of a tree'
@@ -227,6 +234,7 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s l -l long -d 'Long listing: type and mode, owner, group, size, modification time (as `ls -l`)'
@@ -244,6 +252,7 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
@@ -259,6 +268,7 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s C -l directory -d 'The directory (or file) inside the file system to archive' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'

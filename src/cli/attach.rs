@@ -70,6 +70,10 @@ pub struct AttachArgs {
     /// --overlay memory the device is writable and the writes stay in RAM.
     #[arg(long, value_name = "NAME", conflicts_with = "rw")]
     snapshot: Option<String>,
+    /// Serve disk N (1 = the first, the default) of an OVA archive: its .vmdk members in
+    /// archive order, as `imgblk info` lists them. Read-only.
+    #[arg(long, value_name = "N")]
+    disk: Option<u32>,
     /// Serve from this process instead of a background daemon; stop with Ctrl-C.
     #[arg(long)]
     foreground: bool,
@@ -138,6 +142,7 @@ fn spec(args: &AttachArgs) -> Result<ServeSpec> {
             force_share: args.force_share,
             l2_cache_bytes: args.l2_cache_mib.map(|mib| mib << 20),
             snapshot: args.snapshot.clone(),
+            disk: args.disk,
             journal_dir: Some(registry::journal_dir()),
             ..OpenOptions::default()
         },

@@ -36,6 +36,9 @@ struct Info {
     /// Persistent dirty bitmaps of the top file (qcow2).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     bitmaps: Vec<Bitmap>,
+    /// The disks of an OVA archive (`--disk N` picks the Nth), the one shown first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    disks: Vec<crate::image::ova::Member>,
 }
 
 /// Runs `imgblk info`.
@@ -70,12 +73,23 @@ pub fn run(args: InfoArgs) -> Result<i32> {
             "persistent bitmaps",
             bitmap::list,
         ),
+        disks: crate::image::ova::list(&args.image.image)?,
     };
     if args.json {
         print_json(&info)?;
         return Ok(EXIT_OK);
     }
     println!("image: {}", Escaped(info.image.display()));
+    for (number, disk) in info.disks.iter().enumerate() {
+        let picked = args.image.disk.unwrap_or(1) as usize == number + 1;
+        println!(
+            "OVA disk {}: {} ({}){}",
+            number + 1,
+            Escaped(&disk.name),
+            human_size(disk.size),
+            if picked { ", shown below" } else { "" }
+        );
+    }
     println!("format: {}", info.format);
     println!(
         "virtual size: {} ({} bytes)",

@@ -226,6 +226,10 @@ struct ImageArgs {
     /// may then be inconsistent.
     #[arg(short = 'U', long)]
     force_share: bool,
+    /// Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in
+    /// archive order, as `info` lists them.
+    #[arg(long, value_name = "N")]
+    disk: Option<u32>,
 }
 
 /// Opens an image read-only as `ImageArgs` say.
@@ -233,6 +237,7 @@ fn open_for_reading(args: &ImageArgs) -> crate::Result<Box<dyn crate::image::Dis
     let options = crate::image::OpenOptions {
         format: args.format,
         force_share: args.force_share,
+        disk: args.disk,
         ..crate::image::OpenOptions::default()
     };
     crate::image::open_image(&args.image, &options)
@@ -252,6 +257,10 @@ struct ReadArgs {
     /// current state.
     #[arg(long, value_name = "NAME")]
     snapshot: Option<String>,
+    /// Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in
+    /// archive order, as `info` lists them.
+    #[arg(long, value_name = "N")]
+    disk: Option<u32>,
 }
 
 impl ReadArgs {
@@ -261,6 +270,7 @@ impl ReadArgs {
             format: self.format,
             force_share: self.force_share,
             snapshot: self.snapshot.clone(),
+            disk: self.disk,
             ..crate::image::OpenOptions::default()
         }
     }

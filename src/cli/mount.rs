@@ -51,6 +51,10 @@ pub struct MountArgs {
     /// Image format; detected when omitted.
     #[arg(short, long, value_enum)]
     format: Option<crate::image::Format>,
+    /// Mount from disk N (1 = the first, the default) of an OVA archive: its .vmdk
+    /// members in archive order, as `imgblk info` lists them.
+    #[arg(long, value_name = "N")]
+    disk: Option<u32>,
     /// Print what was mounted as JSON (device, mount point, piece, file system, options).
     #[arg(long)]
     json: bool,
@@ -146,6 +150,7 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
     }
     let options = OpenOptions {
         format: args.format,
+        disk: args.disk,
         ..OpenOptions::default()
     };
     let mut opened: Vec<Arc<dyn DiskImage>> = Vec::new();
@@ -177,6 +182,9 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
     let mut attach_args: Vec<OsString> = Vec::new();
     if let Some(format) = args.format {
         attach_args.extend(["--format".into(), format.to_string().into()]);
+    }
+    if let Some(disk) = args.disk {
+        attach_args.extend(["--disk".into(), disk.to_string().into()]);
     }
     if args.rw {
         attach_args.push("--rw".into());

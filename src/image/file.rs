@@ -56,6 +56,9 @@ pub struct ImageFile {
     direct: Option<File>,
     writable: bool,
     len: u64,
+    /// Where the bytes this file serves start in the host file: 0, or the start of an
+    /// archive member served as a file of its own (see [`Self::window`]).
+    base: u64,
     is_block_device: bool,
     /// Device and inode, to recognise the same file reached by another path.
     id: FileId,
@@ -131,12 +134,34 @@ impl ImageFile {
             direct,
             writable,
             len,
+            base: 0,
             is_block_device,
             id,
             sync_failed: AtomicBool::new(false),
             tap: None,
             decoded: DecodedClusters::default(),
         })
+    }
+
+    /// The `len` bytes of this read-only file from `base` on, as a file of their own (a
+    /// disk stored in an archive): offsets are counted from `base`, and nothing past the
+    /// window is read. An error naming the file if the window does not fit in it.
+    pub fn window(mut self, base: u64, len: u64) -> Result<Self> {
+        if self.writable || base.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(Error::invalid(format!(
+                "a read-only window of {len} bytes at {base} of a {}-byte file",
+                self.len
+            ))
+            .with_path(&self.path));
+        }
+        self.base += base;
+        self.len = len;
+        Ok(self)
+    }
+
+    /// Where byte `offset` of this file lies in the host file (see [`Self::window`]).
+    pub fn host_offset(&self, offset: u64) -> u64 {
+        self.base.saturating_add(offset)
     }
 
     /// Lets `tap` see (and fail) every change this file makes from now on.
@@ -223,8 +248,10 @@ impl ImageFile {
     }
 
     /// The descriptor for data I/O of `offset..offset+len` into a buffer at `buf_addr`:
-    /// the `O_DIRECT` one when all three are aligned, the buffered one otherwise.
+    /// the `O_DIRECT` one when all three are aligned, the buffered one otherwise. I/O on
+    /// the descriptor must be at [`Self::host_offset`]`(offset)`.
     pub fn data_fd(&self, offset: u64, len: u64, buf_addr: usize) -> RawFd {
+        let offset = self.host_offset(offset);
         match &self.direct {
             Some(direct)
                 if offset % DIRECT_ALIGN == 0
@@ -244,7 +271,16 @@ impl ImageFile {
 
     /// Reads exactly `buf.len()` bytes at `offset`; a short read means the file is truncated.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.buffered.read_exact_at(buf, offset).map_err(|e| {
+        let past_window = self.base > 0
+            && offset
+                .checked_add(buf.len() as u64)
+                .is_none_or(|end| end > self.len);
+        let result = if past_window {
+            Err(std::io::ErrorKind::UnexpectedEof.into())
+        } else {
+            self.buffered.read_exact_at(buf, self.host_offset(offset))
+        };
+        result.map_err(|e| {
             let e = if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::corrupt(format!(
                     "file is truncated: {} bytes wanted at offset {offset}, file has {}",
@@ -261,11 +297,15 @@ impl ImageFile {
     /// Reads up to `buf.len()` bytes at `offset`, zero-filling whatever lies past the end.
     pub fn read_zero_padded(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let mut done = 0;
-        while done < buf.len() {
-            match self
-                .buffered
-                .read_at(&mut buf[done..], offset + done as u64)
-            {
+        let wanted = match self.base {
+            0 => buf.len(),
+            _ => self.len.saturating_sub(offset).min(buf.len() as u64) as usize,
+        };
+        while done < wanted {
+            match self.buffered.read_at(
+                &mut buf[done..wanted],
+                self.host_offset(offset + done as u64),
+            ) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -328,7 +368,7 @@ impl ImageFile {
         let Ok(pos) = i64::try_from(offset) else {
             return Ok((true, self.len));
         };
-        if self.is_block_device {
+        if self.is_block_device || self.base > 0 {
             return Ok((true, self.len));
         }
         match lseek(fd, pos, Whence::SeekData) {

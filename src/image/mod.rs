@@ -13,6 +13,7 @@ pub mod foreign;
 pub mod io;
 pub mod lock;
 pub mod open;
+pub mod ova;
 pub mod overlay;
 pub mod qcow2;
 pub mod raw;
@@ -262,6 +263,11 @@ pub struct ChainEntry {
     /// guest order: parts of this one layer, not layers of the chain.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub extents: Vec<ExtentFile>,
+    /// Whether `map` asks the layer's own file about the data it maps there, reporting
+    /// its holes as zero (but still data), as `qemu-img map` does for the formats whose
+    /// QEMU driver hands that question to the file: a fixed VHD, a VDI.
+    #[serde(skip)]
+    pub holes_read_as_zero: bool,
 }
 
 /// One extent file of a layer.

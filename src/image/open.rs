@@ -38,6 +38,9 @@ pub struct OpenOptions {
     /// write that was completed (see `qcow2::journal`); `None`: no journal, as for
     /// library users whose process is the whole life of the image.
     pub journal_dir: Option<PathBuf>,
+    /// Which disk of an OVA archive to open (1-based; the first when `None`); an error
+    /// for a top file that is no OVA. Applies to the top file only.
+    pub disk: Option<u32>,
     /// Sees, and may fail, every change made to the files opened (crash tests).
     pub tap: Option<Tap>,
     /// The files above the one being opened in its chain, top first; the last one names
@@ -108,6 +111,11 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
         ..options.clone()
     };
     file.lock(options.lock_mode())?;
+    let file = match options.format {
+        None => super::ova::unpack(file, options, depth)?,
+        Some(_) => file,
+    };
+    let in_archive = file.host_offset(0) > 0;
     let format = match options.format {
         Some(format) => format,
         None => detect(&file).map_err(|e| e.with_path(path))?,
@@ -126,11 +134,15 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
         Format::Vmdk => VmdkImage::open(file, options, depth).map(|i| Box::new(i) as _),
         Format::Vpc => VhdImage::open(file, options, depth).map(|i| Box::new(i) as _),
         Format::Vhdx => VhdxImage::open(file, options, depth).map(|i| Box::new(i) as _),
-        Format::Vdi => VdiImage::open(file, options).map(|i| Box::new(i) as _),
+        Format::Vdi => VdiImage::open(file, options, depth).map(|i| Box::new(i) as _),
     };
     // Every error names a file: the one it is about (a backing file, say) if the format
     // named it, else this one.
-    image.map_err(|e| e.with_path(path))
+    let image = image.map_err(|e| e.with_path(path))?;
+    if in_archive {
+        super::ova::refuse_outside_files(image.as_ref(), path)?;
+    }
+    Ok(image)
 }
 
 /// Refuses `file` if it is one of the files `above` it in its chain: an image that is its

@@ -91,8 +91,9 @@ const MAX_STEP_DOUBLINGS: u32 = 10;
 ///
 /// Data in a file that holds guest bytes as they are (a raw layer, a flat VMDK extent) is
 /// reported zero where the file has holes, as `qemu-img map` does: not data for a raw
-/// layer, whose file is the disk; still data (`data` and `zero`) for a flat extent, which
-/// its format stores.
+/// layer, whose file is the disk; still data (`data` and `zero`) for a flat extent, a
+/// fixed VHD or a VDI ([`ChainEntry::holes_read_as_zero`](super::ChainEntry)), which
+/// their formats store.
 pub fn walk_status(
     image: &dyn DiskImage,
     step: u64,
@@ -140,7 +141,10 @@ fn flat_files(image: &dyn DiskImage) -> Vec<(PathBuf, bool)> {
     let mut files = Vec::new();
     for layer in image.chain() {
         if layer.format == Format::Raw {
-            files.push((layer.path, false));
+            files.push((layer.path.clone(), false));
+        }
+        if layer.holes_read_as_zero {
+            files.push((layer.path.clone(), true));
         }
         let flat = layer.extents.into_iter().filter(|e| e.flat);
         files.extend(flat.map(|e| (e.path, true)));

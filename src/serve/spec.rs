@@ -216,6 +216,7 @@ impl ServeSpec {
                 writable: record.writable && overlay.is_none(),
                 direct: true,
                 snapshot: record.snapshot.clone(),
+                disk: record.disk,
                 journal_dir: Some(registry::journal_dir()),
                 ..OpenOptions::default()
             },
@@ -249,6 +250,7 @@ impl ServeSpec {
             luks: self.luks.is_some(),
             key_file,
             snapshot: self.options.snapshot.clone(),
+            disk: self.options.disk,
             format_probed: self.options.format.is_none() && self.overlay.is_none(),
             ..DeviceRecord::new(
                 0,

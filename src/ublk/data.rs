@@ -189,18 +189,18 @@ impl<'b> Data<'b> {
         Ok(match (direction, fixed) {
             (Direction::Write(file), Some(index)) => {
                 opcode::WriteFixed::new(fd(file), addr as *const u8, chunk, index)
-                    .offset(pos)
+                    .offset(file.host_offset(pos))
                     .build()
             }
             (Direction::Write(file), None) => {
                 opcode::Write::new(fd(file), addr as *const u8, chunk)
-                    .offset(pos)
+                    .offset(file.host_offset(pos))
                     .build()
             }
             (Direction::Read(origin), fixed) => {
-                let fd = match origin {
-                    Origin::File(file) => fd(file),
-                    Origin::Zeroes => types::Fd(dev_zero()?),
+                let (fd, pos) = match origin {
+                    Origin::File(file) => (fd(file), file.host_offset(pos)),
+                    Origin::Zeroes => (types::Fd(dev_zero()?), pos),
                 };
                 match fixed {
                     Some(index) => opcode::ReadFixed::new(fd, addr as *mut u8, chunk, index)

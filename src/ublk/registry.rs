@@ -68,6 +68,9 @@ pub struct DeviceRecord {
     /// The qcow2 internal snapshot served instead of the image's active state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// The disk of an OVA archive served (1-based), if one was picked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<u32>,
 }
 
 impl DeviceRecord {
@@ -111,6 +114,7 @@ impl DeviceRecord {
             luks: false,
             key_file: None,
             snapshot: None,
+            disk: None,
         }
     }
 }

@@ -49,6 +49,40 @@ pub fn qemu_img(dir: &Path, args: &[&str]) -> String {
     qemu("qemu-img", dir, args)
 }
 
+/// `qemu-io` in `dir` on `image` (read as `format`): one `write -P PATTERN OFFSET LEN`
+/// per entry of `writes`.
+pub fn qemu_io(dir: &Path, image: &str, format: &str, writes: &[(u8, u64, u64)]) {
+    let mut args = vec!["-f".to_string(), format.to_string()];
+    for (pattern, off, len) in writes {
+        args.push("-c".into());
+        args.push(format!("write -P {pattern:#04x} {off} {len}"));
+    }
+    args.push(image.to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    qemu("qemu-io", dir, &args);
+}
+
+/// A `map --json` listing as (start, length, depth, data, zero) runs, adjacent runs
+/// with the same depth, data and zero merged (the two tools split runs differently).
+pub fn map_runs(json: &[u8]) -> Vec<(u64, u64, u64, bool, bool)> {
+    let runs: serde_json::Value = serde_json::from_slice(json).unwrap();
+    let mut merged: Vec<(u64, u64, u64, bool, bool)> = Vec::new();
+    for run in runs.as_array().unwrap() {
+        let next = (
+            run["start"].as_u64().unwrap(),
+            run["length"].as_u64().unwrap(),
+            run["depth"].as_u64().unwrap(),
+            run["data"].as_bool().unwrap(),
+            run["zero"].as_bool().unwrap(),
+        );
+        match merged.last_mut() {
+            Some(last) if (last.2, last.3, last.4) == (next.2, next.3, next.4) => last.1 += next.1,
+            _ => merged.push(next),
+        }
+    }
+    merged
+}
+
 /// The virtual size `qemu-img info` reports for `path` read as `format`.
 pub fn qemu_virtual_size(path: &Path, format: &str) -> u64 {
     let dir = path.parent().unwrap();

@@ -92,3 +92,41 @@ fn vmdk_snapshot_chain_across_directories() {
     let broken = imgblk().arg("attach").arg(&top).fails();
     assert!(broken.stderr.contains("base.vmdk"), "{}", broken.describe());
 }
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn ova_disks_served_from_the_archive_match_qemu_img() {
+    let s = Scratch::new("ova");
+    let dir = s.mkdir("export");
+    let raw = s.path("disk.raw");
+    write_mixed(&raw, SIZE, 23);
+    // A streamOptimized disk (compressed grains) and a monolithicSparse one (plain grains,
+    // read by io_uring at their offset inside the archive).
+    convert(
+        &raw,
+        &dir.join("disk1.vmdk"),
+        "vmdk",
+        &["subformat=streamOptimized"],
+    );
+    write_mixed(&raw, SIZE, 24);
+    convert(&raw, &dir.join("disk2.vmdk"), "vmdk", &[]);
+    std::fs::write(dir.join("vm.ovf"), "<?xml version=\"1.0\"?>\n<Envelope/>\n").unwrap();
+    cmd("tar")
+        .args(["-cf", "vm.ova", "vm.ovf", "disk1.vmdk", "disk2.vmdk"])
+        .current_dir(&dir)
+        .ok();
+    let ova = dir.join("vm.ova");
+    for (disk, name) in [("1", "disk1.vmdk"), ("2", "disk2.vmdk")] {
+        let reference = reference_raw(&dir.join(name), &s.path(&format!("{name}.ref")));
+        let dev = Device::attach(&ova, &["--disk", disk]);
+        assert_eq!(dev.info["format"], "vmdk", "{name}: {}", dev.info);
+        assert_device_equals(&dev.path, &reference);
+        dev.detach();
+    }
+    let refused = imgblk().args(["attach", "--rw"]).arg(&ova).fails();
+    assert!(
+        refused.stderr.contains("read-only"),
+        "{}",
+        refused.describe()
+    );
+}

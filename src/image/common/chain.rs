@@ -175,6 +175,7 @@ pub fn entry(file: &ImageFile, format: Format, virtual_size: u64) -> ChainEntry 
         virtual_size,
         file_size: file.len(),
         extents: Vec::new(),
+        holes_read_as_zero: false,
     }
 }
 

@@ -24,6 +24,23 @@ pub enum ImageType {
     Normal,
     /// Every block allocated up front ("fixed", static).
     Fixed,
+    /// A differencing image ("diff", what a VirtualBox snapshot creates): blocks it does
+    /// not hold come from the parent whose creation UUID it records.
+    Diff,
+}
+
+/// The four UUIDs of a version 1.1 header (stored as VirtualBox's `RTUUID`, first three
+/// fields little-endian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Uuids {
+    /// `uuidCreate`: the image's identity.
+    pub create: [u8; 16],
+    /// `uuidModify`: changed by VirtualBox whenever the image is written.
+    pub modify: [u8; 16],
+    /// `uuidLinkage`: a differencing image's parent's `uuidCreate`.
+    pub linkage: [u8; 16],
+    /// `uuidParentModify`: the parent's `uuidModify` when the child was made.
+    pub parent_modify: [u8; 16],
 }
 
 /// The header fields a reader needs.
@@ -43,6 +60,8 @@ pub struct Header {
     pub block_extra: u64,
     /// Block map entries.
     pub blocks_in_image: u64,
+    /// Identity and parent linkage.
+    pub uuids: Uuids,
 }
 
 /// Reads and checks the header of `file`.
@@ -66,11 +85,7 @@ pub fn parse(buf: &[u8]) -> Result<Header> {
         1 => ImageType::Normal,
         2 => ImageType::Fixed,
         3 => return Err(Error::unsupported("VDI undo images are not supported")),
-        4 => {
-            return Err(Error::unsupported(
-                "VDI differencing images are not supported",
-            ))
-        }
+        4 => ImageType::Diff,
         other => {
             return Err(Error::corrupt(format!(
                 "VDI header image type {other} is unknown"
@@ -97,6 +112,12 @@ pub fn parse(buf: &[u8]) -> Result<Header> {
         block_size: u64::from(block_size),
         block_extra: u64::from(le32(buf, 0x17c)),
         blocks_in_image: u64::from(le32(buf, 0x180)),
+        uuids: Uuids {
+            create: bytes::field(buf, 0x188),
+            modify: bytes::field(buf, 0x198),
+            linkage: bytes::field(buf, 0x1a8),
+            parent_modify: bytes::field(buf, 0x1b8),
+        },
     };
     if header.offset_bmap % 512 != 0 || header.offset_data % 512 != 0 {
         return Err(Error::corrupt(
@@ -115,13 +136,19 @@ pub fn parse(buf: &[u8]) -> Result<Header> {
             header.disk_size, header.blocks_in_image, header.block_size
         )));
     }
-    if buf
-        .get(0x1a8..0x1c8)
-        .is_some_and(|ids| !bytes::is_zero(ids))
-    {
-        return Err(Error::unsupported(
-            "VDI image links to a parent (uuid_link/uuid_parent set)",
-        ));
+    let linked = header.uuids.linkage != [0; 16];
+    match (header.image_type, linked) {
+        (ImageType::Diff, false) => {
+            return Err(Error::corrupt(
+                "VDI differencing image has no parent UUID (uuidLinkage is zero)",
+            ))
+        }
+        (ImageType::Normal | ImageType::Fixed, true) => {
+            return Err(Error::unsupported(
+                "VDI base image links to a parent (uuidLinkage set)",
+            ))
+        }
+        _ => {}
     }
     Ok(header)
 }

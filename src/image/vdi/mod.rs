@@ -1,7 +1,9 @@
-//! VDI (VirtualBox disk image), read-only: version 1.1, normal (dynamic) and fixed
-//! (static) images. Unallocated and discarded blocks read as zero.
+//! VDI (VirtualBox disk image), read-only: version 1.1, normal (dynamic), fixed (static)
+//! and differencing images. Discarded blocks read as zero; unallocated ones come from the
+//! parent of a differencing image ([`parent`] finds it), else read as zero.
 
 pub mod header;
+pub mod parent;
 
 #[cfg(test)]
 mod tests;
@@ -12,29 +14,42 @@ use crate::image::common::chain;
 use crate::image::common::walk::{Block, Walker};
 use crate::image::{ChainEntry, DiskImage, Extent, Format, ImageFile, OpenOptions};
 
-/// A VDI image.
-#[derive(Debug)]
+/// A VDI image, with its parent if it is a differencing image.
 pub struct VdiImage {
     file: ImageFile,
     header: Header,
     block_map: Box<[u32]>,
+    parent: Option<Box<dyn DiskImage>>,
+}
+
+impl std::fmt::Debug for VdiImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VdiImage")
+            .field("path", &self.file.path())
+            .field("header", &self.header)
+            .finish()
+    }
 }
 
 impl VdiImage {
-    /// Opens the VDI `file` (read-only; a VDI has no parent, so its depth in a chain does
-    /// not matter).
-    pub fn open(file: ImageFile, options: &OpenOptions) -> Result<Self> {
+    /// Opens the VDI `file` at `depth` in its chain (read-only).
+    pub fn open(file: ImageFile, options: &OpenOptions, depth: u32) -> Result<Self> {
         chain::refuse_writable(Format::Vdi, file.path(), options)?;
         let header = header::read(&file)?;
         let block_map = header::read_block_map(&file, &header)?;
+        let parent = match header.image_type {
+            header::ImageType::Diff => Some(parent::open(&file, &header, options, depth)?),
+            header::ImageType::Normal | header::ImageType::Fixed => None,
+        };
         Ok(VdiImage {
             file,
             header,
             block_map,
+            parent,
         })
     }
 
-    /// Normal (dynamic) or fixed.
+    /// Normal (dynamic), fixed or differencing.
     pub fn image_type(&self) -> header::ImageType {
         self.header.image_type
     }
@@ -42,7 +57,7 @@ impl VdiImage {
     /// How the block map maps guest ranges.
     fn walker(&self) -> Walker<'_> {
         Walker {
-            parent: None,
+            parent: self.parent.as_deref(),
             block_size: self.header.block_size,
             sector_size: 512,
         }
@@ -94,6 +109,10 @@ impl DiskImage for VdiImage {
     }
 
     fn chain(&self) -> Vec<ChainEntry> {
-        vec![chain::entry(&self.file, Format::Vdi, self.header.disk_size)]
+        let own = ChainEntry {
+            holes_read_as_zero: true,
+            ..chain::entry(&self.file, Format::Vdi, self.header.disk_size)
+        };
+        chain::chain_with_parent(own, self.parent.as_deref())
     }
 }

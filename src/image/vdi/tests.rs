@@ -81,8 +81,8 @@ fn hostile_headers() {
         (
             0x4c,
             4u32.to_le_bytes().to_vec(),
-            "differencing",
-            ErrorKind::Unsupported,
+            "uuidLinkage is zero",
+            ErrorKind::Corrupt,
         ),
         (
             0x178,
@@ -129,5 +129,5 @@ fn hostile_headers() {
 }
 
 fn open(path: &Path) -> Result<VdiImage> {
-    open_with(path, |file, options, _| VdiImage::open(file, options))
+    open_with(path, VdiImage::open)
 }

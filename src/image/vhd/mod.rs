@@ -134,7 +134,10 @@ impl DiskImage for VhdImage {
     }
 
     fn chain(&self) -> Vec<ChainEntry> {
-        let own = chain::entry(&self.file, Format::Vpc, self.size);
+        let own = ChainEntry {
+            holes_read_as_zero: self.footer.disk_type == DiskType::Fixed,
+            ..chain::entry(&self.file, Format::Vpc, self.size)
+        };
         chain::chain_with_parent(own, self.parent.as_deref())
     }
 }

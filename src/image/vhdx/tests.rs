@@ -343,15 +343,28 @@ fn differencing_disk_reads_parent_through_bitmap() {
         "{msg}"
     );
 
-    child.locator[0].1 = linkage;
+    // A Hyper-V checkpoint (AVHDX) moved from its host: the relative path leads nowhere
+    // here, the absolute Windows path's file name next to the child finds the parent.
+    child.locator = vec![
+        ("parent_linkage", linkage),
+        ("relative_path", ".\\Old Disks\\parent.vhdx".into()),
+        (
+            "absolute_win32_path",
+            "C:\\ProgramData\\Hyper-V\\Disks\\parent.vhdx".into(),
+        ),
+    ];
+    let image = open(&write(dir.path(), "child.avhdx", &child.build())).unwrap();
+    assert_eq!(image.chain()[1].path, dir.path().join("parent.vhdx"));
+    drop(image);
+
     std::fs::remove_file(dir.path().join("parent.vhdx")).unwrap();
-    let err = open(&write(dir.path(), "child.vhdx", &child.build())).unwrap_err();
+    let err = open(&write(dir.path(), "child.avhdx", &child.build())).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
-    assert!(
-        err.to_string()
-            .contains(&dir.path().join("parent.vhdx").display().to_string()),
-        "{err}"
-    );
+    let msg = err.to_string();
+    for tried in ["Old Disks/parent.vhdx", "parent.vhdx"] {
+        let tried = dir.path().join(tried).display().to_string();
+        assert!(msg.contains(&tried) && msg.contains("child.avhdx"), "{msg}");
+    }
 }
 
 fn open(path: &Path) -> Result<VhdxImage> {

@@ -186,6 +186,7 @@ impl DiskImage for VmdkImage {
                     flat,
                 })
                 .collect(),
+            holes_read_as_zero: false,
         };
         chain::chain_with_parent(own, self.parent.as_deref())
     }
