@@ -97,6 +97,15 @@ fn every_disk_of_an_ova_reads_like_qemu_img_reads_the_vmdk() {
                 fs::read(d.join("got.raw")).unwrap() == fs::read(d.join("want.raw")).unwrap(),
                 "{format}: disk {n} differs from qemu-img convert of {disk}"
             );
+            // --format names the disk's format when --disk picks one.
+            imgblk(
+                d,
+                &["cat", "-f", "vmdk", "--disk", &n, "-o", "fmt.raw", "vm.ova"],
+            );
+            assert!(
+                fs::read(d.join("fmt.raw")).unwrap() == fs::read(d.join("want.raw")).unwrap(),
+                "{format}: disk {n} with --format vmdk"
+            );
             let ours = map_runs(&imgblk(d, &["map", "--json", "--disk", &n, "vm.ova"]));
             let theirs = map_runs(qemu_img(d, &["map", "--output=json", disk]).as_bytes());
             assert_eq!(ours, theirs, "{format}: disk {n} map (ours first)");

@@ -111,9 +111,11 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
         ..options.clone()
     };
     file.lock(options.lock_mode())?;
-    let file = match options.format {
-        None => super::ova::unpack(file, options, depth)?,
-        Some(_) => file,
+    // `--format` alone reads the file itself as that format (`--format raw` of an OVA is
+    // the archive's bytes); with `--disk` it names the format of the disk inside.
+    let file = match (options.format, options.disk) {
+        (Some(_), None) => file,
+        _ => super::ova::unpack(file, options, depth)?,
     };
     let in_archive = file.host_offset(0) > 0;
     let format = match options.format {
