@@ -139,7 +139,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__attach)
-            opts="-f -d -U -v -q -h --part --lv --luks --key-file --format --queues --depth --zero-copy --rw --overlay --snapshot --foreground --json --force-share --l2-cache-mib --no-direct --verbose --quiet --help"
+            opts="-f -d -U -v -q -h --part --lv --luks --key-file --format --queues --depth --zero-copy --rw --overlay --snapshot --foreground --json --force-share --l2-cache-mib --backing-policy --untrusted --allow-devices --no-direct --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -199,6 +199,10 @@ _imgblk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -207,7 +211,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__cat)
-            opts="-f -U -o -v -q -h --format --force-share --snapshot --part --lv --luks --key-file --output --sparse --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
+            opts="-f -U -o -v -q -h --format --force-share --snapshot --backing-policy --untrusted --allow-devices --part --lv --luks --key-file --output --sparse --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -223,6 +227,10 @@ _imgblk() {
                     ;;
                 --snapshot)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
                     return 0
                     ;;
                 --part)
@@ -271,7 +279,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__convert)
-            opts="-f -U -o -O -B -v -q -h --format --force-share --snapshot --part --lv --luks --key-file --output --output-format --backing --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
+            opts="-f -U -o -O -B -v -q -h --format --force-share --snapshot --backing-policy --untrusted --allow-devices --part --lv --luks --key-file --output --output-format --backing --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -287,6 +295,10 @@ _imgblk() {
                     ;;
                 --snapshot)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
                     return 0
                     ;;
                 --part)
@@ -383,7 +395,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__fsck)
-            opts="-f -j -v -q -h --part --lv --key-file --format --jobs --repair --overlay --json --verbose --quiet --help"
+            opts="-f -j -v -q -h --part --lv --key-file --format --jobs --repair --overlay --json --backing-policy --untrusted --allow-devices --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -427,6 +439,10 @@ _imgblk() {
                     COMPREPLY=($(compgen -W "memory" -- "${cur}"))
                     return 0
                     ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -435,7 +451,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__get)
-            opts="-f -U -o -v -q -h --part --lv --auto --format --force-share --snapshot --output --verbose --quiet --help"
+            opts="-f -U -o -v -q -h --part --lv --auto --format --force-share --snapshot --backing-policy --untrusted --allow-devices --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -465,6 +481,10 @@ _imgblk() {
                     ;;
                 --snapshot)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
                     return 0
                     ;;
                 --output)
@@ -735,7 +755,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__info)
-            opts="-f -U -v -q -h --format --force-share --json --verbose --quiet --help"
+            opts="-f -U -v -q -h --format --force-share --backing-policy --untrusted --allow-devices --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -749,6 +769,10 @@ _imgblk() {
                     COMPREPLY=($(compgen -W "raw qcow2 vmdk vpc vhdx vdi" -- "${cur}"))
                     return 0
                     ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -757,7 +781,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__inspect)
-            opts="-f -U -v -q -h --format --force-share --snapshot --json --key-file --verbose --quiet --help"
+            opts="-f -U -v -q -h --format --force-share --snapshot --backing-policy --untrusted --allow-devices --json --key-file --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -773,6 +797,10 @@ _imgblk() {
                     ;;
                 --snapshot)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
                     return 0
                     ;;
                 --key-file)
@@ -801,7 +829,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__ls)
-            opts="-f -U -l -R -v -q -h --part --lv --auto --format --force-share --snapshot --long --recursive --json --verbose --quiet --help"
+            opts="-f -U -l -R -v -q -h --part --lv --auto --format --force-share --snapshot --backing-policy --untrusted --allow-devices --long --recursive --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -833,6 +861,10 @@ _imgblk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -841,7 +873,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__map)
-            opts="-f -U -v -q -h --format --force-share --snapshot --part --lv --json --top-layers --since --bitmap --verbose --quiet --help"
+            opts="-f -U -v -q -h --format --force-share --snapshot --backing-policy --untrusted --allow-devices --part --lv --json --top-layers --since --bitmap --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -857,6 +889,10 @@ _imgblk() {
                     ;;
                 --snapshot)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
                     return 0
                     ;;
                 --part)
@@ -893,7 +929,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__mount)
-            opts="-f -v -q -h --part --lv --auto --rw --format --json --suid --dev --noexec --key-file --verbose --quiet --help"
+            opts="-f -v -q -h --part --lv --auto --rw --format --json --suid --dev --noexec --key-file --backing-policy --untrusted --allow-devices --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -925,6 +961,10 @@ _imgblk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -947,7 +987,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__tar)
-            opts="-f -U -C -o -v -q -h --part --lv --auto --format --force-share --snapshot --directory --output --verbose --quiet --help"
+            opts="-f -U -C -o -v -q -h --part --lv --auto --format --force-share --snapshot --backing-policy --untrusted --allow-devices --directory --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -977,6 +1017,10 @@ _imgblk() {
                     ;;
                 --snapshot)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
                     return 0
                     ;;
                 --directory)

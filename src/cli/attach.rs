@@ -84,6 +84,8 @@ pub struct AttachArgs {
     /// holds every table of a 1 TiB image with 64 KiB clusters; tables load on first use.
     #[arg(long, value_name = "MIB")]
     l2_cache_mib: Option<u64>,
+    #[command(flatten)]
+    policy: super::config::PolicyArgs,
     /// Use buffered I/O on the image file instead of O_DIRECT.
     #[arg(long)]
     no_direct: bool,
@@ -139,6 +141,7 @@ fn spec(args: &AttachArgs) -> Result<ServeSpec> {
             l2_cache_bytes: args.l2_cache_mib.map(|mib| mib << 20),
             snapshot: args.snapshot.clone(),
             journal_dir: Some(registry::journal_dir()),
+            policy: args.policy.policy()?,
             ..OpenOptions::default()
         },
         piece: args.piece.piece(),

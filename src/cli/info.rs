@@ -80,8 +80,9 @@ pub fn run(args: InfoArgs) -> Result<i32> {
             format!("backing file [{depth}]")
         };
         println!(
-            "{role}: {} ({}, virtual {}, file {}, holds {} of guest data)",
+            "{role}: {}{} ({}, virtual {}, file {}, holds {} of guest data)",
             Escaped(entry.path.display()),
+            resolved(&entry.path, &entry.resolved),
             entry.format,
             human_size(entry.virtual_size),
             human_size(entry.file_size),
@@ -89,8 +90,9 @@ pub fn run(args: InfoArgs) -> Result<i32> {
         );
         for extent in &entry.extents {
             println!(
-                "  extent: {} ({}, file {})",
-                extent.path.display(),
+                "  extent: {}{} ({}, file {})",
+                Escaped(extent.path.display()),
+                resolved(&extent.path, &extent.resolved),
                 if extent.flat { "flat" } else { "sparse" },
                 human_size(extent.file_size)
             );
@@ -133,6 +135,14 @@ pub fn run(args: InfoArgs) -> Result<i32> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// ` -> REAL`, where a path led to another one (a relative name, a symlink); else nothing.
+fn resolved(path: &std::path::Path, real: &std::path::Path) -> String {
+    match path == real {
+        true => String::new(),
+        false => format!(" -> {}", Escaped(real.display())),
+    }
 }
 
 /// The persistent bitmaps of a qcow2 file; a damaged bitmap directory is reported as a

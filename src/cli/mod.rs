@@ -5,6 +5,7 @@ mod attach;
 mod cat;
 mod changes;
 mod child;
+mod config;
 mod convert;
 mod detach;
 mod doctor;
@@ -226,6 +227,8 @@ struct ImageArgs {
     /// may then be inconsistent.
     #[arg(short = 'U', long)]
     force_share: bool,
+    #[command(flatten)]
+    policy: config::PolicyArgs,
 }
 
 /// Opens an image read-only as `ImageArgs` say.
@@ -233,6 +236,7 @@ fn open_for_reading(args: &ImageArgs) -> crate::Result<Box<dyn crate::image::Dis
     let options = crate::image::OpenOptions {
         format: args.format,
         force_share: args.force_share,
+        policy: args.policy.policy()?,
         ..crate::image::OpenOptions::default()
     };
     crate::image::open_image(&args.image, &options)
@@ -252,17 +256,21 @@ struct ReadArgs {
     /// current state.
     #[arg(long, value_name = "NAME")]
     snapshot: Option<String>,
+    #[command(flatten)]
+    policy: config::PolicyArgs,
 }
 
 impl ReadArgs {
-    /// The options to open the images with, read-only.
-    fn open_options(&self) -> crate::image::OpenOptions {
-        crate::image::OpenOptions {
+    /// The options to open the images with, read-only; an error if the configuration
+    /// file cannot be used.
+    fn open_options(&self) -> crate::Result<crate::image::OpenOptions> {
+        Ok(crate::image::OpenOptions {
             format: self.format,
             force_share: self.force_share,
             snapshot: self.snapshot.clone(),
+            policy: self.policy.policy()?,
             ..crate::image::OpenOptions::default()
-        }
+        })
     }
 }
 
@@ -284,7 +292,7 @@ fn open_source_for_reading(
     args: &SourceArgs,
     luks: &luks::LuksArgs,
 ) -> crate::Result<std::sync::Arc<dyn crate::image::DiskImage>> {
-    let options = args.read.open_options();
+    let options = args.read.open_options()?;
     let piece = args.piece.piece();
     let unlock = luks.unlock();
     let served = crate::serve::open_piece(&args.images, &options, piece.as_ref(), unlock.as_ref())?;

@@ -58,6 +58,8 @@ pub struct MountArgs {
     safety: MountSafety,
     #[command(flatten)]
     key: super::luks::KeyFileArgs,
+    #[command(flatten)]
+    policy: super::config::PolicyArgs,
 }
 
 /// What the mounted file system may do on this host: `nosuid,nodev` unless lifted.
@@ -146,6 +148,7 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
     }
     let options = OpenOptions {
         format: args.format,
+        policy: args.policy.policy()?,
         ..OpenOptions::default()
     };
     let mut opened: Vec<Arc<dyn DiskImage>> = Vec::new();
@@ -181,6 +184,7 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
     if args.rw {
         attach_args.push("--rw".into());
     }
+    attach_args.extend(args.policy.cli_args());
     let piece = child::piece_args(&node.name, args.key.key_file.as_deref()).ok_or_else(|| {
         Error::unsupported(format!(
             "{} cannot be attached on its own; attach its decrypted volume and mount from \

@@ -3,6 +3,7 @@
 
 use super::file::Tap;
 use super::lock::LockMode;
+use super::policy::{Field, NamePolicy, Root};
 use super::safe_open::FileId;
 use super::vdi::VdiImage;
 use super::vhd::VhdImage;
@@ -49,6 +50,12 @@ pub struct OpenOptions {
     /// are block devices (an `--overlay FILE` names the image it was made over); any
     /// other file an image names must be a regular file.
     pub user_paths: Vec<PathBuf>,
+    /// Which host files the images may name (backing files, parents, data files,
+    /// extents): see [`NamePolicy`].
+    pub policy: NamePolicy,
+    /// The image the user gave that the file being opened descends from, which the
+    /// policy holds named files to; filled in by [`open_at_depth`] (`None` above the top).
+    pub root: Option<Root>,
 }
 
 /// A file higher up the chain being opened.
@@ -88,15 +95,22 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
     if options.writable && options.force_share {
         return Err(Error::invalid("--force-share is only allowed read-only"));
     }
-    let file = match options.above.last() {
-        Some(namer) if !options.user_paths.iter().any(|p| p == path) => {
-            ImageFile::open_named(path, &namer.path, "backing file", options.direct)?
-        }
-        _ => ImageFile::open(path, options.writable, options.direct)?,
+    let named = match options.above.last() {
+        Some(namer) if !options.user_paths.iter().any(|p| p == path) => Some(namer),
+        _ => None,
+    };
+    let file = match named {
+        Some(namer) => ImageFile::open_named(path, &namer.path, Field::BackingFile, options)?,
+        None => ImageFile::open(path, options.writable, options.direct)?,
     }
     .with_tap(options.tap.clone());
     refuse_loop(&file, &options.above)?;
+    let root = match named {
+        Some(_) => options.root.clone(),
+        None => Some(Root::of(path, file.is_block_device())),
+    };
     let options = &OpenOptions {
+        root,
         above: [
             options.above.as_slice(),
             &[Above {

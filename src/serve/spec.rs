@@ -217,6 +217,7 @@ impl ServeSpec {
                 direct: true,
                 snapshot: record.snapshot.clone(),
                 journal_dir: Some(registry::journal_dir()),
+                policy: record.policy,
                 ..OpenOptions::default()
             },
             piece: record.piece.clone(),
@@ -249,6 +250,7 @@ impl ServeSpec {
             luks: self.luks.is_some(),
             key_file,
             snapshot: self.options.snapshot.clone(),
+            policy: self.options.policy,
             format_probed: self.options.format.is_none() && self.overlay.is_none(),
             ..DeviceRecord::new(
                 0,

@@ -2,6 +2,7 @@
 //! that `list` and `detach` work from any shell without asking the daemons.
 
 use crate::error::{Error, Result};
+use crate::image::policy::NamePolicy;
 use crate::image::Format;
 use crate::layout::PieceId;
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,15 @@ pub struct DeviceRecord {
     /// The qcow2 internal snapshot served instead of the image's active state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// Which host files the images may name, as the attach said (its options and the
+    /// configuration file then), so that a recovery opens them alike.
+    #[serde(default, skip_serializing_if = "is_default_policy")]
+    pub policy: NamePolicy,
+}
+
+/// Whether `policy` is the default (left out of the record).
+fn is_default_policy(policy: &NamePolicy) -> bool {
+    *policy == NamePolicy::default()
 }
 
 impl DeviceRecord {
@@ -111,6 +121,7 @@ impl DeviceRecord {
             luks: false,
             key_file: None,
             snapshot: None,
+            policy: NamePolicy::default(),
         }
     }
 }

@@ -33,6 +33,7 @@ use self::l2cache::{L2Cache, L2Ref, L2Table};
 use super::common::chain;
 use super::common::walk::push;
 use super::open::open_at_depth;
+use super::policy::Field;
 use super::{
     check_range, ChainEntry, CompressedCluster, DiskImage, Extent, Format, ImageFile, OpenOptions,
     Source, WritePlan,
@@ -595,7 +596,7 @@ fn open_data_file(
         return Ok(None);
     };
     let path = resolve_backing_path(image, name);
-    let file = ImageFile::open_named(&path, image, "data file", options.direct).map_err(|e| {
+    let file = ImageFile::open_named(&path, image, Field::DataFile, options).map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
             Error::new(
                 ErrorKind::NotFound,
