@@ -516,3 +516,49 @@ fn the_configuration_file_sets_the_policy_and_options_override_it() {
     );
     assert_eq!(run.code, Some(2), "{}", run.stderr());
 }
+
+/// Makes `top.qcow2` in `dir` the top of a chain of `layers` L1 bombs (32 MiB of L1 table
+/// each, in a file of a few hundred KiB).
+fn chain_of_bombs(dir: &Path, layers: usize) {
+    for layer in 0..layers {
+        let name = format!("layer{layer}.qcow2");
+        l1_bomb(dir, &name, 16);
+        if layer > 0 {
+            let below = format!("layer{}.qcow2", layer - 1);
+            let rebase = ["rebase", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b"];
+            qemu_img(
+                dir,
+                &[&rebase[..], &[below.as_str(), name.as_str()]].concat(),
+            );
+        }
+    }
+    std::fs::rename(
+        dir.join(format!("layer{}.qcow2", layers - 1)),
+        dir.join("top.qcow2"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_chain_shares_one_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Half of the default 256 MiB is for L1 tables: four of 32 MiB fit, a fifth does not.
+    chain_of_bombs(d, 5);
+    let run = imgblk(d, &["info", "top.qcow2"]);
+    assert_eq!(run.code, Some(3), "{}", run.stderr());
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("layer0.qcow2") && stderr.contains("memory budget"),
+        "{stderr}"
+    );
+    assert!(run.max_rss_kib < 200 << 10, "used {} KiB", run.max_rss_kib);
+    // A smaller budget from the configuration file: one layer's L1 table fits.
+    let config = d.join("config.toml");
+    std::fs::write(&config, "memory-mib = 64\n").unwrap();
+    let run = imgblk_config(d, &config, &["map", "layer1.qcow2"]);
+    assert_eq!(run.code, Some(3), "{}", run.stderr());
+    assert!(run.stderr().contains("layer0.qcow2"), "{}", run.stderr());
+    assert!(run.max_rss_kib < 80 << 10, "used {} KiB", run.max_rss_kib);
+    assert!(imgblk_config(d, &config, &["map", "layer0.qcow2"]).success);
+}

@@ -9,10 +9,13 @@
 //! backing-policy = "tree" # follow (default), tree or none
 //! untrusted = true        # as --untrusted for every call
 //! allow-devices = false   # as --allow-devices
+//! memory-mib = 256        # the memory budget of a backing chain's tables
 //! ```
 
 use crate::error::{Error, Result};
+use crate::image::open::ChainBudget;
 use crate::image::policy::{Backing, Devices, NamePolicy};
+use crate::image::OpenOptions;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -24,20 +27,30 @@ pub fn path() -> PathBuf {
     std::env::var_os("IMGBLK_CONFIG").map_or_else(|| PathBuf::from(DEFAULT_PATH), PathBuf::from)
 }
 
-/// The policy the configuration file sets (the default where there is no file); an error
+/// What the configuration file sets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Which host files images may name.
+    pub policy: NamePolicy,
+    /// The memory budget of a backing chain's tables, in bytes (`None`: the default).
+    pub memory_budget: Option<u64>,
+}
+
+/// The configuration file's settings (the defaults where there is no file); an error
 /// naming the file and line for one that cannot be read or understood.
-pub fn load_policy() -> Result<NamePolicy> {
+pub fn load() -> Result<Config> {
     let path = path();
     match std::fs::read_to_string(&path) {
-        Ok(text) => parse_policy(&text).map_err(|e| e.with_path(&path)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NamePolicy::default()),
+        Ok(text) => parse(&text).map_err(|e| e.with_path(&path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
         Err(e) => Err(Error::io("cannot read the configuration file", e).with_path(&path)),
     }
 }
 
-/// The policy that the text of a configuration file sets.
-fn parse_policy(text: &str) -> Result<NamePolicy> {
+/// The settings that the text of a configuration file makes.
+fn parse(text: &str) -> Result<Config> {
     let (mut backing, mut untrusted, mut allow_devices) = (None, false, false);
+    let mut memory_budget = None;
     for (number, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or_default().trim();
         if line.is_empty() || line == "[images]" {
@@ -61,6 +74,14 @@ fn parse_policy(text: &str) -> Result<NamePolicy> {
                     .ok_or_else(|| wrong("backing-policy must be a quoted string"))?;
                 backing = Some(name.parse::<Backing>().map_err(|e| wrong(&e.to_string()))?);
             }
+            "memory-mib" => {
+                let mib = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&mib| (1..=1 << 20).contains(&mib))
+                    .ok_or_else(|| wrong("memory-mib must be a whole number of MiB, 1 or more"))?;
+                memory_budget = Some(mib << 20);
+            }
             "untrusted" => untrusted = flag()?,
             "allow-devices" => allow_devices = flag()?,
             _ => return Err(wrong(&format!("unknown key `{key}`"))),
@@ -76,7 +97,10 @@ fn parse_policy(text: &str) -> Result<NamePolicy> {
     if allow_devices {
         policy.devices = Devices::Allow;
     }
-    Ok(policy)
+    Ok(Config {
+        policy,
+        memory_budget,
+    })
 }
 
 /// Which host files images may name, for every command that opens images (see the README's
@@ -116,19 +140,25 @@ impl clap::ValueEnum for Backing {
 }
 
 impl PolicyArgs {
-    /// The policy: the configuration file's, with these options applied.
-    pub fn policy(&self) -> Result<NamePolicy> {
+    /// The options to open images with: the configuration file's policy with these
+    /// options applied, and its memory budget; the rest default.
+    pub fn open_options(&self) -> Result<OpenOptions> {
+        let config = load()?;
+        let mut policy = config.policy;
         if self.untrusted {
-            return Ok(NamePolicy::UNTRUSTED);
+            policy = NamePolicy::UNTRUSTED;
         }
-        let mut policy = load_policy()?;
         if let Some(backing) = self.backing_policy {
             policy.backing = backing;
         }
         if self.allow_devices {
             policy.devices = Devices::Allow;
         }
-        Ok(policy)
+        Ok(OpenOptions {
+            policy,
+            memory_budget: config.memory_budget.map(ChainBudget::new),
+            ..OpenOptions::default()
+        })
     }
 
     /// These options as arguments of a child `imgblk attach`.
@@ -153,16 +183,20 @@ mod tests {
 
     #[test]
     fn the_file_sets_the_policy() {
-        assert_eq!(parse_policy("").unwrap(), NamePolicy::FOLLOW);
+        assert_eq!(parse("").unwrap(), Config::default());
         let text =
             "# imgblk\n[images]\nbacking-policy = \"tree\"  # only inside\nallow-devices = true\n";
-        let policy = parse_policy(text).unwrap();
+        let policy = parse(text).unwrap().policy;
         assert_eq!(policy.backing, Backing::Tree);
         assert_eq!(policy.devices, Devices::Allow);
         assert!(policy.data_files);
         assert_eq!(
-            parse_policy("untrusted = true").unwrap(),
+            parse("untrusted = true").unwrap().policy,
             NamePolicy::UNTRUSTED
+        );
+        assert_eq!(
+            parse("memory-mib = 64").unwrap().memory_budget,
+            Some(64 << 20)
         );
         for (text, wanted) in [
             (
@@ -176,8 +210,9 @@ mod tests {
             ("untrusted = yes", "untrusted must be true or false"),
             ("color = \"red\"", "unknown key `color`"),
             ("what", "expected `key = value`"),
+            ("memory-mib = 0", "memory-mib must be a whole number"),
         ] {
-            let err = parse_policy(text).unwrap_err().to_string();
+            let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(wanted), "{text}: {err}");
         }
     }

@@ -208,8 +208,7 @@ pub fn run(args: FsckArgs) -> Result<i32> {
     }
     let options = OpenOptions {
         format: args.format,
-        policy: args.policy.policy()?,
-        ..OpenOptions::default()
+        ..args.policy.open_options()?
     };
     let mut results = Vec::new();
     let mut groups: VecDeque<Vec<Check>> = VecDeque::new();

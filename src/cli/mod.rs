@@ -236,8 +236,7 @@ fn open_for_reading(args: &ImageArgs) -> crate::Result<Box<dyn crate::image::Dis
     let options = crate::image::OpenOptions {
         format: args.format,
         force_share: args.force_share,
-        policy: args.policy.policy()?,
-        ..crate::image::OpenOptions::default()
+        ..args.policy.open_options()?
     };
     crate::image::open_image(&args.image, &options)
 }
@@ -268,8 +267,7 @@ impl ReadArgs {
             format: self.format,
             force_share: self.force_share,
             snapshot: self.snapshot.clone(),
-            policy: self.policy.policy()?,
-            ..crate::image::OpenOptions::default()
+            ..self.policy.open_options()?
         })
     }
 }

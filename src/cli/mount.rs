@@ -148,8 +148,7 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
     }
     let options = OpenOptions {
         format: args.format,
-        policy: args.policy.policy()?,
-        ..OpenOptions::default()
+        ..args.policy.open_options()?
     };
     let mut opened: Vec<Arc<dyn DiskImage>> = Vec::new();
     for path in images {

@@ -16,6 +16,38 @@ use std::path::{Path, PathBuf};
 /// How deep a backing chain may go before we call it a loop.
 pub const MAX_CHAIN_DEPTH: u32 = 32;
 
+/// The memory budget of a chain's tables unless [`OpenOptions::memory_budget`] says
+/// otherwise.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 256 << 20;
+
+/// What is left of a chain's memory budget for the layers still to be opened. Half of
+/// it is for L1 tables, which must fit (an image whose L1 table does not is refused);
+/// half for L2 caches, of which each layer may keep at most half of what is left (an
+/// explicit [`OpenOptions::l2_cache_bytes`] instead sets each layer's cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainBudget {
+    /// Bytes left for L1 tables.
+    pub l1_tables: u64,
+    /// Bytes left for L2 caches.
+    pub l2_caches: u64,
+}
+
+impl ChainBudget {
+    /// The budget of a whole chain of `total` bytes.
+    pub fn new(total: u64) -> ChainBudget {
+        ChainBudget {
+            l1_tables: total / 2,
+            l2_caches: total - total / 2,
+        }
+    }
+}
+
+impl Default for ChainBudget {
+    fn default() -> Self {
+        ChainBudget::new(DEFAULT_MEMORY_BUDGET)
+    }
+}
+
 /// How to open an image.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
@@ -31,6 +63,9 @@ pub struct OpenOptions {
     /// Most bytes of qcow2 L2 tables to keep cached, per image of the chain; `None` for
     /// the default (see `qcow2::DEFAULT_L2_CACHE_BYTES`).
     pub l2_cache_bytes: Option<u64>,
+    /// The memory budget of the whole chain's qcow2 tables: [`ChainBudget::new`] of the
+    /// total at the top (`None`: [`DEFAULT_MEMORY_BUDGET`]), what is left of it below.
+    pub memory_budget: Option<ChainBudget>,
     /// Open this internal snapshot of a qcow2 image (matched by name, then by id)
     /// instead of its active state; read-only. Applies to the top image only.
     pub snapshot: Option<String>,

@@ -90,7 +90,8 @@ PATH
 const FILES: &str = "\
 /etc/imgblk/config.toml
   Which host files images may name, for every call: backing-policy = \"follow\",
-  \"tree\" or \"none\"; untrusted = true; allow-devices = true (options override it).
+  \"tree\" or \"none\"; untrusted = true; allow-devices = true (options override it);
+  memory-mib = N, the memory budget of a backing chain's qcow2 tables (256).
 /run/imgblk/ublkbN.json
   The record of device N: what it serves, its daemon (imgblk list, detach, recover).
 /run/imgblk/ublkbN.log
