@@ -57,9 +57,10 @@ const EXIT_CODES_HELP: &str = "\
 Exit status:
   0  success
   1  operational failure (I/O error, an output that cannot be created, daemon died)
-  2  bad usage
+  2  bad usage (also a configuration file that cannot be understood)
   3  an input cannot be used: image (or key file) missing, unreadable, corrupt or of an
-     unsupported kind (a directory), or a LUKS key that opens no key slot
+     unsupported kind (a directory), naming a file the backing-file policy refuses, or
+     a LUKS key that opens no key slot
   4  the system lacks something: ublk_drv not loaded, not root
   5  busy: the image has another writer, or the device is mounted
   75 attach (daemon): stopped by a signal while the device was in use, and left the
