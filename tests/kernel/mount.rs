@@ -250,7 +250,17 @@ fn mount_gives_setuid_programs_and_device_nodes_no_power() {
     std::fs::create_dir_all(&mnt).unwrap();
     cmd("chmod").arg("755").arg(&mnt).ok();
 
-    imgblk().arg("mount").arg(&image).arg(&mnt).ok();
+    // --untrusted, as for an image of unknown origin: mount passes it to its attach.
+    imgblk()
+        .args(["mount", "--untrusted"])
+        .arg(&image)
+        .arg(&mnt)
+        .ok();
+    assert!(
+        list_json()[0]["policy"]["data_files"] == false,
+        "{:?}",
+        list_json()
+    );
     let options = cmd("findmnt")
         .args(["-no", "OPTIONS"])
         .arg(&mnt)
