@@ -23,6 +23,8 @@
 
 mod common;
 
+use imgblk::image::open::ChainBudget;
+use imgblk::image::policy::{Backing, NamePolicy};
 use imgblk::image::status::walk_status;
 use imgblk::image::{
     io, open_image, ChainEntry, DiskImage, Extent, Format, OpenOptions, Source, TransformRead,
@@ -1412,6 +1414,132 @@ fn seeds_open_and_map_whole() {
         let meta = luks_metadata(&*mem_image(&Input::new(seed))).unwrap();
         assert_eq!((meta.key_len, meta.keyslots.len()), (32, 1));
     }
+}
+
+/// Names a backing file may be given by [`fix_backing_name`]: inside the image's folder,
+/// and leading out of it by `..`, an absolute path, a symlink and a dot-dot inside.
+const BACKING_NAMES: [&str; 6] = [
+    "base.raw",
+    "../secret.raw",
+    "/etc/hostname",
+    "link.raw",
+    "sub/../../secret.raw",
+    "./base.raw",
+];
+
+/// Sets the backing file name of a qcow2 (where the seed keeps it) to one of
+/// [`BACKING_NAMES`], so that mutations meet names that lead out of the folder.
+fn fix_backing_name(input: &mut Input, rng: &mut SmallRng) {
+    let at = u64::from_be_bytes(input.seed[8..16].try_into().unwrap()) as usize;
+    let name = BACKING_NAMES[rng.gen_range(0..BACKING_NAMES.len())];
+    input.put(at, name.as_bytes());
+    input.put(16, &(name.len() as u32).to_be_bytes());
+}
+
+/// Opens the image at `path` with `options` and reads around in it; every file of its
+/// chain must be inside `tree` where the policy says so. Whether it opened.
+fn policy_case(
+    path: &Path,
+    options: &OpenOptions,
+    tree: &Path,
+    rng: &mut SmallRng,
+) -> Result<bool, String> {
+    let image = match open_image(path, options) {
+        Ok(image) => image,
+        Err(e) if e.path().is_some() => return Ok(false),
+        Err(e) => return Err(format!("error opening the image names no file: {e}")),
+    };
+    if options.policy.backing != Backing::Follow {
+        for entry in image.chain() {
+            let files =
+                std::iter::once(&entry.resolved).chain(entry.extents.iter().map(|e| &e.resolved));
+            for file in files {
+                if !file.starts_with(tree) {
+                    return Err(format!("{:?} opened {}", options.policy, file.display()));
+                }
+            }
+        }
+    }
+    read_around(&*image, rng);
+    if options.l2_cache_bytes.is_some() {
+        let unbounded = OpenOptions {
+            l2_cache_bytes: None,
+            memory_budget: None,
+            ..options.clone()
+        };
+        if let Ok(other) = open_image(path, &unbounded) {
+            let size = image.virtual_size().min(other.virtual_size());
+            let len = rng.gen_range(0..=size.min(1 << 18));
+            let offset = rng.gen_range(0..=size - len);
+            let (mut a, mut b) = (vec![0u8; len as usize], vec![0u8; len as usize]);
+            let read_a = io::read_at(&*image, &mut a, offset).is_ok();
+            if read_a && io::read_at(&*other, &mut b, offset).is_ok() && a != b {
+                return Err(format!(
+                    "a small L2 cache read {len} bytes at {offset} otherwise"
+                ));
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Backing names and the policy, and the L2 cache under a small memory budget: a qcow2
+/// over a raw file in its folder, next to a file outside it and a symlink leading there,
+/// whose backing name is mutated (or set to one of [`BACKING_NAMES`]), opened under a
+/// random policy, L2 cache size and chain budget. Under `tree` and `--untrusted` no file
+/// outside the folder may be opened; the bounded (evicting) cache must read as the
+/// unbounded one does.
+#[test]
+fn fuzz_backing_policy() {
+    let dir = scratch_dir();
+    let vm = dir.path().join("vm");
+    std::fs::create_dir(&vm).unwrap();
+    std::fs::write(dir.path().join("secret.raw"), [0x5e; 65536]).unwrap();
+    std::fs::write(vm.join("base.raw"), [DATA_BYTE; 65536]).unwrap();
+    std::os::unix::fs::symlink("../secret.raw", vm.join("link.raw")).unwrap();
+    let seeded = Scratch::new(&vm, "top.qcow2", &image_seed("qcow2"));
+    let rebase = [
+        "rebase", "-q", "-u", "-f", "qcow2", "-F", "raw", "-b", "base.raw",
+    ];
+    common::qemu_img(&vm, &[&rebase[..], &["top.qcow2"]].concat());
+    let seed = std::fs::read(&seeded.path).unwrap();
+    let scratch = Scratch::new(&vm, "top.qcow2", &seed);
+    let mut input = Input::new(seed);
+    let tree = vm.canonicalize().unwrap();
+    let policies = [
+        NamePolicy::FOLLOW,
+        NamePolicy::UNTRUSTED,
+        NamePolicy {
+            backing: Backing::Tree,
+            ..NamePolicy::FOLLOW
+        },
+        NamePolicy {
+            backing: Backing::None,
+            ..NamePolicy::FOLLOW
+        },
+    ];
+    drive("backing_policy", |rng, n| {
+        input.mutate(rng);
+        if rng.gen() {
+            fix_backing_name(&mut input, rng);
+        }
+        scratch.apply(&input);
+        let options = OpenOptions {
+            format: Some(Format::Qcow2),
+            force_share: true,
+            policy: policies[rng.gen_range(0..policies.len())],
+            l2_cache_bytes: rng.gen_ratio(1, 2).then(|| 4096 * rng.gen_range(1..4)),
+            memory_budget: rng
+                .gen_ratio(1, 4)
+                .then(|| ChainBudget::new(rng.gen_range(0..1 << 20))),
+            ..OpenOptions::default()
+        };
+        let outcome =
+            guarded(n, || policy_case(&scratch.path, &options, &tree, rng)).and_then(|r| r);
+        scratch.restore(&input, false);
+        input.reset();
+        outcome
+    });
 }
 
 /// The harness itself: a case that allocates past the limit is a finding, even when the

@@ -19,6 +19,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 struct Run {
     /// Whether it exited with status 0.
     success: bool,
+    /// Its exit status, if it exited.
+    code: Option<i32>,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     /// The processor time it used (user and system): unlike the time it took, what a
@@ -44,13 +46,20 @@ fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8
     })
 }
 
-/// Runs `imgblk ARGS` in `dir`, killing it (and failing the test) if it has not finished
-/// within [`PATIENCE`]. The child is reaped by `wait4`, which reports its peak memory.
-#[allow(clippy::zombie_processes)]
+/// Runs `imgblk ARGS` in `dir`, with no configuration file (see [`imgblk_config`]).
 fn imgblk(dir: &Path, args: &[&str]) -> Run {
+    imgblk_config(dir, &dir.join("no-such-config.toml"), args)
+}
+
+/// Runs `imgblk ARGS` in `dir` with the configuration file `config`, killing it (and
+/// failing the test) if it has not finished within [`PATIENCE`]. The child is reaped by
+/// `wait4`, which reports its peak memory.
+#[allow(clippy::zombie_processes)]
+fn imgblk_config(dir: &Path, config: &Path, args: &[&str]) -> Run {
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_imgblk"))
         .args(args)
+        .env("IMGBLK_CONFIG", config)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -79,6 +88,7 @@ fn imgblk(dir: &Path, args: &[&str]) -> Run {
     }
     Run {
         success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         stdout: stdout.join().expect("stdout reader"),
         stderr: stderr.join().expect("stderr reader"),
         cpu: cpu_time(&usage.ru_utime) + cpu_time(&usage.ru_stime),
@@ -94,10 +104,20 @@ fn cpu_time(time: &libc::timeval) -> Duration {
 /// Asserts that `imgblk COMMAND image` fails, for every command that reads images, with
 /// an error that contains each of `wanted`.
 fn refused_by_every_reader(dir: &Path, image: &str, wanted: &[&str]) {
+    refused_by_every_reader_with(dir, &[], image, wanted);
+}
+
+/// Asserts that `imgblk COMMAND OPTIONS image` fails, for every command that reads images,
+/// as an unusable input (exit 3), with an error that contains each of `wanted`.
+fn refused_by_every_reader_with(dir: &Path, options: &[&str], image: &str, wanted: &[&str]) {
     for command in ["info", "map", "cat", "inspect"] {
-        let run = imgblk(dir, &[command, image]);
+        let run = imgblk(dir, &[&[command], options, &[image]].concat());
         let stderr = run.stderr();
-        assert!(!run.success, "imgblk {command} {image} succeeded: {stderr}");
+        assert_eq!(
+            run.code,
+            Some(3),
+            "imgblk {command} {options:?} {image}: {stderr}"
+        );
         for want in wanted {
             assert!(
                 stderr.contains(want),
@@ -115,6 +135,20 @@ fn qcow2_backed_by(dir: &Path, name: &str, backing: &str, format: &str) {
         &[
             "create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", format, name, "1M",
         ],
+    );
+}
+
+/// Makes a 1 MiB `data.qcow2` in `dir` keeping its data in the external `data.raw`.
+fn qcow2_with_data_file(dir: &Path) {
+    let options = ["-o", "data_file=data.raw"];
+    qemu_img(
+        dir,
+        &[
+            &["create", "-q", "-f", "qcow2"],
+            &options[..],
+            &["data.qcow2", "1M"],
+        ]
+        .concat(),
     );
 }
 
@@ -138,19 +172,7 @@ fn special_files_named_by_an_image_are_refused_without_hanging() {
         refused_by_every_reader(d, name, &[name, "backing file", target, what]);
     }
     // An external data file that is a FIFO: made as a file, then replaced.
-    qemu_img(
-        d,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "data_file=data.raw",
-            "data.qcow2",
-            "1M",
-        ],
-    );
+    qcow2_with_data_file(d);
     std::fs::remove_file(d.join("data.raw")).unwrap();
     mkfifo(&d.join("data.raw"));
     refused_by_every_reader(
@@ -375,6 +397,13 @@ fn a_block_device_is_a_backing_file_only_where_the_user_gave_it() {
         "dev.qcow2",
         &["dev.qcow2", device_name, "a block device"],
     );
+    // Opted in: a VMDK of a raw disk, a qcow2 chain across LVs. Never for --untrusted.
+    assert!(imgblk(d, &["info", "--allow-devices", "dev.qcow2"]).success);
+    let untrusted = imgblk(d, &["info", "--untrusted", "dev.qcow2"]);
+    assert_eq!(untrusted.code, Some(3), "{}", untrusted.stderr());
+    let config = d.join("config.toml");
+    std::fs::write(&config, "allow-devices = true\n").unwrap();
+    assert!(imgblk_config(d, &config, &["info", "dev.qcow2"]).success);
     // The image an `--overlay FILE` was made over is the user's: a device is fine there.
     let options = imgblk::image::OpenOptions {
         user_paths: vec![device.clone()],
@@ -382,4 +411,154 @@ fn a_block_device_is_a_backing_file_only_where_the_user_gave_it() {
     };
     let opened = imgblk::image::open_image(&d.join("dev.qcow2"), &options);
     assert!(opened.is_ok(), "{}", opened.err().unwrap());
+}
+
+/// Makes `vm/` in `dir` with images naming a host file outside it, `secret.raw`, in
+/// three ways (an absolute name, a relative one, a symlink inside `vm/`), and a chain
+/// that stays inside (`inside.qcow2` over `base.qcow2`).
+fn images_naming_host_files(dir: &Path) -> std::path::PathBuf {
+    let vm = dir.join("vm");
+    std::fs::create_dir(&vm).unwrap();
+    std::fs::write(dir.join("secret.raw"), [b's'; 1 << 20]).unwrap();
+    let secret = dir.join("secret.raw");
+    qcow2_backed_by(&vm, "absolute.qcow2", secret.to_str().unwrap(), "raw");
+    qcow2_backed_by(&vm, "relative.qcow2", "../secret.raw", "raw");
+    std::os::unix::fs::symlink(&secret, vm.join("link.raw")).unwrap();
+    qcow2_backed_by(&vm, "symlink.qcow2", "link.raw", "raw");
+    qemu_img(&vm, &["create", "-q", "-f", "qcow2", "base.qcow2", "1M"]);
+    qcow2_backed_by(&vm, "inside.qcow2", "base.qcow2", "qcow2");
+    vm
+}
+
+#[test]
+fn backing_files_outside_the_image_directory_are_refused_where_the_policy_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = images_naming_host_files(dir.path());
+    for options in [&["--untrusted"][..], &["--backing-policy", "tree"]] {
+        for image in ["absolute.qcow2", "relative.qcow2", "symlink.qcow2"] {
+            refused_by_every_reader_with(
+                &vm,
+                options,
+                image,
+                &[image, "backing file", "secret.raw", "outside", options[0]],
+            );
+        }
+        let run = imgblk(&vm, &[&["info"], options, &["inside.qcow2"]].concat());
+        assert!(run.success, "{options:?}: {}", run.stderr());
+    }
+    let none = imgblk(&vm, &["info", "--backing-policy", "none", "inside.qcow2"]);
+    assert_eq!(none.code, Some(3));
+    assert!(
+        none.stderr().contains("--backing-policy none"),
+        "{}",
+        none.stderr()
+    );
+    // As QEMU does by default: the host file is the guest's disk.
+    let cat = imgblk(&vm, &["cat", "symlink.qcow2"]);
+    assert!(cat.success, "{}", cat.stderr());
+    assert_eq!(cat.stdout, [b's'; 1 << 20]);
+    // info says where each name led.
+    let info = imgblk(&vm, &["info", "--json", "symlink.qcow2"]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let secret = dir.path().canonicalize().unwrap().join("secret.raw");
+    assert_eq!(info["chain"][1]["path"], "link.raw");
+    assert_eq!(info["chain"][1]["resolved"], secret.to_str().unwrap());
+    let text = String::from_utf8(imgblk(&vm, &["info", "symlink.qcow2"]).stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "backing file [1]: link.raw -> {}",
+            secret.display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_external_data_file_is_refused_for_images_of_unknown_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    qcow2_with_data_file(d);
+    refused_by_every_reader_with(
+        d,
+        &["--untrusted"],
+        "data.qcow2",
+        &["data.qcow2", "data file", "data.raw", "--untrusted"],
+    );
+    assert!(imgblk(d, &["info", "data.qcow2"]).success);
+}
+
+#[test]
+fn the_configuration_file_sets_the_policy_and_options_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = images_naming_host_files(dir.path());
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[images]\nuntrusted = true\n").unwrap();
+    let run = imgblk_config(&vm, &config, &["info", "relative.qcow2"]);
+    assert_eq!(run.code, Some(3), "{}", run.stderr());
+    assert!(run.stderr().contains("outside"), "{}", run.stderr());
+    let run = imgblk_config(
+        &vm,
+        &config,
+        &["info", "--backing-policy", "follow", "relative.qcow2"],
+    );
+    assert!(run.success, "{}", run.stderr());
+    std::fs::write(&config, "backing-policy = \"nowhere\"\n").unwrap();
+    let run = imgblk_config(&vm, &config, &["info", "inside.qcow2"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr());
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("config.toml") && stderr.contains("line 1"),
+        "{stderr}"
+    );
+    let run = imgblk(
+        &vm,
+        &["info", "--untrusted", "--allow-devices", "inside.qcow2"],
+    );
+    assert_eq!(run.code, Some(2), "{}", run.stderr());
+}
+
+/// Makes `top.qcow2` in `dir` the top of a chain of `layers` L1 bombs (32 MiB of L1 table
+/// each, in a file of a few hundred KiB).
+fn chain_of_bombs(dir: &Path, layers: usize) {
+    for layer in 0..layers {
+        let name = format!("layer{layer}.qcow2");
+        l1_bomb(dir, &name, 16);
+        if layer > 0 {
+            let below = format!("layer{}.qcow2", layer - 1);
+            let rebase = ["rebase", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b"];
+            qemu_img(
+                dir,
+                &[&rebase[..], &[below.as_str(), name.as_str()]].concat(),
+            );
+        }
+    }
+    std::fs::rename(
+        dir.join(format!("layer{}.qcow2", layers - 1)),
+        dir.join("top.qcow2"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_chain_shares_one_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Half of the default 256 MiB is for L1 tables: four of 32 MiB fit, a fifth does not.
+    chain_of_bombs(d, 5);
+    let run = imgblk(d, &["info", "top.qcow2"]);
+    assert_eq!(run.code, Some(3), "{}", run.stderr());
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("layer0.qcow2") && stderr.contains("memory budget"),
+        "{stderr}"
+    );
+    assert!(run.max_rss_kib < 200 << 10, "used {} KiB", run.max_rss_kib);
+    // A smaller budget from the configuration file: one layer's L1 table fits.
+    let config = d.join("config.toml");
+    std::fs::write(&config, "memory-mib = 64\n").unwrap();
+    let run = imgblk_config(d, &config, &["map", "layer1.qcow2"]);
+    assert_eq!(run.code, Some(3), "{}", run.stderr());
+    assert!(run.stderr().contains("layer0.qcow2"), "{}", run.stderr());
+    assert!(run.max_rss_kib < 80 << 10, "used {} KiB", run.max_rss_kib);
+    assert!(imgblk_config(d, &config, &["map", "layer0.qcow2"]).success);
 }

@@ -139,7 +139,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__attach)
-            opts="-f -d -U -v -q -h --part --lv --luks --key-file --format --queues --depth --zero-copy --rw --overlay --snapshot --disk --foreground --json --force-share --l2-cache-mib --no-direct --verbose --quiet --help"
+            opts="-f -d -U -v -q -h --part --lv --luks --key-file --format --queues --depth --zero-copy --rw --overlay --snapshot --disk --foreground --json --force-share --l2-cache-mib --backing-policy --untrusted --allow-devices --no-direct --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -203,6 +203,10 @@ _imgblk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -211,7 +215,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__cat)
-            opts="-f -U -o -v -q -h --format --force-share --snapshot --disk --part --lv --luks --key-file --output --sparse --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
+            opts="-f -U -o -v -q -h --format --force-share --snapshot --disk --backing-policy --untrusted --allow-devices --part --lv --luks --key-file --output --sparse --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -231,6 +235,10 @@ _imgblk() {
                     ;;
                 --disk)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
                     return 0
                     ;;
                 --part)
@@ -279,7 +287,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__convert)
-            opts="-f -U -o -O -B -v -q -h --format --force-share --snapshot --disk --part --lv --luks --key-file --output --output-format --backing --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
+            opts="-f -U -o -O -B -v -q -h --format --force-share --snapshot --disk --backing-policy --untrusted --allow-devices --part --lv --luks --key-file --output --output-format --backing --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -299,6 +307,10 @@ _imgblk() {
                     ;;
                 --disk)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
                     return 0
                     ;;
                 --part)
@@ -395,7 +407,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__fsck)
-            opts="-f -j -v -q -h --part --lv --key-file --format --jobs --repair --overlay --json --verbose --quiet --help"
+            opts="-f -j -v -q -h --part --lv --key-file --format --jobs --repair --overlay --json --backing-policy --untrusted --allow-devices --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -439,6 +451,10 @@ _imgblk() {
                     COMPREPLY=($(compgen -W "memory" -- "${cur}"))
                     return 0
                     ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -447,7 +463,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__get)
-            opts="-f -U -o -v -q -h --part --lv --auto --format --force-share --snapshot --disk --output --verbose --quiet --help"
+            opts="-f -U -o -v -q -h --part --lv --auto --format --force-share --snapshot --disk --backing-policy --untrusted --allow-devices --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -481,6 +497,10 @@ _imgblk() {
                     ;;
                 --disk)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
                     return 0
                     ;;
                 --output)
@@ -751,7 +771,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__info)
-            opts="-f -U -v -q -h --format --force-share --disk --json --verbose --quiet --help"
+            opts="-f -U -v -q -h --format --force-share --disk --backing-policy --untrusted --allow-devices --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -769,6 +789,10 @@ _imgblk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -777,7 +801,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__inspect)
-            opts="-f -U -v -q -h --format --force-share --snapshot --disk --json --key-file --verbose --quiet --help"
+            opts="-f -U -v -q -h --format --force-share --snapshot --disk --backing-policy --untrusted --allow-devices --json --key-file --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -797,6 +821,10 @@ _imgblk() {
                     ;;
                 --disk)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
                     return 0
                     ;;
                 --key-file)
@@ -825,7 +853,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__ls)
-            opts="-f -U -l -R -v -q -h --part --lv --auto --format --force-share --snapshot --disk --long --recursive --json --verbose --quiet --help"
+            opts="-f -U -l -R -v -q -h --part --lv --auto --format --force-share --snapshot --disk --backing-policy --untrusted --allow-devices --long --recursive --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -861,6 +889,10 @@ _imgblk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -869,7 +901,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__map)
-            opts="-f -U -v -q -h --format --force-share --snapshot --disk --part --lv --luks --key-file --json --top-layers --since --bitmap --verbose --quiet --help"
+            opts="-f -U -v -q -h --format --force-share --snapshot --disk --backing-policy --untrusted --allow-devices --part --lv --luks --key-file --json --top-layers --since --bitmap --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -889,6 +921,10 @@ _imgblk() {
                     ;;
                 --disk)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
                     return 0
                     ;;
                 --part)
@@ -929,7 +965,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__mount)
-            opts="-f -v -q -h --part --lv --auto --rw --format --disk --json --suid --dev --noexec --key-file --verbose --quiet --help"
+            opts="-f -v -q -h --part --lv --auto --rw --format --disk --json --suid --dev --noexec --key-file --backing-policy --untrusted --allow-devices --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -965,6 +1001,10 @@ _imgblk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -987,7 +1027,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__tar)
-            opts="-f -U -C -o -v -q -h --part --lv --auto --format --force-share --snapshot --disk --directory --output --verbose --quiet --help"
+            opts="-f -U -C -o -v -q -h --part --lv --auto --format --force-share --snapshot --disk --backing-policy --untrusted --allow-devices --directory --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1021,6 +1061,10 @@ _imgblk() {
                     ;;
                 --disk)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backing-policy)
+                    COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
                     return 0
                     ;;
                 --directory)

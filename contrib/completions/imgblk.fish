@@ -62,12 +62,17 @@ off\t'Never: copy through the daemon\'s buffers on every kernel'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l overlay -d 'Make the device writable but send every write to an overlay, so that the image is opened read-only, may be shared with other readers, and is never changed. `memory` keeps the writes in RAM (lost at detach; memory use grows with what is written). Any other value is the path of a new qcow2 file to create, backed by the image (its absolute path and format recorded, as `qemu-img create -b IMAGE -F FMT` would): the writes stay in it after detach, for `qemu-img commit`, a later attach, or deleting. The file must not exist yet (write `./memory` for a file of that name). A file overlay needs a whole image: no --part, --lv, --luks or --snapshot' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l snapshot -d 'Serve this internal snapshot of a qcow2 image (matched by name, then by id, as `qemu-img snapshot -l` lists them) instead of its current state. Read-only; with --overlay memory the device is writable and the writes stay in RAM' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l disk -d 'Serve disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `imgblk info` lists them. Read-only' -r
-complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l l2-cache-mib -d 'Most MiB of qcow2 L2 tables to cache per image of the chain. The default (128) holds every table of a 1 TiB image with 64 KiB clusters; tables load on first use' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l l2-cache-mib -d 'Most MiB of qcow2 L2 tables to cache per image of the chain. By default the chain shares one budget (memory-mib in /etc/imgblk/config.toml, 256): the top image may cache 64 MiB (every table of a 512 GiB image with 64 KiB clusters), each image below half of what the ones above left; tables load on first use' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l backing-policy -d 'How far backing files and parents named by images are followed: `follow` any path (as QEMU does), only inside the image\'s directory `tree`, or `none` at all. Default from /etc/imgblk/config.toml, else follow' -r -f -a "follow\t'Any path, as QEMU does'
+tree\t'Only files inside the image\'s directory tree'
+none\t'No backing files: an image that has one is refused'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l rw -d 'Allow writes (the image must not be in use by another writer)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l foreground -d 'Serve from this process instead of a background daemon; stop with Ctrl-C'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l json -d 'Print the device\'s details as JSON instead of its path'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s U -l force-share -d 'Read the image even if another process (a running VM) has it open for writing. What the device shows may then be inconsistent. Read-only only'
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l untrusted -d 'For images of unknown origin: every file an image names (backing file, parent, extent) must lie inside its directory tree and be a regular file, and external data files are refused'
+complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l allow-devices -d 'Let images name block devices (a VMDK of a raw disk, a qcow2 chain across LVs); by default only an image that is itself a block device may'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -l no-direct -d 'Use buffered I/O on the image file instead of O_DIRECT'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand attach" -s q -l quiet -d 'Only errors'
@@ -95,6 +100,9 @@ vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l backing-policy -d 'How far backing files and parents named by images are followed: `follow` any path (as QEMU does), only inside the image\'s directory `tree`, or `none` at all. Default from /etc/imgblk/config.toml, else follow' -r -f -a "follow\t'Any path, as QEMU does'
+tree\t'Only files inside the image\'s directory tree'
+none\t'No backing files: an image that has one is refused'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With --luks it decrypts the selected piece (without, the passphrase is asked for on the terminal); alone it unlocks every LUKS volume in the images, so that --lv can name a logical volume inside one, as `imgblk inspect --key-file` shows them' -r -F
@@ -102,6 +110,8 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l top-layers -d 'Onl
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l since -d 'Only what the layers above BACKING-FILE (a file of the image\'s backing chain) hold: what the guest wrote since BACKING-FILE was the top' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l bitmap -d 'Only the ranges that the qcow2 persistent dirty bitmap NAME marks dirty (see `imgblk info`); a bitmap in use by a running or crashed QEMU is refused' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l untrusted -d 'For images of unknown origin: every file an image names (backing file, parent, extent) must lie inside its directory tree and be a regular file, and external data files are refused'
+complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l allow-devices -d 'Let images name block devices (a VMDK of a raw disk, a qcow2 chain across LVs); by default only an image that is itself a block device may'
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -l json -d 'Print JSON (the shape of `qemu-img map --output=json`)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand map" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
@@ -115,6 +125,9 @@ vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l backing-policy -d 'How far backing files and parents named by images are followed: `follow` any path (as QEMU does), only inside the image\'s directory `tree`, or `none` at all. Default from /etc/imgblk/config.toml, else follow' -r -f -a "follow\t'Any path, as QEMU does'
+tree\t'Only files inside the image\'s directory tree'
+none\t'No backing files: an image that has one is refused'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With --luks it decrypts the selected piece (without, the passphrase is asked for on the terminal); alone it unlocks every LUKS volume in the images, so that --lv can name a logical volume inside one, as `imgblk inspect --key-file` shows them' -r -F
@@ -123,6 +136,8 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l top-layers -d 'Onl
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l since -d 'Only what the layers above BACKING-FILE (a file of the image\'s backing chain) hold: what the guest wrote since BACKING-FILE was the top' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l bitmap -d 'Only the ranges that the qcow2 persistent dirty bitmap NAME marks dirty (see `imgblk info`); a bitmap in use by a running or crashed QEMU is refused' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l untrusted -d 'For images of unknown origin: every file an image names (backing file, parent, extent) must lie inside its directory tree and be a regular file, and external data files are refused'
+complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l allow-devices -d 'Let images name block devices (a VMDK of a raw disk, a qcow2 chain across LVs); by default only an image that is itself a block device may'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l sparse -d 'Leave holes for zero runs in a file, zero them on a block device with BLKZEROOUT (a pipe still gets every byte)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand cat" -l progress -d 'Show progress on stderr: a bar on a terminal, else a line every 5 s or 10 % with bytes done, rate and ETA (default: a bar when stderr is a terminal)'
@@ -138,6 +153,9 @@ vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l backing-policy -d 'How far backing files and parents named by images are followed: `follow` any path (as QEMU does), only inside the image\'s directory `tree`, or `none` at all. Default from /etc/imgblk/config.toml, else follow' -r -f -a "follow\t'Any path, as QEMU does'
+tree\t'Only files inside the image\'s directory tree'
+none\t'No backing files: an image that has one is refused'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l part -d 'Use partition N of the (first) image, numbered as Linux numbers them (/dev/sdaN): MBR 1-4 primary, 5+ logical; GPT entries from 1' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l lv -d 'Use logical volume LV of the guest\'s volume group VG, found on any of the images given (for a VG spanning several disks, give them all)' -r -f
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With --luks it decrypts the selected piece (without, the passphrase is asked for on the terminal); alone it unlocks every LUKS volume in the images, so that --lv can name a logical volume inside one, as `imgblk inspect --key-file` shows them' -r -F
@@ -149,6 +167,8 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l top-layers -d 
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l since -d 'Only what the layers above BACKING-FILE (a file of the image\'s backing chain) hold: what the guest wrote since BACKING-FILE was the top' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l bitmap -d 'Only the ranges that the qcow2 persistent dirty bitmap NAME marks dirty (see `imgblk info`); a bitmap in use by a running or crashed QEMU is refused' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l untrusted -d 'For images of unknown origin: every file an image names (backing file, parent, extent) must lie inside its directory tree and be a regular file, and external data files are refused'
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l allow-devices -d 'Let images name block devices (a VMDK of a raw disk, a qcow2 chain across LVs); by default only an image that is itself a block device may'
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l progress -d 'Show progress on stderr: a bar on a terminal, else a line every 5 s or 10 % with bytes done, rate and ETA (default: a bar when stderr is a terminal)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l no-progress -d 'Show no progress, even on a terminal'
@@ -170,12 +190,17 @@ vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l disk -d 'Mount from disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `imgblk info` lists them' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l key-file -d 'Unlock the LUKS volumes found with the key in FILE (all its bytes) and use what they hold, as disks named luks-NODE: a VG inside is assembled, so --lv can name its logical volumes' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l backing-policy -d 'How far backing files and parents named by images are followed: `follow` any path (as QEMU does), only inside the image\'s directory `tree`, or `none` at all. Default from /etc/imgblk/config.toml, else follow' -r -f -a "follow\t'Any path, as QEMU does'
+tree\t'Only files inside the image\'s directory tree'
+none\t'No backing files: an image that has one is refused'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l rw -d 'Mount read-write (the image must not be in use by another writer)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l json -d 'Print what was mounted as JSON (device, mount point, piece, file system, options)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l suid -d 'Honour the setuid and setgid bits of the image\'s files (mounted nosuid without it). Only for an image you trust: its setuid-root programs become usable by anyone who reaches the mount point'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l dev -d 'Let device nodes in the image be opened (mounted nodev without it). Only for an image you trust: a device node in it can reach this host\'s disks or memory'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l noexec -d 'Never run programs from the mounted file system (noexec)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l untrusted -d 'For images of unknown origin: every file an image names (backing file, parent, extent) must lie inside its directory tree and be a regular file, and external data files are refused'
+complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -l allow-devices -d 'Let images name block devices (a VMDK of a raw disk, a qcow2 chain across LVs); by default only an image that is itself a block device may'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand mount" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -190,7 +215,12 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand info" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand info" -l backing-policy -d 'How far backing files and parents named by images are followed: `follow` any path (as QEMU does), only inside the image\'s directory `tree`, or `none` at all. Default from /etc/imgblk/config.toml, else follow' -r -f -a "follow\t'Any path, as QEMU does'
+tree\t'Only files inside the image\'s directory tree'
+none\t'No backing files: an image that has one is refused'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s U -l force-share -d 'Read the image even while another process (a running VM) writes it; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand info" -l untrusted -d 'For images of unknown origin: every file an image names (backing file, parent, extent) must lie inside its directory tree and be a regular file, and external data files are refused'
+complete -c imgblk -n "__fish_imgblk_using_subcommand info" -l allow-devices -d 'Let images name block devices (a VMDK of a raw disk, a qcow2 chain across LVs); by default only an image that is itself a block device may'
 complete -c imgblk -n "__fish_imgblk_using_subcommand info" -l json -d 'Print JSON instead of text'
 complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand info" -s q -l quiet -d 'Only errors'
@@ -203,8 +233,13 @@ vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l backing-policy -d 'How far backing files and parents named by images are followed: `follow` any path (as QEMU does), only inside the image\'s directory `tree`, or `none` at all. Default from /etc/imgblk/config.toml, else follow' -r -f -a "follow\t'Any path, as QEMU does'
+tree\t'Only files inside the image\'s directory tree'
+none\t'No backing files: an image that has one is refused'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l key-file -d 'Unlock the LUKS volumes found with the key in FILE (all its bytes) and use what they hold, as disks named luks-NODE: a VG inside is assembled, so --lv can name its logical volumes' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l untrusted -d 'For images of unknown origin: every file an image names (backing file, parent, extent) must lie inside its directory tree and be a regular file, and external data files are refused'
+complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l allow-devices -d 'Let images name block devices (a VMDK of a raw disk, a qcow2 chain across LVs); by default only an image that is itself a block device may'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -l json -d 'Print JSON instead of a tree'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand inspect" -s q -l quiet -d 'Only errors'
@@ -220,8 +255,13 @@ vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s j -l jobs -d 'How many file systems to check at once' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l overlay -d 'With --repair: write the repairs into RAM (`memory`), leaving the image as it was. (Every file system checked gets its own RAM overlay: no overlay file.)' -r -f -a "memory\t''"
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l backing-policy -d 'How far backing files and parents named by images are followed: `follow` any path (as QEMU does), only inside the image\'s directory `tree`, or `none` at all. Default from /etc/imgblk/config.toml, else follow' -r -f -a "follow\t'Any path, as QEMU does'
+tree\t'Only files inside the image\'s directory tree'
+none\t'No backing files: an image that has one is refused'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l repair -d 'Repair what the checkers find (devices are attached read-write; refused while another writer holds the image)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l json -d 'Print the results as a JSON array instead of a table'
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l untrusted -d 'For images of unknown origin: every file an image names (backing file, parent, extent) must lie inside its directory tree and be a regular file, and external data files are refused'
+complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -l allow-devices -d 'Let images name block devices (a VMDK of a raw disk, a qcow2 chain across LVs); by default only an image that is itself a block device may'
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand fsck" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -235,8 +275,13 @@ vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l backing-policy -d 'How far backing files and parents named by images are followed: `follow` any path (as QEMU does), only inside the image\'s directory `tree`, or `none` at all. Default from /etc/imgblk/config.toml, else follow' -r -f -a "follow\t'Any path, as QEMU does'
+tree\t'Only files inside the image\'s directory tree'
+none\t'No backing files: an image that has one is refused'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l untrusted -d 'For images of unknown origin: every file an image names (backing file, parent, extent) must lie inside its directory tree and be a regular file, and external data files are refused'
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l allow-devices -d 'Let images name block devices (a VMDK of a raw disk, a qcow2 chain across LVs); by default only an image that is itself a block device may'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s l -l long -d 'Long listing: type and mode, owner, group, size, modification time (as `ls -l`)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s R -l recursive -d 'Everything below PATH, by full path'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l json -d 'Print a JSON array of entries (path, kind, size, mode, uid, gid, times, target)'
@@ -253,9 +298,14 @@ vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l backing-policy -d 'How far backing files and parents named by images are followed: `follow` any path (as QEMU does), only inside the image\'s directory `tree`, or `none` at all. Default from /etc/imgblk/config.toml, else follow' -r -f -a "follow\t'Any path, as QEMU does'
+tree\t'Only files inside the image\'s directory tree'
+none\t'No backing files: an image that has one is refused'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l untrusted -d 'For images of unknown origin: every file an image names (backing file, parent, extent) must lie inside its directory tree and be a regular file, and external data files are refused'
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l allow-devices -d 'Let images name block devices (a VMDK of a raw disk, a qcow2 chain across LVs); by default only an image that is itself a block device may'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -269,10 +319,15 @@ vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l disk -d 'Read disk N (1 = the first, the default) of an OVA archive: its .vmdk members in archive order, as `info` lists them' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l backing-policy -d 'How far backing files and parents named by images are followed: `follow` any path (as QEMU does), only inside the image\'s directory `tree`, or `none` at all. Default from /etc/imgblk/config.toml, else follow' -r -f -a "follow\t'Any path, as QEMU does'
+tree\t'Only files inside the image\'s directory tree'
+none\t'No backing files: an image that has one is refused'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s C -l directory -d 'The directory (or file) inside the file system to archive' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l untrusted -d 'For images of unknown origin: every file an image names (backing file, parent, extent) must lie inside its directory tree and be a regular file, and external data files are refused'
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l allow-devices -d 'Let images name block devices (a VMDK of a raw disk, a qcow2 chain across LVs); by default only an image that is itself a block device may'
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s h -l help -d 'Print help (see more with \'--help\')'

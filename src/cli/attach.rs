@@ -84,10 +84,14 @@ pub struct AttachArgs {
     /// What the device shows may then be inconsistent. Read-only only.
     #[arg(short = 'U', long, conflicts_with = "rw")]
     force_share: bool,
-    /// Most MiB of qcow2 L2 tables to cache per image of the chain. The default (128)
-    /// holds every table of a 1 TiB image with 64 KiB clusters; tables load on first use.
+    /// Most MiB of qcow2 L2 tables to cache per image of the chain. By default the chain
+    /// shares one budget (memory-mib in /etc/imgblk/config.toml, 256): the top image may
+    /// cache 64 MiB (every table of a 512 GiB image with 64 KiB clusters), each image
+    /// below half of what the ones above left; tables load on first use.
     #[arg(long, value_name = "MIB")]
     l2_cache_mib: Option<u64>,
+    #[command(flatten)]
+    policy: super::config::PolicyArgs,
     /// Use buffered I/O on the image file instead of O_DIRECT.
     #[arg(long)]
     no_direct: bool,
@@ -144,7 +148,7 @@ fn spec(args: &AttachArgs) -> Result<ServeSpec> {
             snapshot: args.snapshot.clone(),
             disk: args.disk,
             journal_dir: Some(registry::journal_dir()),
-            ..OpenOptions::default()
+            ..args.policy.open_options()?
         },
         piece: args.piece.piece(),
         luks: args.luks.key(),

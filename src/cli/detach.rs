@@ -186,6 +186,7 @@ fn settle_journal(record: &DeviceRecord) {
     let options = OpenOptions {
         writable: true,
         journal_dir: Some(registry::journal_dir()),
+        policy: record.policy,
         ..OpenOptions::default()
     };
     for file in files {

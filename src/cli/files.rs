@@ -28,7 +28,7 @@ impl FsArgs {
         let first = images
             .first()
             .ok_or_else(|| Error::invalid("no image given"))?;
-        let options = self.read.open_options();
+        let options = self.read.open_options()?;
         let mut opened: Vec<Arc<dyn DiskImage>> = Vec::with_capacity(images.len());
         for path in images {
             opened.push(Arc::from(open_image(path, &options)?));

@@ -40,7 +40,8 @@ pub const FSCK_INTERRUPTED: i32 = 130;
 const FSCK_EXAMPLES: &str = "Examples:\n  imgblk fsck guest.qcow2\n  \
 imgblk fsck --jobs 4 vm1.qcow2 vm2.vmdk\n  imgblk fsck --part 2 disk.raw\n  \
 imgblk fsck --repair disk.raw\n  imgblk fsck --repair --overlay memory guest.qcow2   # dry-run repair\n  \
-imgblk fsck --json --lv vg0/root disk.qcow2";
+imgblk fsck --json --lv vg0/root disk.qcow2\n  \
+imgblk fsck --untrusted download.qcow2   # it may name no file outside its folder";
 
 const FSCK_HELP: &str = "\
 Checkers:
@@ -103,6 +104,8 @@ pub struct FsckArgs {
     /// Print the results as a JSON array instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    policy: super::config::PolicyArgs,
 }
 
 /// How one check ended.
@@ -175,6 +178,8 @@ struct Shared {
     format: Option<Format>,
     /// `--key-file`: unlocks the LUKS volumes the checked file systems lie in.
     key_file: Option<PathBuf>,
+    /// `--backing-policy`, `--untrusted`, `--allow-devices`, for every attach.
+    policy_args: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,10 +206,14 @@ pub fn run(args: FsckArgs) -> Result<i32> {
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| Error::io("cannot install signal handler", e))?;
     }
+    let options = OpenOptions {
+        format: args.format,
+        ..args.policy.open_options()?
+    };
     let mut results = Vec::new();
     let mut groups: VecDeque<Vec<Check>> = VecDeque::new();
     for image in &args.images {
-        match find_checks(image, &args.piece, args.format, args.key.key().as_ref()) {
+        match find_checks(image, &args.piece, &options, args.key.key().as_ref()) {
             Ok(checks) if mode == Mode::Repair => groups.push_back(checks),
             Ok(checks) => groups.extend(checks.into_iter().map(|c| vec![c])),
             Err(e) => results.push(CheckResult {
@@ -237,6 +246,7 @@ pub fn run(args: FsckArgs) -> Result<i32> {
         mode,
         format: args.format,
         key_file: args.key.key_file.clone(),
+        policy_args: args.policy.cli_args(),
     });
     let progress = Progress::new(!args.json || std::io::stderr().is_terminal());
     results.extend(run_all(&shared, groups, args.jobs.into(), &progress));
@@ -280,15 +290,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn find_checks(
     image: &Path,
     piece: &PieceArgs,
-    format: Option<Format>,
+    options: &OpenOptions,
     key: Option<&LuksKey>,
 ) -> Result<Vec<Check>> {
-    let options = OpenOptions {
-        format,
-        ..OpenOptions::default()
-    };
     // opened (shared lock) only for the discovery, and closed before any attach
-    let opened: Arc<dyn DiskImage> = Arc::from(open_image(image, &options)?);
+    let opened: Arc<dyn DiskImage> = Arc::from(open_image(image, options)?);
     let layout = crate::serve::discover_with(&[opened], key)?;
     let wanted = piece.piece().map(|p| p.to_string());
     let checks: Vec<Check> = layout
@@ -453,6 +459,7 @@ fn attach(shared: &Shared, check: &Check) -> Result<u32> {
     if let Some(format) = shared.format {
         args.extend(["--format".into(), format.to_string().into()]);
     }
+    args.extend(shared.policy_args.iter().cloned());
     args.extend(["--".into(), check.image.clone().into()]);
     let record =
         child::attach(&args).map_err(|e| Error::new(e.kind(), format!("attach failed: {e}")))?;

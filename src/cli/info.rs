@@ -104,8 +104,9 @@ pub fn run(args: InfoArgs) -> Result<i32> {
             format!("backing file [{depth}]")
         };
         println!(
-            "{role}: {} ({}, virtual {}, file {}, holds {} of guest data)",
+            "{role}: {}{} ({}, virtual {}, file {}, holds {} of guest data)",
             Escaped(entry.path.display()),
+            resolved(&entry.path, &entry.resolved),
             entry.format,
             human_size(entry.virtual_size),
             human_size(entry.file_size),
@@ -113,8 +114,9 @@ pub fn run(args: InfoArgs) -> Result<i32> {
         );
         for extent in &entry.extents {
             println!(
-                "  extent: {} ({}, file {})",
-                extent.path.display(),
+                "  extent: {}{} ({}, file {})",
+                Escaped(extent.path.display()),
+                resolved(&extent.path, &extent.resolved),
                 if extent.flat { "flat" } else { "sparse" },
                 human_size(extent.file_size)
             );
@@ -157,6 +159,14 @@ pub fn run(args: InfoArgs) -> Result<i32> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// ` -> REAL`, where a path led to another one (a relative name, a symlink); else nothing.
+fn resolved(path: &std::path::Path, real: &std::path::Path) -> String {
+    match path == real {
+        true => String::new(),
+        false => format!(" -> {}", Escaped(real.display())),
+    }
 }
 
 /// What `list` finds in a qcow2 file (its internal snapshots, its persistent bitmaps);

@@ -14,7 +14,8 @@ use std::sync::Arc;
 /// `--lv vg0/root`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  imgblk inspect guest.qcow2\n  imgblk inspect --json disk1.raw disk2.raw"
+    after_help = "Examples:\n  imgblk inspect guest.qcow2\n  imgblk inspect --json disk1.raw disk2.raw\n  \
+imgblk inspect --untrusted customer.qcow2   # it may name no file outside its folder"
 )]
 pub struct InspectArgs {
     /// The images (or block devices).
@@ -31,7 +32,7 @@ pub struct InspectArgs {
 
 /// Runs `imgblk inspect`.
 pub fn run(args: InspectArgs) -> Result<i32> {
-    let options = args.read.open_options();
+    let options = args.read.open_options()?;
     let mut images: Vec<Arc<dyn DiskImage>> = Vec::new();
     for path in &args.images {
         images.push(Arc::from(open_image(path, &options)?));

@@ -5,6 +5,7 @@ mod attach;
 mod cat;
 mod changes;
 mod child;
+mod config;
 mod convert;
 mod detach;
 mod doctor;
@@ -56,9 +57,10 @@ const EXIT_CODES_HELP: &str = "\
 Exit status:
   0  success
   1  operational failure (I/O error, an output that cannot be created, daemon died)
-  2  bad usage
+  2  bad usage (also a configuration file that cannot be understood)
   3  an input cannot be used: image (or key file) missing, unreadable, corrupt or of an
-     unsupported kind (a directory), or a LUKS key that opens no key slot
+     unsupported kind (a directory), naming a file the backing-file policy refuses, or
+     a LUKS key that opens no key slot
   4  the system lacks something: ublk_drv not loaded, not root
   5  busy: the image has another writer, or the device is mounted
   75 attach (daemon): stopped by a signal while the device was in use, and left the
@@ -230,6 +232,8 @@ struct ImageArgs {
     /// archive order, as `info` lists them.
     #[arg(long, value_name = "N")]
     disk: Option<u32>,
+    #[command(flatten)]
+    policy: config::PolicyArgs,
 }
 
 /// Opens an image read-only as `ImageArgs` say.
@@ -238,7 +242,7 @@ fn open_for_reading(args: &ImageArgs) -> crate::Result<Box<dyn crate::image::Dis
         format: args.format,
         force_share: args.force_share,
         disk: args.disk,
-        ..crate::image::OpenOptions::default()
+        ..args.policy.open_options()?
     };
     crate::image::open_image(&args.image, &options)
 }
@@ -261,18 +265,21 @@ struct ReadArgs {
     /// archive order, as `info` lists them.
     #[arg(long, value_name = "N")]
     disk: Option<u32>,
+    #[command(flatten)]
+    policy: config::PolicyArgs,
 }
 
 impl ReadArgs {
-    /// The options to open the images with, read-only.
-    fn open_options(&self) -> crate::image::OpenOptions {
-        crate::image::OpenOptions {
+    /// The options to open the images with, read-only; an error if the configuration
+    /// file cannot be used.
+    fn open_options(&self) -> crate::Result<crate::image::OpenOptions> {
+        Ok(crate::image::OpenOptions {
             format: self.format,
             force_share: self.force_share,
             snapshot: self.snapshot.clone(),
             disk: self.disk,
-            ..crate::image::OpenOptions::default()
-        }
+            ..self.policy.open_options()?
+        })
     }
 }
 
@@ -294,7 +301,7 @@ fn open_source_for_reading(
     args: &SourceArgs,
     luks: &luks::LuksArgs,
 ) -> crate::Result<std::sync::Arc<dyn crate::image::DiskImage>> {
-    let options = args.read.open_options();
+    let options = args.read.open_options()?;
     let piece = args.piece.piece();
     let unlock = luks.unlock();
     let served = crate::serve::open_piece(&args.images, &options, piece.as_ref(), unlock.as_ref())?;

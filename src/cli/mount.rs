@@ -62,6 +62,8 @@ pub struct MountArgs {
     safety: MountSafety,
     #[command(flatten)]
     key: super::luks::KeyFileArgs,
+    #[command(flatten)]
+    policy: super::config::PolicyArgs,
 }
 
 /// What the mounted file system may do on this host: `nosuid,nodev` unless lifted.
@@ -151,7 +153,7 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
     let options = OpenOptions {
         format: args.format,
         disk: args.disk,
-        ..OpenOptions::default()
+        ..args.policy.open_options()?
     };
     let mut opened: Vec<Arc<dyn DiskImage>> = Vec::new();
     for path in images {
@@ -189,6 +191,7 @@ pub fn run_mount(args: MountArgs) -> Result<i32> {
     if args.rw {
         attach_args.push("--rw".into());
     }
+    attach_args.extend(args.policy.cli_args());
     let piece = child::piece_args(&node.name, args.key.key_file.as_deref()).ok_or_else(|| {
         Error::unsupported(format!(
             "{} cannot be attached on its own; attach its decrypted volume and mount from \

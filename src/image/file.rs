@@ -3,7 +3,9 @@
 //! system allows it.
 
 use super::decoded::DecodedClusters;
+use super::policy::Field;
 use super::safe_open::{self, Accept, FileId};
+use super::OpenOptions;
 use crate::error::{Error, ErrorKind, Result};
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
@@ -52,6 +54,9 @@ impl std::fmt::Debug for Tap {
 #[derive(Debug)]
 pub struct ImageFile {
     path: PathBuf,
+    /// Where `path` led when the file was opened: the file's absolute path, symlinks
+    /// resolved (from `/proc/self/fd`).
+    real_path: PathBuf,
     buffered: File,
     direct: Option<File>,
     writable: bool,
@@ -79,16 +84,34 @@ impl ImageFile {
     /// it fails while the device is mounted, held by device-mapper, or open `O_EXCL`
     /// elsewhere, so imgblk is never a second writer.
     pub fn open(path: &Path, writable: bool, want_direct: bool) -> Result<Self> {
-        Self::open_as(path, writable, want_direct, None)
+        Self::open_as(path, writable, want_direct, None, Accept::FileOrBlockDevice)
     }
 
     /// Opens, read-only, a file that the image at `image` names in its field `field` (a
-    /// backing file, an extent, an external data file, a parent locator). Images of
-    /// unknown origin name what they like, so only a regular file is accepted: a FIFO, a
-    /// socket, a device or a directory is refused at once, in an error naming the image,
-    /// the field and the path.
-    pub fn open_named(path: &Path, image: &Path, field: &str, want_direct: bool) -> Result<Self> {
-        Self::open_as(path, false, want_direct, Some((image, field)))
+    /// backing file, an extent, an external data file, a parent locator), as far as
+    /// `options.policy` allows ([`super::policy`]). Images of unknown origin name what
+    /// they like, so only a regular file is accepted (or a block device, where the policy
+    /// allows): a FIFO, a socket, a character device or a directory is refused at once,
+    /// in an error naming the image, the field and the path.
+    pub fn open_named(
+        path: &Path,
+        image: &Path,
+        field: Field,
+        options: &OpenOptions,
+    ) -> Result<Self> {
+        let root = options
+            .root
+            .clone()
+            .unwrap_or_else(|| super::policy::Root::of(image, false));
+        options.policy.check_name(&root, image, field, path)?;
+        let accept = match options.policy.allows_device(&root) {
+            true => Accept::FileOrBlockDevice,
+            false => Accept::RegularFile,
+        };
+        let file = Self::open_as(path, false, options.direct, Some((image, field)), accept)?;
+        let fd = file.buffered.as_raw_fd();
+        options.policy.check_opened(&root, image, field, path, fd)?;
+        Ok(file)
     }
 
     /// [`Self::open`] of a path the user gave (`named_by` `None`) or [`Self::open_named`].
@@ -96,12 +119,9 @@ impl ImageFile {
         path: &Path,
         writable: bool,
         want_direct: bool,
-        named_by: Option<(&Path, &str)>,
+        named_by: Option<(&Path, Field)>,
+        accept: Accept,
     ) -> Result<Self> {
-        let accept = match named_by {
-            None => Accept::FileOrBlockDevice,
-            Some(_) => Accept::RegularFile,
-        };
         let exclusive =
             writable && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
         let flags = if exclusive { libc::O_EXCL } else { 0 };
@@ -128,8 +148,11 @@ impl ImageFile {
         } else {
             None
         };
+        let real_path = std::fs::read_link(format!("/proc/self/fd/{}", buffered.as_raw_fd()))
+            .unwrap_or_else(|_| path.to_path_buf());
         Ok(ImageFile {
             path: path.to_path_buf(),
+            real_path,
             buffered,
             direct,
             writable,
@@ -209,6 +232,11 @@ impl ImageFile {
     /// The path the file was opened by.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the path led when the file was opened (absolute, symlinks resolved).
+    pub fn real_path(&self) -> &Path {
+        &self.real_path
     }
 
     /// The size at open time (for a block device, `BLKGETSIZE64`).

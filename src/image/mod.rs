@@ -15,6 +15,7 @@ pub mod lock;
 pub mod open;
 pub mod ova;
 pub mod overlay;
+pub mod policy;
 pub mod qcow2;
 pub mod raw;
 pub mod safe_open;
@@ -251,8 +252,11 @@ impl<'a> Extent<'a> {
 /// One layer of an image chain (index = the depth `map` reports), for `info` and `map`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChainEntry {
-    /// Path of the file opened for the layer (a VMDK's descriptor).
+    /// Path of the file opened for the layer (a VMDK's descriptor): for a backing file,
+    /// the name its child gives, joined to the child's directory if relative.
     pub path: std::path::PathBuf,
+    /// Where that path led: the file opened, absolute, symlinks resolved.
+    pub resolved: std::path::PathBuf,
     /// Its format.
     pub format: Format,
     /// Its virtual size in bytes.
@@ -275,6 +279,8 @@ pub struct ChainEntry {
 pub struct ExtentFile {
     /// Path of the file.
     pub path: std::path::PathBuf,
+    /// Where that path led: the file opened, absolute, symlinks resolved.
+    pub resolved: std::path::PathBuf,
     /// Size of the file in bytes.
     pub file_size: u64,
     /// Whether the file holds guest bytes as they are (a flat extent), so that its holes

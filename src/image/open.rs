@@ -3,6 +3,7 @@
 
 use super::file::Tap;
 use super::lock::LockMode;
+use super::policy::{Field, NamePolicy, Root};
 use super::safe_open::FileId;
 use super::vdi::VdiImage;
 use super::vhd::VhdImage;
@@ -14,6 +15,38 @@ use std::path::{Path, PathBuf};
 
 /// How deep a backing chain may go before we call it a loop.
 pub const MAX_CHAIN_DEPTH: u32 = 32;
+
+/// The memory budget of a chain's tables unless [`OpenOptions::memory_budget`] says
+/// otherwise.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 256 << 20;
+
+/// What is left of a chain's memory budget for the layers still to be opened. Half of
+/// it is for L1 tables, which must fit (an image whose L1 table does not is refused);
+/// half for L2 caches, of which each layer may keep at most half of what is left (an
+/// explicit [`OpenOptions::l2_cache_bytes`] instead sets each layer's cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainBudget {
+    /// Bytes left for L1 tables.
+    pub l1_tables: u64,
+    /// Bytes left for L2 caches.
+    pub l2_caches: u64,
+}
+
+impl ChainBudget {
+    /// The budget of a whole chain of `total` bytes.
+    pub fn new(total: u64) -> ChainBudget {
+        ChainBudget {
+            l1_tables: total / 2,
+            l2_caches: total - total / 2,
+        }
+    }
+}
+
+impl Default for ChainBudget {
+    fn default() -> Self {
+        ChainBudget::new(DEFAULT_MEMORY_BUDGET)
+    }
+}
 
 /// How to open an image.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +63,9 @@ pub struct OpenOptions {
     /// Most bytes of qcow2 L2 tables to keep cached, per image of the chain; `None` for
     /// the default (see `qcow2::DEFAULT_L2_CACHE_BYTES`).
     pub l2_cache_bytes: Option<u64>,
+    /// The memory budget of the whole chain's qcow2 tables: [`ChainBudget::new`] of the
+    /// total at the top (`None`: [`DEFAULT_MEMORY_BUDGET`]), what is left of it below.
+    pub memory_budget: Option<ChainBudget>,
     /// Open this internal snapshot of a qcow2 image (matched by name, then by id)
     /// instead of its active state; read-only. Applies to the top image only.
     pub snapshot: Option<String>,
@@ -52,6 +88,12 @@ pub struct OpenOptions {
     /// are block devices (an `--overlay FILE` names the image it was made over); any
     /// other file an image names must be a regular file.
     pub user_paths: Vec<PathBuf>,
+    /// Which host files the images may name (backing files, parents, data files,
+    /// extents): see [`NamePolicy`].
+    pub policy: NamePolicy,
+    /// The image the user gave that the file being opened descends from, which the
+    /// policy holds named files to; filled in by [`open_at_depth`] (`None` above the top).
+    pub root: Option<Root>,
 }
 
 /// A file higher up the chain being opened.
@@ -91,15 +133,22 @@ pub fn open_at_depth(path: &Path, options: &OpenOptions, depth: u32) -> Result<B
     if options.writable && options.force_share {
         return Err(Error::invalid("--force-share is only allowed read-only"));
     }
-    let file = match options.above.last() {
-        Some(namer) if !options.user_paths.iter().any(|p| p == path) => {
-            ImageFile::open_named(path, &namer.path, "backing file", options.direct)?
-        }
-        _ => ImageFile::open(path, options.writable, options.direct)?,
+    let named = match options.above.last() {
+        Some(namer) if !options.user_paths.iter().any(|p| p == path) => Some(namer),
+        _ => None,
+    };
+    let file = match named {
+        Some(namer) => ImageFile::open_named(path, &namer.path, Field::BackingFile, options)?,
+        None => ImageFile::open(path, options.writable, options.direct)?,
     }
     .with_tap(options.tap.clone());
     refuse_loop(&file, &options.above)?;
+    let root = match named {
+        Some(_) => options.root.clone(),
+        None => Some(Root::of(path, file.is_block_device())),
+    };
     let options = &OpenOptions {
+        root,
         above: [
             options.above.as_slice(),
             &[Above {

@@ -90,7 +90,7 @@ pub fn open(
 fn allowed(accept: Accept) -> &'static str {
     match accept {
         Accept::FileOrBlockDevice => "or a block device can be an image",
-        Accept::RegularFile => "can be named by an image",
+        Accept::RegularFile => "can be named by an image (a block device too with --allow-devices)",
     }
 }
 
@@ -109,7 +109,11 @@ fn set_blocking(file: &File) -> std::io::Result<()> {
 /// The error of a refused or failed open of `path`, which `named_by` names in its field
 /// `field` (`None`: the user gave it). A file that does not exist is left to the caller,
 /// which knows what the image called it and where it looked.
-pub fn open_error(path: &Path, named_by: Option<(&Path, &str)>, error: std::io::Error) -> Error {
+pub fn open_error(
+    path: &Path,
+    named_by: Option<(&Path, super::policy::Field)>,
+    error: std::io::Error,
+) -> Error {
     // A file of a kind that cannot be an image (see `open_checked`) is an unusable input,
     // not an I/O failure.
     let refused = error.kind() == std::io::ErrorKind::InvalidInput;

@@ -218,6 +218,7 @@ impl ServeSpec {
                 snapshot: record.snapshot.clone(),
                 disk: record.disk,
                 journal_dir: Some(registry::journal_dir()),
+                policy: record.policy,
                 ..OpenOptions::default()
             },
             piece: record.piece.clone(),
@@ -251,6 +252,7 @@ impl ServeSpec {
             key_file,
             snapshot: self.options.snapshot.clone(),
             disk: self.options.disk,
+            policy: self.options.policy,
             format_probed: self.options.format.is_none() && self.overlay.is_none(),
             ..DeviceRecord::new(
                 0,

@@ -2,6 +2,7 @@
 //! that `list` and `detach` work from any shell without asking the daemons.
 
 use crate::error::{Error, Result};
+use crate::image::policy::NamePolicy;
 use crate::image::Format;
 use crate::layout::PieceId;
 use serde::{Deserialize, Serialize};
@@ -71,6 +72,15 @@ pub struct DeviceRecord {
     /// The disk of an OVA archive served (1-based), if one was picked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<u32>,
+    /// Which host files the images may name, as the attach said (its options and the
+    /// configuration file then), so that a recovery opens them alike.
+    #[serde(default, skip_serializing_if = "is_default_policy")]
+    pub policy: NamePolicy,
+}
+
+/// Whether `policy` is the default (left out of the record).
+fn is_default_policy(policy: &NamePolicy) -> bool {
+    *policy == NamePolicy::default()
 }
 
 impl DeviceRecord {
@@ -115,6 +125,7 @@ impl DeviceRecord {
             key_file: None,
             snapshot: None,
             disk: None,
+            policy: NamePolicy::default(),
         }
     }
 }

@@ -200,3 +200,105 @@ fn mount_umount_and_detach_say_what_they_did_as_json() {
     assert_eq!(detached[0]["image"], real(&image), "{detached}");
     assert_no_devices();
 }
+
+/// An ext4 image of unknown origin holding `bin/id`, a copy of /usr/bin/id made
+/// setuid-root (4755, owned by root), and `dev/null`, a node of the host's /dev/null
+/// (character device 1:3, mode 0666).
+fn hostile_ext4(s: &Scratch) -> std::path::PathBuf {
+    let root = s.mkdir("hostile-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    let id = root.join("bin/id");
+    std::fs::copy("/usr/bin/id", &id).unwrap();
+    cmd("chown").arg("0:0").arg(&id).ok();
+    cmd("chmod").arg("4755").arg(&id).ok();
+    cmd("mknod")
+        .args(["-m", "666"])
+        .arg(root.join("dev/null"))
+        .args(["c", "1", "3"])
+        .ok();
+    let image = s.path("hostile.raw");
+    cmd("truncate").args(["-s", "16M"]).arg(&image).ok();
+    cmd("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&image)
+        .ok();
+    image
+}
+
+/// The effective user id that `MNT/bin/id -u` reports when nobody (65534) runs it.
+fn euid_of_setuid_id(mnt: &Path) -> String {
+    cmd("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(mnt.join("bin/id"))
+        .arg("-u")
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn mount_gives_setuid_programs_and_device_nodes_no_power() {
+    require_ublk();
+    let s = Scratch::new("mount-setuid");
+    let image = hostile_ext4(&s);
+    // A mount point that nobody can reach (the scratch folder may be root's only).
+    let mnt = std::env::temp_dir().join(format!("imgblk-setuid-{}", std::process::id()));
+    std::fs::create_dir_all(&mnt).unwrap();
+    cmd("chmod").arg("755").arg(&mnt).ok();
+
+    // --untrusted, as for an image of unknown origin: mount passes it to its attach.
+    imgblk()
+        .args(["mount", "--untrusted"])
+        .arg(&image)
+        .arg(&mnt)
+        .ok();
+    assert!(
+        list_json()[0]["policy"]["data_files"] == false,
+        "{:?}",
+        list_json()
+    );
+    let options = cmd("findmnt")
+        .args(["-no", "OPTIONS"])
+        .arg(&mnt)
+        .ok()
+        .stdout;
+    let setuid = euid_of_setuid_id(&mnt);
+    // Root itself cannot open a device node on a nodev mount.
+    let node = std::fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("dev/null"));
+    imgblk().arg("umount").arg(&mnt).ok();
+    assert!(
+        options.contains("nosuid") && options.contains("nodev"),
+        "{options}"
+    );
+    assert_eq!(
+        setuid, "65534",
+        "a setuid-root program of the image ran as root"
+    );
+    let err = node.expect_err("a device node of the image opened");
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+
+    // The opt-outs, for images you trust: the same program then runs as root, the node
+    // opens (so the checks above would have seen it).
+    imgblk()
+        .args(["mount", "--suid", "--dev"])
+        .arg(&image)
+        .arg(&mnt)
+        .ok();
+    let setuid = euid_of_setuid_id(&mnt);
+    // (closed at once: an open file keeps the mount busy)
+    let node = std::fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("dev/null"))
+        .map(drop);
+    imgblk().arg("umount").arg(&mnt).ok();
+    std::fs::remove_dir(&mnt).ok();
+    assert_eq!(setuid, "0", "--suid did not honour the setuid bit");
+    assert!(node.is_ok(), "--dev: {:?}", node.err());
+    assert_no_devices();
+}

@@ -78,6 +78,8 @@ fn related(command: &str) -> &'static [&'static str] {
 const ENVIRONMENT: &str = "\
 RUST_LOG
   Log filter (tracing's EnvFilter syntax, e.g. imgblk=debug); overrides -v and -q.
+IMGBLK_CONFIG
+  The configuration file to read instead of /etc/imgblk/config.toml.
 IMGBLK_RUN_DIR
   The folder of device records, daemon logs and qcow2 metadata journals, instead of
   /run/imgblk.
@@ -86,6 +88,10 @@ PATH
   searched too).";
 
 const FILES: &str = "\
+/etc/imgblk/config.toml
+  Which host files images may name, for every call: backing-policy = \"follow\",
+  \"tree\" or \"none\"; untrusted = true; allow-devices = true (options override it);
+  memory-mib = N, the memory budget of a backing chain's qcow2 tables (256).
 /run/imgblk/ublkbN.json
   The record of device N: what it serves, its daemon (imgblk list, detach, recover).
 /run/imgblk/ublkbN.log

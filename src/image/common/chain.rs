@@ -4,6 +4,7 @@
 use super::walk::{merge_at, push};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::open::open_at_depth;
+use crate::image::policy::Field;
 use crate::image::{ChainEntry, DiskImage, Extent, Format, ImageFile, OpenOptions, Source};
 use std::path::{Path, PathBuf};
 
@@ -113,7 +114,11 @@ pub fn open_verified(
     verify: impl FnOnce(&ImageFile) -> Result<Option<String>>,
 ) -> Result<Box<dyn DiskImage>> {
     let path = locate_parent(child, wanted, candidates)?;
-    let file = ImageFile::open_named(&path, child, "parent", false)?;
+    let buffered = OpenOptions {
+        direct: false,
+        ..options.clone()
+    };
+    let file = ImageFile::open_named(&path, child, Field::Parent, &buffered)?;
     if let Some(mismatch) = verify(&file)? {
         return Err(Error::corrupt(format!(
             "{mismatch} of parent {}: the parent changed after this image was made from it, or \
@@ -171,6 +176,7 @@ pub fn map_parent<'a>(
 pub fn entry(file: &ImageFile, format: Format, virtual_size: u64) -> ChainEntry {
     ChainEntry {
         path: file.path().to_path_buf(),
+        resolved: file.real_path().to_path_buf(),
         format,
         virtual_size,
         file_size: file.len(),

@@ -33,6 +33,7 @@ use self::l2cache::{L2Cache, L2Ref, L2Table};
 use super::common::chain;
 use super::common::walk::push;
 use super::open::open_at_depth;
+use super::policy::Field;
 use super::{
     check_range, ChainEntry, CompressedCluster, DiskImage, Extent, Format, ImageFile, ImageWrite,
     OpenOptions, Source, WritePlan,
@@ -42,8 +43,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// Largest L2 cache per image unless [`OpenOptions::l2_cache_bytes`] says otherwise:
-/// enough to keep every table of a 1 TiB image with 64 KiB clusters resident.
+/// Largest L2 cache per image unless [`OpenOptions::l2_cache_bytes`] says otherwise
+/// (enough to keep every table of a 1 TiB image with 64 KiB clusters resident); the
+/// chain's [`ChainBudget`](super::open::ChainBudget) may leave a layer less.
 pub const DEFAULT_L2_CACHE_BYTES: u64 = 128 << 20;
 
 /// What [`Qcow2Image::one_cluster`] found.
@@ -98,6 +100,9 @@ impl Qcow2Image {
         if writer.is_none() && header.has_incompatible(header::INCOMPAT_DIRTY) {
             tracing::warn!(path = %path.display(), "qcow2 image is marked dirty (not closed cleanly); reading it anyway");
         }
+        let mut budget = options.memory_budget.unwrap_or_default();
+        budget.l1_tables =
+            take_l1_budget(budget.l1_tables, &header).map_err(|e| e.with_path(&path))?;
         let l1 = read_l1(&file, &header)?;
         let guard = writer
             .as_ref()
@@ -105,7 +110,9 @@ impl Qcow2Image {
             .transpose()
             .map_err(|e| e.with_path(&path))?;
         let writer = writer.map(Mutex::new);
-        let cache_bytes = options.l2_cache_bytes.unwrap_or(DEFAULT_L2_CACHE_BYTES);
+        let cache_bytes = options
+            .l2_cache_bytes
+            .unwrap_or(DEFAULT_L2_CACHE_BYTES.min(budget.l2_caches / 2));
         // A writable image keeps every table it loads: dirty tables are never evicted.
         let capacity = if writer.is_some() {
             l1.len()
@@ -113,10 +120,19 @@ impl Qcow2Image {
             usize::try_from(cache_bytes / header.cluster_size())
                 .unwrap_or(usize::MAX)
                 .min(l1.len())
+                .max(1)
         };
         let l2 = L2Cache::new(l1.len(), capacity);
+        budget.l2_caches = budget.l2_caches.saturating_sub(match writer {
+            Some(_) => cache_bytes,
+            None => capacity as u64 * header.cluster_size(),
+        });
         let data_file = open_data_file(&path, &header, options)?;
-        let backing = open_backing(&path, &header, options, depth)?;
+        let below = OpenOptions {
+            memory_budget: Some(budget),
+            ..options.clone()
+        };
+        let backing = open_backing(&path, &header, &below, depth)?;
         if writer.is_some() {
             write::Writer::clear_autoclear(&file, &header)?;
         }
@@ -563,6 +579,22 @@ fn read_l1(file: &ImageFile, header: &Header) -> Result<Box<[AtomicU64]>> {
     Ok(l1.into_boxed_slice())
 }
 
+/// What is left of the chain's `budget` for L1 tables once the one that `header` declares
+/// is taken from it; an error if the table does not fit.
+fn take_l1_budget(budget: u64, header: &Header) -> Result<u64> {
+    let l1_bytes = u64::from(header.l1_size) * 8;
+    budget.checked_sub(l1_bytes).ok_or_else(|| {
+        Error::unsupported(format!(
+            "its L1 table ({} MiB) does not fit in what is left for L1 tables ({} MiB) of the \
+             backing chain's memory budget (half of memory-mib in the configuration file, \
+             {} MiB by default)",
+            l1_bytes >> 20,
+            budget >> 20,
+            super::open::DEFAULT_MEMORY_BUDGET >> 20
+        ))
+    })
+}
+
 /// Where a backing file name stored in the image at `image` points: relative names are
 /// relative to the directory of the image that names them, as in QEMU.
 pub fn resolve_backing_path(image: &Path, name: &str) -> PathBuf {
@@ -590,7 +622,7 @@ fn open_data_file(
         return Ok(None);
     };
     let path = resolve_backing_path(image, name);
-    let file = ImageFile::open_named(&path, image, "data file", options.direct).map_err(|e| {
+    let file = ImageFile::open_named(&path, image, Field::DataFile, options).map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
             Error::new(
                 ErrorKind::NotFound,

@@ -12,6 +12,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::image::common::bytes::guid_string;
 use crate::image::common::chain;
 use crate::image::safe_open::FileId;
+use crate::image::policy::Field;
 use crate::image::{DiskImage, ImageFile, OpenOptions};
 use std::path::{Path, PathBuf};
 
@@ -32,7 +33,7 @@ pub fn open(
     let linkage = header.uuids.linkage;
     let dirs = search_dirs(child);
     for path in vdi_files(&dirs) {
-        let Some((id, found)) = peek_uuids(&path, child) else {
+        let Some((id, found)) = peek_uuids(&path, child, options) else {
             continue;
         };
         if id == file.id() || found.create != linkage {
@@ -99,10 +100,19 @@ fn vdi_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
     all
 }
 
-/// The identity and UUIDs of the VDI at `path`, or `None` if it is no readable VDI (a
-/// file that is not a regular file is not opened).
-fn peek_uuids(path: &Path, child: &Path) -> Option<(FileId, header::Uuids)> {
-    let file = ImageFile::open_named(path, child, "parent", false).ok()?;
+/// The identity and UUIDs of the VDI at `path`, or `None` if it is no readable VDI or
+/// one that `options`' policy keeps `child` from naming (a file that is not a regular
+/// file is not opened).
+fn peek_uuids(
+    path: &Path,
+    child: &Path,
+    options: &OpenOptions,
+) -> Option<(FileId, header::Uuids)> {
+    let buffered = OpenOptions {
+        direct: false,
+        ..options.clone()
+    };
+    let file = ImageFile::open_named(path, child, Field::Parent, &buffered).ok()?;
     let uuids = header::read(&file).ok()?.uuids;
     Some((file.id(), uuids))
 }

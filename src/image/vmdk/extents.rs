@@ -6,6 +6,7 @@ use super::sparse::SparseExtent;
 use crate::error::{Error, Result};
 use crate::image::common::chain::relative_to_child;
 use crate::image::common::walk::{push, Walker};
+use crate::image::policy::Field;
 use crate::image::{Extent, ImageFile, OpenOptions, Source};
 use std::path::Path;
 
@@ -78,8 +79,8 @@ pub fn open_all(
         } else {
             let name = line.file.as_deref().unwrap_or_default();
             let path = relative_to_child(desc_path, name);
-            let field = format!("extent {}", number + 1);
-            let file = ImageFile::open_named(&path, desc_path, &field, options.direct)?;
+            let field = Field::Extent(number + 1);
+            let file = ImageFile::open_named(&path, desc_path, field, options)?;
             open_one(file, line.kind, line.offset, len)?
         };
         extents.push(VmdkExtent { start, len, kind });

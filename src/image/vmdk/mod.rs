@@ -173,15 +173,20 @@ impl DiskImage for VmdkImage {
                 .iter()
                 .filter_map(|e| e.file().map(|f| (f, e.is_flat()))),
         );
-        let file_size = files.next().map_or(0, |(file, _)| file.len());
+        let (file_size, resolved) = files.next().map_or_else(
+            || (0, self.path.clone()),
+            |(file, _)| (file.len(), file.real_path().to_path_buf()),
+        );
         let own = ChainEntry {
             path: self.path.clone(),
+            resolved,
             format: Format::Vmdk,
             virtual_size: self.size,
             file_size,
             extents: files
                 .map(|(file, flat)| ExtentFile {
                     path: file.path().to_path_buf(),
+                    resolved: file.real_path().to_path_buf(),
                     file_size: file.len(),
                     flat,
                 })
