@@ -1,0 +1,511 @@
+//! NTFS through the `ntfs` crate (read-only, `no_std`-capable, no decompression).
+//!
+//! Without Windows' security descriptors mapped to Unix ones, files show as root's,
+//! directories 0755 and files 0644 (0444 when read-only), as ntfs-3g shows them by
+//! default; symbolic links made by ntfs-3g (Interix `IntxLNK` files) are links. Named
+//! data streams are listed as `FILE:STREAM` entries of kind [`Kind::Stream`], which
+//! `get` reads; compressed and encrypted files are listed with their sizes, but their
+//! bytes are refused, for the crate would hand back the stored (compressed) bytes.
+
+use super::adapter::{ImageReader, ImageStream};
+use super::entry::Time;
+use super::guard::guarded;
+use super::{Entry, FileSystem, Kind};
+use crate::error::{Error, ErrorKind, Result};
+use ntfs::indexes::NtfsFileNameIndex;
+use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
+use ntfs::{
+    Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsError, NtfsFile, NtfsReadSeek, NtfsTime,
+};
+use std::cell::RefCell;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+const FS: &str = "ntfs";
+
+/// MFT records below this are the file system's own ($MFT, $Bitmap, $Extend...), hidden
+/// from listings as Linux's ntfs3 and ntfs-3g hide them.
+const FIRST_USER_RECORD: u64 = 16;
+
+/// The root directory's MFT record.
+const ROOT_RECORD: u64 = 5;
+
+/// Most entries read from one directory index: a B-tree whose nodes point back at each
+/// other is cut there.
+const MAX_DIR_ENTRIES: usize = 1 << 20;
+
+/// How much of a file one read of the crate fetches.
+const CHUNK: usize = 1 << 20;
+
+/// The header of a symbolic link as ntfs-3g (after Interix) stores it: this, then the
+/// target in UTF-16LE, in a system file's data.
+const INTERIX_LINK: &[u8] = b"IntxLNK\x01";
+
+/// Longest Interix link target read (PATH_MAX in UTF-16).
+const MAX_LINK: u64 = INTERIX_LINK.len() as u64 + 2 * 4096;
+
+/// An NTFS file system of an image.
+pub struct NtfsFs {
+    ntfs: Ntfs,
+    stream: RefCell<ImageStream>,
+    name: String,
+}
+
+/// Where a path leads: an MFT record, and the named data stream when the path ends in
+/// `:STREAM`.
+struct Found {
+    record: u64,
+    stream: Option<String>,
+}
+
+impl NtfsFs {
+    /// Reads the boot sector and the upper-case table of the file system `reader` holds.
+    pub fn load(reader: ImageReader) -> Result<Self> {
+        let name = reader.name().to_string();
+        let mut stream = ImageStream::new(reader);
+        let ntfs = guarded(&name, FS, || {
+            let mut ntfs = Ntfs::new(&mut stream).map_err(|e| error(&name, Path::new("/"), e))?;
+            ntfs.read_upcase_table(&mut stream)
+                .map_err(|e| error(&name, Path::new("/"), e))?;
+            Ok(ntfs)
+        })?;
+        Ok(NtfsFs {
+            ntfs,
+            stream: RefCell::new(stream),
+            name,
+        })
+    }
+
+    fn guarded<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        guarded(&self.name, FS, f)
+    }
+
+    fn fail<'p>(&'p self, path: &'p Path) -> impl Fn(NtfsError) -> Error + 'p {
+        move |e| error(&self.name, path, e)
+    }
+
+    fn file(&self, record: u64, path: &Path) -> Result<NtfsFile<'_>> {
+        self.ntfs
+            .file(&mut *self.stream.borrow_mut(), record)
+            .map_err(self.fail(path))
+    }
+
+    fn not_found(&self, path: &Path) -> Error {
+        super::path_error(ErrorKind::NotFound, &self.name, path, "no such file")
+    }
+
+    fn not_a_directory(&self, path: &Path) -> Error {
+        super::path_error(ErrorKind::InvalidInput, &self.name, path, "not a directory")
+    }
+
+    /// The record (and stream) `path` names, looked up directory by directory.
+    fn lookup(&self, path: &Path) -> Result<Found> {
+        let mut record = ROOT_RECORD;
+        let mut components = path.components().peekable();
+        while let Some(component) = components.next() {
+            let name = match component {
+                Component::RootDir => continue,
+                Component::Normal(name) => name.to_str().ok_or_else(|| self.not_found(path))?,
+                _ => return Err(self.not_found(path)),
+            };
+            let last = components.peek().is_none();
+            match self.child(record, name, path)? {
+                Some(child) => record = child,
+                None if last => {
+                    let (file, stream) = name
+                        .rsplit_once(':')
+                        .filter(|(_, s)| !s.is_empty())
+                        .ok_or_else(|| self.not_found(path))?;
+                    let record = self
+                        .child(record, file, path)?
+                        .ok_or_else(|| self.not_found(path))?;
+                    return Ok(Found {
+                        record,
+                        stream: Some(stream.to_string()),
+                    });
+                }
+                None => return Err(self.not_found(path)),
+            }
+        }
+        Ok(Found {
+            record,
+            stream: None,
+        })
+    }
+
+    /// The record of `name` in directory `dir`, if it has one by that name.
+    fn child(&self, dir: u64, name: &str, path: &Path) -> Result<Option<u64>> {
+        let dir = self.file(dir, path)?;
+        if !dir.is_directory() {
+            return Err(self.not_a_directory(path));
+        }
+        let fs = &mut *self.stream.borrow_mut();
+        let index = dir.directory_index(fs).map_err(self.fail(path))?;
+        let mut finder = index.finder();
+        match NtfsFileNameIndex::find(&mut finder, &self.ntfs, fs, name) {
+            None => Ok(None),
+            Some(entry) => {
+                let record = entry.map_err(self.fail(path))?.file_reference();
+                Ok(Some(record.file_record_number()).filter(|&r| r >= FIRST_USER_RECORD))
+            }
+        }
+    }
+
+    /// The entry of record `record` (or of its stream `stream`), named `name`.
+    fn entry(
+        &self,
+        record: u64,
+        name: PathBuf,
+        stream: Option<&str>,
+        path: &Path,
+    ) -> Result<Entry> {
+        let file = self.file(record, path)?;
+        let info = file.info().map_err(self.fail(path))?;
+        let flags = info.file_attributes();
+        let dir = file.is_directory();
+        let data = if dir {
+            None
+        } else {
+            Some(self.data_len(&file, stream.unwrap_or(""), path)?)
+        };
+        let mut kind = match (dir, stream) {
+            (_, Some(_)) => Kind::Stream,
+            (true, None) => Kind::Dir,
+            (false, None) => Kind::File,
+        };
+        let target = match data {
+            Some(len) if kind == Kind::File && flags.contains(NtfsFileAttributeFlags::SYSTEM) => {
+                self.interix_link(&file, len, path)?
+            }
+            _ => None,
+        };
+        let mut size = data.unwrap_or(0);
+        if let Some(target) = &target {
+            kind = Kind::Symlink;
+            size = target.as_os_str().len() as u64;
+        }
+        let mode = match kind {
+            Kind::Dir => 0o755,
+            Kind::Symlink => 0o777,
+            _ if flags.contains(NtfsFileAttributeFlags::READ_ONLY) => 0o444,
+            _ => 0o644,
+        };
+        Ok(Entry {
+            name,
+            kind,
+            size,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: time(info.modification_time()),
+            atime: time(info.access_time()),
+            target,
+            file_id: Some(record),
+            links: u32::from(file.hard_link_count()).max(1),
+        })
+    }
+
+    /// The length of data stream `stream` (`""`: the file's own bytes) of `file`; a
+    /// missing unnamed stream is an empty file, a missing named one no such file.
+    fn data_len(&self, file: &NtfsFile<'_>, stream: &str, path: &Path) -> Result<u64> {
+        let fs = &mut *self.stream.borrow_mut();
+        match file.data(fs, stream) {
+            Some(item) => {
+                let item = item.map_err(self.fail(path))?;
+                let attribute = item.to_attribute().map_err(self.fail(path))?;
+                Ok(attribute.value_length())
+            }
+            None if stream.is_empty() => Ok(0),
+            None => Err(self.not_found(path)),
+        }
+    }
+
+    /// The target of an Interix symbolic link (a system file holding `IntxLNK\1` and
+    /// the target in UTF-16LE), or `None` when `file` is not one.
+    fn interix_link(&self, file: &NtfsFile<'_>, len: u64, path: &Path) -> Result<Option<PathBuf>> {
+        if !(INTERIX_LINK.len() as u64..=MAX_LINK).contains(&len) || len % 2 != 0 {
+            return Ok(None);
+        }
+        let mut bytes = vec![0; len as usize];
+        self.read_stream(file, "", 0, &mut bytes, path)?;
+        let Some(target) = bytes.strip_prefix(INTERIX_LINK) else {
+            return Ok(None);
+        };
+        let units: Vec<u16> = target
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        Ok(Some(PathBuf::from(String::from_utf16_lossy(&units))))
+    }
+
+    /// Fills `buf` from byte `offset` of data stream `stream` of `file` (as far as the
+    /// stream goes); refuses compressed and encrypted streams. Returns the bytes read.
+    fn read_stream(
+        &self,
+        file: &NtfsFile<'_>,
+        stream: &str,
+        offset: u64,
+        buf: &mut [u8],
+        path: &Path,
+    ) -> Result<usize> {
+        let fs = &mut *self.stream.borrow_mut();
+        let Some(item) = file.data(fs, stream) else {
+            return Ok(0);
+        };
+        let item = item.map_err(self.fail(path))?;
+        let attribute = item.to_attribute().map_err(self.fail(path))?;
+        let flags = attribute.flags();
+        let refused = if flags.contains(NtfsAttributeFlags::COMPRESSED) {
+            Some("compressed (LZNT1), and the ntfs crate cannot decompress")
+        } else if flags.contains(NtfsAttributeFlags::ENCRYPTED) {
+            Some("encrypted (EFS), which imgblk cannot decrypt")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{}: {}: is {why}; `imgblk mount` reads it through the kernel",
+                    self.name,
+                    super::escape::escape(path)
+                ),
+            ));
+        }
+        let mut value = attribute.value(fs).map_err(self.fail(path))?;
+        if offset >= value.len() {
+            return Ok(0);
+        }
+        value
+            .seek(fs, std::io::SeekFrom::Start(offset))
+            .map_err(self.fail(path))?;
+        let want = buf
+            .len()
+            .min(usize::try_from(value.len() - offset).unwrap_or(usize::MAX));
+        value
+            .read_exact(fs, &mut buf[..want])
+            .map_err(self.fail(path))?;
+        Ok(want)
+    }
+
+    /// The entries of the directory of record `record`.
+    fn entries(&self, record: u64, path: &Path) -> Result<Vec<Entry>> {
+        let dir = self.file(record, path)?;
+        if !dir.is_directory() {
+            return Err(self.not_a_directory(path));
+        }
+        let mut children = Vec::new();
+        {
+            let fs = &mut *self.stream.borrow_mut();
+            let index = dir.directory_index(fs).map_err(self.fail(path))?;
+            let mut iter = index.entries();
+            while let Some(item) = iter.next(fs) {
+                let item = item.map_err(self.fail(path))?;
+                let Some(key) = item.key() else { continue };
+                let key = key.map_err(self.fail(path))?;
+                let child = item.file_reference().file_record_number();
+                if key.namespace() == NtfsFileNamespace::Dos
+                    || child < FIRST_USER_RECORD
+                    || child == record
+                {
+                    continue;
+                }
+                if children.len() == MAX_DIR_ENTRIES {
+                    return Err(Error::corrupt(format!(
+                        "{}: {}: the ntfs directory has more than {MAX_DIR_ENTRIES} entries \
+                         (a loop in its index?)",
+                        self.name,
+                        super::escape::escape(path)
+                    )));
+                }
+                children.push((child, key.name().to_string_lossy()));
+            }
+        }
+        let mut entries = Vec::with_capacity(children.len());
+        for (child, name) in children {
+            let at = path.join(&name);
+            let entry = self.entry(child, name.clone().into(), None, &at)?;
+            if entry.kind == Kind::File {
+                for stream in self.stream_names(child, &at)? {
+                    let named = format!("{name}:{stream}");
+                    entries.push(self.entry(child, named.into(), Some(&stream), &at)?);
+                }
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    /// The names of the named data streams of record `record`.
+    fn stream_names(&self, record: u64, path: &Path) -> Result<Vec<String>> {
+        let file = self.file(record, path)?;
+        let fs = &mut *self.stream.borrow_mut();
+        let mut names = Vec::new();
+        let mut attributes = file.attributes();
+        while let Some(item) = attributes.next(fs) {
+            let item = item.map_err(self.fail(path))?;
+            let attribute = item.to_attribute().map_err(self.fail(path))?;
+            if attribute.ty().map_err(self.fail(path))? != NtfsAttributeType::Data {
+                continue;
+            }
+            let name = attribute.name().map_err(self.fail(path))?;
+            if !name.is_empty() {
+                names.push(name.to_string_lossy());
+            }
+        }
+        Ok(names)
+    }
+}
+
+impl FileSystem for NtfsFs {
+    fn kind(&self) -> &'static str {
+        FS
+    }
+
+    fn metadata(&self, path: &Path) -> Result<Entry> {
+        self.guarded(|| {
+            let found = self.lookup(path)?;
+            let name = path.file_name().map_or_else(|| "/".into(), PathBuf::from);
+            self.entry(found.record, name, found.stream.as_deref(), path)
+        })
+    }
+
+    fn read_dir(&self, path: &Path) -> Result<Vec<Entry>> {
+        self.guarded(|| {
+            let found = self.lookup(path)?;
+            if found.stream.is_some() {
+                return Err(self.not_a_directory(path));
+            }
+            self.entries(found.record, path)
+        })
+    }
+
+    fn open_file<'a>(&'a self, path: &Path) -> Result<Box<dyn Read + 'a>> {
+        let (found, len) = self.guarded(|| {
+            let entry = self.metadata(path)?;
+            if !matches!(entry.kind, Kind::File | Kind::Stream) {
+                return Err(Error::invalid(format!(
+                    "{}: {}: is not a regular file or a data stream",
+                    self.name,
+                    super::escape::escape(path)
+                )));
+            }
+            let found = self.lookup(path)?;
+            // Refuses compressed and encrypted files now, before any byte is written.
+            let file = self.file(found.record, path)?;
+            self.read_stream(
+                &file,
+                found.stream.as_deref().unwrap_or(""),
+                0,
+                &mut [],
+                path,
+            )?;
+            Ok((found, entry.size))
+        })?;
+        Ok(Box::new(StreamRead {
+            fs: self,
+            found,
+            path: path.to_path_buf(),
+            pos: 0,
+            len,
+            chunk: Vec::new(),
+            at: 0,
+        }))
+    }
+}
+
+/// One data stream's bytes, fetched a [`CHUNK`] at a time (the crate's readers borrow the
+/// file record, so each chunk looks the record up again).
+struct StreamRead<'a> {
+    fs: &'a NtfsFs,
+    found: Found,
+    path: PathBuf,
+    /// Offset of the end of `chunk` in the stream.
+    pos: u64,
+    len: u64,
+    chunk: Vec<u8>,
+    /// Bytes of `chunk` already handed out.
+    at: usize,
+}
+
+impl Read for StreamRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.chunk.len() {
+            if self.pos >= self.len {
+                return Ok(0);
+            }
+            let want = CHUNK.min(usize::try_from(self.len - self.pos).unwrap_or(CHUNK));
+            self.chunk.resize(want, 0);
+            let (fs, found, path, pos) = (self.fs, &self.found, &self.path, self.pos);
+            let chunk = &mut self.chunk;
+            let n = fs
+                .guarded(|| {
+                    let file = fs.file(found.record, path)?;
+                    let stream = found.stream.as_deref().unwrap_or("");
+                    fs.read_stream(&file, stream, pos, chunk, path)
+                })
+                .map_err(std::io::Error::other)?;
+            self.chunk.truncate(n);
+            self.pos += n as u64;
+            self.at = 0;
+            if n == 0 {
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// An NTFS time (100 ns units since 1601) as Unix seconds and nanoseconds.
+fn time(t: NtfsTime) -> Time {
+    /// 100 ns units from 1601-01-01 to 1970-01-01.
+    const EPOCH: i128 = 116_444_736_000_000_000;
+    let units = i128::from(t.nt_timestamp()) - EPOCH;
+    Time {
+        secs: (units.div_euclid(10_000_000)) as i64,
+        nanos: (units.rem_euclid(10_000_000) * 100) as u32,
+    }
+}
+
+/// The crate's error as imgblk's, naming the image and the path.
+fn error(image: &str, path: &Path, e: NtfsError) -> Error {
+    let at = super::escape::escape(path);
+    if let NtfsError::Io(io) = &e {
+        if let Some(inner) = io.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+            return Error::new(inner.kind(), inner.to_string());
+        }
+    }
+    if let NtfsError::NotADirectory { .. } = e {
+        return Error::invalid(format!("{image}: {at}: not a directory"));
+    }
+    Error::corrupt(format!(
+        "{image}: {at}: the ntfs file system is corrupt: {e}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ntfs_times_count_from_1601() {
+        assert_eq!(
+            time(NtfsTime::from(116_444_736_000_000_000)),
+            Time { secs: 0, nanos: 0 }
+        );
+        let t = time(NtfsTime::from(
+            116_444_736_000_000_000 + 16_000_000_005_000_001,
+        ));
+        assert_eq!(
+            t,
+            Time {
+                secs: 1_600_000_000,
+                nanos: 500_000_100
+            }
+        );
+        assert_eq!(time(NtfsTime::from(0)).secs, -11_644_473_600);
+    }
+}
