@@ -967,3 +967,62 @@ fn random_damage_to_ntfs_never_panics() {
     // The boot sector, then the MFT (4 clusters in) with every file's record.
     damage_and_read(&raw, imgblk::layout::ContentKind::Ntfs, 256 << 10, 60);
 }
+
+/// An ext4 file system inside LUKS2 (encrypted offline by `cryptsetup reencrypt
+/// --encrypt`, no dm-crypt), whole and in a GPT partition: `--luks --key-file` decrypts
+/// the piece chosen, `--key-file` alone unlocks every volume so the file system inside is
+/// found (and `--auto` picks it).
+#[test]
+fn luks_volumes_are_read_with_luks_or_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a.txt"), b"secret\n").unwrap();
+    let plain = dir.path().join("fs.raw");
+    mkfs_ext4(&plain, &src, 12 * MIB, &[]);
+    // reencrypt takes its header's room (8 MiB) off the end of the file.
+    let luks = dir.path().join("luks.raw");
+    let mut bytes = fs::read(&plain).unwrap();
+    bytes.resize(20 * MIB as usize, 0);
+    fs::write(&luks, bytes).unwrap();
+    let key = dir.path().join("key");
+    fs::write(&key, b"correct horse").unwrap();
+    let out = Command::new("cryptsetup")
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .args(["reencrypt", "--encrypt", "--reduce-device-size", "8M"])
+        .args("--type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000".split(' '))
+        .args(["--batch-mode", "--key-file"])
+        .args(os![&key, &luks])
+        .output()
+        .expect("cryptsetup is required (cryptsetup-bin, ci/install-deps)");
+    succeeded("cryptsetup reencrypt", out);
+    let gpt = dir.path().join("gpt.raw");
+    partitioned(&gpt, &luks, "gpt");
+
+    let get = imgblk_ok(os!["get", "--luks", "--key-file", &key, &luks, "/a.txt"]);
+    assert_eq!(get, b"secret\n");
+    let ls = imgblk_ok(os!["ls", "--key-file", &key, "--auto", &luks, "/"]);
+    assert_eq!(ls, b"a.txt\nlost+found\n");
+    let part = imgblk_ok(os![
+        "get",
+        "--part",
+        "1",
+        "--luks",
+        "--key-file",
+        key,
+        gpt,
+        "/a.txt"
+    ]);
+    assert_eq!(part, b"secret\n");
+    let files = archive_files(&imgblk_ok(os!["tar", "--key-file", &key, &gpt]));
+    assert_eq!(files[b"./a.txt".as_slice()].content, b"secret\n");
+
+    // Without the key there is no file system to read; with a wrong one, no key slot.
+    let out = imgblk(os!["ls", &luks, "/"]);
+    assert!(!out.status.success() && out.stdout.is_empty());
+    fs::write(&key, b"wrong").unwrap();
+    let out = imgblk(os!["get", "--luks", "--key-file", &key, &luks, "/a.txt"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{err}");
+    assert!(err.contains("no key slot matches"), "{err}");
+}

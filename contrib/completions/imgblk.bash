@@ -435,7 +435,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__get)
-            opts="-f -U -o -v -q -h --part --lv --auto --format --force-share --snapshot --output --verbose --quiet --help"
+            opts="-f -U -o -v -q -h --part --lv --auto --format --force-share --snapshot --luks --key-file --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -464,6 +464,10 @@ _imgblk() {
                     return 0
                     ;;
                 --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -801,7 +805,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__ls)
-            opts="-f -U -l -R -v -q -h --part --lv --auto --format --force-share --snapshot --long --recursive --json --verbose --quiet --help"
+            opts="-f -U -l -R -v -q -h --part --lv --auto --format --force-share --snapshot --luks --key-file --long --recursive --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -830,6 +834,10 @@ _imgblk() {
                     return 0
                     ;;
                 --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -947,7 +955,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__tar)
-            opts="-f -U -C -o -v -q -h --part --lv --auto --format --force-share --snapshot --directory --output --verbose --quiet --help"
+            opts="-f -U -C -o -v -q -h --part --lv --auto --format --force-share --snapshot --luks --key-file --directory --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -976,6 +984,10 @@ _imgblk() {
                     return 0
                     ;;
                 --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -225,8 +225,10 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With --luks it decrypts the selected piece (without, the passphrase is asked for on the terminal); alone it unlocks every LUKS volume in the images, so that --lv can name a logical volume inside one, as `imgblk inspect --key-file` shows them' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s l -l long -d 'Long listing: type and mode, owner, group, size, modification time (as `ls -l`)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s R -l recursive -d 'Everything below PATH, by full path'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l json -d 'Print a JSON array of entries (path, kind, size, mode, uid, gid, times, target)'
@@ -242,9 +244,11 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With --luks it decrypts the selected piece (without, the passphrase is asked for on the terminal); alone it unlocks every LUKS volume in the images, so that --lv can name a logical volume inside one, as `imgblk inspect --key-file` shows them' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -257,10 +261,12 @@ vpc\t'Microsoft Virtual PC / VHD (fixed, dynamic, differencing); qemu-img calls 
 vhdx\t'Microsoft VHDX (Hyper-V)'
 vdi\t'VirtualBox disk image'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l snapshot -d 'Read this internal snapshot of a qcow2 image (by name, then by id) instead of its current state' -r
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With --luks it decrypts the selected piece (without, the passphrase is asked for on the terminal); alone it unlocks every LUKS volume in the images, so that --lv can name a logical volume inside one, as `imgblk inspect --key-file` shows them' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s C -l directory -d 'The directory (or file) inside the file system to archive' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s h -l help -d 'Print help (see more with \'--help\')'
