@@ -815,6 +815,26 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) {
     assert_eq!(rc, 0, "setxattr {name} on {}", path.display());
 }
 
+/// The reparse data of a Windows symbolic link (`tag` 0xA000000C, relative) or junction
+/// (0xA0000003) to `target`, given as substitute name only.
+fn windows_link(tag: u32, target: &str) -> Vec<u8> {
+    let name: Vec<u8> = target.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let flags: &[u8] = if tag == 0xA000_000C {
+        &[1, 0, 0, 0]
+    } else {
+        &[]
+    };
+    let len = name.len() as u16;
+    let fields = [0, len, len, 0].map(u16::to_le_bytes).concat();
+    let body = [&fields[..], flags, &name].concat();
+    let head = [
+        tag.to_le_bytes(),
+        [body.len() as u8, (body.len() >> 8) as u8, 0, 0],
+    ]
+    .concat();
+    [head, body].concat()
+}
+
 /// Modification times set in the NTFS tree (NTFS counts in 100 ns).
 const NTFS_TIMES: [(&str, i64, i64); 4] = [
     ("a.txt", 1_600_000_001, 123_456_700),
@@ -854,6 +874,19 @@ fn ntfs_image(dir: &Path) -> PathBuf {
         &[0, 0, 0x08, 0x10],
     );
     fs::write(mnt.join("comp/c.txt"), b"compressible ".repeat(10_000)).unwrap();
+    // As Windows makes them: a relative symbolic link and a junction, reparse points.
+    File::create(mnt.join("winlink")).unwrap();
+    set_xattr(
+        &mnt.join("winlink"),
+        "system.ntfs_reparse_data",
+        &windows_link(0xA000_000C, "..\\a.txt"),
+    );
+    fs::create_dir(mnt.join("junction")).unwrap();
+    set_xattr(
+        &mnt.join("junction"),
+        "system.ntfs_reparse_data",
+        &windows_link(0xA000_0003, "\\??\\C:\\Users"),
+    );
     for (path, secs, nanos) in NTFS_TIMES {
         set_mtime(&mnt.join(path), secs, nanos);
     }
@@ -886,7 +919,9 @@ fn ntfs_trees_come_back_from_tar_ls_and_get() {
         "./dir/sub/",
         "./grüße.txt",
         "./hard",
+        "./junction",
         "./sparse",
+        "./winlink",
     ];
     let mut sparse = vec![0u8; 8 * MIB as usize];
     sparse[4 * MIB as usize..][..6].copy_from_slice(b"middle");
@@ -923,11 +958,18 @@ fn ntfs_trees_come_back_from_tar_ls_and_get() {
             ('l', &b"../a.txt"[..]),
             "{what}"
         );
-        assert_eq!(
-            (file("./hard").kind, &file("./hard").content[..]),
-            ('h', &b"./a.txt"[..]),
-            "{what}"
-        );
+        for (name, kind, target) in [
+            ("./hard", 'h', "./a.txt"),
+            ("./winlink", 'l', "../a.txt"),
+            ("./junction", 'l', "C:/Users"),
+        ] {
+            let got = file(name);
+            assert_eq!(
+                (got.kind, &got.content[..]),
+                (kind, target.as_bytes()),
+                "{what}"
+            );
+        }
         for (path, secs, nanos) in NTFS_TIMES {
             let got = file(&format!("./{path}"));
             assert_eq!(got.mtime, pax_time(secs, nanos), "{what}: {path}");
@@ -941,7 +983,8 @@ fn ntfs_trees_come_back_from_tar_ls_and_get() {
 
         let listing = imgblk_ok(&command("ls", image, piece, Some("/")));
         let listing = String::from_utf8(listing).unwrap();
-        let want_ls = "a.txt\na.txt:note\ncomp\ndir\ngrüße.txt\nhard\nhard:note\nsparse\n";
+        let want_ls =
+            "a.txt\na.txt:note\ncomp\ndir\ngrüße.txt\nhard\nhard:note\njunction\nsparse\nwinlink\n";
         assert_eq!(listing, want_ls, "{what}");
         let mut args = command("ls", image, piece, Some("/comp"));
         args.push("--json".as_ref());

@@ -1,8 +1,8 @@
 //! NTFS through the `ntfs` crate (read-only, `no_std`-capable, no decompression).
 //!
 //! Without Windows' security descriptors mapped to Unix ones, files show as root's,
-//! directories 0755 and files 0644 (0444 when read-only), as ntfs-3g shows them by
-//! default; symbolic links made by ntfs-3g (Interix `IntxLNK` files) are links. Named
+//! directories 0755 and files 0644 (0444 when read-only); symbolic links made by ntfs-3g (Interix `IntxLNK` files) and Windows' own
+//! symbolic links and junctions (reparse points) are links. Named
 //! data streams are listed as `FILE:STREAM` entries of kind [`Kind::Stream`], which
 //! `get` reads; compressed and encrypted files are listed with their sizes, but their
 //! bytes are refused, for the crate would hand back the stored (compressed) bytes.
@@ -15,7 +15,8 @@ use crate::error::{Error, ErrorKind, Result};
 use ntfs::indexes::NtfsFileNameIndex;
 use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
 use ntfs::{
-    Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsError, NtfsFile, NtfsReadSeek, NtfsTime,
+    Ntfs, NtfsAttribute, NtfsAttributeFlags, NtfsAttributeType, NtfsError, NtfsFile, NtfsReadSeek,
+    NtfsTime,
 };
 use std::cell::RefCell;
 use std::io::Read;
@@ -43,6 +44,13 @@ const INTERIX_LINK: &[u8] = b"IntxLNK\x01";
 
 /// Longest Interix link target read (PATH_MAX in UTF-16).
 const MAX_LINK: u64 = INTERIX_LINK.len() as u64 + 2 * 4096;
+
+/// Reparse tags of a Windows symbolic link and of a junction (mount point).
+const REPARSE_SYMLINK: u32 = 0xA000_000C;
+const REPARSE_MOUNT_POINT: u32 = 0xA000_0003;
+
+/// Most reparse data NTFS allows (16 KiB) and its header.
+const MAX_REPARSE: u64 = 16 * 1024 + 8;
 
 /// An NTFS file system of an image.
 pub struct NtfsFs {
@@ -174,6 +182,10 @@ impl NtfsFs {
             (false, None) => Kind::File,
         };
         let target = match data {
+            _ if stream.is_some() => None,
+            _ if flags.contains(NtfsFileAttributeFlags::REPARSE_POINT) => {
+                self.reparse_link(&file, path)?
+            }
             Some(len) if kind == Kind::File && flags.contains(NtfsFileAttributeFlags::SYSTEM) => {
                 self.interix_link(&file, len, path)?
             }
@@ -236,6 +248,47 @@ impl NtfsFs {
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect();
         Ok(Some(PathBuf::from(String::from_utf16_lossy(&units))))
+    }
+
+    /// The target of a Windows symbolic link or junction (a reparse point), or `None`
+    /// for other reparse points.
+    fn reparse_link(&self, file: &NtfsFile<'_>, path: &Path) -> Result<Option<PathBuf>> {
+        let mut target = None;
+        self.attributes_of(
+            file,
+            NtfsAttributeType::ReparsePoint,
+            path,
+            |attribute, fs| {
+                let len = attribute.value_length().min(MAX_REPARSE);
+                let mut data = vec![0; len as usize];
+                let mut value = attribute.value(fs).map_err(self.fail(path))?;
+                value.read_exact(fs, &mut data).map_err(self.fail(path))?;
+                target = reparse_target(&data);
+                Ok(false)
+            },
+        )?;
+        Ok(target)
+    }
+
+    /// Calls `f` with each attribute of type `ty` of `file` (and the image to read its
+    /// value from) until it returns `false`.
+    fn attributes_of(
+        &self,
+        file: &NtfsFile<'_>,
+        ty: NtfsAttributeType,
+        path: &Path,
+        mut f: impl FnMut(&NtfsAttribute<'_, '_>, &mut ImageStream) -> Result<bool>,
+    ) -> Result<()> {
+        let fs = &mut *self.stream.borrow_mut();
+        let mut attributes = file.attributes();
+        while let Some(item) = attributes.next(fs) {
+            let item = item.map_err(self.fail(path))?;
+            let attribute = item.to_attribute().map_err(self.fail(path))?;
+            if attribute.ty().map_err(self.fail(path))? == ty && !f(&attribute, fs)? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Fills `buf` from byte `offset` of data stream `stream` of `file` (as far as the
@@ -339,20 +392,14 @@ impl NtfsFs {
     /// The names of the named data streams of record `record`.
     fn stream_names(&self, record: u64, path: &Path) -> Result<Vec<String>> {
         let file = self.file(record, path)?;
-        let fs = &mut *self.stream.borrow_mut();
         let mut names = Vec::new();
-        let mut attributes = file.attributes();
-        while let Some(item) = attributes.next(fs) {
-            let item = item.map_err(self.fail(path))?;
-            let attribute = item.to_attribute().map_err(self.fail(path))?;
-            if attribute.ty().map_err(self.fail(path))? != NtfsAttributeType::Data {
-                continue;
-            }
+        self.attributes_of(&file, NtfsAttributeType::Data, path, |attribute, _| {
             let name = attribute.name().map_err(self.fail(path))?;
             if !name.is_empty() {
                 names.push(name.to_string_lossy());
             }
-        }
+            Ok(true)
+        })?;
         Ok(names)
     }
 }
@@ -459,6 +506,40 @@ impl Read for StreamRead<'_> {
     }
 }
 
+/// The target a reparse point's data names, for a symbolic link or a junction (mount
+/// point): its print name (else its substitute name without `\\??\\`), with `/` for `\\`.
+fn reparse_target(data: &[u8]) -> Option<PathBuf> {
+    let u16_at = |at: usize| {
+        data.get(at..at + 2)
+            .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+    };
+    let tag = u32::from_le_bytes(data.get(..4)?.try_into().ok()?);
+    // After the tag, lengths and the four name fields: the names, after a flags word
+    // for a symbolic link.
+    let names = match tag {
+        REPARSE_SYMLINK => 20,
+        REPARSE_MOUNT_POINT => 16,
+        _ => return None,
+    };
+    let name = |off: usize, len: usize| {
+        let bytes = data.get(names + off..names + off + len)?;
+        let units: Vec<u16> = bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        Some(String::from_utf16_lossy(&units))
+    };
+    let printed = name(u16_at(12)?, u16_at(14)?).filter(|p| !p.is_empty());
+    let target = match printed {
+        Some(p) => p,
+        None => {
+            let subst = name(u16_at(8)?, u16_at(10)?)?;
+            subst.strip_prefix("\\??\\").unwrap_or(&subst).to_string()
+        }
+    };
+    Some(PathBuf::from(target.replace('\\', "/")))
+}
+
 /// An NTFS time (100 ns units since 1601) as Unix seconds and nanoseconds.
 fn time(t: NtfsTime) -> Time {
     /// 100 ns units from 1601-01-01 to 1970-01-01.
@@ -489,6 +570,42 @@ fn error(image: &str, path: &Path, e: NtfsError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reparse data: tag, lengths, then the four name fields (and a flags word).
+    fn reparse(tag: u32, subst: &str, print: &str, flags: Option<u32>) -> Vec<u8> {
+        let utf16 = |s: &str| {
+            s.encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect::<Vec<u8>>()
+        };
+        let (s, p) = (utf16(subst), utf16(print));
+        let mut body = Vec::new();
+        for n in [0, s.len(), s.len(), p.len()] {
+            body.extend((n as u16).to_le_bytes());
+        }
+        if let Some(flags) = flags {
+            body.extend(flags.to_le_bytes());
+        }
+        body.extend(s);
+        body.extend(p);
+        let mut data = tag.to_le_bytes().to_vec();
+        data.extend((body.len() as u16).to_le_bytes());
+        data.extend([0, 0]);
+        data.extend(body);
+        data
+    }
+
+    #[test]
+    fn windows_links_and_junctions_point_where_they_say() {
+        let link = reparse(REPARSE_SYMLINK, "..\\a.txt", "..\\a.txt", Some(1));
+        assert_eq!(reparse_target(&link), Some(PathBuf::from("../a.txt")));
+        let junction = reparse(REPARSE_MOUNT_POINT, "\\??\\C:\\Users", "", None);
+        assert_eq!(reparse_target(&junction), Some(PathBuf::from("C:/Users")));
+        // Other tags (deduplication, cloud files) are no links; short data is nothing.
+        assert_eq!(reparse_target(&reparse(0x8000_0013, "x", "x", None)), None);
+        assert_eq!(reparse_target(&link[..30]), None);
+        assert_eq!(reparse_target(&[]), None);
+    }
 
     #[test]
     fn ntfs_times_count_from_1601() {
