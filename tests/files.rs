@@ -1069,3 +1069,117 @@ fn luks_volumes_are_read_with_luks_or_key_file() {
     assert!(!out.status.success() && out.stdout.is_empty(), "{err}");
     assert!(err.contains("no key slot matches"), "{err}");
 }
+
+/// Undoes (`true`) or redoes (`false`) the update-sequence fixups of an NTFS record: the
+/// last two bytes of each 512-byte sector are kept in the record's update sequence array.
+fn ntfs_fixups(record: &mut [u8], undo: bool) {
+    let usa = usize::from(u16::from_le_bytes([record[4], record[5]]));
+    let count = usize::from(u16::from_le_bytes([record[6], record[7]]));
+    for i in 1..count {
+        let end = i * 512 - 2;
+        let saved = usa + 2 * i;
+        if undo {
+            record.copy_within(saved..saved + 2, end);
+        } else {
+            record.copy_within(end..end + 2, saved);
+            record.copy_within(usa..usa + 2, end);
+        }
+    }
+}
+
+fn u16_at(r: &[u8], i: usize) -> usize {
+    usize::from(u16::from_le_bytes([r[i], r[i + 1]]))
+}
+
+fn u32_at(r: &[u8], i: usize) -> usize {
+    u32::from_le_bytes(r[i..i + 4].try_into().unwrap()) as usize
+}
+
+/// Where the subnode pointers (VCNs) of the entries of the index node whose header is at
+/// `node` in `buf` lie.
+fn subnode_pointers(buf: &[u8], node: usize) -> Vec<usize> {
+    let mut entry = node + u32_at(buf, node);
+    let mut pointers = Vec::new();
+    loop {
+        let (len, flags) = (u16_at(buf, entry + 8), u16_at(buf, entry + 12));
+        if flags & 1 != 0 {
+            pointers.push(entry + len - 8);
+        }
+        if flags & 2 != 0 || len == 0 {
+            return pointers;
+        }
+        entry += len;
+    }
+}
+
+/// A directory whose index B-tree node points back at itself (the crate would walk it
+/// forever, growing) is reported as corrupt, naming the image and the directory.
+#[test]
+fn an_ntfs_directory_index_that_loops_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("ntfs.raw");
+    File::create(&image).unwrap().set_len(16 * MIB).unwrap();
+    run("mkntfs", os!["-F", "-Q", "-q", &image]);
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    run("ntfs-3g", os![&image, &mnt]);
+    fs::create_dir(mnt.join("big")).unwrap();
+    for i in 0..300 {
+        File::create(mnt.join(format!("big/a file with a rather long name {i:04}"))).unwrap();
+    }
+    run("umount", os![&mnt]);
+    let info = String::from_utf8(run("ntfsinfo", os!["-F", "/big", &image]).stdout).unwrap();
+    let record_number: u64 = info
+        .split("Dumping Inode ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("ntfsinfo names the inode");
+    // The directory's MFT record: the MFT starts at the cluster the boot sector names.
+    let mut disk = fs::read(&image).unwrap();
+    let cluster = u64::from(u16::from_le_bytes([disk[11], disk[12]])) * u64::from(disk[13]);
+    let mft = u64::from_le_bytes(disk[0x30..0x38].try_into().unwrap()) * cluster;
+    let at = (mft + record_number * 1024) as usize;
+    let mut record = disk[at..at + 1024].to_vec();
+    ntfs_fixups(&mut record, true);
+    let record = &record[..];
+    // $INDEX_ROOT (0x90) points at the top node of the B-tree; one of that node's
+    // subnode pointers is made to point back at the node itself.
+    let mut attr = u16_at(record, 0x14);
+    while u32_at(record, attr) != 0x90 {
+        attr += u32_at(record, attr + 4);
+    }
+    let root = subnode_pointers(record, attr + u16_at(record, attr + 0x14) + 0x10);
+    let top = record[root[0]..root[0] + 8].to_vec();
+    let found = disk.chunks_exact_mut(4096).any(|node| {
+        if &node[..4] != b"INDX" || node[0x10..0x18] != top[..] {
+            return false;
+        }
+        ntfs_fixups(node, true);
+        let first = subnode_pointers(node, 0x18).first().copied();
+        if let Some(first) = first {
+            node[first..first + 8].copy_from_slice(&top);
+        }
+        ntfs_fixups(node, false);
+        first.is_some()
+    });
+    assert!(found, "no index node with subnodes at VCN {top:?}");
+    fs::write(&image, &disk).unwrap();
+
+    for verb in ["ls", "get"] {
+        let out = imgblk(os![
+            verb,
+            &image,
+            "/big/a file with a rather long name 0299"
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{verb}: {err}");
+        assert!(
+            err.contains("ntfs.raw") && err.contains("/big") && err.contains("loops"),
+            "{err}"
+        );
+    }
+    let out = imgblk(os!["tar", &image]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loops"));
+}

@@ -13,12 +13,16 @@ use super::guard::guarded;
 use super::{Entry, FileSystem, Kind};
 use crate::error::{Error, ErrorKind, Result};
 use ntfs::indexes::NtfsFileNameIndex;
-use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
+use ntfs::structured_values::{
+    NtfsFileAttributeFlags, NtfsFileNamespace, NtfsIndexAllocation, NtfsIndexRoot,
+};
+use ntfs::types::Vcn;
 use ntfs::{
     Ntfs, NtfsAttribute, NtfsAttributeFlags, NtfsAttributeType, NtfsError, NtfsFile, NtfsReadSeek,
     NtfsTime,
 };
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
@@ -57,6 +61,8 @@ pub struct NtfsFs {
     ntfs: Ntfs,
     stream: RefCell<ImageStream>,
     name: String,
+    /// Directories whose index B-tree [`NtfsFs::check_index`] found free of loops.
+    checked: RefCell<BTreeSet<u64>>,
 }
 
 /// Where a path leads: an MFT record, and the named data stream when the path ends in
@@ -81,6 +87,7 @@ impl NtfsFs {
             ntfs,
             stream: RefCell::new(stream),
             name,
+            checked: RefCell::new(BTreeSet::new()),
         })
     }
 
@@ -147,6 +154,7 @@ impl NtfsFs {
         if !dir.is_directory() {
             return Err(self.not_a_directory(path));
         }
+        self.check_index(&dir, path)?;
         let fs = &mut *self.stream.borrow_mut();
         let index = dir.directory_index(fs).map_err(self.fail(path))?;
         let mut finder = index.finder();
@@ -347,6 +355,7 @@ impl NtfsFs {
         if !dir.is_directory() {
             return Err(self.not_a_directory(path));
         }
+        self.check_index(&dir, path)?;
         let mut children = Vec::new();
         {
             let fs = &mut *self.stream.borrow_mut();
@@ -387,6 +396,76 @@ impl NtfsFs {
             entries.push(entry);
         }
         Ok(entries)
+    }
+
+    /// Checks that the index B-tree of directory `dir` is a tree: the crate follows
+    /// subnode pointers without remembering where it has been, so a node pointing back at
+    /// an ancestor would make it loop (and grow) forever.
+    fn check_index(&self, dir: &NtfsFile<'_>, path: &Path) -> Result<()> {
+        if self.checked.borrow().contains(&dir.file_record_number()) {
+            return Ok(());
+        }
+        let loop_error = || {
+            Error::corrupt(format!(
+                "{}: {}: the ntfs directory index loops (a node points back at another)",
+                self.name,
+                super::escape::escape(path)
+            ))
+        };
+        let subnodes = |entries: ntfs::NtfsIndexNodeEntries<'_, NtfsFileNameIndex>,
+                        next: &mut Vec<Vcn>| {
+            for entry in entries {
+                let entry = entry.map_err(self.fail(path))?;
+                if let Some(vcn) = entry.subnode_vcn() {
+                    next.push(vcn.map_err(self.fail(path))?);
+                }
+            }
+            Ok::<_, Error>(())
+        };
+        let is_i30 = |attribute: &NtfsAttribute<'_, '_>| {
+            Ok::<_, Error>(attribute.name().map_err(self.fail(path))? == "$I30")
+        };
+        let mut next: Vec<Vcn> = Vec::new();
+        let mut record_size = 0;
+        self.attributes_of(dir, NtfsAttributeType::IndexRoot, path, |attribute, _| {
+            if !is_i30(attribute)? {
+                return Ok(true);
+            }
+            let root = attribute
+                .resident_structured_value::<NtfsIndexRoot>()
+                .map_err(self.fail(path))?;
+            record_size = root.index_record_size();
+            subnodes(root.entries().map_err(self.fail(path))?, &mut next)?;
+            Ok(false)
+        })?;
+        if !next.is_empty() {
+            self.attributes_of(
+                dir,
+                NtfsAttributeType::IndexAllocation,
+                path,
+                |attribute, fs| {
+                    if !is_i30(attribute)? {
+                        return Ok(true);
+                    }
+                    let allocation = attribute
+                        .structured_value::<_, NtfsIndexAllocation>(fs)
+                        .map_err(self.fail(path))?;
+                    let mut seen = BTreeSet::new();
+                    while let Some(vcn) = next.pop() {
+                        if !seen.insert(vcn) || seen.len() > MAX_DIR_ENTRIES {
+                            return Err(loop_error());
+                        }
+                        let record = allocation
+                            .record_from_vcn(fs, record_size, vcn)
+                            .map_err(self.fail(path))?;
+                        subnodes(record.entries().map_err(self.fail(path))?, &mut next)?;
+                    }
+                    Ok(false)
+                },
+            )?;
+        }
+        self.checked.borrow_mut().insert(dir.file_record_number());
+        Ok(())
     }
 
     /// The names of the named data streams of record `record`.
