@@ -894,7 +894,7 @@ fn ntfs_image(dir: &Path) -> PathBuf {
     image
 }
 
-/// An NTFS tree comes back from `tar`, `ls` and `get` from raw, qcow2 and a GPT
+/// An NTFS tree comes back from `tar`, `ls` and `get` from raw, qcow2, VMDK and a GPT
 /// partition: names, bytes, times, links; the named stream is listed and read by `get`
 /// but left out of the archive; the compressed file is listed, and refused, never
 /// handed out as its compressed bytes.
@@ -902,11 +902,14 @@ fn ntfs_image(dir: &Path) -> PathBuf {
 fn ntfs_trees_come_back_from_tar_ls_and_get() {
     let dir = tempfile::tempdir().unwrap();
     let raw = ntfs_image(dir.path());
-    let qcow2 = dir.path().join("ntfs.qcow2");
-    run(
-        "qemu-img",
-        os!["convert", "-f", "raw", "-O", "qcow2", &raw, &qcow2],
-    );
+    let [qcow2, vmdk] = ["qcow2", "vmdk"].map(|format| {
+        let converted = dir.path().join(format!("ntfs.{format}"));
+        run(
+            "qemu-img",
+            os!["convert", "-f", "raw", "-O", format, &raw, &converted],
+        );
+        converted
+    });
     let gpt = dir.path().join("gpt.raw");
     partitioned(&gpt, &raw, "gpt");
     let names = [
@@ -928,6 +931,7 @@ fn ntfs_trees_come_back_from_tar_ls_and_get() {
     for (image, piece) in [
         (&raw, &[][..]),
         (&qcow2, &[][..]),
+        (&vmdk, &[][..]),
         (&gpt, &["--part", "1"][..]),
     ] {
         let what = format!("NTFS {}", image.display());
