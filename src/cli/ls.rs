@@ -30,7 +30,8 @@ pub struct LsArgs {
     /// Everything below PATH, by full path.
     #[arg(short = 'R', long)]
     recursive: bool,
-    /// Print a JSON array of entries (path, kind, size, mode, uid, gid, times, target).
+    /// Print a JSON array of entries (path, kind, size, mode, uid, gid, times, target,
+    /// links, and file_id where the file system gives one).
     #[arg(long)]
     json: bool,
 }
