@@ -301,9 +301,10 @@ fn archive_files(tar_bytes: &[u8]) -> BTreeMap<Vec<u8>, Seen> {
             tar::EntryType::Symlink => 'l',
             tar::EntryType::Regular => '-',
             tar::EntryType::Fifo => 'p',
+            tar::EntryType::Link => 'h',
             other => panic!("unexpected entry type {other:?} for {name:?}"),
         };
-        let content = if kind == 'l' {
+        let content = if matches!(kind, 'l' | 'h') {
             entry.link_name_bytes().unwrap().into_owned()
         } else {
             let mut data = Vec::new();
@@ -794,4 +795,395 @@ fn fat_trees_come_back_from_tar_and_get() {
             assert_eq!(imgblk_ok(&args), pattern(70_000, 3), "{what}");
         }
     }
+}
+
+/// Sets extended attribute `name` of `path` (through ntfs-3g: a named data stream for
+/// `user.*`, the NTFS attribute flags for `system.ntfs_attrib_be`).
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let c_name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C strings and a buffer of the given length, as setxattr(2) wants.
+    let rc = unsafe {
+        libc::setxattr(
+            c_path.as_ptr(),
+            c_name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr {name} on {}", path.display());
+}
+
+/// The reparse data of a Windows symbolic link (`tag` 0xA000000C, relative) or junction
+/// (0xA0000003) to `target`, given as substitute name only.
+fn windows_link(tag: u32, target: &str) -> Vec<u8> {
+    let name: Vec<u8> = target.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let flags: &[u8] = if tag == 0xA000_000C {
+        &[1, 0, 0, 0]
+    } else {
+        &[]
+    };
+    let len = name.len() as u16;
+    let fields = [0, len, len, 0].map(u16::to_le_bytes).concat();
+    let body = [&fields[..], flags, &name].concat();
+    let head = [
+        tag.to_le_bytes(),
+        [body.len() as u8, (body.len() >> 8) as u8, 0, 0],
+    ]
+    .concat();
+    [head, body].concat()
+}
+
+/// Modification times set in the NTFS tree (NTFS counts in 100 ns).
+const NTFS_TIMES: [(&str, i64, i64); 4] = [
+    ("a.txt", 1_600_000_001, 123_456_700),
+    ("dir/big.bin", 1_600_000_002, 0),
+    ("sparse", 1_600_000_003, 0),
+    ("grüße.txt", 1_600_000_004, 900_000_000),
+];
+
+/// An NTFS file system made by `mkntfs` and filled through ntfs-3g (FUSE, so as root):
+/// files, a Unicode name, a symbolic link, a hard link, a sparse file, a named data
+/// stream `a.txt:note` and a compressed file `comp/c.txt`.
+fn ntfs_image(dir: &Path) -> PathBuf {
+    let image = dir.join("ntfs.raw");
+    File::create(&image).unwrap().set_len(32 * MIB).unwrap();
+    run("mkntfs", os!["-F", "-Q", "-q", &image]);
+    let mnt = dir.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    run(
+        "ntfs-3g",
+        os!["-o", "streams_interface=xattr,compression", &image, &mnt],
+    );
+    fs::create_dir_all(mnt.join("dir/sub")).unwrap();
+    fs::write(mnt.join("a.txt"), b"hello\n").unwrap();
+    fs::write(mnt.join("dir/big.bin"), pattern(300_000, 7)).unwrap();
+    fs::write(mnt.join("grüße.txt"), b"unicode").unwrap();
+    std::os::unix::fs::symlink("../a.txt", mnt.join("dir/link")).unwrap();
+    fs::hard_link(mnt.join("a.txt"), mnt.join("hard")).unwrap();
+    let sparse = File::create(mnt.join("sparse")).unwrap();
+    sparse.set_len(8 * MIB).unwrap();
+    sparse.write_all_at(b"middle", 4 * MIB).unwrap();
+    drop(sparse);
+    set_xattr(&mnt.join("a.txt"), "user.note", b"stream data");
+    fs::create_dir(mnt.join("comp")).unwrap();
+    set_xattr(
+        &mnt.join("comp"),
+        "system.ntfs_attrib_be",
+        &[0, 0, 0x08, 0x10],
+    );
+    fs::write(mnt.join("comp/c.txt"), b"compressible ".repeat(10_000)).unwrap();
+    // As Windows makes them: a relative symbolic link and a junction, reparse points.
+    File::create(mnt.join("winlink")).unwrap();
+    set_xattr(
+        &mnt.join("winlink"),
+        "system.ntfs_reparse_data",
+        &windows_link(0xA000_000C, "..\\a.txt"),
+    );
+    fs::create_dir(mnt.join("junction")).unwrap();
+    set_xattr(
+        &mnt.join("junction"),
+        "system.ntfs_reparse_data",
+        &windows_link(0xA000_0003, "\\??\\C:\\Users"),
+    );
+    for (path, secs, nanos) in NTFS_TIMES {
+        set_mtime(&mnt.join(path), secs, nanos);
+    }
+    run("umount", os![&mnt]);
+    image
+}
+
+/// An NTFS tree comes back from `tar`, `ls` and `get` from raw, qcow2, VMDK and a GPT
+/// partition: names, bytes, times, links; the named stream is listed and read by `get`
+/// but left out of the archive; the compressed file is listed, and refused, never
+/// handed out as its compressed bytes.
+#[test]
+fn ntfs_trees_come_back_from_tar_ls_and_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = ntfs_image(dir.path());
+    let [qcow2, vmdk] = ["qcow2", "vmdk"].map(|format| {
+        let converted = dir.path().join(format!("ntfs.{format}"));
+        run(
+            "qemu-img",
+            os!["convert", "-f", "raw", "-O", format, &raw, &converted],
+        );
+        converted
+    });
+    let gpt = dir.path().join("gpt.raw");
+    partitioned(&gpt, &raw, "gpt");
+    let names = [
+        "./",
+        "./a.txt",
+        "./comp/",
+        "./dir/",
+        "./dir/big.bin",
+        "./dir/link",
+        "./dir/sub/",
+        "./grüße.txt",
+        "./hard",
+        "./junction",
+        "./sparse",
+        "./winlink",
+    ];
+    let mut sparse = vec![0u8; 8 * MIB as usize];
+    sparse[4 * MIB as usize..][..6].copy_from_slice(b"middle");
+    for (image, piece) in [
+        (&raw, &[][..]),
+        (&qcow2, &[][..]),
+        (&vmdk, &[][..]),
+        (&gpt, &["--part", "1"][..]),
+    ] {
+        let what = format!("NTFS {}", image.display());
+        let out = imgblk(&command("tar", image, piece, None));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what}: {err}");
+        assert!(
+            err.contains("/a.txt:note") && err.contains("named data stream"),
+            "{err}"
+        );
+        assert!(
+            err.contains("/comp/c.txt") && err.contains("compressed"),
+            "{err}"
+        );
+        let files = archive_files(&out.stdout);
+        let got: Vec<String> = files
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        assert_eq!(got, names, "{what}");
+        let file = |name: &str| &files[name.as_bytes()];
+        assert_eq!(file("./a.txt").content, b"hello\n", "{what}");
+        assert_eq!(file("./dir/big.bin").content, pattern(300_000, 7), "{what}");
+        assert_eq!(file("./grüße.txt").content, b"unicode", "{what}");
+        assert_eq!(file("./sparse").content, sparse, "{what}");
+        assert_eq!(
+            (file("./dir/link").kind, &file("./dir/link").content[..]),
+            ('l', &b"../a.txt"[..]),
+            "{what}"
+        );
+        for (name, kind, target) in [
+            ("./hard", 'h', "./a.txt"),
+            ("./winlink", 'l', "../a.txt"),
+            ("./junction", 'l', "C:/Users"),
+        ] {
+            let got = file(name);
+            assert_eq!(
+                (got.kind, &got.content[..]),
+                (kind, target.as_bytes()),
+                "{what}"
+            );
+        }
+        for (path, secs, nanos) in NTFS_TIMES {
+            let got = file(&format!("./{path}"));
+            assert_eq!(got.mtime, pax_time(secs, nanos), "{what}: {path}");
+            assert_eq!(
+                (got.mode, got.uid, got.gid),
+                (0o644, 0, 0),
+                "{what}: {path}"
+            );
+        }
+        assert_eq!((file("./dir/").kind, file("./dir/").mode), ('d', 0o755));
+
+        let listing = imgblk_ok(&command("ls", image, piece, Some("/")));
+        let listing = String::from_utf8(listing).unwrap();
+        let want_ls =
+            "a.txt\na.txt:note\ncomp\ndir\ngrüße.txt\nhard\nhard:note\njunction\nsparse\nwinlink\n";
+        assert_eq!(listing, want_ls, "{what}");
+        let mut args = command("ls", image, piece, Some("/comp"));
+        args.push("--json".as_ref());
+        let json = String::from_utf8(imgblk_ok(&args)).unwrap();
+        assert!(
+            json.contains("\"c.txt\"") && json.contains("\"size\": 130000"),
+            "{json}"
+        );
+        let args = command("get", image, piece, Some("/A.TXT:note"));
+        assert_eq!(imgblk_ok(&args), b"stream data", "{what}");
+        let out = imgblk(&command("get", image, piece, Some("/comp/c.txt")));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{what}: {err}");
+        assert!(out.stdout.is_empty(), "{what}: compressed bytes handed out");
+        assert!(err.contains("c.txt") && err.contains("compressed"), "{err}");
+    }
+}
+
+#[test]
+fn random_damage_to_ntfs_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = ntfs_image(dir.path());
+    // The boot sector, then the MFT (4 clusters in) with every file's record.
+    damage_and_read(&raw, imgblk::layout::ContentKind::Ntfs, 256 << 10, 60);
+}
+
+/// An ext4 file system inside LUKS2 (encrypted offline by `cryptsetup reencrypt
+/// --encrypt`, no dm-crypt), whole and in a GPT partition: `--luks --key-file` decrypts
+/// the piece chosen, `--key-file` alone unlocks every volume so the file system inside is
+/// found (and `--auto` picks it).
+#[test]
+fn luks_volumes_are_read_with_luks_or_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a.txt"), b"secret\n").unwrap();
+    let plain = dir.path().join("fs.raw");
+    mkfs_ext4(&plain, &src, 12 * MIB, &[]);
+    // reencrypt takes its header's room (8 MiB) off the end of the file.
+    let luks = dir.path().join("luks.raw");
+    let mut bytes = fs::read(&plain).unwrap();
+    bytes.resize(20 * MIB as usize, 0);
+    fs::write(&luks, bytes).unwrap();
+    let key = dir.path().join("key");
+    fs::write(&key, b"correct horse").unwrap();
+    let out = Command::new("cryptsetup")
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .args(["reencrypt", "--encrypt", "--reduce-device-size", "8M"])
+        .args("--type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000".split(' '))
+        .args(["--batch-mode", "--key-file"])
+        .args(os![&key, &luks])
+        .output()
+        .expect("cryptsetup is required (cryptsetup-bin, ci/install-deps)");
+    succeeded("cryptsetup reencrypt", out);
+    let gpt = dir.path().join("gpt.raw");
+    partitioned(&gpt, &luks, "gpt");
+
+    let get = imgblk_ok(os!["get", "--luks", "--key-file", &key, &luks, "/a.txt"]);
+    assert_eq!(get, b"secret\n");
+    let ls = imgblk_ok(os!["ls", "--key-file", &key, "--auto", &luks, "/"]);
+    assert_eq!(ls, b"a.txt\nlost+found\n");
+    let part = imgblk_ok(os![
+        "get",
+        "--part",
+        "1",
+        "--luks",
+        "--key-file",
+        key,
+        gpt,
+        "/a.txt"
+    ]);
+    assert_eq!(part, b"secret\n");
+    let files = archive_files(&imgblk_ok(os!["tar", "--key-file", &key, &gpt]));
+    assert_eq!(files[b"./a.txt".as_slice()].content, b"secret\n");
+
+    // Without the key there is no file system to read; with a wrong one, no key slot.
+    let out = imgblk(os!["ls", &luks, "/"]);
+    assert!(!out.status.success() && out.stdout.is_empty());
+    fs::write(&key, b"wrong").unwrap();
+    let out = imgblk(os!["get", "--luks", "--key-file", &key, &luks, "/a.txt"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{err}");
+    assert!(err.contains("no key slot matches"), "{err}");
+}
+
+/// Undoes (`true`) or redoes (`false`) the update-sequence fixups of an NTFS record: the
+/// last two bytes of each 512-byte sector are kept in the record's update sequence array.
+fn ntfs_fixups(record: &mut [u8], undo: bool) {
+    let usa = usize::from(u16::from_le_bytes([record[4], record[5]]));
+    let count = usize::from(u16::from_le_bytes([record[6], record[7]]));
+    for i in 1..count {
+        let end = i * 512 - 2;
+        let saved = usa + 2 * i;
+        if undo {
+            record.copy_within(saved..saved + 2, end);
+        } else {
+            record.copy_within(end..end + 2, saved);
+            record.copy_within(usa..usa + 2, end);
+        }
+    }
+}
+
+fn u16_at(r: &[u8], i: usize) -> usize {
+    usize::from(u16::from_le_bytes([r[i], r[i + 1]]))
+}
+
+fn u32_at(r: &[u8], i: usize) -> usize {
+    u32::from_le_bytes(r[i..i + 4].try_into().unwrap()) as usize
+}
+
+/// Where the subnode pointers (VCNs) of the entries of the index node whose header is at
+/// `node` in `buf` lie.
+fn subnode_pointers(buf: &[u8], node: usize) -> Vec<usize> {
+    let mut entry = node + u32_at(buf, node);
+    let mut pointers = Vec::new();
+    loop {
+        let (len, flags) = (u16_at(buf, entry + 8), u16_at(buf, entry + 12));
+        if flags & 1 != 0 {
+            pointers.push(entry + len - 8);
+        }
+        if flags & 2 != 0 || len == 0 {
+            return pointers;
+        }
+        entry += len;
+    }
+}
+
+/// A directory whose index B-tree node points back at itself (the crate would walk it
+/// forever, growing) is reported as corrupt, naming the image and the directory.
+#[test]
+fn an_ntfs_directory_index_that_loops_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("ntfs.raw");
+    File::create(&image).unwrap().set_len(16 * MIB).unwrap();
+    run("mkntfs", os!["-F", "-Q", "-q", &image]);
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    run("ntfs-3g", os![&image, &mnt]);
+    fs::create_dir(mnt.join("big")).unwrap();
+    for i in 0..300 {
+        File::create(mnt.join(format!("big/a file with a rather long name {i:04}"))).unwrap();
+    }
+    run("umount", os![&mnt]);
+    let info = String::from_utf8(run("ntfsinfo", os!["-F", "/big", &image]).stdout).unwrap();
+    let record_number: u64 = info
+        .split("Dumping Inode ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("ntfsinfo names the inode");
+    // The directory's MFT record: the MFT starts at the cluster the boot sector names.
+    let mut disk = fs::read(&image).unwrap();
+    let cluster = u64::from(u16::from_le_bytes([disk[11], disk[12]])) * u64::from(disk[13]);
+    let mft = u64::from_le_bytes(disk[0x30..0x38].try_into().unwrap()) * cluster;
+    let at = (mft + record_number * 1024) as usize;
+    let mut record = disk[at..at + 1024].to_vec();
+    ntfs_fixups(&mut record, true);
+    let record = &record[..];
+    // $INDEX_ROOT (0x90) points at the top node of the B-tree; one of that node's
+    // subnode pointers is made to point back at the node itself.
+    let mut attr = u16_at(record, 0x14);
+    while u32_at(record, attr) != 0x90 {
+        attr += u32_at(record, attr + 4);
+    }
+    let root = subnode_pointers(record, attr + u16_at(record, attr + 0x14) + 0x10);
+    let top = record[root[0]..root[0] + 8].to_vec();
+    let found = disk.chunks_exact_mut(4096).any(|node| {
+        if &node[..4] != b"INDX" || node[0x10..0x18] != top[..] {
+            return false;
+        }
+        ntfs_fixups(node, true);
+        let first = subnode_pointers(node, 0x18).first().copied();
+        if let Some(first) = first {
+            node[first..first + 8].copy_from_slice(&top);
+        }
+        ntfs_fixups(node, false);
+        first.is_some()
+    });
+    assert!(found, "no index node with subnodes at VCN {top:?}");
+    fs::write(&image, &disk).unwrap();
+
+    for verb in ["ls", "get"] {
+        let out = imgblk(os![
+            verb,
+            &image,
+            "/big/a file with a rather long name 0299"
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{verb}: {err}");
+        assert!(
+            err.contains("ntfs.raw") && err.contains("/big") && err.contains("loops"),
+            "{err}"
+        );
+    }
+    let out = imgblk(os!["tar", &image]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loops"));
 }

@@ -463,7 +463,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__get)
-            opts="-f -U -o -v -q -h --part --lv --auto --format --force-share --snapshot --disk --backing-policy --untrusted --allow-devices --output --verbose --quiet --help"
+            opts="-f -U -o -v -q -h --part --lv --auto --format --force-share --snapshot --disk --backing-policy --untrusted --allow-devices --luks --key-file --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -501,6 +501,10 @@ _imgblk() {
                     ;;
                 --backing-policy)
                     COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --output)
@@ -853,7 +857,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__ls)
-            opts="-f -U -l -R -v -q -h --part --lv --auto --format --force-share --snapshot --disk --backing-policy --untrusted --allow-devices --long --recursive --json --verbose --quiet --help"
+            opts="-f -U -l -R -v -q -h --part --lv --auto --format --force-share --snapshot --disk --backing-policy --untrusted --allow-devices --luks --key-file --long --recursive --json --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -891,6 +895,10 @@ _imgblk() {
                     ;;
                 --backing-policy)
                     COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1027,7 +1035,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__tar)
-            opts="-f -U -C -o -v -q -h --part --lv --auto --format --force-share --snapshot --disk --backing-policy --untrusted --allow-devices --directory --output --verbose --quiet --help"
+            opts="-f -U -C -o -v -q -h --part --lv --auto --format --force-share --snapshot --disk --backing-policy --untrusted --allow-devices --luks --key-file --directory --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1065,6 +1073,10 @@ _imgblk() {
                     ;;
                 --backing-policy)
                     COMPREPLY=($(compgen -W "follow tree none" -- "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --directory)

@@ -278,13 +278,15 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l disk -d 'Read disk 
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l backing-policy -d 'How far backing files and parents named by images are followed: `follow` any path (as QEMU does), only inside the image\'s directory `tree`, or `none` at all. Default from /etc/imgblk/config.toml, else follow' -r -f -a "follow\t'Any path, as QEMU does'
 tree\t'Only files inside the image\'s directory tree'
 none\t'No backing files: an image that has one is refused'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With --luks it decrypts the selected piece (without, the passphrase is asked for on the terminal); alone it unlocks every LUKS volume in the images, so that --lv can name a logical volume inside one, as `imgblk inspect --key-file` shows them' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l untrusted -d 'For images of unknown origin: every file an image names (backing file, parent, extent) must lie inside its directory tree and be a regular file, and external data files are refused'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l allow-devices -d 'Let images name block devices (a VMDK of a raw disk, a qcow2 chain across LVs); by default only an image that is itself a block device may'
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s l -l long -d 'Long listing: type and mode, owner, group, size, modification time (as `ls -l`)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s R -l recursive -d 'Everything below PATH, by full path'
-complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l json -d 'Print a JSON array of entries (path, kind, size, mode, uid, gid, times, target)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l json -d 'Print a JSON array of entries (path, kind, size, mode, uid, gid, times, target, links, and file_id where the file system gives one)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -301,11 +303,13 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l disk -d 'Read disk
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l backing-policy -d 'How far backing files and parents named by images are followed: `follow` any path (as QEMU does), only inside the image\'s directory `tree`, or `none` at all. Default from /etc/imgblk/config.toml, else follow' -r -f -a "follow\t'Any path, as QEMU does'
 tree\t'Only files inside the image\'s directory tree'
 none\t'No backing files: an image that has one is refused'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With --luks it decrypts the selected piece (without, the passphrase is asked for on the terminal); alone it unlocks every LUKS volume in the images, so that --lv can name a logical volume inside one, as `imgblk inspect --key-file` shows them' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l untrusted -d 'For images of unknown origin: every file an image names (backing file, parent, extent) must lie inside its directory tree and be a regular file, and external data files are refused'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l allow-devices -d 'Let images name block devices (a VMDK of a raw disk, a qcow2 chain across LVs); by default only an image that is itself a block device may'
+complete -c imgblk -n "__fish_imgblk_using_subcommand get" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand get" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -322,12 +326,14 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l disk -d 'Read disk
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l backing-policy -d 'How far backing files and parents named by images are followed: `follow` any path (as QEMU does), only inside the image\'s directory `tree`, or `none` at all. Default from /etc/imgblk/config.toml, else follow' -r -f -a "follow\t'Any path, as QEMU does'
 tree\t'Only files inside the image\'s directory tree'
 none\t'No backing files: an image that has one is refused'"
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l key-file -d 'Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With --luks it decrypts the selected piece (without, the passphrase is asked for on the terminal); alone it unlocks every LUKS volume in the images, so that --lv can name a logical volume inside one, as `imgblk inspect --key-file` shows them' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s C -l directory -d 'The directory (or file) inside the file system to archive' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s o -l output -d 'Write to this file instead of stdout (created or truncated)' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l auto -d 'Pick the guest\'s root file system (or the only one), or list the choices'
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s U -l force-share -d 'Read the images even while another process (a running VM) writes them; what is read may then be inconsistent'
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l untrusted -d 'For images of unknown origin: every file an image names (backing file, parent, extent) must lie inside its directory tree and be a regular file, and external data files are refused'
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l allow-devices -d 'Let images name block devices (a VMDK of a raw disk, a qcow2 chain across LVs); by default only an image that is itself a block device may'
+complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s q -l quiet -d 'Only errors'
 complete -c imgblk -n "__fish_imgblk_using_subcommand tar" -s h -l help -d 'Print help (see more with \'--help\')'

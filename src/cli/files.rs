@@ -1,12 +1,13 @@
-//! What `imgblk ls`, `get` and `tar` share: which file system of which images to read,
-//! opened in process (no ublk, no root).
+//! What `imgblk ls`, `get` and `tar` share: which file system of which images to read
+//! (decrypted with `--luks`, or inside the LUKS volumes `--key-file` unlocks), opened in
+//! process (no ublk, no root).
 
 use super::pick::choose;
 use super::piece::PieceArgs;
 use crate::error::{Error, ErrorKind, Result};
 use crate::files::FileSystem;
 use crate::image::{open_image, DiskImage};
-use crate::layout::discover;
+use crate::layout::probe::probe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,10 +17,12 @@ pub struct FsArgs {
     #[command(flatten)]
     piece: PieceArgs,
     /// Pick the guest's root file system (or the only one), or list the choices.
-    #[arg(long, conflicts_with_all = ["part", "lv"])]
+    #[arg(long, conflicts_with_all = ["part", "lv", "luks"])]
     auto: bool,
     #[command(flatten)]
     read: super::ReadArgs,
+    #[command(flatten)]
+    luks: super::luks::LuksArgs,
 }
 
 impl FsArgs {
@@ -33,18 +36,40 @@ impl FsArgs {
         for path in images {
             opened.push(Arc::from(open_image(path, &options)?));
         }
-        let layout = discover(&opened);
-        let node = choose(&layout, &self.piece, self.auto).map_err(|e| e.with_path(first))?;
-        let name = match node.name.as_str() {
+        let unlock = self.luks.unlock();
+        let layout = crate::serve::discover_with(&opened, unlock.as_ref())?;
+        let name = |piece: &str| match piece {
             "disk0" => first.display().to_string(),
             piece => format!("{} ({piece})", first.display()),
         };
-        let kind = node.content.as_ref().map(|c| c.kind).ok_or_else(|| {
+        let none = |name: &str| {
             Error::new(
                 ErrorKind::Unsupported,
                 format!("{name} holds no file system imgblk recognises"),
             )
-        })?;
+        };
+        if self.luks.luks {
+            // The piece named (or the whole image) is a LUKS volume: decrypt, then probe.
+            let piece = self.piece.piece();
+            let (image, name) = match &piece {
+                Some(piece) => (
+                    crate::serve::select(&layout, piece)?,
+                    name(&piece.to_string()),
+                ),
+                None => (Arc::clone(&opened[0]), name("disk0")),
+            };
+            let image = self.luks.apply(image).map_err(|e| e.with_path(first))?;
+            let name = format!("{name}, decrypted");
+            let kind = probe(&*image)?.map(|c| c.kind).ok_or_else(|| none(&name))?;
+            return crate::files::open(image, kind, &name);
+        }
+        let node = choose(&layout, &self.piece, self.auto).map_err(|e| e.with_path(first))?;
+        let name = name(&node.name);
+        let kind = node
+            .content
+            .as_ref()
+            .map(|c| c.kind)
+            .ok_or_else(|| none(&name))?;
         crate::files::open(node.image()?, kind, &name)
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// List a directory (or one file) inside an image's file system.
 ///
-/// Reads the file system in process (ext2/3/4, FAT12/16/32), so it needs no ublk and no
+/// Reads the file system in process (ext2/3/4, FAT12/16/32, NTFS), so it needs no ublk and no
 /// root: it works in containers and CI. Names with control characters are shown escaped
 /// (`\n`, `\x1b`).
 #[derive(Debug, clap::Args)]
@@ -30,7 +30,8 @@ pub struct LsArgs {
     /// Everything below PATH, by full path.
     #[arg(short = 'R', long)]
     recursive: bool,
-    /// Print a JSON array of entries (path, kind, size, mode, uid, gid, times, target).
+    /// Print a JSON array of entries (path, kind, size, mode, uid, gid, times, target,
+    /// links, and file_id where the file system gives one).
     #[arg(long)]
     json: bool,
 }

@@ -1,5 +1,5 @@
-//! LUKS options of the commands: `--luks` and `--key-file` for `attach`, `cat` and
-//! `convert`; `--key-file` alone for `inspect`, `mount` and `fsck`.
+//! LUKS options of the commands: `--luks` and `--key-file` for `attach`, `cat`,
+//! `convert`, `ls`, `get` and `tar`; `--key-file` alone for `inspect`, `mount` and `fsck`.
 
 use crate::error::Result;
 use crate::image::DiskImage;

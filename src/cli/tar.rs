@@ -14,7 +14,8 @@ use std::path::PathBuf;
 ///
 /// Names are relative (`./etc/fstab`), owners numeric, modes, modification times (with
 /// nanoseconds) and symbolic links kept. Reads the file system in process (ext2/3/4,
-/// FAT12/16/32): no ublk, no root, no mount.
+/// FAT12/16/32, NTFS): no ublk, no root, no mount. Files it cannot hold or read (sockets,
+/// NTFS data streams and compressed files) are left out with a warning.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  imgblk tar guest.qcow2 --part 1 -o root.tar\n  \

@@ -5,7 +5,8 @@
 
 use super::walk::{walk, Limits};
 use super::{copy_error, Entry, FileSystem, Kind};
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -18,8 +19,10 @@ const USTAR_NUM_MAX: u64 = 0o77777777777;
 
 /// Writes `root` (a directory's whole tree, or one file) of `fs` to `out` as a pax
 /// archive; names are `./` plus the path below `root` (a file alone by its own name).
-/// Files tar cannot carry, or whose details the reader does not give (sockets, device
-/// nodes without their numbers), are left out with a line to `skipped`.
+/// Files tar cannot carry, or whose details or bytes the reader does not give (sockets,
+/// device nodes without their numbers, NTFS data streams, compressed NTFS files), are
+/// left out with a line to `skipped`. Further names of a file the reader gives a number
+/// and a link count for are archived as hard links to the first.
 pub fn write_tar<W: Write>(
     fs: &dyn FileSystem,
     root: &Path,
@@ -31,6 +34,7 @@ pub fn write_tar<W: Write>(
         inner: out,
         failed: false,
     });
+    let mut first_names: HashMap<u64, PathBuf> = HashMap::new();
     let walked = walk(fs, root, limits, &mut |path, entry| {
         let name = archive_name(root, path, entry);
         let (kind, why) = match entry.kind {
@@ -39,6 +43,10 @@ pub fn write_tar<W: Write>(
             Kind::Symlink => (EntryType::Symlink, None),
             Kind::Fifo => (EntryType::Fifo, None),
             Kind::Socket => (EntryType::Regular, Some("a socket, which tar cannot hold")),
+            Kind::Stream => (
+                EntryType::Regular,
+                Some("a named data stream, which tar cannot hold (`imgblk get` reads it)"),
+            ),
             Kind::CharDev | Kind::BlockDev => (
                 EntryType::Regular,
                 Some("a device node, whose device numbers this file-system reader does not give"),
@@ -48,27 +56,43 @@ pub fn write_tar<W: Write>(
             skipped(path, why);
             return Ok(());
         }
-        let size = if kind == EntryType::Regular {
-            entry.size
-        } else {
-            0
+        let hard_link = match entry.file_id {
+            Some(id) if kind == EntryType::Regular && entry.links > 1 => {
+                match first_names.get(&id) {
+                    Some(first) => Some(first.clone()),
+                    None => {
+                        first_names.insert(id, name.clone());
+                        None
+                    }
+                }
+            }
+            _ => None,
         };
-        let (header, records) = header(&name, entry, kind, size);
-        if !records.is_empty() {
-            builder
-                .append(&pax_header(records.len()), records.as_slice())
-                .map_err(copy_error)?;
-        }
-        if kind == EntryType::Regular {
-            let data = Exact {
-                inner: fs.open_file(path)?,
-                left: size,
+        if let Some(first) = hard_link {
+            let link = Entry {
+                target: Some(first),
+                ..entry.clone()
             };
-            builder.append(&header, data).map_err(copy_error)
+            let (header, records) = header(&name, &link, EntryType::Link, 0);
+            return append(&mut builder, header, records, std::io::empty());
+        }
+        let data = if kind == EntryType::Regular {
+            match fs.open_file(path) {
+                Ok(data) => Some(data),
+                Err(e) if e.kind() == ErrorKind::Unsupported => {
+                    skipped(path, &e.to_string());
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
         } else {
-            builder
-                .append(&header, std::io::empty())
-                .map_err(copy_error)
+            None
+        };
+        let size = if data.is_some() { entry.size } else { 0 };
+        let (header, records) = header(&name, entry, kind, size);
+        match data {
+            Some(inner) => append(&mut builder, header, records, Exact { inner, left: size }),
+            None => append(&mut builder, header, records, std::io::empty()),
         }
     });
     if let Err(e) = walked {
@@ -79,6 +103,22 @@ pub fn write_tar<W: Write>(
         .into_inner()
         .map(|ending| ending.inner)
         .map_err(copy_error)
+}
+
+/// Appends one entry: its pax records first when it needs them, then its header and
+/// bytes.
+fn append<W: Write>(
+    builder: &mut tar::Builder<Ending<W>>,
+    header: Header,
+    records: Vec<u8>,
+    data: impl Read,
+) -> Result<()> {
+    if !records.is_empty() {
+        builder
+            .append(&pax_header(records.len()), records.as_slice())
+            .map_err(copy_error)?;
+    }
+    builder.append(&header, data).map_err(copy_error)
 }
 
 /// The output of an archive, which refuses writes once writing the archive failed: the

@@ -22,6 +22,8 @@ pub enum Kind {
     Fifo,
     /// A Unix socket.
     Socket,
+    /// A named data stream of a file (NTFS), listed as `FILE:STREAM`.
+    Stream,
 }
 
 impl Kind {
@@ -35,6 +37,7 @@ impl Kind {
             Kind::BlockDev => 'b',
             Kind::Fifo => 'p',
             Kind::Socket => 's',
+            Kind::Stream => '-',
         }
     }
 }
@@ -71,6 +74,12 @@ pub struct Entry {
     /// A symbolic link's target.
     #[serde(serialize_with = "lossy_opt", skip_serializing_if = "Option::is_none")]
     pub target: Option<PathBuf>,
+    /// The file's number in its file system (inode, MFT record), when the reader gives
+    /// it: names with the same number are hard links of one file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<u64>,
+    /// How many names the file has (1 when the reader does not say).
+    pub links: u32,
 }
 
 impl Entry {
@@ -139,6 +148,8 @@ mod tests {
             mtime: t,
             atime: t,
             target: None,
+            file_id: None,
+            links: 1,
         }
     }
 

@@ -69,6 +69,8 @@ impl Ext4Fs {
             mtime: time(meta.modified()),
             atime: time(meta.accessed()),
             target: self.target(path, kind)?,
+            file_id: None,
+            links: 1,
         })
     }
 }

@@ -71,14 +71,7 @@ impl FatFs {
     }
 
     fn not_found(&self, path: &Path) -> Error {
-        Error::new(
-            ErrorKind::NotFound,
-            format!(
-                "{}: {}: no such file",
-                self.name,
-                super::escape::escape(path)
-            ),
-        )
+        super::path_error(ErrorKind::NotFound, &self.name, path, "no such file")
     }
 
     /// The entries of directory `path`, without `.`, `..` and the volume label.
@@ -142,6 +135,8 @@ impl FileSystem for FatFs {
                     mtime: epoch,
                     atime: epoch,
                     target: None,
+                    file_id: None,
+                    links: 1,
                 });
             }
             Ok(entry(&self.find(path)?))
@@ -197,6 +192,8 @@ fn entry(e: &DirEntry<'_, ImageStream>) -> Entry {
         ),
         atime: time(e.accessed(), 0, 0),
         target: None,
+        file_id: None,
+        links: 1,
     }
 }
 

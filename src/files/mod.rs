@@ -14,6 +14,7 @@ pub mod escape;
 pub mod ext4;
 pub mod fat;
 pub mod guard;
+pub mod ntfs;
 pub mod open;
 pub mod walk;
 
@@ -51,4 +52,14 @@ pub fn copy_error(e: std::io::Error) -> crate::error::Error {
         Some(inner) => crate::error::Error::new(inner.kind(), inner.to_string()),
         None => crate::error::Error::io("writing the output failed", e),
     }
+}
+
+/// An error about file `path` of the file system on `image`: `IMAGE: PATH: what`.
+pub fn path_error(
+    kind: crate::error::ErrorKind,
+    image: &str,
+    path: &Path,
+    what: &str,
+) -> crate::error::Error {
+    crate::error::Error::new(kind, format!("{image}: {}: {what}", escape::escape(path)))
 }

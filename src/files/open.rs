@@ -3,6 +3,7 @@
 use super::adapter::ImageReader;
 use super::ext4::Ext4Fs;
 use super::fat::FatFs;
+use super::ntfs::NtfsFs;
 use super::FileSystem;
 use crate::error::{Error, Result};
 use crate::image::DiskImage;
@@ -21,9 +22,10 @@ pub fn open(
             Ok(Box::new(Ext4Fs::load(ImageReader::new(image, name))?))
         }
         ContentKind::Vfat => Ok(Box::new(FatFs::load(ImageReader::new(image, name))?)),
+        ContentKind::Ntfs => Ok(Box::new(NtfsFs::load(ImageReader::new(image, name))?)),
         other => Err(Error::unsupported(format!(
-            "{name} holds {}, which imgblk cannot read without the kernel (ext2/3/4 and \
-             vfat only); \
+            "{name} holds {}, which imgblk cannot read without the kernel (ext2/3/4, vfat \
+             and ntfs only); \
              as root with ublk, `imgblk mount` mounts it",
             other.as_str()
         ))),

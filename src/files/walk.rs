@@ -107,6 +107,8 @@ mod tests {
             mtime: t,
             atime: t,
             target: None,
+            file_id: None,
+            links: 1,
         }
     }
 

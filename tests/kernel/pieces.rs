@@ -199,3 +199,23 @@ fn inspect_lists_every_piece() {
         vgs.describe()
     );
 }
+
+/// `imgblk ls` reads the ext4 of an LV on PVs in GPT partitions in process, by `--lv` and
+/// by `--auto` (the LV called root); the VM only makes the fixtures (LVM's tools).
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn ls_reads_the_file_system_of_an_lv_inside_partitions() {
+    let (dir, _) = lvm_fixtures();
+    for image in ["gpt-vg0.img", "debian-vg.img"] {
+        let image = dir.join(image);
+        let vg = if image.ends_with("gpt-vg0.img") {
+            "vg0/root"
+        } else {
+            "debian-vg/root"
+        };
+        for piece in [&["--lv", vg][..], &["--auto"][..]] {
+            let out = imgblk().arg("ls").args(piece).arg(&image).arg("/").ok();
+            assert_eq!(out.stdout, "lost+found\n", "{piece:?} {}", image.display());
+        }
+    }
+}
