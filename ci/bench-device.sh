@@ -122,8 +122,8 @@ attach() {
 # run_fio NAME DEV extra fio args...: prints the JSON summary {iops, bw_mib, lat_us}
 # Under icount (BENCH_DETERMINISTIC) fio's jobs are pinned, one vCPU each: left to the
 # scheduler, where each job and the queue threads land differs from boot to boot, and with
-# it a row by up to 10 % (two queues at QD1); pinned, two runs agree within ~1 %. The same
-# for e2fsck, on vCPU 0.
+# it a row by up to 20 %; pinned, imgblk's and rublk's rows agreed within ~1 % in a trial.
+# The same for e2fsck, on vCPU 0.
 PIN=() FSCK_PIN=()
 if [ -n "${BENCH_DETERMINISTIC:-}" ]; then
   PIN=(--cpus_allowed="0-$(($(nproc) - 1))" --cpus_allowed_policy=split) FSCK_PIN=(taskset -c 0)
