@@ -8,14 +8,29 @@ import os
 import statistics
 import sys
 
-# The benchmark issue's goals on the ratio rows: (goal, row, peer, wanted ratio at least).
-RATIO_GOALS = [
-    ("qcow2 randread 4k QD32x2, imgblk/qemu-nbd", "qcow2 randread-4k-qd32x2", "qemu-nbd", 4.0),
-    ("qcow2 randread 4k QD32x2, imgblk/rublk", "qcow2 randread-4k-qd32x2", "rublk", 1.3),
-    ("qcow2 randread 4k QD1, imgblk/qemu-nbd", "qcow2 randread-4k-qd1", "qemu-nbd", 1.5),
-    ("raw seqread 1M, imgblk/loop", "raw seqread-1m", "loop", 0.9),
-    ("e2fsck -fn, qemu-nbd time / imgblk time", "qcow2 e2fsck", "qemu-nbd", 1.5),
-]
+# Set by `ci/bench --deterministic` (the icount shift): the table is counted in
+# instructions, and its goals are issue 32's.
+DETERMINISTIC = os.environ.get("BENCH_DETERMINISTIC", "")
+# The goals on the ratio rows: (goal, row, peer, peer's row, op, wanted). The ratio is
+# imgblk's row against the peer's row (>1 when imgblk is better); ">=" wants at least
+# that, "time <=" wants imgblk's time at most that many times the peer's.
+if DETERMINISTIC:
+    RATIO_GOALS = [
+        ("qcow2 randread 4k QD32x2, imgblk/rublk", "qcow2 randread-4k-qd32x2", "rublk", None, ">=", 1.5),
+        ("qcow2 randread 4k QD32x2, imgblk (qcow2) / loop (raw)", "qcow2 randread-4k-qd32x2", "loop",
+         "raw randread-4k-qd32x2", ">=", 0.8),
+        ("qcow2 randread 4k QD1, imgblk/qemu-nbd", "qcow2 randread-4k-qd1", "qemu-nbd", None, ">=", 2.0),
+        ("qcow2 randread 4k QD1, imgblk/rublk", "qcow2 randread-4k-qd1", "rublk", None, ">=", 1.2),
+        ("e2fsck -fn, imgblk (qcow2) time / loop (raw) time", "qcow2 e2fsck", "loop", None, "time <=", 1.05),
+    ]
+else:
+    RATIO_GOALS = [
+        ("qcow2 randread 4k QD32x2, imgblk/qemu-nbd", "qcow2 randread-4k-qd32x2", "qemu-nbd", None, ">=", 4.0),
+        ("qcow2 randread 4k QD32x2, imgblk/rublk", "qcow2 randread-4k-qd32x2", "rublk", None, ">=", 1.3),
+        ("qcow2 randread 4k QD1, imgblk/qemu-nbd", "qcow2 randread-4k-qd1", "qemu-nbd", None, ">=", 1.5),
+        ("raw seqread 1M, imgblk/loop", "raw seqread-1m", "loop", None, ">=", 0.9),
+        ("e2fsck -fn, qemu-nbd time / imgblk time", "qcow2 e2fsck", "qemu-nbd", None, ">=", 1.5),
+    ]
 # ... and on the daemon's peak RSS: (goal, target, MiB at most).
 RSS_GOALS = [
     ("daemon peak RSS, imgblk q1 (MiB)", "imgblk-q1", 64.0),
@@ -23,7 +38,8 @@ RSS_GOALS = [
 ]
 if sys.argv[1:] == ["--goal-rows"]:
     # For bench-device.sh, which gives these rows more rounds.
-    print("\n".join(dict.fromkeys(row for _, row, _, _ in RATIO_GOALS)))
+    print("\n".join(dict.fromkeys(r for _, row, _, peer_row, _, _ in RATIO_GOALS
+                                   for r in (row, peer_row) if r)))
     sys.exit(0)
 
 raw_path, prefix = sys.argv[1], sys.argv[2]
@@ -123,9 +139,9 @@ def fsck_value(target):
 
 
 vals = {t: fsck_value(t) for t in TARGETS}
-vals["loop"] = "n/a (qcow2)"
 ratios = paired_ratios({t: by_round(fsck_runs(t), lambda r: r["seconds"]) for t in TARGETS}, True)
-table.append((f"qcow2 e2fsck -fn, {env.get('files', '?')} files (s, lower is better)", vals, ratios))
+table.append((f"qcow2 e2fsck -fn, {env.get('files', '?')} files (s, lower is better; loop: the raw copy)",
+              vals, ratios))
 out_json["results"].append({"format": "qcow2", "workload": "e2fsck-fn", "unit": "s", **vals,
                             "ratios": ratios})
 
@@ -152,6 +168,20 @@ def ratio_of(fmt_workload, peer):
     return None
 
 
+def cross_ratio(row, peer, peer_row):
+    """imgblk's row against the peer's run of another row (qcow2 against loop's raw copy),
+    paired by round like the table's ratios."""
+    (fmt, workload), (peer_fmt, peer_workload) = row.split(), peer_row.split()
+    per_target = {t: by_round(fio_runs(fmt, workload, t), lambda r: fio_result(workload, r))
+                  for t in ("imgblk-q1", "imgblk-q2")}
+    per_target[peer] = by_round(fio_runs(peer_fmt, peer_workload, peer),
+                                lambda r: fio_result(peer_workload, r))
+    try:
+        return float(paired_ratios(per_target, False)[peer])
+    except ValueError:
+        return None
+
+
 def rss_of(target):
     v = vals_rss.get(target)
     return v if isinstance(v, float) else None
@@ -159,12 +189,16 @@ def rss_of(target):
 
 vals_rss = table[-1][1]
 goals = []
-for what, got, op, want in ([(what, ratio_of(row, peer), ">=", want)
-                             for what, row, peer, want in RATIO_GOALS]
-                            + [(what, rss_of(target), "<=", want)
-                               for what, target, want in RSS_GOALS]):
+for what, row, peer, peer_row, op, want in RATIO_GOALS:
+    got = cross_ratio(row, peer, peer_row) if peer_row else ratio_of(row, peer)
+    if got is not None and op == "time <=":
+        got = 1 / got  # the table's ratio is the peer's time over imgblk's
     met = None if got is None else (got >= want if op == ">=" else got <= want)
     goals.append({"goal": what, "measured": got, "wanted": f"{op} {want:g}", "met": met})
+for what, target, want in RSS_GOALS:
+    got = rss_of(target)
+    goals.append({"goal": what, "measured": got, "wanted": f"<= {want:g}",
+                  "met": None if got is None else got <= want})
 out_json["goals"] = goals
 
 modes = sorted({f"{r['target']}: {'zero copy' if r.get('zero_copy') else 'copy'}"
@@ -192,13 +226,24 @@ out_json["environment"] = environment
 out_json["raw"] = rows
 
 md = []
-md.append(f"# Device benchmark, {out_json['date']}\n")
 rounds = env.get("rounds", "?")
-md.append("Produced by `ci/bench`. Numbers from one run of the VM; each cell is the median of "
-          f"{rounds} {'round' if str(rounds) == '1' else 'rounds'}"
-          + (f" ({env['goal_rounds']} for the rows a goal is read from)" if "goal_rounds" in env else "")
-          + ", interleaved across targets. Compare only within this "
-          "table (under TCG emulation absolute values mean little, ratios do).\n")
+if DETERMINISTIC:
+    md.append(f"# Device benchmark under instruction counting, {out_json['date']}\n")
+    md.append("Produced by `ci/bench --deterministic`: the VM runs under QEMU's "
+              f"`-icount shift={DETERMINISTIC},sleep=off`, so the guest's clock advances "
+              f"{2 ** int(DETERMINISTIC)} ns per instruction executed and jumps over idle time. "
+              "A number here is instructions, not real-hardware time: each stack's CPU cost per "
+              "I/O, with cache misses free and the vCPUs taking turns (see "
+              "benches/results/NOTES.md). It repeats from run to run whatever the host does. "
+              f"Each cell is the median of {rounds} {'round' if str(rounds) == '1' else 'rounds'}.\n")
+else:
+    md.append(f"# Device benchmark, {out_json['date']}\n")
+if not DETERMINISTIC:
+    md.append("Produced by `ci/bench`. Numbers from one run of the VM; each cell is the median of "
+              f"{rounds} {'round' if str(rounds) == '1' else 'rounds'}"
+              + (f" ({env['goal_rounds']} for the rows a goal is read from)" if "goal_rounds" in env else "")
+              + ", interleaved across targets. Compare only within this "
+              "table (under TCG emulation absolute values mean little, ratios do).\n")
 md.append("## Environment\n")
 for k, v in environment.items():
     md.append(f"- {k}: {v}")
@@ -244,7 +289,9 @@ md.append(f"""- Images on the VM's scratch ext4 (loop-mounted, tmpfs-backed) so 
 - Reads: all targets attached to the image at once (read-only), fio runs interleaved round by
   round. Writes and e2fsck: attached per run.
 - e2fsck -fn: ext4 (built on the host with `mkfs.ext4 -d` from {env.get('files', '?')} files of
-  100-3000 bytes in 1000 directories) in a qcow2; a fresh attach and dropped page cache per run.
+  100-3000 bytes in 1000 directories) in a qcow2 (loop: converted to raw in the VM); the page
+  cache dropped, then a fresh attach, then e2fsck started once untimed on a tiny file system
+  (so that its binary is not read over 9p inside the timed run), then the timed run.
 - Peak RSS: VmHWM of the serving process (imgblk daemon, qemu-nbd, rublk), read before each
   detach; the largest over all its runs.
 """)
