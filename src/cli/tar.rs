@@ -2,9 +2,9 @@
 //! `virt-tar-out`): file-level backups (`| restic backup --stdin`, `| borg import-tar`).
 
 use super::files::{inside, FsArgs};
-use super::EXIT_OK;
+use super::{EXIT_FAILURE, EXIT_OK};
 use crate::error::{Error, Result};
-use crate::files::archive::write_tar;
+use crate::files::archive::{write_tar, Skip};
 use crate::files::escape::escape;
 use crate::files::walk::Limits;
 use std::io::Write;
@@ -15,7 +15,9 @@ use std::path::PathBuf;
 /// Names are relative (`./etc/fstab`), owners numeric, modes, modification times (with
 /// nanoseconds) and symbolic links kept. Reads the file system in process (ext2/3/4,
 /// FAT12/16/32, NTFS): no ublk, no root, no mount. Files it cannot hold or read (sockets,
-/// NTFS data streams and compressed files) are left out with a warning.
+/// NTFS data streams and compressed files) are left out with a warning; when a file's
+/// bytes could not be read (compressed or encrypted NTFS files) the archive is finished
+/// and the exit status is 1.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  imgblk tar guest.qcow2 --part 1 -o root.tar\n  \
@@ -45,8 +47,10 @@ pub struct TarArgs {
 pub fn run(args: TarArgs) -> Result<i32> {
     let path = inside(&args.path)?;
     let fs = args.fs.open(&args.images)?;
-    let mut skipped = |p: &std::path::Path, why: &str| {
+    let mut unread = 0u64;
+    let mut skipped = |p: &std::path::Path, why: &str, skip: Skip| {
         tracing::warn!("left out {}: {why}", escape(p));
+        unread += u64::from(skip == Skip::CannotRead);
     };
     match &args.output {
         Some(out) => {
@@ -63,6 +67,12 @@ pub fn run(args: TarArgs) -> Result<i32> {
                 .flush()
                 .map_err(|e| Error::io("writing stdout failed", e))?;
         }
+    }
+    if unread > 0 {
+        // The archive is whole and valid, but a backup of it lacks files: say so in the
+        // status, as GNU tar does for files it could not read.
+        tracing::error!("{unread} file(s) could not be read and are missing from the archive");
+        return Ok(EXIT_FAILURE);
     }
     Ok(EXIT_OK)
 }

@@ -17,18 +17,30 @@ const USTAR_ID_MAX: u64 = 0o7777777;
 /// Largest value a ustar octal field of 12 bytes holds (size, mtime).
 const USTAR_NUM_MAX: u64 = 0o77777777777;
 
+/// Why [`write_tar`] left a file out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// tar has no entry for it (a socket, a data stream, a device node without its
+    /// numbers): the archive is as complete as tar allows.
+    CannotHold,
+    /// Its bytes could not be read (a compressed or encrypted NTFS file): the archive
+    /// lacks a file's contents.
+    CannotRead,
+}
+
 /// Writes `root` (a directory's whole tree, or one file) of `fs` to `out` as a pax
 /// archive; names are `./` plus the path below `root` (a file alone by its own name).
 /// Files tar cannot carry, or whose details or bytes the reader does not give (sockets,
 /// device nodes without their numbers, NTFS data streams, compressed NTFS files), are
-/// left out with a line to `skipped`. Further names of a file the reader gives a number
+/// left out with a line to `skipped`, which also learns whether the file's bytes are lost
+/// ([`Skip`]). Further names of a file the reader gives a number
 /// and a link count for are archived as hard links to the first.
 pub fn write_tar<W: Write>(
     fs: &dyn FileSystem,
     root: &Path,
     limits: Limits,
     out: W,
-    skipped: &mut dyn FnMut(&Path, &str),
+    skipped: &mut dyn FnMut(&Path, &str, Skip),
 ) -> Result<W> {
     let mut builder = tar::Builder::new(Ending {
         inner: out,
@@ -53,7 +65,7 @@ pub fn write_tar<W: Write>(
             ),
         };
         if let Some(why) = why {
-            skipped(path, why);
+            skipped(path, why, Skip::CannotHold);
             return Ok(());
         }
         let hard_link = match entry.file_id {
@@ -80,7 +92,7 @@ pub fn write_tar<W: Write>(
             match fs.open_file(path) {
                 Ok(data) => Some(data),
                 Err(e) if e.kind() == ErrorKind::Unsupported => {
-                    skipped(path, &e.to_string());
+                    skipped(path, &e.to_string(), Skip::CannotRead);
                     return Ok(());
                 }
                 Err(e) => return Err(e),

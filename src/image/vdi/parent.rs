@@ -11,8 +11,8 @@ use super::header::{self, Header};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::common::bytes::guid_string;
 use crate::image::common::chain;
-use crate::image::safe_open::FileId;
 use crate::image::policy::Field;
+use crate::image::safe_open::FileId;
 use crate::image::{DiskImage, ImageFile, OpenOptions};
 use std::path::{Path, PathBuf};
 
@@ -103,11 +103,7 @@ fn vdi_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
 /// The identity and UUIDs of the VDI at `path`, or `None` if it is no readable VDI or
 /// one that `options`' policy keeps `child` from naming (a file that is not a regular
 /// file is not opened).
-fn peek_uuids(
-    path: &Path,
-    child: &Path,
-    options: &OpenOptions,
-) -> Option<(FileId, header::Uuids)> {
+fn peek_uuids(path: &Path, child: &Path, options: &OpenOptions) -> Option<(FileId, header::Uuids)> {
     let buffered = OpenOptions {
         direct: false,
         ..options.clone()
