@@ -13,6 +13,7 @@ pub mod foreign;
 pub mod io;
 pub mod lock;
 pub mod open;
+pub mod ordered;
 pub mod overlay;
 pub mod qcow2;
 pub mod raw;
