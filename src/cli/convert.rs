@@ -94,7 +94,7 @@ pub fn run(args: ConvertArgs) -> Result<i32> {
     match args.output_format {
         OutputFormat::Raw => {
             let mut out = Output::open(Some(&args.output), size, false)?;
-            super::cat::copy(&*image, &changes, &mut out, true, &mut progress)?;
+            super::cat::copy(&image, &changes, &mut out, true, &mut progress)?;
             out.finish(size)?;
         }
         OutputFormat::Qcow2 if args.compress.is_some() => {
@@ -110,13 +110,13 @@ pub fn run(args: ConvertArgs) -> Result<i32> {
                 None => None,
             };
             let mut sink = StreamWriter::create(&args.output, size, backing, codec)?;
-            super::cat::copy(&*image, &changes, &mut sink, true, &mut progress)?;
+            super::cat::copy(&image, &changes, &mut sink, true, &mut progress)?;
             sink.finish()?;
         }
         OutputFormat::Qcow2 => {
             let target = new_qcow2(&args.output, size, args.backing.as_deref())?;
             let mut sink: &dyn DiskImage = &*target;
-            super::cat::copy(&*image, &changes, &mut sink, true, &mut progress)?;
+            super::cat::copy(&image, &changes, &mut sink, true, &mut progress)?;
             target.flush()?;
         }
     }

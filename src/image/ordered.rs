@@ -69,8 +69,7 @@ impl<In: Send + 'static, Out: Send + 'static> OrderedPool<In, Out> {
 
     /// Hands `item` to the workers, first waiting (and passing results that are ready in
     /// order to `ready`) while the pool is full.
-    pub fn submit(&mut self, item: In, ready: impl FnMut(Out) -> Result<()>) -> Result<()> {
-        let mut ready = ready;
+    pub fn submit(&mut self, item: In, mut ready: impl FnMut(Out) -> Result<()>) -> Result<()> {
         while self.next_in - self.next_out >= self.window {
             self.wait_one(&mut ready)?;
         }
@@ -86,8 +85,7 @@ impl<In: Send + 'static, Out: Send + 'static> OrderedPool<In, Out> {
 
     /// Waits for every item submitted, passing the results to `ready` in order, and stops
     /// the workers.
-    pub fn finish(mut self, ready: impl FnMut(Out) -> Result<()>) -> Result<()> {
-        let mut ready = ready;
+    pub fn finish(mut self, mut ready: impl FnMut(Out) -> Result<()>) -> Result<()> {
         self.jobs = None;
         while self.next_out < self.next_in {
             self.wait_one(&mut ready)?;
