@@ -537,3 +537,103 @@ fn damaged_bitmaps_are_named_in_errors_and_never_hinder_reading() {
         imgblk(d, &["cat", "-o", "out.raw", "bad.qcow2"]);
     }
 }
+
+#[test]
+fn compressed_convert_reads_as_the_source_in_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let [base, mid, top] = three_layers(d, "qcow2");
+    // A layer of 4 KiB clusters: its changes cover parts of the output's 64 KiB clusters,
+    // which must be completed from the previous backup.
+    let small = "small.qcow2";
+    let create = format!("create -q -f qcow2 -o cluster_size=4096 -b {top} -F qcow2 {small}");
+    qemu_img(d, &create.split(' ').collect::<Vec<_>>());
+    qemu(
+        "qemu-io",
+        d,
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x33 100k 4k",
+            "-c",
+            "write -z 1500k 4k",
+            "-c",
+            "write -P 0x34 15M 12k",
+            small,
+        ],
+    );
+    for codec in ["zlib", "zstd"] {
+        let backups = ["full", "incr1", "incr2", "incr3"].map(|b| format!("{b}-{codec}.qcow2"));
+        imgblk(d, &["convert", "-c", codec, "-o", &backups[0], &base]);
+        for (i, layer) in [&mid, &top, small].into_iter().enumerate() {
+            imgblk(
+                d,
+                &[
+                    "convert",
+                    "-c",
+                    codec,
+                    "--top-layers",
+                    "1",
+                    "-B",
+                    &backups[i],
+                    "-o",
+                    &backups[i + 1],
+                    layer,
+                ],
+            );
+        }
+        for (backup, layer) in backups.iter().zip([&base, &mid, &top, small]) {
+            qemu_img(d, &["check", backup]);
+            qemu_img(d, &["compare", backup, layer]);
+            let info: serde_json::Value =
+                serde_json::from_str(&qemu_img(d, &["info", "--output=json", backup])).unwrap();
+            assert_eq!(
+                info["format-specific"]["data"]["compression-type"], codec,
+                "{backup}"
+            );
+        }
+        // Pattern-filled clusters are stored compressed, random ones as they are.
+        let mut kinds = Vec::new();
+        for backup in &backups {
+            let map: serde_json::Value =
+                serde_json::from_str(&qemu_img(d, &["map", "--output=json", backup])).unwrap();
+            kinds.extend(
+                map.as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r["data"] == true && r["depth"] == 0)
+                    .map(|r| r["compressed"].as_bool()),
+            );
+        }
+        assert!(
+            kinds.contains(&Some(true)) && kinds.contains(&Some(false)),
+            "{codec}: {kinds:?}"
+        );
+        // imgblk reads its own output back through the chain.
+        qemu_img(d, &["convert", "-O", "raw", small, "final.raw"]);
+        let ours = imgblk(d, &["cat", &backups[3]]);
+        assert!(ours == fs::read(d.join("final.raw")).unwrap(), "{codec}");
+    }
+    for (args, says) in [
+        (
+            &["convert", "-c", "zstd", "-O", "raw", "-o", "x.raw", &base][..],
+            "-c needs a qcow2",
+        ),
+        (
+            &["convert", "-c", "zlib", "-o", "full-zlib.qcow2", &base],
+            "cannot create",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+}

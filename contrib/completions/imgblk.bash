@@ -287,7 +287,7 @@ _imgblk() {
             return 0
             ;;
         imgblk__subcmd__convert)
-            opts="-f -U -o -O -B -v -q -h --format --force-share --snapshot --disk --backing-policy --untrusted --allow-devices --part --lv --luks --key-file --output --output-format --backing --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
+            opts="-f -U -o -O -B -c -v -q -h --format --force-share --snapshot --disk --backing-policy --untrusted --allow-devices --part --lv --luks --key-file --output --output-format --backing --compress --top-layers --since --bitmap --progress --no-progress --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -353,6 +353,14 @@ _imgblk() {
                     ;;
                 -B)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --compress)
+                    COMPREPLY=($(compgen -W "zlib zstd" -- "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -W "zlib zstd" -- "${cur}"))
                     return 0
                     ;;
                 --top-layers)

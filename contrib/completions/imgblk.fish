@@ -163,6 +163,8 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s o -l output -d
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s O -l output-format -d 'Format of the new image' -r -f -a "qcow2\t'qcow2 version 3, 64 KiB clusters'
 raw\t'A raw file (holes for zero runs) or block device'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s B -l backing -d 'Backing file of the new qcow2 (stored as given, so relative to the new image\'s folder): the previous backup, for an incremental one' -r -F
+complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -s c -l compress -d 'Compress the qcow2\'s clusters (on every core), as `qemu-img convert -c` does; a cluster that does not shrink is stored as it is' -r -f -a "zlib\t'Deflate, QEMU\'s default (qcow2 compression type zlib)'
+zstd\t'Zstandard (qcow2 compression type zstd; QEMU 5.1 and later read it)'"
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l top-layers -d 'Only what the top N layers of the backing chain hold (1 = the top file alone): ranges supplied by deeper layers are unchanged and left out' -r
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l since -d 'Only what the layers above BACKING-FILE (a file of the image\'s backing chain) hold: what the guest wrote since BACKING-FILE was the top' -r -F
 complete -c imgblk -n "__fish_imgblk_using_subcommand convert" -l bitmap -d 'Only the ranges that the qcow2 persistent dirty bitmap NAME marks dirty (see `imgblk info`); a bitmap in use by a running or crashed QEMU is refused' -r

@@ -5,8 +5,10 @@ use super::output::{Output, Sink};
 use super::progress::{Progress, ProgressArgs};
 use super::{open_source_for_reading, SourceArgs, EXIT_OK};
 use crate::error::{Error, Result};
+use crate::image::ordered::OrderedPool;
 use crate::image::{io::read_at, status::walk_status, DiskImage};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Copy an image's guest contents (the raw disk) to stdout or a file.
 ///
@@ -44,7 +46,10 @@ pub struct CatArgs {
     progress: ProgressArgs,
 }
 
-const CHUNK: u64 = 4 << 20;
+/// Bytes read in one piece.
+const CHUNK: u64 = 1 << 20;
+/// Threads reading at most: each holds a piece or two, and the disk is shared anyway.
+const MAX_READERS: usize = 4;
 
 /// Runs `imgblk cat`.
 pub fn run(args: CatArgs) -> Result<i32> {
@@ -60,42 +65,98 @@ pub fn run(args: CatArgs) -> Result<i32> {
         ));
     }
     let mut progress = Progress::new(args.progress, size);
-    copy(&*image, &changes, &mut out, args.sparse, &mut progress)?;
+    copy(&image, &changes, &mut out, args.sparse, &mut progress)?;
     out.finish(size)?;
     progress.finish();
     Ok(EXIT_OK)
 }
 
+/// What to do with a piece of a copy.
+enum Work {
+    /// Read into this buffer (its capacity), then write.
+    Read(Vec<u8>),
+    /// Make it read as zero.
+    Zero,
+    /// Leave it (not selected): only counted as done.
+    Skip,
+}
+
+/// A piece of a copy: guest bytes `at..at + len`.
+struct Piece {
+    at: u64,
+    len: u64,
+    work: Work,
+}
+
 /// Copies the guest's bytes that `changes` selects into `out`; zero runs through
 /// [`Sink::zero`] when `sparse`. Shared with `convert`.
+///
+/// Reading (and so decompressing compressed clusters) runs on several cores: pieces of
+/// [`CHUNK`] bytes are read by a pool of threads ahead of the writer, which takes them in
+/// guest order.
 pub(super) fn copy(
-    image: &dyn DiskImage,
+    image: &Arc<dyn DiskImage>,
     changes: &Changes,
     out: &mut impl Sink,
     sparse: bool,
     progress: &mut Progress,
 ) -> Result<()> {
-    let mut buf = vec![0u8; CHUNK as usize];
-    walk_status(image, 1 << 30, |whole| {
-        let mut skipped = whole.length;
+    let reader = image.clone();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_READERS));
+    let mut pool = OrderedPool::new(threads, move |mut piece: Piece| {
+        if let Work::Read(buf) = &mut piece.work {
+            buf.resize(piece.len as usize, 0);
+            read_at(&*reader, buf, piece.at)?;
+        }
+        Ok(piece)
+    });
+    let mut put = |done: Result<Piece>| -> Result<()> {
+        let piece = done?;
+        match &piece.work {
+            Work::Read(data) => out.write(piece.at, data)?,
+            Work::Zero => out.zero(piece.at, piece.len)?,
+            Work::Skip => {}
+        }
+        progress.inc(piece.len);
+        Ok(())
+    };
+    walk_status(&**image, 1 << 30, |whole| {
+        let (start, mut skipped) = (whole.start, whole.length);
         for run in changes.select(whole) {
             skipped -= run.length;
             if run.zero && sparse {
-                out.zero(run.start, run.length)?;
-                progress.inc(run.length);
+                let (at, len) = (run.start, run.length);
+                pool.submit(
+                    Piece {
+                        at,
+                        len,
+                        work: Work::Zero,
+                    },
+                    &mut put,
+                )?;
                 continue;
             }
             let end = run.start + run.length;
-            let mut pos = run.start;
-            while pos < end {
-                let n = (end - pos).min(CHUNK) as usize;
-                read_at(image, &mut buf[..n], pos)?;
-                out.write(pos, &buf[..n])?;
-                progress.inc(n as u64);
-                pos += n as u64;
+            let mut at = run.start;
+            while at < end {
+                let len = (end - at).min(CHUNK);
+                let work = Work::Read(Vec::with_capacity(len as usize));
+                pool.submit(Piece { at, len, work }, &mut put)?;
+                at += len;
             }
         }
-        progress.inc(skipped);
+        if skipped > 0 {
+            let (at, len) = (start, skipped);
+            pool.submit(
+                Piece {
+                    at,
+                    len,
+                    work: Work::Skip,
+                },
+                &mut put,
+            )?;
+        }
         Ok(())
-    })
+    })?;
+    pool.finish(&mut put)
 }

@@ -7,7 +7,8 @@ use super::output::Output;
 use super::progress::{Progress, ProgressArgs};
 use super::{open_source_for_reading, SourceArgs, EXIT_OK};
 use crate::error::{Error, Result};
-use crate::image::{open_image, qcow2, DiskImage, Format, OpenOptions};
+use crate::image::qcow2::stream::StreamWriter;
+use crate::image::{open_image, qcow2, Codec, DiskImage, Format, OpenOptions};
 use std::path::{Path, PathBuf};
 
 /// The formats `convert` writes.
@@ -19,6 +20,15 @@ enum OutputFormat {
     Raw,
 }
 
+/// How `convert -c` compresses clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Compression {
+    /// Deflate, QEMU's default (qcow2 compression type zlib).
+    Zlib,
+    /// Zstandard (qcow2 compression type zstd; QEMU 5.1 and later read it).
+    Zstd,
+}
+
 /// Copy an image's guest contents into a new qcow2 or raw image.
 ///
 /// Reads any piece imgblk reads (--part, --lv, --luks, --snapshot) and writes only what is
@@ -27,6 +37,7 @@ enum OutputFormat {
 /// the source does (an incremental backup).
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  imgblk convert -o full.qcow2 disk.vmdk\n  \
+imgblk convert -c zstd -o full.qcow2 disk.vmdk\n  \
 imgblk convert --bitmap b0 -B full.qcow2 -o incr1.qcow2 disk.qcow2")]
 pub struct ConvertArgs {
     #[command(flatten)]
@@ -48,6 +59,10 @@ pub struct ConvertArgs {
     /// folder): the previous backup, for an incremental one.
     #[arg(short = 'B', long, value_name = "FILE")]
     backing: Option<PathBuf>,
+    /// Compress the qcow2's clusters (on every core), as `qemu-img convert -c` does; a
+    /// cluster that does not shrink is stored as it is.
+    #[arg(short = 'c', long, value_enum, value_name = "TYPE")]
+    compress: Option<Compression>,
     #[command(flatten)]
     changes: ChangeArgs,
     #[command(flatten)]
@@ -60,6 +75,9 @@ pub fn run(args: ConvertArgs) -> Result<i32> {
     match (args.output_format, &args.backing, args.changes.any()) {
         (OutputFormat::Raw, Some(_), _) => {
             return Err(Error::invalid("-B needs a qcow2 output (-O qcow2)"))
+        }
+        (OutputFormat::Raw, _, _) if args.compress.is_some() => {
+            return Err(Error::invalid("-c needs a qcow2 output (-O qcow2)"))
         }
         (OutputFormat::Qcow2, None, true) => {
             return Err(Error::invalid(
@@ -76,13 +94,29 @@ pub fn run(args: ConvertArgs) -> Result<i32> {
     match args.output_format {
         OutputFormat::Raw => {
             let mut out = Output::open(Some(&args.output), size, false)?;
-            super::cat::copy(&*image, &changes, &mut out, true, &mut progress)?;
+            super::cat::copy(&image, &changes, &mut out, true, &mut progress)?;
             out.finish(size)?;
+        }
+        OutputFormat::Qcow2 if args.compress.is_some() => {
+            let codec = match args.compress {
+                Some(Compression::Zstd) => Codec::Zstd,
+                _ => Codec::Deflate,
+            };
+            let backing = match &args.backing {
+                Some(file) => {
+                    let image = open_backing(&args.output, file)?;
+                    Some((file.as_path(), image.format(), image))
+                }
+                None => None,
+            };
+            let mut sink = StreamWriter::create(&args.output, size, backing, codec)?;
+            super::cat::copy(&image, &changes, &mut sink, true, &mut progress)?;
+            sink.finish()?;
         }
         OutputFormat::Qcow2 => {
             let target = new_qcow2(&args.output, size, args.backing.as_deref())?;
             let mut sink: &dyn DiskImage = &*target;
-            super::cat::copy(&*image, &changes, &mut sink, true, &mut progress)?;
+            super::cat::copy(&image, &changes, &mut sink, true, &mut progress)?;
             crate::image::io::flush(&*target)?;
         }
     }
@@ -93,11 +127,7 @@ pub fn run(args: ConvertArgs) -> Result<i32> {
 /// Creates the qcow2 `path` over `backing` (its format detected) and opens it writable.
 fn new_qcow2(path: &Path, size: u64, backing: Option<&Path>) -> Result<Box<dyn DiskImage>> {
     let backing_format = match backing {
-        Some(file) => {
-            // relative to the new image's folder, as the qcow2 will resolve it
-            let from = path.parent().unwrap_or(Path::new(".")).join(file);
-            Some((file, open_image(&from, &OpenOptions::default())?.format()))
-        }
+        Some(file) => Some((file, open_backing(path, file)?.format())),
         None => None,
     };
     qcow2::create::create(path, size, backing_format)?;
@@ -107,4 +137,11 @@ fn new_qcow2(path: &Path, size: u64, backing: Option<&Path>) -> Result<Box<dyn D
         ..OpenOptions::default()
     };
     open_image(path, &options)
+}
+
+/// Opens `file`, the backing file of the new image `path`, relative to `path`'s folder as
+/// the qcow2 will resolve it.
+fn open_backing(path: &Path, file: &Path) -> Result<Box<dyn DiskImage>> {
+    let from = path.parent().unwrap_or(Path::new(".")).join(file);
+    open_image(&from, &OpenOptions::default())
 }

@@ -46,6 +46,16 @@ impl Sink for &dyn crate::image::DiskImage {
     }
 }
 
+impl Sink for crate::image::qcow2::stream::StreamWriter {
+    fn write(&mut self, at: u64, data: &[u8]) -> Result<()> {
+        Self::write(self, at, data)
+    }
+
+    fn zero(&mut self, at: u64, len: u64) -> Result<()> {
+        Self::zero(self, at, len)
+    }
+}
+
 /// What kind of file an [`Output`] writes to, which decides how it writes zeroes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {

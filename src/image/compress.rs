@@ -1,4 +1,5 @@
-//! Decompression of compressed clusters, shared by the library and the ublk queues.
+//! Decompression of compressed clusters, shared by the library and the ublk queues, and
+//! compression of the clusters `imgblk convert -c` writes.
 //!
 //! zstd (qcow2 `compression_type` 1) is decoded with `ruzstd`, a pure-Rust decoder: no C
 //! library to build or link, and a decoder written in safe Rust is what we want facing
@@ -18,6 +19,31 @@ pub fn decompress(codec: Codec, input: &[u8], out: &mut [u8]) -> Result<()> {
         Codec::Zlib => inflate(input, out, true),
         Codec::Zstd => unzstd(input, out),
     }
+}
+
+/// Compresses one cluster as QEMU's qcow2 driver does: raw deflate with a 4 KiB window
+/// (QEMU inflates with window bits -12, so a longer match would not decode there), or one
+/// zstd frame. `None` when the result is not shorter than `limit` bytes: the cluster is
+/// then better stored as it is.
+pub fn compress(codec: Codec, input: &[u8], limit: usize) -> Option<Vec<u8>> {
+    let packed = match codec {
+        Codec::Deflate | Codec::Zlib => {
+            let level = flate2::Compression::default();
+            let mut state = flate2::Compress::new_with_window_bits(level, codec == Codec::Zlib, 12);
+            let mut out = Vec::with_capacity(limit);
+            let status = state
+                .compress_vec(input, &mut out, flate2::FlushCompress::Finish)
+                .ok()?;
+            if status != flate2::Status::StreamEnd {
+                return None; // did not fit in `limit`
+            }
+            out
+        }
+        Codec::Zstd => {
+            ruzstd::encoding::compress_to_vec(input, ruzstd::encoding::CompressionLevel::Fastest)
+        }
+    };
+    (packed.len() < limit).then_some(packed)
 }
 
 /// Largest zstd window (history the decoder keeps) a frame may ask for. QEMU compresses
@@ -320,6 +346,40 @@ mod tests {
             *b ^= 0x5a;
         }
         let _ = decompress(Codec::Zstd, &bad, &mut out); // any result, no panic
+    }
+
+    #[test]
+    fn compressed_clusters_round_trip_and_incompressible_ones_are_refused() {
+        let data = sample(65536);
+        for codec in [Codec::Deflate, Codec::Zstd] {
+            let packed = compress(codec, &data, 65535).expect("compresses");
+            let mut out = vec![0u8; data.len()];
+            decompress(codec, &packed, &mut out).unwrap();
+            assert_eq!(out, data, "{codec:?}");
+            let mut noise = vec![0u8; 65536];
+            let mut x = 0x1234_5678_9abc_def0u64;
+            for b in &mut noise {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            assert!(compress(codec, &noise, 65535).is_none(), "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn deflate_matches_stay_within_qemus_4k_window() {
+        // A 4 KiB+ repeat distance: with a 32 KiB window the encoder would reference it.
+        let block = sample(6000);
+        let data: Vec<u8> = block.iter().chain(block.iter()).copied().collect();
+        let packed = compress(Codec::Deflate, &data, data.len()).expect("compresses");
+        let mut state = flate2::Decompress::new_with_window_bits(false, 12);
+        let mut out = vec![0u8; data.len()];
+        state
+            .decompress(&packed, &mut out, flate2::FlushDecompress::Finish)
+            .expect("inflates with a 4 KiB window");
+        assert_eq!(out, data);
     }
 
     #[test]

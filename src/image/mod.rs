@@ -14,6 +14,7 @@ pub mod io;
 pub mod lock;
 pub mod open;
 pub mod ova;
+pub mod ordered;
 pub mod overlay;
 pub mod policy;
 pub mod qcow2;

@@ -6,19 +6,23 @@
 //! Layout (64 KiB clusters): cluster 0 the header, its extensions and the backing file
 //! name; cluster 1 the refcount table; cluster 2 its one refcount block (16-bit refcounts,
 //! covering the first 2 GiB of the file; the write path adds blocks as the file grows);
-//! then the L1 table, all zero. Every cluster used has refcount 1, so `qemu-img check`
+//! then the L1 table, all zero. `convert -c` writes its images in one pass with the same
+//! header (see `stream`). Every cluster used has refcount 1, so `qemu-img check`
 //! finds the new file clean.
 
-use super::header::{MAGIC, MAX_BACKING_NAME, MAX_L1_ENTRIES, V3_HEADER_LEN};
+use super::header::{INCOMPAT_COMPRESSION, MAGIC, MAX_BACKING_NAME, MAX_L1_ENTRIES, V3_HEADER_LEN};
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::Format;
+use crate::image::{Codec, Format};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 /// log2 of the overlay's cluster size (64 KiB, QEMU's default).
-const CLUSTER_BITS: u32 = 16;
-const CLUSTER: u64 = 1 << CLUSTER_BITS;
+pub(super) const CLUSTER_BITS: u32 = 16;
+/// The cluster size.
+pub(super) const CLUSTER: u64 = 1 << CLUSTER_BITS;
+/// Length of the header written: version 3 with the `compression_type` field, padded.
+const HEADER_LEN: usize = 112;
 /// Refcount width: 2^4 = 16 bits, QEMU's default.
 const REFCOUNT_ORDER: u32 = 4;
 /// Header extension type of the backing file format.
@@ -46,6 +50,24 @@ pub fn create_overlay(
 /// gets the backing file's read and write permissions (see [`create_overlay`]); without
 /// one, owner-only.
 pub fn create(path: &Path, size: u64, backing: Option<(&Path, Format)>) -> Result<()> {
+    let (name, l1_size) = check(path, size, backing)?;
+    let l1_clusters = (l1_size * 8).div_ceil(CLUSTER).max(1);
+    let clusters = 3 + l1_clusters;
+    let image = layout(name, backing.map(|(_, f)| f), size, l1_size, clusters);
+    let mut file = new_file(path, backing)?;
+    file.write_all(&image)
+        .and_then(|()| file.set_len(clusters * CLUSTER))
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io("cannot write the qcow2 image", e).with_path(path))
+}
+
+/// Checks that a qcow2 `path` of `size` bytes over `backing` can be made: returns the
+/// backing file name to store (empty: none) and the L1 table's entries.
+pub(super) fn check<'a>(
+    path: &Path,
+    size: u64,
+    backing: Option<(&'a Path, Format)>,
+) -> Result<(&'a str, u64)> {
     let name = match backing {
         Some((file, _)) => file
             .to_str()
@@ -67,10 +89,13 @@ pub fn create(path: &Path, size: u64, backing: Option<(&Path, Format)>) -> Resul
         ))
         .with_path(path));
     }
-    let l1_clusters = (l1_size * 8).div_ceil(CLUSTER).max(1);
-    let clusters = 3 + l1_clusters;
-    let image = layout(name, backing.map(|(_, f)| f), size, l1_size, clusters);
-    let mut file = std::fs::OpenOptions::new()
+    Ok((name, l1_size))
+}
+
+/// Creates the file `path`, which must not exist, with `backing`'s permissions (see
+/// [`create_overlay`]), owner-only without one.
+pub(super) fn new_file(path: &Path, backing: Option<(&Path, Format)>) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(
@@ -86,24 +111,59 @@ pub fn create(path: &Path, size: u64, backing: Option<(&Path, Format)>) -> Resul
                 ErrorKind::Io
             };
             Error::new(kind, format!("cannot create the qcow2 image: {e}")).with_path(path)
-        })?;
-    file.write_all(&image)
-        .and_then(|()| file.set_len(clusters * CLUSTER))
-        .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io("cannot write the qcow2 image", e).with_path(path))
+        })
 }
 
 /// The bytes of the metadata clusters (the L1 table's zeroes are left to `set_len`); a
 /// backing file `name` (empty: none) in `format`.
 fn layout(name: &str, format: Option<Format>, size: u64, l1_size: u64, clusters: u64) -> Vec<u8> {
-    let mut out = vec![0u8; 3 * CLUSTER as usize];
+    let where_ = Placement {
+        l1_size,
+        l1_offset: 3 * CLUSTER,
+        refcount_table_offset: CLUSTER,
+        refcount_table_clusters: 1,
+    };
+    let mut out = header(name, format, size, &where_, Codec::Deflate);
+    out.resize(3 * CLUSTER as usize, 0);
+    // Refcount table: its one block is cluster 2. Block: 16-bit count 1 per used cluster.
+    out[CLUSTER as usize..CLUSTER as usize + 8].copy_from_slice(&(2 * CLUSTER).to_be_bytes());
+    for cluster in 0..clusters as usize {
+        out[2 * CLUSTER as usize + 2 * cluster + 1] = 1;
+    }
+    out
+}
+
+/// Where a new image's tables are.
+pub(super) struct Placement {
+    /// Entries of the L1 table.
+    pub l1_size: u64,
+    /// File offset of the L1 table.
+    pub l1_offset: u64,
+    /// File offset of the refcount table.
+    pub refcount_table_offset: u64,
+    /// Clusters of the refcount table.
+    pub refcount_table_clusters: u64,
+}
+
+/// Cluster 0 of a new image of `size` bytes: the version 3 header (112 bytes, with the
+/// `compression_type` field, as QEMU writes it), its extensions and the backing file
+/// `name` (empty: none) in `format`. A `codec` other than raw deflate is recorded in the
+/// header with incompatible feature bit 3.
+pub(super) fn header(
+    name: &str,
+    format: Option<Format>,
+    size: u64,
+    at: &Placement,
+    codec: Codec,
+) -> Vec<u8> {
+    let mut out = vec![0u8; CLUSTER as usize];
     let format = format.map(|f| f.to_string()).unwrap_or_default();
     // Extensions right after the header: backing format (padded to 8), then the end.
     let format_ext = match format.len() {
         0 => 0,
         n => 8 + n.next_multiple_of(8),
     };
-    let name_offset = V3_HEADER_LEN + format_ext + 8;
+    let name_offset = HEADER_LEN + format_ext + 8;
     let put32 =
         |out: &mut [u8], at: usize, v: u32| out[at..at + 4].copy_from_slice(&v.to_be_bytes());
     let put64 =
@@ -117,25 +177,24 @@ fn layout(name: &str, format: Option<Format>, size: u64, l1_size: u64, clusters:
     put32(&mut out, 20, CLUSTER_BITS);
     put64(&mut out, 24, size);
     put32(&mut out, 32, 0); // crypt_method
-    put32(&mut out, 36, l1_size as u32);
-    put64(&mut out, 40, 3 * CLUSTER); // l1_table_offset
-    put64(&mut out, 48, CLUSTER); // refcount_table_offset
-    put32(&mut out, 56, 1); // refcount_table_clusters
-                            // nb_snapshots, snapshots_offset and the feature bitmaps stay zero.
+    put32(&mut out, 36, at.l1_size as u32);
+    put64(&mut out, 40, at.l1_offset);
+    put64(&mut out, 48, at.refcount_table_offset);
+    put32(&mut out, 56, at.refcount_table_clusters as u32);
+    // nb_snapshots, snapshots_offset and the compatible/autoclear features stay zero.
+    if codec == Codec::Zstd {
+        put64(&mut out, 72, 1 << INCOMPAT_COMPRESSION); // incompatible_features
+        out[V3_HEADER_LEN] = 1; // compression_type
+    }
     put32(&mut out, 96, REFCOUNT_ORDER);
-    put32(&mut out, 100, V3_HEADER_LEN as u32); // header_length
+    put32(&mut out, 100, HEADER_LEN as u32); // header_length
     if format_ext > 0 {
-        put32(&mut out, V3_HEADER_LEN, EXT_BACKING_FORMAT);
-        put32(&mut out, V3_HEADER_LEN + 4, format.len() as u32);
-        out[V3_HEADER_LEN + 8..V3_HEADER_LEN + 8 + format.len()].copy_from_slice(format.as_bytes());
+        put32(&mut out, HEADER_LEN, EXT_BACKING_FORMAT);
+        put32(&mut out, HEADER_LEN + 4, format.len() as u32);
+        out[HEADER_LEN + 8..HEADER_LEN + 8 + format.len()].copy_from_slice(format.as_bytes());
     }
     // The end-of-extensions marker is the 8 zero bytes already there.
     out[name_offset..name_offset + name.len()].copy_from_slice(name.as_bytes());
-    // Refcount table: its one block is cluster 2. Block: 16-bit count 1 per used cluster.
-    put64(&mut out, CLUSTER as usize, 2 * CLUSTER);
-    for cluster in 0..clusters as usize {
-        out[2 * CLUSTER as usize + 2 * cluster + 1] = 1;
-    }
     out
 }
 

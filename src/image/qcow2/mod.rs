@@ -22,6 +22,7 @@ pub mod journal;
 pub mod l2cache;
 pub mod refcount;
 pub mod snapshot;
+pub mod stream;
 pub mod write;
 
 #[cfg(test)]
