@@ -3,8 +3,9 @@
 //!
 //! zstd (qcow2 `compression_type` 1) is decoded with `ruzstd`, a pure-Rust decoder: no C
 //! library to build or link, and a decoder written in safe Rust is what we want facing
-//! hostile images. Its speed (about half of libzstd's) is plenty for compressed clusters,
-//! which are read-mostly archives. Memory is bounded before anything is decoded: a frame
+//! hostile images. Its speed is the price: decoding takes several times as long as with
+//! libzstd (`benches/results/2026-12-07-convert.md`), which decides the speed of reading
+//! zstd-compressed images; the ublk queues keep decoded clusters in a cache. Memory is bounded before anything is decoded: a frame
 //! may ask for at most [`MAX_ZSTD_WINDOW`] of history, and output beyond the cluster is an
 //! error as soon as the decoder produces it.
 
