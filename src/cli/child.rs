@@ -55,6 +55,21 @@ pub fn piece_args(name: &str, key_file: Option<&Path>) -> Option<Vec<OsString>> 
     }
 }
 
+/// Runs `imgblk mount ARGS...` (the images and the mount point last), for a caller that
+/// reads the mounted tree itself.
+pub fn mount<I, S>(args: I) -> Result<()>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run(Command::new(own_exe()?).arg("mount").args(args)).map(drop)
+}
+
+/// Runs `imgblk umount MOUNTPOINT`: unmounts, flushes and detaches.
+pub fn umount(mountpoint: &Path) -> Result<()> {
+    run(Command::new(own_exe()?).arg("umount").arg(mountpoint)).map(drop)
+}
+
 /// Runs `imgblk detach ID`.
 pub fn detach(id: u32) -> Result<()> {
     run(Command::new(own_exe()?).args(["detach", &id.to_string()])).map(drop)

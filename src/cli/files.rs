@@ -4,10 +4,12 @@
 
 use super::pick::choose;
 use super::piece::PieceArgs;
+use super::{child, kernel_fs};
 use crate::error::{Error, ErrorKind, Result};
 use crate::files::FileSystem;
 use crate::image::{open_image, DiskImage};
 use crate::layout::probe::probe;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,6 +39,7 @@ impl FsArgs {
             opened.push(Arc::from(open_image(path, &options)?));
         }
         let unlock = self.luks.unlock();
+        let unlock_file = unlock.as_ref().and(self.luks.key_file.as_deref());
         let layout = crate::serve::discover_with(&opened, unlock.as_ref())?;
         let name = |piece: &str| match piece {
             "disk0" => first.display().to_string(),
@@ -70,7 +73,37 @@ impl FsArgs {
             .as_ref()
             .map(|c| c.kind)
             .ok_or_else(|| none(&name))?;
-        crate::files::open(node.image()?, kind, &name)
+        match crate::files::open(node.image()?, kind, &name) {
+            Err(e) if kernel_fs::kernel_only(kind) && kernel_fs::can_mount() => {
+                match (
+                    self.mount_args(),
+                    child::piece_args(&node.name, unlock_file),
+                ) {
+                    (Some(open_args), Some(piece_args)) => {
+                        kernel_fs::mount_and_read(images, piece_args, open_args, kind, name)
+                    }
+                    _ => Err(e),
+                }
+            }
+            opened => opened,
+        }
+    }
+
+    /// The options that open the images alike for `imgblk mount`, or `None` if mount
+    /// has no such option (`--snapshot`, `--force-share`).
+    fn mount_args(&self) -> Option<Vec<OsString>> {
+        let read = &self.read;
+        if read.snapshot.is_some() || read.force_share {
+            return None;
+        }
+        let mut args = read.policy.cli_args();
+        if let Some(format) = read.format {
+            args.extend(["--format".into(), format.name().into()]);
+        }
+        if let Some(disk) = read.disk {
+            args.extend(["--disk".into(), disk.to_string().into()]);
+        }
+        Some(args)
     }
 }
 

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 /// Copy one regular file out of an image's file system, to stdout or a file.
 ///
 /// Reads the file system in process (ext2/3/4, FAT12/16/32, NTFS): no ublk, no root, no
-/// mount. An NTFS file's named data stream is `PATH:STREAM`.
+/// mount; xfs, btrfs and ISO 9660 through a read-only kernel mount it undoes again (root
+/// and ublk needed). An NTFS file's named data stream is `PATH:STREAM`.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  imgblk get guest.qcow2 --part 1 /etc/fstab\n  \

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 /// List a directory (or one file) inside an image's file system.
 ///
 /// Reads the file system in process (ext2/3/4, FAT12/16/32, NTFS), so it needs no ublk and no
-/// root: it works in containers and CI. Names with control characters are shown escaped
+/// root: it works in containers and CI. xfs, btrfs and ISO 9660 are read through a
+/// read-only kernel mount that it undoes again (as root, with ublk). Names with control characters are shown escaped
 /// (`\n`, `\x1b`).
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  imgblk ls guest.qcow2 --part 1 /etc\n  \

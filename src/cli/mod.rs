@@ -15,6 +15,7 @@ mod fsck;
 mod get;
 mod info;
 mod inspect;
+mod kernel_fs;
 mod list;
 mod ls;
 mod luks;

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 ///
 /// Names are relative (`./etc/fstab`), owners numeric, modes, modification times (with
 /// nanoseconds) and symbolic links kept. Reads the file system in process (ext2/3/4,
-/// FAT12/16/32, NTFS): no ublk, no root, no mount. Files it cannot hold or read (sockets,
+/// FAT12/16/32, NTFS): no ublk, no root, no mount; xfs, btrfs and ISO 9660 through a
+/// read-only kernel mount it undoes again (root and ublk needed). Files it cannot hold or read (sockets,
 /// NTFS data streams and compressed files) are left out with a warning; when a file's
 /// bytes could not be read (compressed or encrypted NTFS files) the archive is finished
 /// and the exit status is 1.

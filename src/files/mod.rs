@@ -14,6 +14,7 @@ pub mod escape;
 pub mod ext4;
 pub mod fat;
 pub mod guard;
+pub mod mounted;
 pub mod ntfs;
 pub mod open;
 pub mod walk;

@@ -24,9 +24,9 @@ pub fn open(
         ContentKind::Vfat => Ok(Box::new(FatFs::load(ImageReader::new(image, name))?)),
         ContentKind::Ntfs => Ok(Box::new(NtfsFs::load(ImageReader::new(image, name))?)),
         other => Err(Error::unsupported(format!(
-            "{name} holds {}, which imgblk cannot read without the kernel (ext2/3/4, vfat \
-             and ntfs only); \
-             as root with ublk, `imgblk mount` mounts it",
+            "{name} holds {}, which imgblk reads only through the kernel (in process: \
+             ext2/3/4, vfat and ntfs): as root on a host with ublk, ls, get and tar mount \
+             it read-only on the way, and `imgblk mount` mounts it",
             other.as_str()
         ))),
     }

@@ -2,6 +2,7 @@
 //! then verified on the image file itself with e2fsprogs.
 
 use crate::harness::*;
+use std::ffi::OsStr;
 use std::path::Path;
 
 #[test]
@@ -123,4 +124,87 @@ fn e2fsck_and_mount_ext4_inside_compressed_qcow2() {
     );
     dev.umount(&mnt);
     dev.detach();
+}
+
+/// `ls`, `get` and `tar` of an xfs (which no crate reads in process) go through a
+/// read-only kernel mount that they undo again; links in the image that point at `/` or
+/// climb out with `..` resolve inside the image, never to the host's files.
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn file_commands_read_xfs_through_a_mount_they_undo() {
+    let s = Scratch::new("files-xfs");
+    let raw = s.path("xfs.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(320 * MIB)
+        .unwrap();
+    cmd("mkfs.xfs").arg("-q").arg(&raw).ok();
+    let mnt = s.mkdir("fill");
+    cmd("mount").args(["-o", "loop"]).arg(&raw).arg(&mnt).ok();
+    let payload = s.path("payload.bin");
+    write_random(&payload, 100_000, 7);
+    std::fs::create_dir_all(mnt.join("etc")).unwrap();
+    std::fs::create_dir_all(mnt.join("dir")).unwrap();
+    std::fs::write(mnt.join("etc/hostname"), "guest\n").unwrap();
+    std::fs::copy(&payload, mnt.join("dir/data.bin")).unwrap();
+    std::os::unix::fs::symlink("/", mnt.join("up")).unwrap();
+    std::os::unix::fs::symlink("../../../../etc/hostname", mnt.join("dir/climb")).unwrap();
+    cmd("umount").arg(&mnt).ok();
+    let image = s.path("xfs.qcow2");
+    qemu_img([
+        OsStr::new("convert"),
+        OsStr::new("-O"),
+        OsStr::new("qcow2"),
+        raw.as_os_str(),
+        image.as_os_str(),
+    ]);
+
+    let listed = imgblk().arg("ls").arg(&image).arg("/").ok();
+    assert_eq!(listed.stdout, "dir\netc\nup\n", "{}", listed.describe());
+    let got = s.path("got.bin");
+    imgblk()
+        .arg("get")
+        .arg(&image)
+        .arg("/dir/data.bin")
+        .arg("-o")
+        .arg(&got)
+        .ok();
+    assert_same_bytes(&got, 0, &payload, 0, file_size(&payload));
+    for inside in ["/up/etc/hostname", "/up/dir/../etc/hostname"] {
+        let out = imgblk().arg("get").arg(&image).arg(inside).ok();
+        assert_eq!(out.stdout, "guest\n", "{inside}: {}", out.describe());
+    }
+    let climb = imgblk()
+        .arg("ls")
+        .arg("-l")
+        .arg(&image)
+        .arg("/dir/climb")
+        .ok();
+    assert!(
+        climb.stdout.contains("-> ../../../../etc/hostname"),
+        "{}",
+        climb.describe()
+    );
+    let tar = s.path("tree.tar");
+    imgblk().arg("tar").arg(&image).arg("-o").arg(&tar).ok();
+    let names = cmd("tar").arg("-tf").arg(&tar).ok();
+    for name in ["./dir/data.bin", "./etc/hostname", "./up"] {
+        assert!(
+            names.stdout.lines().any(|l| l == name),
+            "{name}: {}",
+            names.stdout
+        );
+    }
+
+    // Nothing is left mounted or attached.
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains("/run/imgblk/files"), "{mounts}");
+    let devices = imgblk().args(["list", "--json"]).ok();
+    assert!(
+        !devices
+            .stdout
+            .contains(image.file_name().unwrap().to_str().unwrap()),
+        "{}",
+        devices.stdout
+    );
 }
