@@ -1,13 +1,12 @@
 //! Decompression of compressed clusters, shared by the library and the ublk queues, and
 //! compression of the clusters `imgblk convert -c` writes.
 //!
-//! zstd (qcow2 `compression_type` 1) is decoded with `ruzstd`, a pure-Rust decoder: no C
-//! library to build or link, and a decoder written in safe Rust is what we want facing
-//! hostile images. Its speed is the price: decoding takes several times as long as with
-//! libzstd (`benches/results/2026-12-07-convert.md`), which decides the speed of reading
-//! zstd-compressed images; the ublk queues keep decoded clusters in a cache. Memory is bounded before anything is decoded: a frame
-//! may ask for at most [`MAX_ZSTD_WINDOW`] of history, and output beyond the cluster is an
-//! error as soon as the decoder produces it.
+//! zstd (qcow2 `compression_type` 1) is coded with libzstd (the `zstd` crate), the library
+//! QEMU itself uses: continuously fuzzed upstream, and several times as fast as the
+//! pure-Rust `ruzstd` used before (`benches/results/2026-12-07-convert.md` measured
+//! `ruzstd` as the bottleneck of reading zstd images). Memory is bounded before anything
+//! is decoded: a frame may ask for at most [`MAX_ZSTD_WINDOW`] of history, and output
+//! beyond the cluster is an error as soon as the decoder produces it.
 
 use super::Codec;
 use crate::error::{Error, Result};
@@ -40,9 +39,8 @@ pub fn compress(codec: Codec, input: &[u8], limit: usize) -> Option<Vec<u8>> {
             }
             out
         }
-        Codec::Zstd => {
-            ruzstd::encoding::compress_to_vec(input, ruzstd::encoding::CompressionLevel::Fastest)
-        }
+        // One frame with its content size, as QEMU writes (its default level, 3).
+        Codec::Zstd => zstd::bulk::compress(input, 3).ok()?,
     };
     (packed.len() < limit).then_some(packed)
 }
@@ -50,77 +48,91 @@ pub fn compress(codec: Codec, input: &[u8], limit: usize) -> Option<Vec<u8>> {
 /// Largest zstd window (history the decoder keeps) a frame may ask for. QEMU compresses
 /// each cluster in one call with its size known, so its windows are at most the cluster
 /// size (2 MiB at most); the margin admits other encoders without letting a hostile frame
-/// make us reserve the 100 MiB `ruzstd` would accept.
+/// make the decoder reserve what zstd allows (up to 2 GiB on 64-bit hosts).
 pub const MAX_ZSTD_WINDOW: u64 = 8 << 20;
 
 /// Decodes zstd frames from `input` until `out` is full, as QEMU's
 /// `qcow2_zstd_decompress` does: a cluster may be stored as several frames (skippable
 /// frames are skipped), and whatever follows the frame that fills `out` is sector padding
 /// and ignored. A frame that would decode past the end of `out` is corrupt, and so is
-/// input that ends before `out` is full.
-fn unzstd(mut input: &[u8], out: &mut [u8]) -> Result<()> {
-    use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
-    use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
-    use std::io::Read;
+/// input that ends before `out` is full. Each frame's header is checked before libzstd
+/// sees it ([`check_zstd_frame`]), and the decoder refuses windows beyond
+/// [`MAX_ZSTD_WINDOW`] itself.
+fn unzstd(input: &[u8], out: &mut [u8]) -> Result<()> {
+    use zstd::zstd_safe::{get_error_name, DCtx, DParameter, InBuffer, OutBuffer};
 
-    let total = input.len();
-    let corrupt = |what: String| Error::corrupt(format!("zstd-compressed cluster: {what}"));
-    let mut decoder = FrameDecoder::new();
-    let mut written = 0usize;
-    while written < out.len() {
-        let at = total - input.len();
-        if input.is_empty() {
-            return Err(corrupt(format!(
-                "the compressed data ends after {written} of {} bytes",
-                out.len()
+    let len = out.len();
+    let mut dctx = DCtx::create();
+    dctx.set_parameter(DParameter::WindowLogMax(MAX_ZSTD_WINDOW.ilog2()))
+        .map_err(|code| zstd_corrupt(get_error_name(code).to_string()))?;
+    let mut source = InBuffer::around(input);
+    let mut target = OutBuffer::around(out);
+    // Where the frame being decoded starts; `None` between frames.
+    let mut frame = None;
+    while target.pos() < len {
+        frame = zstd_step(&mut dctx, &mut source, &mut target, frame, len)?;
+    }
+    // Full: the frame must end here (its checksum may still follow), giving nothing more.
+    let filled = target.pos();
+    let mut spare = [0u8; 1];
+    let mut beyond = OutBuffer::around(&mut spare[..]);
+    while let Some(at) = frame {
+        frame = zstd_step(&mut dctx, &mut source, &mut beyond, frame, filled + 1)?;
+        if beyond.pos() > 0 {
+            return Err(zstd_corrupt(format!(
+                "frame at byte {at} decodes to more than the {len}-byte cluster"
             )));
-        }
-        check_zstd_frame(input, (out.len() - written) as u64)
-            .map_err(|e| corrupt(format!("frame at byte {at} of the compressed data {e}")))?;
-        match decoder.reset(&mut input) {
-            Ok(()) => {}
-            Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
-                length,
-                ..
-            })) => {
-                input = input.get(length as usize..).ok_or_else(|| {
-                    corrupt(format!(
-                        "skippable frame at byte {at} of {length} bytes overruns the data"
-                    ))
-                })?;
-                continue;
-            }
-            Err(e) => return Err(corrupt(format!("frame at byte {at}: {e}"))),
-        }
-        let decode_err = |e: FrameDecoderError| corrupt(format!("frame at byte {at}: {e}"));
-        // Decode only what fits: the decoder buffers its window plus one block more.
-        let want = out.len() - written;
-        while decoder.can_collect() < want && !decoder.is_finished() {
-            let more = want - decoder.can_collect();
-            decoder
-                .decode_blocks(&mut input, BlockDecodingStrategy::UptoBytes(more))
-                .map_err(decode_err)?;
-        }
-        written += decoder
-            .read(&mut out[written..])
-            .map_err(|e| corrupt(format!("frame at byte {at}: {e}")))?;
-        // Not full: the loop above stopped at the end of the frame, which `read` has
-        // drained; the next frame continues the cluster. Full: the frame must end here.
-        if written == out.len() {
-            while decoder.can_collect() == 0 && !decoder.is_finished() {
-                decoder
-                    .decode_blocks(&mut input, BlockDecodingStrategy::UptoBytes(1))
-                    .map_err(decode_err)?;
-            }
-            if decoder.can_collect() > 0 {
-                return Err(corrupt(format!(
-                    "frame at byte {at} decodes to more than the {}-byte cluster",
-                    out.len()
-                )));
-            }
         }
     }
     Ok(())
+}
+
+/// One call of the decoder for [`unzstd`], in the frame starting at input byte `frame`
+/// (`None`: a frame starts here, whose header is checked first; `room` is the cluster's
+/// size, for that check). Returns where the frame still being decoded starts.
+fn zstd_step(
+    dctx: &mut zstd::zstd_safe::DCtx,
+    source: &mut zstd::zstd_safe::InBuffer,
+    target: &mut zstd::zstd_safe::OutBuffer<[u8]>,
+    frame: Option<usize>,
+    room: usize,
+) -> Result<Option<usize>> {
+    let input = source.src;
+    let at = match frame {
+        Some(at) => at,
+        None => {
+            let at = source.pos();
+            if at == input.len() {
+                return Err(zstd_corrupt(format!(
+                    "the compressed data ends after {} of {room} bytes",
+                    target.pos()
+                )));
+            }
+            check_zstd_frame(&input[at..], (room - target.pos()) as u64).map_err(|e| {
+                zstd_corrupt(format!("frame at byte {at} of the compressed data {e}"))
+            })?;
+            at
+        }
+    };
+    let before = (source.pos(), target.pos());
+    let left = dctx.decompress_stream(target, source).map_err(|code| {
+        zstd_corrupt(format!(
+            "frame at byte {at}: {}",
+            zstd::zstd_safe::get_error_name(code)
+        ))
+    })?;
+    if (source.pos(), target.pos()) == before {
+        return Err(zstd_corrupt(format!(
+            "frame at byte {at} ends before its end (after {} bytes of output)",
+            target.pos()
+        )));
+    }
+    Ok((left != 0).then_some(at))
+}
+
+/// A corrupt zstd-compressed cluster, saying `what` is wrong.
+fn zstd_corrupt(what: String) -> Error {
+    Error::corrupt(format!("zstd-compressed cluster: {what}"))
 }
 
 /// Checks a zstd frame header at the start of `input` before the decoder allocates for
@@ -246,7 +258,7 @@ mod tests {
     }
 
     fn zstd(data: &[u8]) -> Vec<u8> {
-        ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+        zstd::bulk::compress(data, 1).unwrap()
     }
 
     fn sample(len: usize) -> Vec<u8> {
