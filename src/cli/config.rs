@@ -1,8 +1,8 @@
 //! The configuration file (`/etc/imgblk/config.toml`, or the file `$IMGBLK_CONFIG`
 //! names) and the options that override it: which host files images may name.
 //!
-//! The file holds `key = value` lines (a subset of TOML: strings in double quotes,
-//! `true`/`false`, `#` comments, an optional `[images]` table):
+//! The file is TOML (read with the `toml` crate); its keys stand at the top or in an
+//! `[images]` table, and any other key is an error naming its line:
 //!
 //! ```toml
 //! [images]
@@ -47,60 +47,77 @@ pub fn load() -> Result<Config> {
     }
 }
 
-/// The settings that the text of a configuration file makes.
+/// The keys a configuration file may hold, at its top or in its `[images]` table.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Keys {
+    backing_policy: Option<toml::Spanned<String>>,
+    untrusted: Option<bool>,
+    allow_devices: Option<bool>,
+    memory_mib: Option<toml::Spanned<u64>>,
+}
+
+/// A whole configuration file: the keys, and the same keys in `[images]`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct File {
+    backing_policy: Option<toml::Spanned<String>>,
+    untrusted: Option<bool>,
+    allow_devices: Option<bool>,
+    memory_mib: Option<toml::Spanned<u64>>,
+    images: Option<Keys>,
+}
+
+/// The settings that the text of a configuration file makes (parsed by the `toml`
+/// crate); errors say the line.
 fn parse(text: &str) -> Result<Config> {
-    let (mut backing, mut untrusted, mut allow_devices) = (None, false, false);
-    let mut memory_budget = None;
-    for (number, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or_default().trim();
-        if line.is_empty() || line == "[images]" {
-            continue;
-        }
-        let wrong = |what: &str| Error::invalid(format!("line {}: {what}", number + 1));
-        let (key, value) = line
-            .split_once('=')
-            .map(|(k, v)| (k.trim(), v.trim()))
-            .ok_or_else(|| wrong("expected `key = value` or `[images]`"))?;
-        let flag = || match value {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err(wrong(&format!("{key} must be true or false"))),
-        };
-        match key {
-            "backing-policy" => {
-                let name = value
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .ok_or_else(|| wrong("backing-policy must be a quoted string"))?;
-                backing = Some(name.parse::<Backing>().map_err(|e| wrong(&e.to_string()))?);
-            }
-            "memory-mib" => {
-                let mib = value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|&mib| (1..=1 << 20).contains(&mib))
-                    .ok_or_else(|| wrong("memory-mib must be a whole number of MiB, 1 or more"))?;
-                memory_budget = Some(mib << 20);
-            }
-            "untrusted" => untrusted = flag()?,
-            "allow-devices" => allow_devices = flag()?,
-            _ => return Err(wrong(&format!("unknown key `{key}`"))),
-        }
-    }
-    let mut policy = match untrusted {
+    let file: File = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|span| line_of(text, span.start));
+        let message = e.message().trim_end();
+        Error::invalid(match line {
+            Some(line) => format!("line {line}: {message}"),
+            None => message.to_string(),
+        })
+    })?;
+    let images = file.images.unwrap_or_default();
+    let wrong =
+        |at: usize, what: &str| Error::invalid(format!("line {}: {what}", line_of(text, at)));
+    let mut policy = match images.untrusted.or(file.untrusted).unwrap_or(false) {
         true => NamePolicy::UNTRUSTED,
         false => NamePolicy::default(),
     };
-    if let Some(backing) = backing {
-        policy.backing = backing;
+    if let Some(name) = images.backing_policy.or(file.backing_policy) {
+        policy.backing = name
+            .get_ref()
+            .parse::<Backing>()
+            .map_err(|e| wrong(name.span().start, &e.to_string()))?;
     }
-    if allow_devices {
+    if images.allow_devices.or(file.allow_devices).unwrap_or(false) {
         policy.devices = Devices::Allow;
     }
+    let memory_budget = match images.memory_mib.or(file.memory_mib) {
+        Some(mib) if (1..=1 << 20).contains(mib.get_ref()) => Some(mib.get_ref() << 20),
+        Some(mib) => {
+            return Err(wrong(
+                mib.span().start,
+                "memory-mib must be a whole number of MiB, 1 or more",
+            ))
+        }
+        None => None,
+    };
     Ok(Config {
         policy,
         memory_budget,
     })
+}
+
+/// The line (from 1) that byte `at` of `text` is on.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Which host files images may name, for every command that opens images (see the README's
@@ -199,18 +216,19 @@ mod tests {
             Some(64 << 20)
         );
         for (text, wanted) in [
-            (
-                "backing-policy = tree",
-                "line 1: backing-policy must be a quoted string",
-            ),
+            ("backing-policy = tree", "line 1: "),
             (
                 "\nbacking-policy = \"all\"",
                 "line 2: unknown backing policy `all`",
             ),
-            ("untrusted = yes", "untrusted must be true or false"),
-            ("color = \"red\"", "unknown key `color`"),
-            ("what", "expected `key = value`"),
-            ("memory-mib = 0", "memory-mib must be a whole number"),
+            ("untrusted = yes", "line 1: "),
+            ("color = \"red\"", "unknown field `color`"),
+            ("what", "line 1: "),
+            (
+                "memory-mib = 0",
+                "line 1: memory-mib must be a whole number",
+            ),
+            ("[images]\nuntrusted = 3", "line 2: invalid type"),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(wanted), "{text}: {err}");
