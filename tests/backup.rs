@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{imgblk, make_raw, qemu, qemu_img};
+use common::{cryptsetup, imgblk, make_raw, qemu, qemu_img};
 use std::fs::{self, File};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -270,8 +270,8 @@ fn top_layers_are_what_qemu_img_map_says_and_incrementals_restore_the_image() {
                 "needs a file or block device",
             ),
             (
-                &["map", "--top-layers", "1", "--part", "1", &top],
-                "whole images",
+                &["map", "--top-layers", "1", "--snapshot", "s1", &top],
+                "not with --snapshot",
             ),
             (&["map", "--top-layers", "3", &top], "has 3 layer(s)"),
             (&["map", "--since", &top, &top], "top of the chain"),
@@ -636,4 +636,137 @@ fn compressed_convert_reads_as_the_source_in_qemu() {
             "{args:?}: {err}"
         );
     }
+}
+
+/// The changed ranges `map --json ARGS` lists, merged.
+fn changed(d: &Path, args: &[&str]) -> Vec<(u64, u64)> {
+    let runs: serde_json::Value =
+        serde_json::from_slice(&imgblk(d, &[&["map", "--json"], args].concat())).unwrap();
+    merged(json_ranges(&runs, "start"))
+}
+
+/// A partition and a LUKS volume in a partition get the changed ranges of the image, as
+/// they fall in them, and their incremental restores give the piece of the final image.
+#[test]
+fn pieces_get_the_changes_that_fall_in_them() {
+    const M: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // a 32 MiB disk: partition 1 (1..9 MiB) with data, partition 2 (10..30 MiB) LUKS2
+    let disk = d.join("disk.raw");
+    make_raw(&disk, 3);
+    File::options()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(32 * M)
+        .unwrap();
+    let key = d.join("key");
+    fs::write(&key, "pieces").unwrap();
+    let luks = d.join("luks.img");
+    File::create(&luks).unwrap().set_len(20 * M).unwrap();
+    let format = ["luksFormat", "--type", "luks2", "--pbkdf", "pbkdf2"];
+    let fast = ["--pbkdf-force-iterations", "1000", "--sector-size", "4096"];
+    cryptsetup(
+        &[&format[..], &fast[..], &[luks.to_str().unwrap()]].concat(),
+        &key,
+    );
+    let header = fs::read(&luks).unwrap();
+    File::options()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .write_all_at(&header, 10 * M)
+        .unwrap();
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["-q", disk.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sfdisk (fdisk)");
+    use std::io::Write;
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\n2048,16384,83\n20480,40960,83\n")
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    qemu_img(d, &["convert", "-O", "qcow2", "disk.raw", "base.qcow2"]);
+    let overlay = "create -f qcow2 -b base.qcow2 -F qcow2 top.qcow2";
+    qemu_img(d, &overlay.split(' ').collect::<Vec<_>>());
+    qemu_img(d, &["bitmap", "--add", "top.qcow2", "b0"]);
+    // the full backups of both pieces, taken when top.qcow2 was made
+    let key_arg = key.to_str().unwrap();
+    let p2 = ["--part", "2", "--luks", "--key-file", key_arg];
+    imgblk(d, &["cat", "-o", "p1.raw", "--part", "1", "base.qcow2"]);
+    imgblk(
+        d,
+        &[&["cat", "-o", "p2.raw"][..], &p2, &["base.qcow2"]].concat(),
+    );
+    // writes: 64 KiB at 2 MiB (1 MiB into partition 1), 4 KiB at 26 MiB + 64 KiB (64 KiB
+    // into the LUKS data area, which starts 16 MiB into partition 2), and one outside both
+    qemu(
+        "qemu-io",
+        d,
+        &[
+            "-c",
+            "write -P 0x11 2M 64k",
+            "-c",
+            "write -P 0x22 26688k 4k",
+            "-c",
+            "write -P 0x33 31M 64k",
+            "top.qcow2",
+        ],
+    );
+    // both count whole 64 KiB clusters (the 4 KiB write allocated one; the bitmap's
+    // granule is 64 KiB)
+    for change in [&["--top-layers", "1"][..], &["--bitmap", "b0"]] {
+        let p1 = [&["--part", "1"][..], change, &["top.qcow2"]].concat();
+        assert_eq!(
+            changed(d, &p1),
+            [(M, M + 64 * 1024)],
+            "{change:?} partition 1"
+        );
+        let p2 = [&p2[..], change, &["top.qcow2"]].concat();
+        assert_eq!(
+            changed(d, &p2),
+            [(64 * 1024, 128 * 1024)],
+            "{change:?} LUKS in 2"
+        );
+    }
+    // the incrementals over the full backups give each piece of the final image
+    imgblk(
+        d,
+        &[
+            "cat",
+            "-o",
+            "p1.raw",
+            "--part",
+            "1",
+            "--top-layers",
+            "1",
+            "top.qcow2",
+        ],
+    );
+    let want = imgblk(d, &["cat", "--part", "1", "top.qcow2"]);
+    assert!(
+        fs::read(d.join("p1.raw")).unwrap() == want,
+        "partition 1 restored"
+    );
+    imgblk(
+        d,
+        &[
+            &["cat", "-o", "p2.raw", "--bitmap", "b0"][..],
+            &p2,
+            &["top.qcow2"],
+        ]
+        .concat(),
+    );
+    let want = imgblk(d, &[&["cat"][..], &p2, &["top.qcow2"]].concat());
+    assert!(
+        fs::read(d.join("p2.raw")).unwrap() == want,
+        "LUKS volume restored"
+    );
+    let before = imgblk(d, &[&["cat"][..], &p2, &["base.qcow2"]].concat());
+    assert!(before != want, "the write into the LUKS volume changed it");
 }

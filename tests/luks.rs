@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::cryptsetup;
 use imgblk::error::ErrorKind;
 use imgblk::image::io::{read_at, write_at};
 use imgblk::image::{open_image, DiskImage, OpenOptions};
@@ -19,20 +20,6 @@ const MIB: usize = 1 << 20;
 /// What reencrypt takes off the end of the device for the header (and the data moves by).
 const REDUCE: usize = 8 * MIB;
 const PASS: &[u8] = b"correct horse";
-
-fn cryptsetup(args: &[&str], key_file: &Path) {
-    let out = Command::new("cryptsetup")
-        .args(args)
-        .args(["--batch-mode", "--key-file"])
-        .arg(key_file)
-        .output()
-        .expect("cryptsetup not installed (apt-get install cryptsetup-bin)");
-    assert!(
-        out.status.success(),
-        "cryptsetup {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Fills a `size`-byte file with random bytes (or `init`), encrypts it in place with
 /// `cryptsetup reencrypt --encrypt` and `args`; returns the plaintext the volume holds.

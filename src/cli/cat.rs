@@ -53,7 +53,7 @@ const MAX_READERS: usize = 4;
 
 /// Runs `imgblk cat`.
 pub fn run(args: CatArgs) -> Result<i32> {
-    args.changes.check(&args.source, args.luks.luks)?;
+    args.changes.check(&args.source)?;
     let image = open_source_for_reading(&args.source, &args.luks)?;
     let size = image.virtual_size();
     let changes = args.changes.resolve(&*image, &args.source)?;

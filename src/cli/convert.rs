@@ -71,7 +71,7 @@ pub struct ConvertArgs {
 
 /// Runs `imgblk convert`.
 pub fn run(args: ConvertArgs) -> Result<i32> {
-    args.changes.check(&args.source, args.luks.luks)?;
+    args.changes.check(&args.source)?;
     match (args.output_format, &args.backing, args.changes.any()) {
         (OutputFormat::Raw, Some(_), _) => {
             return Err(Error::invalid("-B needs a qcow2 output (-O qcow2)"))

@@ -31,7 +31,7 @@ pub struct MapArgs {
 
 /// Runs `imgblk map`.
 pub fn run(args: MapArgs) -> Result<i32> {
-    args.changes.check(&args.source, args.luks.luks)?;
+    args.changes.check(&args.source)?;
     let image = open_source_for_reading(&args.source, &args.luks)?;
     let changes = args.changes.resolve(&*image, &args.source)?;
     let mut entries = Vec::new();

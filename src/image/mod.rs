@@ -333,6 +333,21 @@ pub trait DiskImage: Send + Sync {
 
     /// The files of the image, top first, backing files after.
     fn chain(&self) -> Vec<ChainEntry>;
+
+    /// For a view onto other images (a partition, a logical volume, a LUKS volume): calls
+    /// `f` with each `(image, offset, length)` that `offset..offset + len` is read from,
+    /// in order, and returns `true`. An image that stores its own bytes calls nothing and
+    /// returns `false`. Lets facts about stored images (which ranges changed since a
+    /// backup) be carried up to the view.
+    fn source_ranges<'a>(
+        &'a self,
+        offset: u64,
+        len: u64,
+        f: &mut dyn FnMut(&'a dyn DiskImage, u64, u64) -> Result<()>,
+    ) -> Result<bool> {
+        let _ = (offset, len, f);
+        Ok(false)
+    }
 }
 
 /// The write side of an image opened for writing, as [`DiskImage::writer`] gives it.

@@ -67,6 +67,17 @@ impl DiskImage for SliceView {
     fn writer(&self) -> Option<&dyn ImageWrite> {
         self.inner.writer().map(|_| self as &dyn ImageWrite)
     }
+
+    fn source_ranges<'a>(
+        &'a self,
+        offset: u64,
+        len: u64,
+        f: &mut dyn FnMut(&'a dyn DiskImage, u64, u64) -> Result<()>,
+    ) -> Result<bool> {
+        check_range(offset, len, self.len)?;
+        f(&*self.inner, self.start + offset, len)?;
+        Ok(true)
+    }
 }
 
 impl ImageWrite for SliceView {
@@ -305,6 +316,16 @@ impl DiskImage for SegmentView {
         let images = self.images();
         let writable = !images.is_empty() && images.iter().all(|i| i.writer().is_some());
         writable.then_some(self)
+    }
+
+    fn source_ranges<'a>(
+        &'a self,
+        offset: u64,
+        len: u64,
+        f: &mut dyn FnMut(&'a dyn DiskImage, u64, u64) -> Result<()>,
+    ) -> Result<bool> {
+        self.for_each_piece(offset, len, f)?;
+        Ok(true)
     }
 }
 

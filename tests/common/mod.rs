@@ -269,3 +269,18 @@ pub fn compressed_chain(dir: &Path, seed: u64) {
         ],
     );
 }
+
+/// Runs `cryptsetup ARGS` in batch mode with the key in `key_file`.
+pub fn cryptsetup(args: &[&str], key_file: &Path) {
+    let out = Command::new("cryptsetup")
+        .args(args)
+        .args(["--batch-mode", "--key-file"])
+        .arg(key_file)
+        .output()
+        .expect("cryptsetup not installed (apt-get install cryptsetup-bin)");
+    assert!(
+        out.status.success(),
+        "cryptsetup {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

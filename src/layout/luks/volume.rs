@@ -226,6 +226,18 @@ impl DiskImage for LuksVolume {
     fn writer(&self) -> Option<&dyn ImageWrite> {
         self.inner.writer().map(|_| self as &dyn ImageWrite)
     }
+
+    /// Sector for sector: plaintext sector `n` is ciphertext sector `n` of the payload.
+    fn source_ranges<'a>(
+        &'a self,
+        offset: u64,
+        len: u64,
+        f: &mut dyn FnMut(&'a dyn DiskImage, u64, u64) -> Result<()>,
+    ) -> Result<bool> {
+        check_range(offset, len, self.size)?;
+        f(&*self.inner, self.offset + offset, len)?;
+        Ok(true)
+    }
 }
 
 impl ImageWrite for LuksVolume {
