@@ -8,7 +8,7 @@ use super::progress::{Progress, ProgressArgs};
 use super::{open_source_for_reading, SourceArgs, EXIT_OK};
 use crate::error::{Error, Result};
 use crate::image::qcow2::stream::StreamWriter;
-use crate::image::{open_image, qcow2, Codec, DiskImage, Format, OpenOptions};
+use crate::image::{open_image, Codec, DiskImage, OpenOptions};
 use std::path::{Path, PathBuf};
 
 /// The formats `convert` writes.
@@ -97,11 +97,11 @@ pub fn run(args: ConvertArgs) -> Result<i32> {
             super::cat::copy(&image, &changes, &mut out, true, &mut progress)?;
             out.finish(size)?;
         }
-        OutputFormat::Qcow2 if args.compress.is_some() => {
-            let codec = match args.compress {
-                Some(Compression::Zstd) => Codec::Zstd,
-                _ => Codec::Deflate,
-            };
+        OutputFormat::Qcow2 => {
+            let codec = args.compress.map(|c| match c {
+                Compression::Zstd => Codec::Zstd,
+                Compression::Zlib => Codec::Deflate,
+            });
             let backing = match &args.backing {
                 Some(file) => {
                     let image = open_backing(&args.output, file)?;
@@ -113,30 +113,9 @@ pub fn run(args: ConvertArgs) -> Result<i32> {
             super::cat::copy(&image, &changes, &mut sink, true, &mut progress)?;
             sink.finish()?;
         }
-        OutputFormat::Qcow2 => {
-            let target = new_qcow2(&args.output, size, args.backing.as_deref())?;
-            let mut sink: &dyn DiskImage = &*target;
-            super::cat::copy(&image, &changes, &mut sink, true, &mut progress)?;
-            crate::image::io::flush(&*target)?;
-        }
     }
     progress.finish();
     Ok(EXIT_OK)
-}
-
-/// Creates the qcow2 `path` over `backing` (its format detected) and opens it writable.
-fn new_qcow2(path: &Path, size: u64, backing: Option<&Path>) -> Result<Box<dyn DiskImage>> {
-    let backing_format = match backing {
-        Some(file) => Some((file, open_backing(path, file)?.format())),
-        None => None,
-    };
-    qcow2::create::create(path, size, backing_format)?;
-    let options = OpenOptions {
-        format: Some(Format::Qcow2),
-        writable: true,
-        ..OpenOptions::default()
-    };
-    open_image(path, &options)
 }
 
 /// Opens `file`, the backing file of the new image `path`, relative to `path`'s folder as

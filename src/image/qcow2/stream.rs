@@ -1,10 +1,12 @@
-//! Writing a new qcow2 image in one pass with compressed clusters (`imgblk convert -c`),
-//! as `qemu-img convert -c` stores them.
+//! Writing a new qcow2 image in one pass (`imgblk convert -O qcow2`), with compressed
+//! clusters as `qemu-img convert -c` stores them, or plain ones.
 //!
 //! Guest bytes come in increasing order ([`StreamWriter::write`], [`StreamWriter::zero`]).
-//! Each whole cluster goes to a pool of worker threads that compresses it (zlib: raw
-//! deflate; zstd: one frame) and hands it back in guest order; a cluster that does not
-//! shrink is stored as it is, one of zeroes is not stored. The file grows at its end
+//! Each whole cluster goes to a pool of worker threads that compresses it, if asked (zlib:
+//! raw deflate; zstd: one frame), and hands it back in guest order; a cluster that does
+//! not shrink is stored as it is, one of zeroes is not stored. No cluster is ever
+//! rewritten and no table is updated in place, so there is no refcount or L2 ordering to
+//! keep: the header, written last after a sync, makes the file an image. The file grows at its end
 //! only: compressed clusters packed byte after byte (an L2 entry holds where one starts
 //! and how many 512-byte sectors it spans), a plain cluster or a finished L2 table at the
 //! next cluster boundary. At the end come the refcount table and blocks (every cluster
@@ -77,13 +79,13 @@ pub struct StreamWriter {
 
 impl StreamWriter {
     /// Creates the qcow2 `path` (which must not exist) of `size` bytes, its clusters
-    /// compressed with `codec` (raw deflate for zlib, or zstd), over `backing` when given:
-    /// its name as stored, its format and the image itself.
+    /// compressed with `codec` (raw deflate for zlib, or zstd) or plain (`None`), over
+    /// `backing` when given: its name as stored, its format and the image itself.
     pub fn create(
         path: &Path,
         size: u64,
         backing: Option<(&Path, Format, Box<dyn DiskImage>)>,
-        codec: Codec,
+        codec: Option<Codec>,
     ) -> Result<Self> {
         let named = backing.as_ref().map(|(name, format, _)| (*name, *format));
         let (name, l1_size) = check(path, size, named)?;
@@ -112,7 +114,7 @@ impl StreamWriter {
             let stored = match data {
                 None => Stored::Zero,
                 Some(data) if is_zero(&data) => Stored::Zero,
-                Some(data) => match compress(codec, &data, CLUSTER as usize) {
+                Some(data) => match codec.and_then(|c| compress(c, &data, CLUSTER as usize)) {
                     Some(packed) => Stored::Packed(packed),
                     None => Stored::Plain(data),
                 },
@@ -236,7 +238,8 @@ struct Layout {
     /// Backing file name (empty: none) and format, for the header.
     header: (String, Option<Format>),
     size: u64,
-    codec: Codec,
+    /// The compression recorded in the header (`None`: none, zlib as far as it says).
+    codec: Option<Codec>,
     /// Whether zero clusters get zero entries (over a backing file) rather than none.
     zero_entries: bool,
     l1: Vec<u64>,
@@ -394,7 +397,8 @@ impl Layout {
             refcount_table_clusters: table_clusters,
         };
         let (name, format) = &self.header;
-        let head = header(name, *format, self.size, &placement, self.codec);
+        let codec = self.codec.unwrap_or(Codec::Deflate);
+        let head = header(name, *format, self.size, &placement, codec);
         self.write_at(&head, 0)?;
         self.file
             .sync_all()
