@@ -1,12 +1,12 @@
 //! `imgblk cat`: stream an image's guest contents, without ublk (works in containers).
 
 use super::changes::{ChangeArgs, Changes};
-use super::output::{Output, Sink};
+use super::output::{Output, Positional, Sink};
 use super::progress::{Progress, ProgressArgs};
 use super::{open_source_for_reading, SourceArgs, EXIT_OK};
 use crate::error::{Error, Result};
 use crate::image::ordered::OrderedPool;
-use crate::image::{io::read_at, status::walk_status, DiskImage};
+use crate::image::{io::read_at, status::walk_status, DiskImage, Source};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -77,7 +77,7 @@ enum Work {
     Read(Vec<u8>),
     /// Make it read as zero.
     Zero,
-    /// Leave it (not selected): only counted as done.
+    /// Leave it (not selected), or it was written already: only counted as done.
     Skip,
 }
 
@@ -93,7 +93,8 @@ struct Piece {
 ///
 /// Reading (and so decompressing compressed clusters) runs on several cores: pieces of
 /// [`CHUNK`] bytes are read by a pool of threads ahead of the writer, which takes them in
-/// guest order.
+/// guest order. Into a regular file, a piece that is plain data in one host file is
+/// copied by the kernel, on the reading thread, without passing through user space.
 pub(super) fn copy(
     image: &Arc<dyn DiskImage>,
     changes: &Changes,
@@ -103,8 +104,15 @@ pub(super) fn copy(
 ) -> Result<()> {
     let reader = image.clone();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_READERS));
+    let direct = out.positional();
     let mut pool = OrderedPool::new(threads, move |mut piece: Piece| {
         if let Work::Read(buf) = &mut piece.work {
+            if let Some(out) = &direct {
+                if copy_in_kernel(&*reader, piece.at, piece.len, out)? {
+                    piece.work = Work::Skip;
+                    return Ok(piece);
+                }
+            }
             buf.resize(piece.len as usize, 0);
             read_at(&*reader, buf, piece.at)?;
         }
@@ -159,4 +167,23 @@ pub(super) fn copy(
         Ok(())
     })?;
     pool.finish(&mut put)
+}
+
+/// Copies guest bytes `at..at + len` of `image` into `out` inside the kernel when all of
+/// them are plain data in host files; `false` when some are not (zero, compressed,
+/// encrypted) or the kernel will not copy, and the caller reads them instead.
+fn copy_in_kernel(image: &dyn DiskImage, at: u64, len: u64, out: &Positional) -> Result<bool> {
+    let mut extents = Vec::new();
+    image.map(at, len, &mut extents)?;
+    let mut pos = out.base + at;
+    for extent in &extents {
+        let Source::Data { file, offset } = extent.source else {
+            return Ok(false);
+        };
+        if !file.copy_to(offset, extent.len, &out.file, pos)? {
+            return Ok(false);
+        }
+        pos += extent.len;
+    }
+    Ok(true)
 }

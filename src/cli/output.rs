@@ -24,6 +24,19 @@ pub trait Sink {
     fn write(&mut self, at: u64, data: &[u8]) -> Result<()>;
     /// Makes guest bytes `at..at + len` read as zero.
     fn zero(&mut self, at: u64, len: u64) -> Result<()>;
+    /// A regular file that guest byte `at` may be written to at `base + at`, in any order
+    /// and from any thread, for copies that the kernel makes (`copy_file_range`).
+    fn positional(&self) -> Option<Positional> {
+        None
+    }
+}
+
+/// An output file written at `base + guest offset` (see [`Sink::positional`]).
+pub struct Positional {
+    /// The file (a duplicate of the output's descriptor).
+    pub file: File,
+    /// Where guest byte 0 goes.
+    pub base: u64,
 }
 
 impl Sink for Output {
@@ -34,15 +47,13 @@ impl Sink for Output {
     fn zero(&mut self, at: u64, len: u64) -> Result<()> {
         Output::zero(self, at, len)
     }
-}
 
-impl Sink for &dyn crate::image::DiskImage {
-    fn write(&mut self, at: u64, data: &[u8]) -> Result<()> {
-        crate::image::io::write_at(*self, data, at)
-    }
-
-    fn zero(&mut self, at: u64, len: u64) -> Result<()> {
-        crate::image::io::writer_of(*self)?.write_zeroes(at, len)
+    fn positional(&self) -> Option<Positional> {
+        let file = self.file.try_clone().ok()?;
+        (self.kind == Kind::File).then_some(Positional {
+            file,
+            base: self.base,
+        })
     }
 }
 

@@ -292,6 +292,52 @@ impl ImageFile {
         }
     }
 
+    /// Copies `len` bytes at `offset` of this file to `out` at `out_offset` inside the
+    /// kernel (`copy_file_range`), so that they never pass through user space. `Ok(false)`
+    /// when the kernel will not copy between these two files (another file system, a
+    /// device, an old kernel) or the file ends early: the caller reads instead, which
+    /// reports a truncated file as such.
+    pub fn copy_to(&self, offset: u64, len: u64, out: &File, out_offset: u64) -> Result<bool> {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| self.base > 0 && end > self.len)
+        {
+            return Ok(false);
+        }
+        let (mut from, mut to) = (self.host_offset(offset) as i64, out_offset as i64);
+        let mut left = len;
+        while left > 0 {
+            let chunk = left.min(1 << 30) as usize;
+            // SAFETY: both descriptors are open for the whole call and the offsets are
+            // locals the kernel updates.
+            let n = unsafe {
+                libc::copy_file_range(
+                    self.buffered.as_raw_fd(),
+                    &mut from,
+                    out.as_raw_fd(),
+                    &mut to,
+                    chunk,
+                    0,
+                )
+            };
+            match n {
+                0 => return Ok(false),
+                n if n > 0 => left -= n as u64,
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    return match e.raw_os_error() {
+                        Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+                            Ok(false)
+                        }
+                        Some(libc::EINTR) => continue,
+                        _ => Err(Error::io("copy failed", e).at(offset).with_path(&self.path)),
+                    };
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Takes QEMU-compatible image locks on the file (see [`super::lock`]).
     pub fn lock(&self, mode: super::lock::LockMode) -> Result<()> {
         super::lock::lock(self.buffered.as_raw_fd(), mode).map_err(|e| e.with_path(&self.path))
