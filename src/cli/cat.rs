@@ -73,7 +73,7 @@ pub fn run(args: CatArgs) -> Result<i32> {
 
 /// What to do with a piece of a copy.
 enum Work {
-    /// Read into this buffer (its capacity), then write.
+    /// Read into this buffer (made `len` bytes long), then write.
     Read(Vec<u8>),
     /// Make it read as zero.
     Zero,
@@ -113,11 +113,14 @@ pub(super) fn copy(
                     return Ok(piece);
                 }
             }
+            // a recycled buffer keeps its length: no bytes to clear, no pages to fault in
             buf.resize(piece.len as usize, 0);
             read_at(&*reader, buf, piece.at)?;
         }
         Ok(piece)
     });
+    // buffers written out, for the next pieces to read into
+    let spare = std::cell::RefCell::new(Vec::<Vec<u8>>::new());
     let mut put = |done: Result<Piece>| -> Result<()> {
         let piece = done?;
         match &piece.work {
@@ -126,6 +129,9 @@ pub(super) fn copy(
             Work::Skip => {}
         }
         progress.inc(piece.len);
+        if let Work::Read(data) = piece.work {
+            spare.borrow_mut().push(data);
+        }
         Ok(())
     };
     walk_status(&**image, 1 << 30, |whole| {
@@ -148,7 +154,8 @@ pub(super) fn copy(
             let mut at = run.start;
             while at < end {
                 let len = (end - at).min(CHUNK);
-                let work = Work::Read(Vec::with_capacity(len as usize));
+                let buf = spare.borrow_mut().pop().unwrap_or_default();
+                let work = Work::Read(buf);
                 pool.submit(Piece { at, len, work }, &mut put)?;
                 at += len;
             }

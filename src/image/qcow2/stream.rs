@@ -160,6 +160,15 @@ impl StreamWriter {
             let within = (at % CLUSTER) as usize;
             let n = (CLUSTER - within as u64).min(end - at) as usize;
             let piece = data.map(|d| &d[(at - start) as usize..][..n]);
+            if within == 0 && self.layout.codec.is_none() && end - at >= CLUSTER {
+                // whole clusters, stored as they are: written straight from `data`
+                let whole = (end - at) / CLUSTER * CLUSTER;
+                self.flush_partial()?;
+                let bytes = data.map(|d| &d[(at - start) as usize..][..whole as usize]);
+                self.layout.put_plain(index, bytes, whole)?;
+                at += whole;
+                continue;
+            }
             if within == 0 && n == CLUSTER as usize {
                 self.flush_partial()?;
                 self.submit(index, piece.map(<[u8]>::to_vec))?;
@@ -256,11 +265,7 @@ struct Layout {
 impl Layout {
     /// Records guest cluster `index` as `stored`; clusters come in increasing order.
     fn commit(&mut self, index: u64, stored: Stored) -> Result<()> {
-        let table = index / L2_ENTRIES;
-        if table != self.table {
-            self.write_l2()?;
-            self.table = table;
-        }
+        self.switch_table(index)?;
         let entry = match stored {
             Stored::Zero if self.zero_entries => L2_ZERO,
             Stored::Zero => return Ok(()),
@@ -282,6 +287,57 @@ impl Layout {
             }
         };
         self.l2[(index % L2_ENTRIES) as usize] = entry;
+        Ok(())
+    }
+
+    /// Stores `len` bytes of whole clusters from guest cluster `index` on, as they are
+    /// (`data`) or zero (`None`): runs of clusters that are not all zero are written
+    /// straight from `data` in one write each, without a copy. Only without compression,
+    /// when the pool is not used, so clusters still come in order.
+    fn put_plain(&mut self, index: u64, data: Option<&[u8]>, len: u64) -> Result<()> {
+        let clusters = len / CLUSTER;
+        let cluster = |i: u64| data.map(|d| &d[(i * CLUSTER) as usize..][..CLUSTER as usize]);
+        let mut i = 0;
+        while i < clusters {
+            if cluster(i).is_none_or(is_zero) {
+                self.commit(index + i, Stored::Zero)?;
+                i += 1;
+                continue;
+            }
+            // a run of data clusters within one L2 table
+            let table_end = ((index + i) / L2_ENTRIES + 1) * L2_ENTRIES - index;
+            let mut j = i + 1;
+            while j < clusters.min(table_end) && !cluster(j).is_none_or(is_zero) {
+                j += 1;
+            }
+            self.switch_table(index + i)?;
+            let at = self.end().next_multiple_of(CLUSTER);
+            self.buf
+                .resize(self.buf.len() + (at - self.end()) as usize, 0);
+            self.flush()?;
+            let run = data.map_or(&[][..], |d| {
+                &d[(i * CLUSTER) as usize..(j * CLUSTER) as usize]
+            });
+            self.write_at(run, at)?;
+            self.buf_at = at + run.len() as u64;
+            for k in i..j {
+                let host = at + (k - i) * CLUSTER;
+                self.count(host / CLUSTER)?;
+                self.l2[((index + k) % L2_ENTRIES) as usize] = host | COPIED;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Makes the L2 table of guest cluster `index` the one being filled, writing the
+    /// previous one.
+    fn switch_table(&mut self, index: u64) -> Result<()> {
+        let table = index / L2_ENTRIES;
+        if table != self.table {
+            self.write_l2()?;
+            self.table = table;
+        }
         Ok(())
     }
 
@@ -403,5 +459,32 @@ impl Layout {
         self.file
             .sync_all()
             .map_err(|e| Error::io("cannot write the qcow2 image", e).with_path(&self.path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{open_image, OpenOptions};
+
+    /// One write of plain clusters across the 512 MiB boundary of two L2 tables, with a
+    /// zero cluster in it, reads back as written.
+    #[test]
+    fn plain_run_across_l2_tables_reads_back() {
+        const M: u64 = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.qcow2");
+        let mut data: Vec<u8> = (0..3 * M).map(|i| (i / 4096 % 251) as u8 + 1).collect();
+        data[2 * M as usize..][..CLUSTER as usize].fill(0);
+        let mut writer = StreamWriter::create(&path, 1024 * M, None, None).unwrap();
+        writer.write(511 * M, &data).unwrap();
+        writer.finish().unwrap();
+        let image = open_image(&path, &OpenOptions::default()).unwrap();
+        let mut back = vec![0xffu8; data.len() + 2 * CLUSTER as usize];
+        read_at(&*image, &mut back, 511 * M - CLUSTER).unwrap();
+        let (before, rest) = back.split_at(CLUSTER as usize);
+        let (middle, after) = rest.split_at(data.len());
+        assert!(is_zero(before) && is_zero(after), "around the write");
+        assert!(middle == &data[..], "the write");
     }
 }
