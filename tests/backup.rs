@@ -748,6 +748,32 @@ fn pieces_get_the_changes_that_fall_in_them() {
             "{change:?} LUKS in 2"
         );
     }
+    // the key read from standard input (`--key-file -`) unlocks the same
+    let out = Command::new(env!("CARGO_BIN_EXE_imgblk"))
+        .args([
+            "map",
+            "--json",
+            "--top-layers",
+            "1",
+            "--part",
+            "2",
+            "--luks",
+        ])
+        .args(["--key-file", "-", "top.qcow2"])
+        .current_dir(d)
+        .stdin(File::open(&key).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        merged(json_ranges(&runs, "start")),
+        [(64 * 1024, 128 * 1024)]
+    );
     // the incrementals over the full backups give each piece of the final image
     imgblk(
         d,

@@ -190,12 +190,13 @@ enum Mode {
 }
 
 /// Runs `imgblk fsck`.
-pub fn run(args: FsckArgs) -> Result<i32> {
+pub fn run(mut args: FsckArgs) -> Result<i32> {
     if args.overlay.is_some() && !args.repair {
         return Err(Error::invalid(
             "--overlay only matters with --repair (a read-only check writes nothing)",
         ));
     }
+    crate::serve::spec::share_stdin_key(&mut args.key.key_file)?;
     let mode = match (args.repair, &args.overlay) {
         (false, _) => Mode::ReadOnly,
         (true, None) => Mode::Repair,

@@ -13,8 +13,9 @@ pub struct LuksArgs {
     /// Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume.
     #[arg(long)]
     pub luks: bool,
-    /// Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`). With
-    /// --luks it decrypts the selected piece (without, the passphrase is asked for on the
+    /// Read the LUKS key from FILE (all its bytes, as `cryptsetup --key-file`; `-` is
+    /// standard input, or a passphrase asked for when it is a terminal). With --luks it
+    /// decrypts the selected piece (without, the passphrase is asked for on the
     /// terminal); alone it unlocks every LUKS volume in the images, so that --lv can name
     /// a logical volume inside one, as `imgblk inspect --key-file` shows them.
     #[arg(long, value_name = "FILE")]
@@ -49,8 +50,9 @@ impl LuksArgs {
 /// `--key-file` of the commands that find volumes themselves (`inspect`, `mount`, `fsck`).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct KeyFileArgs {
-    /// Unlock the LUKS volumes found with the key in FILE (all its bytes) and use what
-    /// they hold, as disks named luks-NODE: a VG inside is assembled, so --lv can name its
+    /// Unlock the LUKS volumes found with the key in FILE (all its bytes; `-` is standard
+    /// input, or a passphrase asked for once when it is a terminal) and use what they
+    /// hold, as disks named luks-NODE: a VG inside is assembled, so --lv can name its
     /// logical volumes.
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,

@@ -143,7 +143,8 @@ impl MountArgs {
 }
 
 /// Runs `imgblk mount`.
-pub fn run_mount(args: MountArgs) -> Result<i32> {
+pub fn run_mount(mut args: MountArgs) -> Result<i32> {
+    crate::serve::spec::share_stdin_key(&mut args.key.key_file)?;
     let (images, mountpoint) = args.images_and_mountpoint()?;
     if !mountpoint.is_dir() {
         return Err(

@@ -113,7 +113,7 @@ pub fn select(layout: &Layout, piece: &PieceId) -> Result<Arc<dyn DiskImage>> {
     if !locked.is_empty() {
         message.push_str(&format!(
             " (LUKS volumes still locked: {}; --key-file FILE unlocks them and shows what \
-             they hold)",
+             they hold, --key-file - asks for the passphrase)",
             locked.join(", ")
         ));
     }

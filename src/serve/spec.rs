@@ -43,12 +43,26 @@ pub enum LuksKey {
     Prompt,
 }
 
+/// The key file name that means standard input, as `cryptsetup --key-file -`: the key is
+/// read from it, or typed at a prompt when it is a terminal.
+pub const STDIN_KEY: &str = "-";
+
 impl LuksKey {
     /// Reads the key: the file's bytes, or a passphrase typed on the terminal. It is wiped
     /// from memory when dropped, and the process holding it becomes undumpable.
     pub fn read(&self) -> Result<Zeroizing<Vec<u8>>> {
         refuse_core_dumps();
         match self {
+            LuksKey::File(path) if path.as_os_str() == STDIN_KEY => {
+                if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                    return prompt();
+                }
+                read_key(
+                    std::io::stdin().lock(),
+                    64 << 10,
+                    Path::new("standard input"),
+                )
+            }
             LuksKey::File(path) => read_key_file(path),
             LuksKey::Prompt => {
                 if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
@@ -56,17 +70,17 @@ impl LuksKey {
                         "--luks needs --key-file when standard input is not a terminal",
                     ));
                 }
-                rpassword::prompt_password("Enter passphrase: ")
-                    .map(|typed| Zeroizing::new(typed.into_bytes()))
-                    .map_err(|e| Error::io("cannot read the passphrase", e))
+                prompt()
             }
         }
     }
 
     /// What a device record keeps of it: the key file's absolute path, so that `recover`
-    /// can unlock the volume again; nothing for a typed passphrase.
+    /// can unlock the volume again; nothing for a typed passphrase or a key that cannot
+    /// be read again (standard input, `/dev/fd/N` as a shell's `<(...)` gives).
     pub fn recorded_file(&self) -> Result<Option<PathBuf>> {
         match self {
+            LuksKey::File(path) if once_only(path) => Ok(None),
             LuksKey::File(path) => std::fs::canonicalize(path)
                 .map(Some)
                 .map_err(|e| Error::io("cannot find the key file", e).with_path(path)),
@@ -75,22 +89,68 @@ impl LuksKey {
     }
 }
 
+/// Whether key file `path` is standard input or an inherited descriptor, gone after
+/// this process.
+fn once_only(path: &Path) -> bool {
+    path.as_os_str() == STDIN_KEY
+        || path.starts_with("/dev/fd")
+        || path.starts_with("/proc/self/fd")
+}
+
+/// With key file `-` in `key_file`: reads the key now (from standard input, or typed at
+/// a prompt) into a memory file that the commands this process runs inherit, and names
+/// that file instead (`/dev/fd/N`), so that the key is asked for once and each child
+/// reads it from there. Other key files are left as they are.
+pub fn share_stdin_key(key_file: &mut Option<PathBuf>) -> Result<()> {
+    if key_file.as_ref().is_none_or(|p| p.as_os_str() != STDIN_KEY) {
+        return Ok(());
+    }
+    let key = LuksKey::File(STDIN_KEY.into()).read()?;
+    // SAFETY: a valid C string; no flags, so that the descriptor is inherited.
+    let fd = unsafe { libc::memfd_create(c"imgblk-luks-key".as_ptr(), 0) };
+    if fd < 0 {
+        return Err(Error::io(
+            "cannot keep the key for the commands run",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: the descriptor was just created and is owned here alone.
+    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    std::io::Write::write_all(&mut &file, &key)
+        .map_err(|e| Error::io("cannot keep the key for the commands run", e))?;
+    // open until this process ends, for every child it starts
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+    *key_file = Some(PathBuf::from(format!("/dev/fd/{fd}")));
+    Ok(())
+}
+
+/// A passphrase typed on the terminal.
+fn prompt() -> Result<Zeroizing<Vec<u8>>> {
+    rpassword::prompt_password("Enter passphrase: ")
+        .map(|typed| Zeroizing::new(typed.into_bytes()))
+        .map_err(|e| Error::io("cannot read the passphrase", e))
+}
+
 /// The bytes of key file `path`, at most [`MAX_KEY_LEN`].
 fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
     let file = std::fs::File::open(path)
         .map_err(|e| Error::io("cannot open the key file", e).with_path(path))?;
-    // Room for the whole file up front: a buffer that grew would leave copies behind.
-    let room = file
-        .metadata()
-        .map_or(0, |m| m.len())
-        .min(MAX_KEY_LEN as u64)
-        + 1;
+    let room = file.metadata().map_or(0, |m| m.len());
+    read_key(file, room, path)
+}
+
+/// The bytes `reader` gives, at most [`MAX_KEY_LEN`]; `room` is how many are expected.
+/// `what` names the source in errors.
+fn read_key(reader: impl Read, room: u64, what: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    // Room for the whole key up front: a buffer that grew would leave copies behind.
+    let room = room.min(MAX_KEY_LEN as u64) + 1;
     let mut key = Zeroizing::new(Vec::with_capacity(room as usize));
-    file.take(MAX_KEY_LEN as u64 + 1)
+    reader
+        .take(MAX_KEY_LEN as u64 + 1)
         .read_to_end(&mut key)
-        .map_err(|e| Error::io("cannot read the key file", e).with_path(path))?;
+        .map_err(|e| Error::io("cannot read the key file", e).with_path(what))?;
     if key.len() > MAX_KEY_LEN {
-        return Err(Error::invalid("key file larger than 8 MiB").with_path(path));
+        return Err(Error::invalid("key file larger than 8 MiB").with_path(what));
     }
     Ok(key)
 }
@@ -327,5 +387,16 @@ mod tests {
         let recorded = key.recorded_file().unwrap().unwrap();
         assert_eq!(recorded, dir.path().canonicalize().unwrap().join("k"));
         assert_eq!(LuksKey::Prompt.recorded_file().unwrap(), None);
+        for once in ["-", "/dev/fd/63", "/proc/self/fd/5"] {
+            let key = LuksKey::File(once.into());
+            assert_eq!(key.recorded_file().unwrap(), None, "{once}");
+        }
+        let mut named = Some(PathBuf::from("/etc/keys/disk.key"));
+        share_stdin_key(&mut named).unwrap();
+        assert_eq!(
+            named,
+            Some(PathBuf::from("/etc/keys/disk.key")),
+            "left as it is"
+        );
     }
 }

@@ -95,6 +95,7 @@ pub struct Cmd {
     program: OsString,
     args: Vec<OsString>,
     dir: Option<PathBuf>,
+    stdin: Option<PathBuf>,
     timeout: Duration,
 }
 
@@ -104,6 +105,7 @@ pub fn cmd(program: impl AsRef<OsStr>) -> Cmd {
         program: program.as_ref().to_owned(),
         args: Vec::new(),
         dir: None,
+        stdin: None,
         timeout: COMMAND_TIMEOUT,
     }
 }
@@ -135,6 +137,12 @@ impl Cmd {
         self
     }
 
+    /// Gives the command the file `path` as standard input (else /dev/null).
+    pub fn stdin_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.stdin = Some(path.as_ref().to_owned());
+        self
+    }
+
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -162,9 +170,13 @@ impl Cmd {
         if let Some(dir) = &self.dir {
             command.current_dir(dir);
         }
+        let stdin = match &self.stdin {
+            Some(path) => Stdio::from(std::fs::File::open(path).expect("stdin file")),
+            None => Stdio::null(),
+        };
         let mut child = command
             .args(&self.args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(out.try_clone().expect("dup"))
             .stderr(err.try_clone().expect("dup"))
             .spawn()
