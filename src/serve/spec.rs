@@ -99,7 +99,7 @@ fn once_only(path: &Path) -> bool {
 
 /// With key file `-` in `key_file`: reads the key now (from standard input, or typed at
 /// a prompt) into a memory file that the commands this process runs inherit, and names
-/// that file instead (`/dev/fd/N`), so that the key is asked for once and each child
+/// that file instead (`/proc/self/fd/N`), so that the key is asked for once and each child
 /// reads it from there. Other key files are left as they are.
 pub fn share_stdin_key(key_file: &mut Option<PathBuf>) -> Result<()> {
     if key_file.as_ref().is_none_or(|p| p.as_os_str() != STDIN_KEY) {
@@ -120,7 +120,8 @@ pub fn share_stdin_key(key_file: &mut Option<PathBuf>) -> Result<()> {
         .map_err(|e| Error::io("cannot keep the key for the commands run", e))?;
     // open until this process ends, for every child it starts
     let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
-    *key_file = Some(PathBuf::from(format!("/dev/fd/{fd}")));
+    // /proc rather than /dev/fd, which a minimal /dev (no udev) lacks
+    *key_file = Some(PathBuf::from(format!("/proc/self/fd/{fd}")));
     Ok(())
 }
 
