@@ -73,7 +73,7 @@ impl Walker<'_> {
                 super::escape::escape(path)
             )));
         }
-        for child in sorted(self.fs.read_dir(path)?) {
+        for child in sorted(self.fs.read_dir_of(path, entry)?) {
             self.visit(&path.join(&child.name), &child, depth + 1)?;
         }
         Ok(())
@@ -109,6 +109,7 @@ mod tests {
             target: None,
             file_id: None,
             links: 1,
+            device: None,
         }
     }
 
