@@ -418,6 +418,31 @@ mod tests {
     }
 
     #[test]
+    fn sparse_maps_list_ranges_and_end_with_the_size_after_a_hole() {
+        let map = sparse_map(&[0..1024, 4096..5000], 8192);
+        assert_eq!(map.len(), 512);
+        let text = b"3\n0\n1024\n4096\n904\n8192\n0\n";
+        assert_eq!(&map[..text.len()], text);
+        assert!(map[text.len()..].iter().all(|b| *b == 0));
+        // Ending in data: no empty range.
+        let map = sparse_map(&[4096..8192], 8192);
+        assert!(map.starts_with(b"1\n4096\n4096\n\0"));
+    }
+
+    #[test]
+    fn xattrs_become_schily_records_with_raw_values() {
+        let mut r = Vec::new();
+        xattr_records(
+            &mut r,
+            &[
+                (b"user.a".to_vec(), b"x\ny".to_vec()),
+                (b"user.b=c".to_vec(), b"z".to_vec()),
+            ],
+        );
+        assert_eq!(r, b"27 SCHILY.xattr.user.a=x\ny\n");
+    }
+
+    #[test]
     fn times_keep_their_nanoseconds() {
         assert_eq!(pax_time(Time { secs: 5, nanos: 0 }), "5");
         assert_eq!(
