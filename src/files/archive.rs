@@ -425,8 +425,8 @@ mod tests {
         assert_eq!(&map[..text.len()], text);
         assert!(map[text.len()..].iter().all(|b| *b == 0));
         // Ending in data: no empty range.
-        let map = sparse_map(&[4096..8192], 8192);
-        assert!(map.starts_with(b"1\n4096\n4096\n\0"));
+        let map = sparse_map(&[0..10, 4096..8192], 8192);
+        assert!(map.starts_with(b"2\n0\n10\n4096\n4096\n\0"));
     }
 
     #[test]
