@@ -945,10 +945,76 @@ fn inline_data_trees_come_back_from_tar_and_get() {
     let files = archive_files(&imgblk_ok(os!["tar", &raw, "-C", "/inl"]));
     assert_eq!(files[b"./sl".as_slice()].content, b"f0");
     assert_eq!(files[b"./f1".as_slice()].content, b"abc");
+
+    // A hostile size past what i_block and system.data hold is an error naming it.
+    run("debugfs", os!["-w", "-R", "sif /a.txt size 100000", &raw]);
+    let out = imgblk(os!["get", &raw, "/a.txt"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("inline.raw") && err.contains("/a.txt") && err.contains("i_size larger"),
+        "{err}"
+    );
 }
 
 /// Offset of the primary superblock in an ext4 file system.
 const SUPERBLOCK: u64 = 1024;
+
+/// The block holding `path`'s extended attributes (`File ACL` in debugfs's `stat`).
+fn xattr_block(image: &Path, path: &str) -> u64 {
+    let out = run("debugfs", os!["-R", format!("stat {path}"), image]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let acl = text.split("File ACL: ").nth(1).unwrap();
+    acl.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn corrupt_extended_attributes_give_errors_naming_the_image_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"bytes").unwrap();
+    let value = dir.path().join("value");
+    fs::write(&value, pattern(700, 4)).unwrap();
+    // (name, mkfs options, byte offset in the attribute block, bytes, what the error names)
+    let cases: [(&str, &[&str], u64, &[u8], &str); 3] = [
+        ("magic", &[], 0, &[0, 0, 0, 0], "h_magic"),
+        // With metadata_csum, any change is caught by the block's checksum first.
+        ("checksum", &[], 32 + 8, &[0xff; 4], "h_checksum"),
+        // Without it, the value's size runs past the block.
+        (
+            "value size",
+            &["-O", "^metadata_csum"],
+            32 + 8,
+            &[0xff; 4],
+            "e_value_offs + e_value_size",
+        ),
+    ];
+    for (what, options, offset, bytes, field) in cases {
+        let image = dir.path().join(format!("{what}.raw"));
+        mkfs_ext4(&image, &src, 8 * MIB, options);
+        let request = format!("ea_set -f {} /f user.long", value.display());
+        run("debugfs", os!["-w", "-R", request, &image]);
+        let good = imgblk_ok(os!["tar", &image]);
+        assert!(find(&good, b"SCHILY.xattr.user.long").is_some(), "{what}");
+        let block = xattr_block(&image, "/f");
+        let file = fs::OpenOptions::new().write(true).open(&image).unwrap();
+        // 8 MiB file systems have 1 KiB blocks.
+        file.write_all_at(bytes, block * 1024 + offset).unwrap();
+        let out = imgblk(os!["tar", &image, "-o", dir.path().join("out.tar")]);
+        assert_eq!(out.status.code(), Some(3), "{what}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{what}.raw"))
+                && err.contains("/f")
+                && err.contains("extended attributes")
+                && err.contains(field),
+            "{what}: {err}"
+        );
+        // The bytes are still there.
+        assert_eq!(imgblk_ok(os!["get", &image, "/f"]), b"bytes");
+    }
+}
 
 #[test]
 fn corrupt_superblocks_and_directories_give_errors_naming_the_image() {
