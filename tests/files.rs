@@ -976,8 +976,15 @@ fn corrupt_extended_attributes_give_errors_naming_the_image_and_field() {
     fs::write(src.join("f"), b"bytes").unwrap();
     let value = dir.path().join("value");
     fs::write(&value, pattern(700, 4)).unwrap();
-    // (name, mkfs options, byte offset in the attribute block, bytes, what the error names)
-    let cases: [(&str, &[&str], u64, &[u8], &str); 3] = [
+    // Name, mkfs options, byte offset in the attribute block, bytes, what the error names.
+    type Case = (
+        &'static str,
+        &'static [&'static str],
+        u64,
+        &'static [u8],
+        &'static str,
+    );
+    let cases: [Case; 3] = [
         ("magic", &[], 0, &[0, 0, 0, 0], "h_magic"),
         // With metadata_csum, any change is caught by the block's checksum first.
         ("checksum", &[], 32 + 8, &[0xff; 4], "h_checksum"),
