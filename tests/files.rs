@@ -1117,10 +1117,17 @@ fn damage_and_read(image: &Path, kind: imgblk::layout::ContentKind, span: u64, r
                 max_entries: 100_000,
             };
             let _ = walk(&*fs, Path::new("/"), limits, &mut |path, entry| {
+                let _ = fs.xattrs(path, entry);
                 if entry.kind == imgblk::files::Kind::File {
                     // A damaged size may claim gigabytes: the first MiB is enough.
                     let file = fs.open_file(path)?;
                     let _ = std::io::copy(&mut file.take(MIB), &mut std::io::sink());
+                    let file = fs.open_entry(path, entry)?;
+                    let _ = std::io::copy(&mut file.take(MIB), &mut std::io::sink());
+                    if let Ok(Some(ranges)) = fs.data_ranges(path, entry, 1024) {
+                        let file = fs.open_ranges(path, entry, ranges)?;
+                        let _ = std::io::copy(&mut file.take(MIB), &mut std::io::sink());
+                    }
                 }
                 Ok(())
             });
@@ -1134,6 +1141,11 @@ fn random_damage_to_ext4_never_panics() {
     let f = fixture();
     let (_, raw, _) = &f.images[0];
     damage_and_read(raw, imgblk::layout::ContentKind::Ext4, 2 * MIB, 200);
+    // Inline data, attributes in inodes and blocks, device nodes.
+    let inline = f.dir.path().join("inline.raw");
+    mkfs_ext4(&inline, &f.src, 48 * MIB, &["-O", "inline_data"]);
+    add_devices_and_xattrs(&inline, f.dir.path());
+    damage_and_read(&inline, imgblk::layout::ContentKind::Ext4, 2 * MIB, 200);
 }
 
 #[test]
