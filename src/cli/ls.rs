@@ -61,7 +61,7 @@ pub fn run(args: LsArgs) -> Result<i32> {
             Ok(())
         })?;
     } else {
-        for entry in sorted(fs.read_dir(path)?) {
+        for entry in sorted(fs.read_dir_of(path, &top)?) {
             listed.push((path.join(&entry.name), entry));
         }
     }
