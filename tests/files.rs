@@ -288,6 +288,86 @@ fn partitioned(path: &Path, fs_image: &Path, label: &str) {
         .unwrap();
 }
 
+/// A whole-disk LVM PV holding VG `vg0` with one linear LV `root` whose bytes are the
+/// file system `fs_image` (a whole number of 4 MiB extents): label, metadata text at 4 KiB,
+/// data from 1 MiB, written with imgblk's own LVM encoders (no root, no device mapper).
+fn lvm_pv(path: &Path, fs_image: &Path) {
+    use imgblk::layout::lvm::label::{encode_area, encode_label};
+    use imgblk::layout::lvm::DiskArea;
+    const EXTENT: u64 = 4 * MIB;
+    let bytes = fs::read(fs_image).unwrap();
+    let extents = (bytes.len() as u64).div_ceil(EXTENT);
+    let size = MIB + extents * EXTENT;
+    let text = format!(
+        r#"vg0 {{
+	id = "Jc2Ndp-KdV9-E1vC-0cjH-9ZbN-R2Z5-0fZ4Xq"
+	seqno = 1
+	format = "lvm2"
+	status = ["RESIZEABLE", "READ", "WRITE"]
+	flags = []
+	extent_size = {extent_sectors}
+	max_lv = 0
+	max_pv = 0
+	metadata_copies = 0
+
+	physical_volumes {{
+
+		pv0 {{
+			id = "abcdef-GHIJ-KLmn-opqr-stUV-WXyz-012345"
+			device = "/dev/loop0"
+			status = ["ALLOCATABLE"]
+			flags = []
+			dev_size = {dev_sectors}
+			pe_start = 2048
+			pe_count = {extents}
+		}}
+	}}
+
+	logical_volumes {{
+
+		root {{
+			id = "Lv0000-aaaa-bbbb-cccc-dddd-eeee-000001"
+			status = ["READ", "WRITE", "VISIBLE"]
+			flags = []
+			segment_count = 1
+
+			segment1 {{
+				start_extent = 0
+				extent_count = {extents}
+
+				type = "striped"
+				stripe_count = 1
+
+				stripes = [
+					"pv0", 0
+				]
+			}}
+		}}
+	}}
+}}
+contents = "Text Format Volume Group"
+version = 1
+"#,
+        extent_sectors = EXTENT / 512,
+        dev_sectors = size / 512,
+    );
+    let mda = DiskArea {
+        offset: 4096,
+        size: 64 << 10,
+    };
+    let mut disk = vec![0u8; size as usize];
+    disk[512..1024].copy_from_slice(&encode_label(
+        "abcdefGHIJKLmnopqrstUVWXyz012345",
+        size,
+        MIB,
+        &[mda],
+    ));
+    let area = encode_area(mda.offset, mda.size, 512, &text);
+    disk[4096..4096 + area.len()].copy_from_slice(&area);
+    disk[MIB as usize..][..bytes.len()].copy_from_slice(&bytes);
+    fs::write(path, disk).unwrap();
+}
+
 /// What the comparison looks at for one file.
 #[derive(Debug, PartialEq)]
 struct Seen {
@@ -629,12 +709,20 @@ fn fixture() -> Fixture {
     );
     let mbr = dir.path().join("mbr.raw");
     partitioned(&mbr, &raw, "dos");
+    let pv_raw = dir.path().join("pv.raw");
+    lvm_pv(&pv_raw, &raw);
+    let pv = dir.path().join("pv.qcow2");
+    run(
+        "qemu-img",
+        os!["convert", "-f", "raw", "-O", "qcow2", &pv_raw, &pv],
+    );
     let images = vec![
         ("raw", raw, vec![]),
         ("qcow2", qcow2, vec![]),
         ("vmdk", vmdk, vec![]),
         ("GPT partition in qcow2", gpt, vec!["--part", "1"]),
         ("MBR partition, --auto", mbr, vec!["--auto"]),
+        ("LV in a qcow2", pv, vec!["--lv", "vg0/root"]),
     ];
     Fixture { dir, src, images }
 }
