@@ -110,6 +110,10 @@ fn make_tree(root: &Path) {
     let sparse = File::create(root.join("sparse")).unwrap();
     sparse.set_len(8 * MIB).unwrap();
     sparse.write_all_at(b"middle", 4 * MIB).unwrap();
+    // Data at both ends and a hole between.
+    let ends = File::create(root.join("dir/ends")).unwrap();
+    ends.write_all_at(&pattern(5000, 3), 0).unwrap();
+    ends.write_all_at(b"end", 3 * MIB).unwrap();
     run("mkfifo", os![root.join("fifo")]);
     let deep = root.join("d".repeat(60)).join("e".repeat(60));
     fs::create_dir_all(&deep).unwrap();
@@ -153,6 +157,78 @@ fn set_nanos(image: &Path) {
         let request = format!("sif /{path} mtime_extra {}", nanos << 2);
         run("debugfs", os!["-w", "-R", request, image]);
     }
+}
+
+/// Device nodes put into the ext4 image with debugfs (mknod needs no root there):
+/// name, kind, mode, major, minor; the block device's numbers need the new encoding.
+const DEVICES: [(&str, char, u32, u32, u32); 2] = [
+    ("chardev", 'c', 0o620, 4, 64),
+    ("blockdev", 'b', 0o640, 259, 70000),
+];
+
+/// Extended attributes put into the ext4 image with debugfs (a host's file system may
+/// not take `user.*` ones): path, name, value. The long one goes to an attribute block.
+fn image_xattrs() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    vec![
+        ("a.txt", "user.greeting", b"hello there".to_vec()),
+        ("dir/big.bin", "user.long", pattern(700, 9)),
+        ("dir/big.bin", "trusted.t", b"1".to_vec()),
+        ("dir", "user.on_a_directory", b"d".to_vec()),
+        ("dir/link", "trusted.on_a_link", b"l".to_vec()),
+    ]
+}
+
+/// Adds [`DEVICES`] and [`image_xattrs`] to the ext4 file system at `image`.
+fn add_devices_and_xattrs(image: &Path, scratch: &Path) {
+    let mut script = String::from("cd /\n");
+    for (name, kind, mode, major, minor) in DEVICES {
+        let encoded = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+        let ifmt = if kind == 'c' { 0o020000 } else { 0o060000 };
+        script += &format!(
+            "mknod {name} {kind} 1 1\nsif /{name} block[0] 0\nsif /{name} block[1] {encoded:#x}\n\
+             sif /{name} mode 0{:o}\nsif /{name} mtime 1600000500\n",
+            ifmt | mode
+        );
+    }
+    for (i, (path, name, value)) in image_xattrs().into_iter().enumerate() {
+        let file = scratch.join(format!("xattr{i}"));
+        fs::write(&file, value).unwrap();
+        script += &format!("ea_set -f {} /{path} {name}\n", file.display());
+    }
+    let script_file = scratch.join("debugfs.script");
+    fs::write(&script_file, script).unwrap();
+    run("debugfs", os!["-w", "-f", &script_file, image]);
+}
+
+/// The source tree as the archive of its image should give it back: [`source_files`]
+/// with [`DEVICES`] and [`image_xattrs`].
+fn expected_files(src: &Path) -> BTreeMap<Vec<u8>, Seen> {
+    let mut want = source_files(src);
+    for (name, kind, mode, major, minor) in DEVICES {
+        let seen = Seen {
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: "1600000500".into(),
+            content: Vec::new(),
+            xattrs: BTreeMap::new(),
+            device: Some((major, minor)),
+            sparse: false,
+        };
+        want.insert(format!("./{name}").into_bytes(), seen);
+    }
+    for (path, name, value) in image_xattrs() {
+        let mut key = format!("./{path}").into_bytes();
+        if src.join(path).symlink_metadata().unwrap().is_dir() {
+            key.push(b'/');
+        }
+        want.get_mut(&key)
+            .unwrap()
+            .xattrs
+            .insert(name.as_bytes().to_vec(), value);
+    }
+    want
 }
 
 fn nix_is_root() -> bool {
@@ -212,6 +288,86 @@ fn partitioned(path: &Path, fs_image: &Path, label: &str) {
         .unwrap();
 }
 
+/// A whole-disk LVM PV holding VG `vg0` with one linear LV `root` whose bytes are the
+/// file system `fs_image` (a whole number of 4 MiB extents): label, metadata text at 4 KiB,
+/// data from 1 MiB, written with imgblk's own LVM encoders (no root, no device mapper).
+fn lvm_pv(path: &Path, fs_image: &Path) {
+    use imgblk::layout::lvm::label::{encode_area, encode_label};
+    use imgblk::layout::lvm::DiskArea;
+    const EXTENT: u64 = 4 * MIB;
+    let bytes = fs::read(fs_image).unwrap();
+    let extents = (bytes.len() as u64).div_ceil(EXTENT);
+    let size = MIB + extents * EXTENT;
+    let text = format!(
+        r#"vg0 {{
+	id = "Jc2Ndp-KdV9-E1vC-0cjH-9ZbN-R2Z5-0fZ4Xq"
+	seqno = 1
+	format = "lvm2"
+	status = ["RESIZEABLE", "READ", "WRITE"]
+	flags = []
+	extent_size = {extent_sectors}
+	max_lv = 0
+	max_pv = 0
+	metadata_copies = 0
+
+	physical_volumes {{
+
+		pv0 {{
+			id = "abcdef-GHIJ-KLmn-opqr-stUV-WXyz-012345"
+			device = "/dev/loop0"
+			status = ["ALLOCATABLE"]
+			flags = []
+			dev_size = {dev_sectors}
+			pe_start = 2048
+			pe_count = {extents}
+		}}
+	}}
+
+	logical_volumes {{
+
+		root {{
+			id = "Lv0000-aaaa-bbbb-cccc-dddd-eeee-000001"
+			status = ["READ", "WRITE", "VISIBLE"]
+			flags = []
+			segment_count = 1
+
+			segment1 {{
+				start_extent = 0
+				extent_count = {extents}
+
+				type = "striped"
+				stripe_count = 1
+
+				stripes = [
+					"pv0", 0
+				]
+			}}
+		}}
+	}}
+}}
+contents = "Text Format Volume Group"
+version = 1
+"#,
+        extent_sectors = EXTENT / 512,
+        dev_sectors = size / 512,
+    );
+    let mda = DiskArea {
+        offset: 4096,
+        size: 64 << 10,
+    };
+    let mut disk = vec![0u8; size as usize];
+    disk[512..1024].copy_from_slice(&encode_label(
+        "abcdefGHIJKLmnopqrstUVWXyz012345",
+        size,
+        MIB,
+        &[mda],
+    ));
+    let area = encode_area(mda.offset, mda.size, 512, &text);
+    disk[4096..4096 + area.len()].copy_from_slice(&area);
+    disk[MIB as usize..][..bytes.len()].copy_from_slice(&bytes);
+    fs::write(path, disk).unwrap();
+}
+
 /// What the comparison looks at for one file.
 #[derive(Debug, PartialEq)]
 struct Seen {
@@ -221,6 +377,12 @@ struct Seen {
     gid: u64,
     mtime: String,
     content: Vec<u8>,
+    /// Extended attributes by full name.
+    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// A device node's major and minor numbers.
+    device: Option<(u32, u32)>,
+    /// A regular file with holes (source), archived as a sparse member (archive).
+    sparse: bool,
 }
 
 /// A time as pax writes it: seconds, then a fraction when there is one.
@@ -232,8 +394,71 @@ fn pax_time(secs: i64, nanos: i64) -> String {
     }
 }
 
+/// The extended attributes of `path` (not following a symbolic link).
+fn source_xattrs(path: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut names = vec![0u8; 65536];
+    // SAFETY: a valid C string and a buffer of the given length.
+    let len = unsafe { libc::llistxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    let mut out = BTreeMap::new();
+    if len <= 0 {
+        return out;
+    }
+    for name in names[..len as usize]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+    {
+        let c_name = std::ffi::CString::new(name).unwrap();
+        let mut value = vec![0u8; 65536];
+        // SAFETY: valid C strings and a buffer of the given length.
+        let n = unsafe {
+            libc::lgetxattr(
+                c_path.as_ptr(),
+                c_name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        assert!(n >= 0, "lgetxattr {}", path.display());
+        value.truncate(n as usize);
+        out.insert(name.to_vec(), value);
+    }
+    out
+}
+
 /// The source tree as `Seen`s, by archive name (`./a.txt`); directories with a slash.
+/// Of a file with several names, the first in the archive's order (depth first, by name)
+/// is the file and the others are hard links (`h`) to it.
 fn source_files(root: &Path) -> BTreeMap<Vec<u8>, Seen> {
+    let mut out = source_files_dense(root);
+    let mut names_of: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            stack.extend(fs::read_dir(&path).unwrap().map(|c| c.unwrap().path()));
+        } else if meta.nlink() > 1 {
+            let rel = path.strip_prefix(root).unwrap();
+            let name = Path::new(".").join(rel).as_os_str().as_bytes().to_vec();
+            names_of.entry(meta.ino()).or_default().push(name);
+        }
+    }
+    for mut names in names_of.into_values() {
+        // The walk's order: component by component.
+        names.sort_by(|a, b| a.split(|c| *c == b'/').cmp(b.split(|c| *c == b'/')));
+        for other in &names[1..] {
+            let seen = out.get_mut(other).unwrap();
+            seen.kind = 'h';
+            seen.content = names[0].clone();
+            seen.xattrs.clear();
+            seen.sparse = false;
+        }
+    }
+    out
+}
+
+/// The source tree as `Seen`s, every name a file of its own.
+fn source_files_dense(root: &Path) -> BTreeMap<Vec<u8>, Seen> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(path) = stack.pop() {
@@ -273,6 +498,9 @@ fn source_files(root: &Path) -> BTreeMap<Vec<u8>, Seen> {
                 gid: u64::from(meta.gid()),
                 mtime: pax_time(meta.mtime(), meta.mtime_nsec()),
                 content,
+                xattrs: source_xattrs(&path),
+                device: None,
+                sparse: ft.is_file() && meta.blocks() * 512 < meta.size(),
             },
         );
     }
@@ -283,34 +511,67 @@ fn source_files(root: &Path) -> BTreeMap<Vec<u8>, Seen> {
 fn archive_files(tar_bytes: &[u8]) -> BTreeMap<Vec<u8>, Seen> {
     let mut archive = tar::Archive::new(tar_bytes);
     let mut out = BTreeMap::new();
-    for entry in archive.entries().unwrap() {
+    // Raw: the tar crate's own pax reader splits records at newlines, which binary
+    // xattr values hold; records are read here by their length, as the format says.
+    let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for entry in archive.entries().unwrap().raw(true) {
         let mut entry = entry.unwrap();
         let header = entry.header().clone();
+        if header.entry_type() == tar::EntryType::XHeader {
+            let mut records = Vec::new();
+            entry.read_to_end(&mut records).unwrap();
+            pax = pax_records(&records);
+            continue;
+        }
         let mut mtime = header.mtime().unwrap().to_string();
-        if let Some(pax) = entry.pax_extensions().unwrap() {
-            for ext in pax {
-                let ext = ext.unwrap();
-                if ext.key().unwrap() == "mtime" {
-                    mtime = ext.value().unwrap().to_string();
-                }
+        let mut xattrs = BTreeMap::new();
+        let (mut sparse_name, mut real_size) = (None, None);
+        let mut name = entry.path_bytes().into_owned();
+        let mut link = entry.link_name_bytes().map(|l| l.into_owned());
+        for (key, value) in std::mem::take(&mut pax) {
+            if key == b"mtime" {
+                mtime = String::from_utf8(value).unwrap();
+            } else if key == b"path" {
+                name = value;
+            } else if key == b"linkpath" {
+                link = Some(value);
+            } else if let Some(xattr) = key.strip_prefix(b"SCHILY.xattr.") {
+                xattrs.insert(xattr.to_vec(), value);
+            } else if key == b"GNU.sparse.name" {
+                sparse_name = Some(value);
+            } else if key == b"GNU.sparse.realsize" {
+                real_size = Some(String::from_utf8(value).unwrap().parse::<usize>().unwrap());
             }
         }
-        let name = entry.path_bytes().into_owned();
+        if let Some(real) = &sparse_name {
+            name = real.clone();
+        }
         let kind = match header.entry_type() {
             tar::EntryType::Directory => 'd',
             tar::EntryType::Symlink => 'l',
             tar::EntryType::Regular => '-',
             tar::EntryType::Fifo => 'p',
             tar::EntryType::Link => 'h',
+            tar::EntryType::Char => 'c',
+            tar::EntryType::Block => 'b',
             other => panic!("unexpected entry type {other:?} for {name:?}"),
         };
         let content = if matches!(kind, 'l' | 'h') {
-            entry.link_name_bytes().unwrap().into_owned()
+            link.unwrap()
         } else {
             let mut data = Vec::new();
             entry.read_to_end(&mut data).unwrap();
-            data
+            match real_size {
+                Some(size) => unsparse(&data, size),
+                None => data,
+            }
         };
+        let device = matches!(kind, 'c' | 'b').then(|| {
+            (
+                header.device_major().unwrap().unwrap(),
+                header.device_minor().unwrap().unwrap(),
+            )
+        });
         let seen = Seen {
             kind,
             mode: header.mode().unwrap(),
@@ -318,17 +579,68 @@ fn archive_files(tar_bytes: &[u8]) -> BTreeMap<Vec<u8>, Seen> {
             gid: header.gid().unwrap(),
             mtime,
             content,
+            xattrs,
+            device,
+            sparse: sparse_name.is_some(),
         };
         assert!(out.insert(name.clone(), seen).is_none(), "{name:?} twice");
     }
     out
 }
 
+/// The records of a pax extended header: `LEN key=value\n`, LEN counting the whole.
+fn pax_records(mut data: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let space = data.iter().position(|b| *b == b' ').unwrap();
+        let len: usize = std::str::from_utf8(&data[..space])
+            .unwrap()
+            .parse()
+            .unwrap();
+        let record = &data[space + 1..len];
+        assert_eq!(data[len - 1], b'\n', "a pax record ends with a newline");
+        let equals = record.iter().position(|b| *b == b'=').unwrap();
+        out.push((
+            record[..equals].to_vec(),
+            record[equals + 1..record.len() - 1].to_vec(),
+        ));
+        data = &data[len..];
+    }
+    out
+}
+
+/// The bytes of a sparse member (GNU sparse 1.0: a map of decimal lines, padded to 512
+/// bytes, then the data of its ranges) as the file of `size` bytes it stands for.
+fn unsparse(data: &[u8], size: usize) -> Vec<u8> {
+    let mut lines = data.split(|b| *b == b'\n');
+    let mut number = || -> usize {
+        std::str::from_utf8(lines.next().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let count = number();
+    let ranges: Vec<(usize, usize)> = (0..count).map(|_| (number(), number())).collect();
+    let map_len: usize = 1
+        + ranges
+            .iter()
+            .map(|(o, l)| format!("{o}\n{l}\n").len())
+            .sum::<usize>()
+        + count.to_string().len();
+    let mut at = map_len.div_ceil(512) * 512;
+    let mut out = vec![0u8; size];
+    for (offset, len) in ranges {
+        out[offset..offset + len].copy_from_slice(&data[at..at + len]);
+        at += len;
+    }
+    assert_eq!(at, data.len(), "the sparse member's data is its ranges'");
+    out
+}
+
 /// Compares an archive with the source tree: every source file with its attributes (a
 /// directory's own root entry and lost+found aside, which mkfs makes).
-fn assert_tree_equal(what: &str, tar_bytes: &[u8], src: &Path) {
+fn assert_tree_equal(what: &str, tar_bytes: &[u8], want: &BTreeMap<Vec<u8>, Seen>) {
     let mut got = archive_files(tar_bytes);
-    let want = source_files(src);
     got.remove(b"./lost+found/".as_slice());
     let only = |a: &BTreeMap<Vec<u8>, Seen>, b: &BTreeMap<Vec<u8>, Seen>| {
         a.keys()
@@ -336,18 +648,29 @@ fn assert_tree_equal(what: &str, tar_bytes: &[u8], src: &Path) {
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .collect::<Vec<_>>()
     };
-    let (extra, missing) = (only(&got, &want), only(&want, &got));
+    let (extra, missing) = (only(&got, want), only(want, &got));
     assert!(
         extra.is_empty() && missing.is_empty(),
         "{what}: extra {extra:?}, missing {missing:?}"
     );
-    for (name, want) in &want {
+    for (name, want) in want {
         let got = &got[name];
         if name == b"./" {
             assert_eq!(got.kind, 'd', "{what}: root");
             continue;
         }
-        assert_eq!(got, want, "{what}: {}", String::from_utf8_lossy(name));
+        let shown = String::from_utf8_lossy(name);
+        assert!(
+            got.content == want.content,
+            "{what}: {shown}: the bytes differ"
+        );
+        let strip = |s: &Seen| Seen {
+            content: Vec::new(),
+            xattrs: s.xattrs.clone(),
+            mtime: s.mtime.clone(),
+            ..*s
+        };
+        assert_eq!(strip(got), strip(want), "{what}: {shown}");
     }
 }
 
@@ -366,6 +689,7 @@ fn fixture() -> Fixture {
     let raw = dir.path().join("fs.raw");
     mkfs_ext4(&raw, &src, 48 * MIB, &[]);
     set_nanos(&raw);
+    add_devices_and_xattrs(&raw, dir.path());
     let qcow2 = dir.path().join("fs.qcow2");
     let vmdk = dir.path().join("fs.vmdk");
     run(
@@ -385,12 +709,20 @@ fn fixture() -> Fixture {
     );
     let mbr = dir.path().join("mbr.raw");
     partitioned(&mbr, &raw, "dos");
+    let pv_raw = dir.path().join("pv.raw");
+    lvm_pv(&pv_raw, &raw);
+    let pv = dir.path().join("pv.qcow2");
+    run(
+        "qemu-img",
+        os!["convert", "-f", "raw", "-O", "qcow2", &pv_raw, &pv],
+    );
     let images = vec![
         ("raw", raw, vec![]),
         ("qcow2", qcow2, vec![]),
         ("vmdk", vmdk, vec![]),
         ("GPT partition in qcow2", gpt, vec!["--part", "1"]),
         ("MBR partition, --auto", mbr, vec!["--auto"]),
+        ("LV in a qcow2", pv, vec!["--lv", "vg0/root"]),
     ];
     Fixture { dir, src, images }
 }
@@ -411,10 +743,68 @@ fn command<'a>(
 #[test]
 fn tar_gives_back_the_source_tree_from_every_container() {
     let f = fixture();
+    let want = expected_files(&f.src);
+    // What the comparison rests on is there to compare.
+    assert_eq!(want[b"./hard".as_slice()].kind, 'h');
+    assert!(want[b"./sparse".as_slice()].sparse && want[b"./dir/ends".as_slice()].sparse);
     for (what, image, piece) in &f.images {
         let tar_bytes = imgblk_ok(&command("tar", image, piece, None));
-        assert_tree_equal(what, &tar_bytes, &f.src);
+        assert_tree_equal(what, &tar_bytes, &want);
     }
+    // GNU tar unpacks it: hard links as links, sparse files with holes, xattrs (where
+    // the host's file system takes user.* ones).
+    let (_, raw, _) = &f.images[0];
+    let whole = f.dir.path().join("whole.tar");
+    imgblk_ok(os!["tar", raw, "-o", &whole]);
+    let out = f.dir.path().join("unpacked");
+    fs::create_dir(&out).unwrap();
+    run(
+        "tar",
+        os![
+            "--xattrs",
+            "--xattrs-include=user.*",
+            "--exclude=./chardev",
+            "--exclude=./blockdev",
+            "-xpf",
+            &whole,
+            "-C",
+            &out
+        ],
+    );
+    let (a, hard) = (
+        fs::metadata(out.join("a.txt")).unwrap(),
+        fs::metadata(out.join("hard")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (hard.ino(), 2));
+    for name in ["sparse", "dir/ends"] {
+        let meta = fs::metadata(out.join(name)).unwrap();
+        assert_eq!(
+            fs::read(out.join(name)).unwrap(),
+            fs::read(f.src.join(name)).unwrap()
+        );
+        assert!(
+            meta.blocks() * 512 < meta.len() / 2,
+            "{name} unpacked dense"
+        );
+    }
+    let probe = out.join("probe");
+    fs::write(&probe, b"").unwrap();
+    let c_probe = std::ffi::CString::new(probe.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C strings and a buffer of the given length.
+    let takes_xattrs = unsafe {
+        libc::setxattr(
+            c_probe.as_ptr(),
+            c"user.x".as_ptr(),
+            c"1".as_ptr().cast(),
+            1,
+            0,
+        )
+    } == 0;
+    if takes_xattrs {
+        let got = source_xattrs(&out.join("a.txt"));
+        assert_eq!(got[b"user.greeting".as_slice()], b"hello there");
+    }
+
     // -o FILE and -C PATH: just the subtree, names relative to it.
     let (_, raw, _) = &f.images[0];
     let out = f.dir.path().join("dir.tar");
@@ -423,7 +813,17 @@ fn tar_gives_back_the_source_tree_from_every_container() {
         .keys()
         .map(|k| String::from_utf8_lossy(k).into_owned())
         .collect();
-    assert_eq!(names, ["./", "./big.bin", "./link", "./longlink", "./sub/"]);
+    assert_eq!(
+        names,
+        [
+            "./",
+            "./big.bin",
+            "./ends",
+            "./link",
+            "./longlink",
+            "./sub/"
+        ]
+    );
     // GNU tar reads the stream too, pax records and all.
     let listing = run("tar", os!["-tvf", &out, "--numeric-owner"]);
     let listing = String::from_utf8_lossy(&listing.stdout);
@@ -497,7 +897,13 @@ fn ls_lists_names_modes_owners_and_json() {
         .collect();
     assert_eq!(
         paths,
-        ["/dir/big.bin", "/dir/link", "/dir/longlink", "/dir/sub"]
+        [
+            "/dir/big.bin",
+            "/dir/ends",
+            "/dir/link",
+            "/dir/longlink",
+            "/dir/sub"
+        ]
     );
     let src = fs::symlink_metadata(f.src.join("dir/big.bin")).unwrap();
     let big = &entries[0];
@@ -508,11 +914,29 @@ fn ls_lists_names_modes_owners_and_json() {
     assert_eq!(big["uid"], src.uid());
     assert_eq!(big["gid"], src.gid());
     assert_eq!(big["mtime"]["secs"], src.mtime());
-    let link = &entries[1];
+    let link = &entries[2];
     assert_eq!(link["kind"], "symlink");
     assert_eq!(link["target"], "../a.txt");
     assert_eq!(link["mtime"]["nanos"], 123_456_789);
-    assert_eq!(entries[3]["kind"], "dir");
+    assert_eq!(entries[4]["kind"], "dir");
+
+    // Link counts, and a device's numbers where the size goes.
+    let root = String::from_utf8(imgblk_ok(os!["ls", "-l", raw, "/"])).unwrap();
+    let line = |name: &str| {
+        root.lines()
+            .find(|l| l.ends_with(&format!(" {name}")))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(line("hard")[1], "2", "{root}");
+    assert_eq!(line("a.txt")[1], "2", "{root}");
+    assert_eq!(line("sparse")[1], "1", "{root}");
+    assert_eq!(
+        line("chardev")[..6],
+        ["crw--w----", "1", "0", "0", "4,", "64"],
+        "{root}"
+    );
 }
 
 #[test]
@@ -532,19 +956,160 @@ fn other_file_systems_and_missing_features_are_named() {
     let src = dir.path().join("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("small"), b"inline").unwrap();
-    let inline = dir.path().join("inline.raw");
-    mkfs_ext4(&inline, &src, 8 * MIB, &["-O", "inline_data"]);
-    let out = imgblk(os!["get", &inline, "/small"]);
+    let large_dir = dir.path().join("large_dir.raw");
+    mkfs_ext4(&large_dir, &src, 8 * MIB, &["-O", "large_dir"]);
+    let out = imgblk(os!["get", &large_dir, "/small"]);
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("inline.raw") && err.contains("lacks") && err.contains("imgblk mount"),
+        err.contains("large_dir.raw") && err.contains("lacks") && err.contains("imgblk mount"),
+        "{err}"
+    );
+}
+
+/// Whether inode `path` of ext4 image `image` keeps its bytes inline.
+fn is_inline(image: &Path, path: &str) -> bool {
+    let out = run("debugfs", os!["-R", format!("stat {path}"), image]);
+    String::from_utf8_lossy(&out.stdout).contains("Flags: 0x10000000")
+}
+
+#[test]
+fn inline_data_trees_come_back_from_tar_and_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src);
+    // Past i_block's 60 bytes: the rest in the system.data attribute.
+    fs::write(src.join("mid"), pattern(100, 5)).unwrap();
+    set_mtime(&src.join("mid"), 1_600_000_900, 0);
+    let raw = dir.path().join("inline.raw");
+    mkfs_ext4(&raw, &src, 48 * MIB, &["-O", "inline_data"]);
+    set_nanos(&raw);
+    add_devices_and_xattrs(&raw, dir.path());
+    // Small files inline: in i_block alone, and spilling into system.data.
+    for path in ["/a.txt", "/mid", "/many/file-with-a-long-name-0001"] {
+        assert!(is_inline(&raw, path), "{path} is not inline");
+    }
+    let tar_bytes = imgblk_ok(os!["tar", &raw]);
+    let mut want = expected_files(&src);
+    // mke2fs 1.47 -d with inline_data cuts a file that ends in a hole at its last data
+    // block (debugfs shows the same size): the archive must hold what the image holds.
+    let stat = run("debugfs", os!["-R", "stat /sparse", &raw]);
+    let stat = String::from_utf8_lossy(&stat.stdout);
+    let size: usize = stat
+        .split("Size: ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    want.get_mut(b"./sparse".as_slice())
+        .unwrap()
+        .content
+        .truncate(size);
+    assert_tree_equal("inline_data", &tar_bytes, &want);
+
+    // An inline directory (debugfs makes them; mke2fs -d does not). libext2fs turns one
+    // into a block directory once i_block is full, so entries in system.data (which the
+    // kernel writes) are not made here.
+    let three = dir.path().join("three");
+    fs::write(&three, b"abc").unwrap();
+    let mut script = String::from("mkdir /inl\ncd /inl\nmkdir sub\nsymlink sl f0\n");
+    for i in 0..2 {
+        script += &format!("write {} f{i}\n", three.display());
+    }
+    let script_file = dir.path().join("inl.script");
+    fs::write(&script_file, script).unwrap();
+    run("debugfs", os!["-w", "-f", &script_file, &raw]);
+    assert!(
+        is_inline(&raw, "/inl"),
+        "debugfs made /inl a block directory"
+    );
+    let names = String::from_utf8(imgblk_ok(os!["ls", &raw, "/inl"])).unwrap();
+    assert_eq!(names, "f0\nf1\nsl\nsub\n");
+    assert_eq!(imgblk_ok(os!["get", &raw, "/inl/f0"]), b"abc");
+    assert_eq!(imgblk_ok(os!["get", &raw, "/inl/sub/../f1"]), b"abc");
+    let files = archive_files(&imgblk_ok(os!["tar", &raw, "-C", "/inl"]));
+    assert_eq!(files[b"./sl".as_slice()].content, b"f0");
+    assert_eq!(files[b"./f1".as_slice()].content, b"abc");
+
+    // A hostile size past what i_block and system.data hold is an error naming it.
+    run("debugfs", os!["-w", "-R", "sif /a.txt size 100000", &raw]);
+    let out = imgblk(os!["get", &raw, "/a.txt"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("inline.raw") && err.contains("/a.txt") && err.contains("i_size larger"),
         "{err}"
     );
 }
 
 /// Offset of the primary superblock in an ext4 file system.
 const SUPERBLOCK: u64 = 1024;
+
+/// The block holding `path`'s extended attributes (`File ACL` in debugfs's `stat`).
+fn xattr_block(image: &Path, path: &str) -> u64 {
+    let out = run("debugfs", os!["-R", format!("stat {path}"), image]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let acl = text.split("File ACL: ").nth(1).unwrap();
+    acl.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn corrupt_extended_attributes_give_errors_naming_the_image_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"bytes").unwrap();
+    let value = dir.path().join("value");
+    fs::write(&value, pattern(700, 4)).unwrap();
+    // Name, mkfs options, byte offset in the attribute block, bytes, what the error names.
+    type Case = (
+        &'static str,
+        &'static [&'static str],
+        u64,
+        &'static [u8],
+        &'static str,
+    );
+    let cases: [Case; 3] = [
+        ("magic", &[], 0, &[0, 0, 0, 0], "h_magic"),
+        // With metadata_csum, any change is caught by the block's checksum first.
+        ("checksum", &[], 32 + 8, &[0xff; 4], "h_checksum"),
+        // Without it, the value's size runs past the block.
+        (
+            "value size",
+            &["-O", "^metadata_csum"],
+            32 + 8,
+            &[0xff; 4],
+            "e_value_offs + e_value_size",
+        ),
+    ];
+    for (what, options, offset, bytes, field) in cases {
+        let image = dir.path().join(format!("{what}.raw"));
+        mkfs_ext4(&image, &src, 8 * MIB, options);
+        let request = format!("ea_set -f {} /f user.long", value.display());
+        run("debugfs", os!["-w", "-R", request, &image]);
+        let good = imgblk_ok(os!["tar", &image]);
+        assert!(find(&good, b"SCHILY.xattr.user.long").is_some(), "{what}");
+        let block = xattr_block(&image, "/f");
+        let file = fs::OpenOptions::new().write(true).open(&image).unwrap();
+        // 8 MiB file systems have 1 KiB blocks.
+        file.write_all_at(bytes, block * 1024 + offset).unwrap();
+        let out = imgblk(os!["tar", &image, "-o", dir.path().join("out.tar")]);
+        assert_eq!(out.status.code(), Some(3), "{what}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{what}.raw"))
+                && err.contains("/f")
+                && err.contains("extended attributes")
+                && err.contains(field),
+            "{what}: {err}"
+        );
+        // The bytes are still there.
+        assert_eq!(imgblk_ok(os!["get", &image, "/f"]), b"bytes");
+    }
+}
 
 #[test]
 fn corrupt_superblocks_and_directories_give_errors_naming_the_image() {
@@ -640,10 +1205,17 @@ fn damage_and_read(image: &Path, kind: imgblk::layout::ContentKind, span: u64, r
                 max_entries: 100_000,
             };
             let _ = walk(&*fs, Path::new("/"), limits, &mut |path, entry| {
+                let _ = fs.xattrs(path, entry);
                 if entry.kind == imgblk::files::Kind::File {
                     // A damaged size may claim gigabytes: the first MiB is enough.
                     let file = fs.open_file(path)?;
                     let _ = std::io::copy(&mut file.take(MIB), &mut std::io::sink());
+                    let file = fs.open_entry(path, entry)?;
+                    let _ = std::io::copy(&mut file.take(MIB), &mut std::io::sink());
+                    if let Ok(Some(ranges)) = fs.data_ranges(path, entry, 1024) {
+                        let file = fs.open_ranges(path, entry, ranges)?;
+                        let _ = std::io::copy(&mut file.take(MIB), &mut std::io::sink());
+                    }
                 }
                 Ok(())
             });
@@ -657,6 +1229,11 @@ fn random_damage_to_ext4_never_panics() {
     let f = fixture();
     let (_, raw, _) = &f.images[0];
     damage_and_read(raw, imgblk::layout::ContentKind::Ext4, 2 * MIB, 200);
+    // Inline data, attributes in inodes and blocks, device nodes.
+    let inline = f.dir.path().join("inline.raw");
+    mkfs_ext4(&inline, &f.src, 48 * MIB, &["-O", "inline_data"]);
+    add_devices_and_xattrs(&inline, f.dir.path());
+    damage_and_read(&inline, imgblk::layout::ContentKind::Ext4, 2 * MIB, 200);
 }
 
 #[test]

@@ -286,7 +286,7 @@ complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s U -l force-share -d
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l untrusted -d 'For images of unknown origin: every file an image names (backing file, parent, extent) must lie inside its directory tree and be a regular file, and external data files are refused'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l allow-devices -d 'Let images name block devices (a VMDK of a raw disk, a qcow2 chain across LVs); by default only an image that is itself a block device may'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l luks -d 'Decrypt the selected partition or LV (or the whole image) as a LUKS1/LUKS2 volume'
-complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s l -l long -d 'Long listing: type and mode, owner, group, size, modification time (as `ls -l`)'
+complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s l -l long -d 'Long listing: type and mode, link count, owner, group, size (a device\'s major, minor), modification time (as `ls -l`)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s R -l recursive -d 'Everything below PATH, by full path'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -l json -d 'Print a JSON array of entries (path, kind, size, mode, uid, gid, times, target, links, and file_id where the file system gives one)'
 complete -c imgblk -n "__fish_imgblk_using_subcommand ls" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'

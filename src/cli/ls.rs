@@ -25,7 +25,8 @@ pub struct LsArgs {
     paths: Vec<PathBuf>,
     #[command(flatten)]
     fs: FsArgs,
-    /// Long listing: type and mode, owner, group, size, modification time (as `ls -l`).
+    /// Long listing: type and mode, link count, owner, group, size (a device's major,
+    /// minor), modification time (as `ls -l`).
     #[arg(short, long)]
     long: bool,
     /// Everything below PATH, by full path.
@@ -60,7 +61,7 @@ pub fn run(args: LsArgs) -> Result<i32> {
             Ok(())
         })?;
     } else {
-        for entry in sorted(fs.read_dir(path)?) {
+        for entry in sorted(fs.read_dir_of(path, &top)?) {
             listed.push((path.join(&entry.name), entry));
         }
     }
@@ -97,12 +98,17 @@ fn long_line(name: &Path, entry: &Entry) -> String {
         .as_deref()
         .map(|t| format!(" -> {}", escape(t)))
         .unwrap_or_default();
+    let size = match entry.device {
+        Some((major, minor)) => format!("{major}, {minor}"),
+        None => entry.size.to_string(),
+    };
     format!(
-        "{} {:>6} {:>6} {:>12} {} {}{target}",
+        "{} {:>3} {:>6} {:>6} {:>12} {} {}{target}",
         entry.mode_string(),
+        entry.links,
         entry.uid,
         entry.gid,
-        entry.size,
+        size,
         format_date(entry.mtime.secs),
         escape(name)
     )

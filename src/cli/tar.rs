@@ -13,7 +13,8 @@ use std::path::PathBuf;
 /// Write a directory tree (or one file) of an image's file system as a POSIX pax tar.
 ///
 /// Names are relative (`./etc/fstab`), owners numeric, modes, modification times (with
-/// nanoseconds) and symbolic links kept. Reads the file system in process (ext2/3/4,
+/// nanoseconds), symbolic links and hard links kept; on ext4 also device nodes, extended
+/// attributes (`SCHILY.xattr` records) and holes (sparse files, GNU sparse 1.0). Reads the file system in process (ext2/3/4,
 /// FAT12/16/32, NTFS): no ublk, no root, no mount; xfs, btrfs and ISO 9660 through a
 /// read-only kernel mount it undoes again (root and ublk needed). Files it cannot hold or read (sockets,
 /// NTFS data streams and compressed files) are left out with a warning; when a file's

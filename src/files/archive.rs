@@ -8,6 +8,7 @@ use super::{copy_error, Entry, FileSystem, Kind};
 use crate::error::{ErrorKind, Result};
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use tar::{EntryType, Header};
@@ -59,6 +60,8 @@ pub fn write_tar<W: Write>(
                 EntryType::Regular,
                 Some("a named data stream, which tar cannot hold (`imgblk get` reads it)"),
             ),
+            Kind::CharDev if entry.device.is_some() => (EntryType::Char, None),
+            Kind::BlockDev if entry.device.is_some() => (EntryType::Block, None),
             Kind::CharDev | Kind::BlockDev => (
                 EntryType::Regular,
                 Some("a device node, whose device numbers this file-system reader does not give"),
@@ -69,7 +72,7 @@ pub fn write_tar<W: Write>(
             return Ok(());
         }
         let hard_link = match entry.file_id {
-            Some(id) if kind == EntryType::Regular && entry.links > 1 => {
+            Some(id) if kind != EntryType::Directory && entry.links > 1 => {
                 match first_names.get(&id) {
                     Some(first) => Some(first.clone()),
                     None => {
@@ -88,8 +91,24 @@ pub fn write_tar<W: Write>(
             let (header, records) = header(&name, &link, EntryType::Link, 0);
             return append(&mut builder, header, records, std::io::empty());
         }
+        let xattrs = fs.xattrs(path, entry)?;
+        if kind == EntryType::Regular {
+            if let Some(ranges) = fs.data_ranges(path, entry, MAX_SPARSE_RANGES)? {
+                let data: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+                if data < entry.size {
+                    let (header, records) = sparse_header(&name, entry, &ranges, &xattrs);
+                    let map = sparse_map(&ranges, entry.size);
+                    let bytes = fs.open_ranges(path, entry, ranges)?;
+                    let body = std::io::Cursor::new(map).chain(Exact {
+                        inner: bytes,
+                        left: data,
+                    });
+                    return append(&mut builder, header, records, body);
+                }
+            }
+        }
         let data = if kind == EntryType::Regular {
-            match fs.open_file(path) {
+            match fs.open_entry(path, entry) {
                 Ok(data) => Some(data),
                 Err(e) if e.kind() == ErrorKind::Unsupported => {
                     skipped(path, &e.to_string(), Skip::CannotRead);
@@ -101,7 +120,11 @@ pub fn write_tar<W: Write>(
             None
         };
         let size = if data.is_some() { entry.size } else { 0 };
-        let (header, records) = header(&name, entry, kind, size);
+        let (mut header, mut records) = header(&name, entry, kind, size);
+        xattr_records(&mut records, &xattrs);
+        if let (EntryType::Char | EntryType::Block, Some((major, minor))) = (kind, entry.device) {
+            device(&mut header, &mut records, major, minor);
+        }
         match data {
             Some(inner) => append(&mut builder, header, records, Exact { inner, left: size }),
             None => append(&mut builder, header, records, std::io::empty()),
@@ -215,6 +238,70 @@ fn header(name: &Path, entry: &Entry, kind: EntryType, size: u64) -> (Header, Ve
     (header, records)
 }
 
+/// Most data ranges a sparse file is archived with (its map is held in memory); a file
+/// in more pieces is archived dense.
+const MAX_SPARSE_RANGES: usize = 1 << 16;
+
+/// Adds a `SCHILY.xattr.NAME` record for each extended attribute, as GNU tar
+/// (`--xattrs`), bsdtar and star write them. A name with `=` or NUL cannot be a pax key
+/// and is left out.
+fn xattr_records(records: &mut Vec<u8>, xattrs: &[(Vec<u8>, Vec<u8>)]) {
+    for (name, value) in xattrs {
+        if name.contains(&b'=') || name.contains(&0) {
+            continue;
+        }
+        let mut key = b"SCHILY.xattr.".to_vec();
+        key.extend_from_slice(name);
+        record_bytes(records, &key, value);
+    }
+}
+
+/// Puts a device's numbers in the header: the ustar fields hold 21 bits; larger numbers
+/// (Linux's go to 12 and 20 bits, so only a hostile file system has them) go to
+/// `SCHILY.devmajor`/`SCHILY.devminor` records as star writes them.
+fn device(header: &mut Header, records: &mut Vec<u8>, major: u32, minor: u32) {
+    let fits = |n: u32| u64::from(n) <= USTAR_ID_MAX;
+    let _ = header.set_device_major(if fits(major) { major } else { 0 });
+    let _ = header.set_device_minor(if fits(minor) { minor } else { 0 });
+    if !fits(major) {
+        record(records, "SCHILY.devmajor", major.to_string().as_bytes());
+    }
+    if !fits(minor) {
+        record(records, "SCHILY.devminor", minor.to_string().as_bytes());
+    }
+    header.set_cksum();
+}
+
+/// The header and pax records of a sparse file in the pax format GNU tar calls 1.0: the
+/// header names `DIR/GNUSparseFile.0/NAME` and carries the map and the data ranges; the
+/// records give the real name and size.
+fn sparse_header(
+    name: &Path,
+    entry: &Entry,
+    ranges: &[Range<u64>],
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+) -> (Header, Vec<u8>) {
+    let data: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    let map_len = sparse_map(ranges, entry.size).len() as u64;
+    let parent = name.parent().unwrap_or(Path::new("."));
+    let base = name
+        .file_name()
+        .map_or_else(|| name.as_os_str().to_owned(), |b| b.to_owned());
+    let stored = parent.join("GNUSparseFile.0").join(base);
+    // A long stored name gets a `path` record; GNU.sparse.name, after it, wins.
+    let (mut header, mut records) = header(&stored, entry, EntryType::Regular, map_len + data);
+    record(&mut records, "GNU.sparse.major", b"1");
+    record(&mut records, "GNU.sparse.minor", b"0");
+    record(&mut records, "GNU.sparse.name", name.as_os_str().as_bytes());
+    record(
+        &mut records,
+        "GNU.sparse.realsize",
+        entry.size.to_string().as_bytes(),
+    );
+    xattr_records(&mut records, xattrs);
+    header.set_cksum();
+    (header, records)
+}
 /// Puts `value` in a fixed header field; when it does not fit, its start, and the whole
 /// as pax record `key`.
 fn field(field: &mut [u8; 100], value: &[u8], key: &str, records: &mut Vec<u8>) {
@@ -225,14 +312,38 @@ fn field(field: &mut [u8; 100], value: &[u8], key: &str, records: &mut Vec<u8>) 
     }
 }
 
+/// The map at the start of a sparse file's data (GNU sparse 1.0): the number of
+/// ranges, then each range's offset and length, in decimal lines, padded with zeros to
+/// a 512-byte block. A file that ends in a hole ends its map with an empty range at its
+/// size, as GNU tar writes it, so that the size comes back.
+fn sparse_map(ranges: &[Range<u64>], size: u64) -> Vec<u8> {
+    let mut pairs: Vec<(u64, u64)> = ranges.iter().map(|r| (r.start, r.end - r.start)).collect();
+    if ranges.last().is_none_or(|r| r.end < size) {
+        pairs.push((size, 0));
+    }
+    let mut map = format!("{}\n", pairs.len()).into_bytes();
+    for (offset, len) in pairs {
+        map.extend_from_slice(format!("{offset}\n{len}\n").as_bytes());
+    }
+    map.resize(map.len().div_ceil(512) * 512, 0);
+    map
+}
+
 /// Appends one pax record, `LEN key=value\n`, where LEN counts the whole record itself.
 fn record(records: &mut Vec<u8>, key: &str, value: &[u8]) {
+    record_bytes(records, key.as_bytes(), value);
+}
+
+/// [`record`] with a key of any bytes (an extended attribute's name).
+fn record_bytes(records: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     let base = key.len() + value.len() + 3;
     let mut len = base;
     while base + len.to_string().len() != len {
         len = base + len.to_string().len();
     }
-    records.extend_from_slice(format!("{len} {key}=").as_bytes());
+    records.extend_from_slice(format!("{len} ").as_bytes());
+    records.extend_from_slice(key);
+    records.push(b'=');
     records.extend_from_slice(value);
     records.push(b'\n');
 }
@@ -304,6 +415,31 @@ mod tests {
         record(&mut r, "path", &[b'x'; 92]);
         assert_eq!(r.len(), 102);
         assert!(r.starts_with(b"102 path="));
+    }
+
+    #[test]
+    fn sparse_maps_list_ranges_and_end_with_the_size_after_a_hole() {
+        let map = sparse_map(&[0..1024, 4096..5000], 8192);
+        assert_eq!(map.len(), 512);
+        let text = b"3\n0\n1024\n4096\n904\n8192\n0\n";
+        assert_eq!(&map[..text.len()], text);
+        assert!(map[text.len()..].iter().all(|b| *b == 0));
+        // Ending in data: no empty range.
+        let map = sparse_map(&[0..10, 4096..8192], 8192);
+        assert!(map.starts_with(b"2\n0\n10\n4096\n4096\n\0"));
+    }
+
+    #[test]
+    fn xattrs_become_schily_records_with_raw_values() {
+        let mut r = Vec::new();
+        xattr_records(
+            &mut r,
+            &[
+                (b"user.a".to_vec(), b"x\ny".to_vec()),
+                (b"user.b=c".to_vec(), b"z".to_vec()),
+            ],
+        );
+        assert_eq!(r, b"27 SCHILY.xattr.user.a=x\ny\n");
     }
 
     #[test]

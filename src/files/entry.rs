@@ -80,6 +80,9 @@ pub struct Entry {
     pub file_id: Option<u64>,
     /// How many names the file has (1 when the reader does not say).
     pub links: u32,
+    /// A device node's `(major, minor)` numbers, when the reader gives them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<(u32, u32)>,
 }
 
 impl Entry {
@@ -150,6 +153,7 @@ mod tests {
             target: None,
             file_id: None,
             links: 1,
+            device: None,
         }
     }
 

@@ -137,6 +137,7 @@ impl FileSystem for FatFs {
                     target: None,
                     file_id: None,
                     links: 1,
+                    device: None,
                 });
             }
             Ok(entry(&self.find(path)?))
@@ -194,6 +195,7 @@ fn entry(e: &DirEntry<'_, ImageStream>) -> Entry {
         target: None,
         file_id: None,
         links: 1,
+        device: None,
     }
 }
 

@@ -131,6 +131,8 @@ impl MountedFs {
             target,
             file_id: Some(st.st_ino),
             links: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
+            device: matches!(kind, Kind::CharDev | Kind::BlockDev)
+                .then(|| (libc::major(st.st_rdev), libc::minor(st.st_rdev))),
         })
     }
 

@@ -222,6 +222,7 @@ impl NtfsFs {
             target,
             file_id: Some(record),
             links: u32::from(file.hard_link_count()).max(1),
+            device: None,
         })
     }
 

@@ -1,7 +1,8 @@
 //! Walking a tree of a [`FileSystem`], bounded: a directory loop (a hostile file system's
-//! directory entry pointing back at an ancestor) or an absurdly large tree ends in an
-//! error once the depth or the number of entries passes a limit, never in a hang or
-//! unbounded memory.
+//! directory entry pointing back at an ancestor) ends in an error as soon as a directory
+//! is its own ancestor by file number (when the reader gives numbers), and in any case,
+//! as does an absurdly large tree, once the depth or the number of entries passes a
+//! limit, never in a hang or unbounded memory.
 
 use super::{Entry, FileSystem, Kind};
 use crate::error::{Error, Result};
@@ -41,6 +42,7 @@ pub fn walk(
         limits,
         seen: 0,
         visit,
+        ancestors: Vec::new(),
     };
     walker.visit(root, &entry, 0)
 }
@@ -50,6 +52,9 @@ struct Walker<'a> {
     limits: Limits,
     seen: u64,
     visit: &'a mut dyn FnMut(&Path, &Entry) -> Result<()>,
+    /// The file numbers of the directories above the one being visited, where the
+    /// reader gives them: a directory that is its own ancestor is a loop.
+    ancestors: Vec<u64>,
 }
 
 impl Walker<'_> {
@@ -73,10 +78,26 @@ impl Walker<'_> {
                 super::escape::escape(path)
             )));
         }
-        for child in sorted(self.fs.read_dir(path)?) {
-            self.visit(&path.join(&child.name), &child, depth + 1)?;
+        if let Some(id) = entry.file_id {
+            if self.ancestors.contains(&id) {
+                return Err(Error::corrupt(format!(
+                    "directory {} is its own ancestor (file number {id}): a directory loop",
+                    super::escape::escape(path)
+                )));
+            }
+            self.ancestors.push(id);
         }
-        Ok(())
+        let children = self.fs.read_dir_of(path, entry);
+        let result = children.and_then(|children| {
+            for child in sorted(children) {
+                self.visit(&path.join(&child.name), &child, depth + 1)?;
+            }
+            Ok(())
+        });
+        if entry.file_id.is_some() {
+            self.ancestors.pop();
+        }
+        result
     }
 }
 
@@ -109,6 +130,7 @@ mod tests {
             target: None,
             file_id: None,
             links: 1,
+            device: None,
         }
     }
 
@@ -143,6 +165,47 @@ mod tests {
         // Depth first, in name order.
         assert_eq!(paths[1], Path::new("/a"));
         assert_eq!(paths[5], Path::new("/a/a/a/a/a"));
+    }
+
+    /// [`Loop`] whose directories carry their file number, all the same one.
+    struct NumberedLoop;
+
+    impl FileSystem for NumberedLoop {
+        fn kind(&self) -> &'static str {
+            "loop"
+        }
+        fn metadata(&self, _: &Path) -> Result<Entry> {
+            Ok(Entry {
+                file_id: Some(2),
+                ..dir("/")
+            })
+        }
+        fn read_dir(&self, _: &Path) -> Result<Vec<Entry>> {
+            Ok(vec![Entry {
+                file_id: Some(2),
+                ..dir("a")
+            }])
+        }
+        fn open_file<'a>(&'a self, _: &Path) -> Result<Box<dyn std::io::Read + 'a>> {
+            Err(Error::invalid("no files"))
+        }
+    }
+
+    #[test]
+    fn a_directory_that_is_its_own_ancestor_is_a_loop() {
+        let mut seen = 0;
+        let err = walk(
+            &NumberedLoop,
+            Path::new("/"),
+            Limits::default(),
+            &mut |_, _| {
+                seen += 1;
+                Ok(())
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("/a is its own ancestor"), "{err}");
+        assert_eq!(seen, 2);
     }
 
     #[test]
