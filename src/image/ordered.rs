@@ -33,7 +33,7 @@ impl<In: Send + 'static, Out: Send + 'static> OrderedPool<In, Out> {
         F: Fn(In) -> Out + Send + Sync + 'static,
     {
         let threads = threads.max(1);
-        let window = 4 * threads as u64;
+        let window = 2 * threads as u64;
         let (jobs, queue) = sync_channel::<(u64, In)>(window as usize);
         let (done, results) = sync_channel::<(u64, Out)>(window as usize);
         let queue = Arc::new(Mutex::new(queue));
