@@ -39,13 +39,21 @@ pub fn fill_from_extents(extents: &[Extent<'_>], buf: &mut [u8]) -> Result<()> {
 }
 
 /// Reads and decompresses one cluster (unless the file's cache of decoded clusters has
-/// it), copying the wanted part into `out`.
+/// it), copying the wanted part into `out`. A read of the whole cluster (a copy of the
+/// image streaming through it) is decoded straight into `out` and not kept: nobody is
+/// about to ask for a part of it.
 pub fn read_compressed(cluster: &CompressedCluster<'_>, out: &mut [u8]) -> Result<()> {
-    let decoded = match cluster.file.decoded_clusters().get(cluster.offset) {
+    let cached = cluster.file.decoded_clusters().get(cluster.offset);
+    let whole = cluster.skip == 0 && out.len() == cluster.cluster_size as usize;
+    let decoded = match cached {
         Some(decoded) => decoded,
         None => {
             let mut stored = stored_buffer(cluster);
             cluster.file.read_zero_padded(&mut stored, cluster.offset)?;
+            if whole {
+                return compress::decompress(cluster.codec, &stored, out)
+                    .map_err(|e| e.at(cluster.offset).with_path(cluster.file.path()));
+            }
             decode(cluster, &stored)?
         }
     };
