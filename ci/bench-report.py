@@ -353,7 +353,9 @@ md.append(f"""- Images on the VM's scratch ext4 (loop-mounted, tmpfs-backed) so 
   QD32 on a fresh, empty 1 GiB qcow2 per run (most writes allocate a cluster); qcow2-1t-cold, a
   1 TiB sparse qcow2 (ext4, 128000 files in 8192 block groups, 2048 L2 tables = 128 MiB) on a
   virtio disk of the VM (host file, `cache=none`), loop on its raw copy, the guest's page cache
-  dropped and the device attached afresh before each run (randread 4k QD1, QD32x2; e2fsck -fn).
+  dropped and the device attached afresh before each run (randread 4k QD1, QD32x2; e2fsck -fn);
+  under `ci/bench --deterministic` in a VM of its own with `-icount sleep=on` (idle time, the
+  waits on the disk, on the host's clock; benches/results/NOTES.md).
 - Reads: all targets attached to the image at once (read-only), fio runs interleaved round by
   round. Writes and e2fsck: attached per run.
 - e2fsck -fn: ext4 (built on the host with `mkfs.ext4 -d` from {env.get('files', '?')} files of
