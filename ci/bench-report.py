@@ -31,6 +31,22 @@ else:
         ("raw seqread 1M, imgblk/loop", "raw seqread-1m", "loop", None, ">=", 0.9),
         ("e2fsck -fn, qemu-nbd time / imgblk time", "qcow2 e2fsck", "qemu-nbd", None, ">=", 1.5),
     ]
+# issue 32's rows (ci/bench-device.sh's zstd, luks, alloc and large sections), in both
+# kinds of table: each against its peer in the same run.
+RATIO_GOALS += [
+    ("zstd-compressed qcow2 randread 4k QD1, imgblk/qemu-nbd", "qcow2-zstd randread-4k-qd1",
+     "qemu-nbd", None, ">=", 3.0),
+    ("LUKS2 in qcow2 randread 4k QD1, imgblk/(qemu-nbd + dm-crypt)", "qcow2-luks2 randread-4k-qd1",
+     "qemu-nbd", None, ">=", 1.0),
+    ("LUKS2 in qcow2 randread 4k QD32x2, imgblk/(qemu-nbd + dm-crypt)",
+     "qcow2-luks2 randread-4k-qd32x2", "qemu-nbd", None, ">=", 1.0),
+    ("allocating randwrite 4k QD1 (fresh qcow2), imgblk/qemu-nbd", "qcow2-fresh randwrite-4k-qd1",
+     "qemu-nbd", None, ">=", 3.0),
+    ("allocating randwrite 4k QD32 (fresh qcow2), imgblk/qemu-nbd", "qcow2-fresh randwrite-4k-qd32",
+     "qemu-nbd", None, ">=", 3.0),
+    ("e2fsck -fn, 1 TiB sparse qcow2 on a disk, cold: qemu-nbd time / imgblk time",
+     "qcow2-1t-cold e2fsck", "qemu-nbd", None, ">=", 2.0),
+]
 # ... and on the daemon's peak RSS: (goal, target, MiB at most).
 RSS_GOALS = [
     ("daemon peak RSS, imgblk q1 (MiB)", "imgblk-q1", 64.0),
@@ -52,8 +68,12 @@ WORKLOADS = [
     ("randread-4k-qd1", "IOPS"),
     ("randread-4k-qd32x2", "IOPS"),
     ("seqread-1m", "MiB/s"),
+    ("randwrite-4k-qd1", "IOPS"),
     ("randwrite-4k-qd32", "IOPS"),
 ]
+# The rows' image sets, as bench-device.sh names them; the device table's own two always
+# get a row, issue 32's only when they were run.
+FORMATS = ["raw", "qcow2", "qcow2-zstd", "qcow2-luks2", "qcow2-fresh", "qcow2-1t-cold"]
 
 
 def not_measured(why):
@@ -116,24 +136,43 @@ def fmt_cell(v):
     return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
 
 
+def set_runs(fmt, workload, target):
+    """The runs of a row: the 1 TiB set's loop runs are the raw copy's (raw-1t-cold)."""
+    runs = fio_runs(fmt, workload, target)
+    if fmt == "qcow2-1t-cold" and target == "loop":
+        runs = fio_runs("raw-1t-cold", workload, target)
+    return runs
+
+
+def set_value(fmt, workload, target):
+    runs = set_runs(fmt, workload, target)
+    return median_or_why([fio_result(workload, r) for r in runs if "result" in r],
+                         [r.get("na") for r in runs if "na" in r])
+
+
 table = []
 out_json = {"date": datetime.date.today().isoformat(), "environment": {}, "results": []}
-for fmt in ["raw", "qcow2"]:
+for fmt in FORMATS:
     for workload, unit in WORKLOADS:
-        vals = {t: fio_value(fmt, workload, t) for t in TARGETS}
-        ratios = paired_ratios({t: by_round(fio_runs(fmt, workload, t),
+        if not any(set_runs(fmt, workload, t) for t in TARGETS) and (
+                fmt not in ("raw", "qcow2") or workload == "randwrite-4k-qd1"):
+            continue
+        vals = {t: set_value(fmt, workload, t) for t in TARGETS}
+        ratios = paired_ratios({t: by_round(set_runs(fmt, workload, t),
                                             lambda r, w=workload: fio_result(w, r))
                                 for t in TARGETS}, False)
         table.append((f"{fmt} {workload} ({unit})", vals, ratios))
         out_json["results"].append({"format": fmt, "workload": workload, "unit": unit, **vals,
                                     "ratios": ratios})
 
-def fsck_runs(target):
-    return [r for r in rows if r.get("kind") == "fsck" and r.get("target") == target]
+def fsck_runs(target, fset=None):
+    """e2fsck's runs; fset names issue 32's large image ("qcow2-1t-cold"), None the small one."""
+    return [r for r in rows if r.get("kind") == "fsck" and r.get("target") == target
+            and r.get("set") == fset]
 
 
-def fsck_value(target):
-    runs = fsck_runs(target)
+def fsck_value(target, fset=None):
+    runs = fsck_runs(target, fset)
     return median_or_why([r["seconds"] for r in runs if "seconds" in r],
                          [r.get("na") for r in runs if "na" in r])
 
@@ -144,6 +183,14 @@ table.append((f"qcow2 e2fsck -fn, {env.get('files', '?')} files (s, lower is bet
               vals, ratios))
 out_json["results"].append({"format": "qcow2", "workload": "e2fsck-fn", "unit": "s", **vals,
                             "ratios": ratios})
+if any(fsck_runs(t, "qcow2-1t-cold") for t in TARGETS):
+    vals = {t: fsck_value(t, "qcow2-1t-cold") for t in TARGETS}
+    ratios = paired_ratios({t: by_round(fsck_runs(t, "qcow2-1t-cold"), lambda r: r["seconds"])
+                            for t in TARGETS}, True)
+    table.append(("qcow2-1t-cold e2fsck -fn, 1 TiB sparse on a disk, cold (s, lower is better; "
+                  "loop: the raw copy)", vals, ratios))
+    out_json["results"].append({"format": "qcow2-1t-cold", "workload": "e2fsck-fn", "unit": "s",
+                                **vals, "ratios": ratios})
 
 rss = {}
 for r in rows:
@@ -259,6 +306,18 @@ for name, vals, ratios in table:
     cells = [fmt_cell(vals[t]) for t in TARGETS]
     md.append(f"| {name} | " + " | ".join(cells + [ratios[p] for p in PEERS]) + " |")
 md.append("")
+# Peak RSS by image set (kind=rss_set, one per detach): which rows cost the memory.
+by_set = {}
+for r in rows:
+    if r.get("kind") == "rss_set":
+        key = (r.get("set") or "?", r["target"])
+        by_set[key] = max(by_set.get(key, 0), int(r["vmhwm_kib"]))
+if by_set:
+    out_json["rss_by_set"] = [{"set": k[0], "target": k[1], "vmhwm_mib": round(v / 1024, 1)}
+                              for k, v in by_set.items()]
+    md.append("Peak RSS (MiB) by image set: " + "; ".join(
+        f"{s} {', '.join(f'{t} {v / 1024:.1f}' for (s2, t), v in by_set.items() if s2 == s)}"
+        for s in dict.fromkeys(k[0] for k in by_set)) + ".\n")
 notes = sorted({f"{t}: {v}" for _, vals, _ in table for t, v in vals.items()
                 if isinstance(v, str) and v.startswith("n/a:")})
 if notes:
@@ -286,6 +345,17 @@ md.append(f"""- Images on the VM's scratch ext4 (loop-mounted, tmpfs-backed) so 
 - fio: ioengine=io_uring, direct=1, time_based, runtime={env.get('runtime', '?')} s, ramp 1 s;
   randread 4k iodepth=1 numjobs=1; randread 4k iodepth=32 numjobs=2; read 1M iodepth=4;
   randwrite 4k iodepth=32 numjobs=1 (writes run after all reads, each on a fresh, synced copy).
+- issue 32's rows, each against its peer in this run (imgblk q1/q2, qemu-nbd; rublk not run):
+  qcow2-zstd, a {env.get('size', '?')} qcow2 made by `qemu-img convert -c -o compression_type=zstd`
+  from data that compresses to about half; qcow2-luks2, a LUKS2 volume (aes-xts-plain64, 512-bit
+  key, 4 KiB sectors, pbkdf2) of the same size in a qcow2, `imgblk attach --luks --key-file`
+  against qemu-nbd + `cryptsetup open` (dm-crypt's defaults); qcow2-fresh, randwrite 4k QD1 and
+  QD32 on a fresh, empty 1 GiB qcow2 per run (most writes allocate a cluster); qcow2-1t-cold, a
+  1 TiB sparse qcow2 (ext4, 128000 files in 8192 block groups, 2048 L2 tables = 128 MiB) on a
+  virtio disk of the VM (host file, `cache=none`), loop on its raw copy, the guest's page cache
+  dropped and the device attached afresh before each run (randread 4k QD1, QD32x2; e2fsck -fn);
+  under `ci/bench --deterministic` in a VM of its own with `-icount sleep=on` (idle time, the
+  waits on the disk, on the host's clock; benches/results/NOTES.md).
 - Reads: all targets attached to the image at once (read-only), fio runs interleaved round by
   round. Writes and e2fsck: attached per run.
 - e2fsck -fn: ext4 (built on the host with `mkfs.ext4 -d` from {env.get('files', '?')} files of

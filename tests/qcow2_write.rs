@@ -933,3 +933,55 @@ fn a_corrupt_l1_entry_refuses_a_writable_open() {
         assert_refused(&err, &img, &["L1 entry 0", what], &before, what);
     }
 }
+
+/// A 4 KiB write into a cluster that reads as zeroes writes only those 4 KiB: the rest of
+/// the new host cluster is a hole (or past the old end of the file), still reading as
+/// zeroes, and the file ends on a cluster boundary. Into a preallocated zero cluster
+/// whose host bytes are stale, the stale bytes must not show through.
+#[test]
+fn partial_writes_into_zero_clusters_write_only_the_part() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("img.qcow2");
+    let cluster = 64 * KIB;
+    create(&img, &["-o", "compat=1.1,cluster_size=65536"], 8 * MIB);
+    let mut mirror = vec![0u8; 8 * MIB as usize];
+    {
+        let image = open_rw(&img);
+        let writer = image.writer().expect("writer");
+        // Cluster 3: a whole cluster of 0xAA, then zeroed (stays allocated, flagged zero).
+        writer
+            .write_sync(3 * cluster, &vec![0xaa; cluster as usize])
+            .expect("fill");
+        writer.write_zeroes(3 * cluster, cluster).expect("zero");
+        // Fresh cluster 5 and the preallocated zero cluster 3, 4 KiB each, mid-cluster.
+        for (off, byte) in [
+            (5 * cluster + 8 * KIB, 0x55u8),
+            (3 * cluster + 12 * KIB, 0x66),
+        ] {
+            writer
+                .write_sync(off, &vec![byte; 4096])
+                .expect("partial write");
+            mirror[off as usize..off as usize + 4096].fill(byte);
+        }
+        compare_read(&image, &mirror, "before flush");
+        writer.flush().expect("flush");
+    }
+    let len = std::fs::metadata(&img).expect("stat").len();
+    assert_eq!(len % cluster, 0, "the file ({len} bytes) ends mid-cluster");
+    // The fresh cluster's host bytes: only the 4 KiB written hold data (the file system
+    // shows the rest as a hole), so at most 4 KiB of data were written for it.
+    let image = open_ro(&img);
+    let mut ext = Vec::new();
+    image.map(5 * cluster, cluster, &mut ext).expect("map");
+    let host = match ext.first().map(|e| &e.source) {
+        Some(imgblk::image::Source::Data { offset, .. }) => *offset,
+        _ => panic!("cluster 5 is not one run of data"),
+    };
+    let file = ImageFile::open(&img, false, false).expect("open");
+    let (data, _) = file.allocation_at(host).expect("seek");
+    assert!(
+        !data,
+        "the start of the fresh cluster was written (expected a hole)"
+    );
+    verify(dir.path(), &img, &mirror);
+}

@@ -434,6 +434,32 @@ impl ImageFile {
         }
     }
 
+    /// Makes `offset..offset + len` read as zeroes without writing them: punches a hole in
+    /// the part inside the file and grows the file to the range's end if it is shorter (never
+    /// shrinks it). Returns false where that cannot be done (a block device, a file system
+    /// without hole punching), and the caller must write zeroes instead.
+    pub fn zero_range(&self, offset: u64, len: u64) -> Result<bool> {
+        self.check_writable()?;
+        if self.is_block_device {
+            return Ok(false);
+        }
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| Error::invalid("range too large").with_path(&self.path))?;
+        let file_len = self
+            .buffered
+            .metadata()
+            .map_err(|e| Error::io("cannot stat the file", e).with_path(&self.path))?
+            .len();
+        if offset < file_len && !self.punch_hole(offset, end.min(file_len) - offset)? {
+            return Ok(false);
+        }
+        if end > file_len {
+            self.set_len(end)?;
+        }
+        Ok(true)
+    }
+
     /// Whether `offset` lies in data or in a hole, and where that run ends (`SEEK_DATA` /
     /// `SEEK_HOLE`). Where the file system cannot tell, everything is data.
     pub fn allocation_at(&self, offset: u64) -> Result<(bool, u64)> {

@@ -10,7 +10,9 @@
 //!   allocates a cluster (a bump allocator at the end of the file, see [`super::refcount`]),
 //!   copies on write the parts of the cluster the request does not cover (read through
 //!   this image's own read path: backing chain, compressed or zero cluster), writes the
-//!   whole cluster with `pwrite`, and only then stores the new L2 entry (an atomic) that
+//!   whole cluster with `pwrite` (where those parts read as zeroes, it punches a hole over
+//!   the host cluster, or grows the file past it, and writes only the request's part),
+//!   and only then stores the new L2 entry (an atomic) that
 //!   makes it visible to `map`. A new L2 table is installed in the cache before its L1
 //!   entry is published, so concurrent readers see either the old or the new mapping.
 //! - Metadata is write-back: refcount, L2 and L1 changes live in memory (writable images
@@ -469,8 +471,25 @@ impl Qcow2Image {
                 continue;
             }
             let whole = within == 0 && chunk_end == self.cluster_end(cluster_start);
-            let data = if whole {
-                part.to_vec()
+            let target = if !compressed && host != 0 && raw & COPIED != 0 {
+                host // a preallocated zero cluster: ours to overwrite
+            } else {
+                w.alloc(&self.file)?
+            };
+            // What the request does not cover reads as zeroes here (a zero cluster, or
+            // unallocated with no backing file under it): rather than write a cluster of
+            // zeroes around the request's few KiB (16x the bytes for 4 KiB in 64 KiB, as
+            // QEMU avoids too), make the host cluster read as zeroes and write only the part.
+            let reads_zero = zero
+                || (raw == 0
+                    && self
+                        .backing
+                        .as_ref()
+                        .is_none_or(|b| cluster_start >= b.virtual_size()));
+            if whole {
+                self.file.write_all_at(part, target)?;
+            } else if reads_zero && self.file.zero_range(target, self.cluster_size())? {
+                self.file.write_all_at(part, target + within)?;
             } else {
                 let mut data =
                     vec![0u8; (self.cluster_end(cluster_start) - cluster_start) as usize];
@@ -478,14 +497,8 @@ impl Qcow2Image {
                     io::read_at(self, &mut data, cluster_start)?;
                 }
                 data[within as usize..within as usize + part.len()].copy_from_slice(part);
-                data
-            };
-            let target = if !compressed && host != 0 && raw & COPIED != 0 {
-                host // a preallocated zero cluster: ours to overwrite
-            } else {
-                w.alloc(&self.file)?
-            };
-            self.file.write_all_at(&data, target)?;
+                self.file.write_all_at(&data, target)?;
+            }
             if compressed {
                 w.free_later(self.freed_by_compressed(raw));
             }
