@@ -292,12 +292,63 @@ fn partitioned(path: &Path, fs_image: &Path, label: &str) {
 /// file system `fs_image` (a whole number of 4 MiB extents): label, metadata text at 4 KiB,
 /// data from 1 MiB, written with imgblk's own LVM encoders (no root, no device mapper).
 fn lvm_pv(path: &Path, fs_image: &Path) {
+    lvm_pvs(&[path], fs_image);
+}
+
+/// As [`lvm_pv`], over one PV per path: the LV's extents are split between them in
+/// order, one linear segment on each (a VG spanning the disks of a guest).
+fn lvm_pvs(paths: &[&Path], fs_image: &Path) {
     use imgblk::layout::lvm::label::{encode_area, encode_label};
     use imgblk::layout::lvm::DiskArea;
     const EXTENT: u64 = 4 * MIB;
     let bytes = fs::read(fs_image).unwrap();
     let extents = (bytes.len() as u64).div_ceil(EXTENT);
-    let size = MIB + extents * EXTENT;
+    let n = paths.len() as u64;
+    // extents of PV k: the LV's k-th share, the last PV taking what is left
+    let share = |k: u64| {
+        if k + 1 < n {
+            extents / n
+        } else {
+            extents - extents / n * (n - 1)
+        }
+    };
+    let size = |k: u64| MIB + share(k) * EXTENT;
+    // PV k's UUID: the label's 32 characters, and as the metadata text writes it
+    let uuid = |k: u64| format!("{k}bcdefGHIJKLmnopqrstUVWXyz012345");
+    let dashed = |k: u64| {
+        let u = uuid(k);
+        format!(
+            "{}-{}-{}-{}-{}-{}-{}",
+            &u[..6],
+            &u[6..10],
+            &u[10..14],
+            &u[14..18],
+            &u[18..22],
+            &u[22..26],
+            &u[26..]
+        )
+    };
+    let mut pvs = String::new();
+    let mut segments = String::new();
+    let mut start = 0;
+    for k in 0..n {
+        pvs += &format!(
+            "\t\tpv{k} {{\n\t\t\tid = \"{}\"\n\t\t\tdevice = \"/dev/loop{k}\"\n\
+             \t\t\tstatus = [\"ALLOCATABLE\"]\n\t\t\tflags = []\n\
+             \t\t\tdev_size = {}\n\t\t\tpe_start = 2048\n\t\t\tpe_count = {}\n\t\t}}\n",
+            dashed(k),
+            size(k) / 512,
+            share(k),
+        );
+        segments += &format!(
+            "\t\t\tsegment{} {{\n\t\t\t\tstart_extent = {start}\n\t\t\t\textent_count = {}\n\
+             \t\t\t\ttype = \"striped\"\n\t\t\t\tstripe_count = 1\n\
+             \t\t\t\tstripes = [\n\t\t\t\t\t\"pv{k}\", 0\n\t\t\t\t]\n\t\t\t}}\n",
+            k + 1,
+            share(k),
+        );
+        start += share(k);
+    }
     let text = format!(
         r#"vg0 {{
 	id = "Jc2Ndp-KdV9-E1vC-0cjH-9ZbN-R2Z5-0fZ4Xq"
@@ -311,17 +362,7 @@ fn lvm_pv(path: &Path, fs_image: &Path) {
 	metadata_copies = 0
 
 	physical_volumes {{
-
-		pv0 {{
-			id = "abcdef-GHIJ-KLmn-opqr-stUV-WXyz-012345"
-			device = "/dev/loop0"
-			status = ["ALLOCATABLE"]
-			flags = []
-			dev_size = {dev_sectors}
-			pe_start = 2048
-			pe_count = {extents}
-		}}
-	}}
+{pvs}	}}
 
 	logical_volumes {{
 
@@ -329,43 +370,32 @@ fn lvm_pv(path: &Path, fs_image: &Path) {
 			id = "Lv0000-aaaa-bbbb-cccc-dddd-eeee-000001"
 			status = ["READ", "WRITE", "VISIBLE"]
 			flags = []
-			segment_count = 1
+			segment_count = {n}
 
-			segment1 {{
-				start_extent = 0
-				extent_count = {extents}
-
-				type = "striped"
-				stripe_count = 1
-
-				stripes = [
-					"pv0", 0
-				]
-			}}
-		}}
+{segments}		}}
 	}}
 }}
 contents = "Text Format Volume Group"
 version = 1
 "#,
         extent_sectors = EXTENT / 512,
-        dev_sectors = size / 512,
     );
     let mda = DiskArea {
         offset: 4096,
         size: 64 << 10,
     };
-    let mut disk = vec![0u8; size as usize];
-    disk[512..1024].copy_from_slice(&encode_label(
-        "abcdefGHIJKLmnopqrstUVWXyz012345",
-        size,
-        MIB,
-        &[mda],
-    ));
-    let area = encode_area(mda.offset, mda.size, 512, &text);
-    disk[4096..4096 + area.len()].copy_from_slice(&area);
-    disk[MIB as usize..][..bytes.len()].copy_from_slice(&bytes);
-    fs::write(path, disk).unwrap();
+    let mut from = 0usize;
+    for (k, path) in (0..n).zip(paths) {
+        let mut disk = vec![0u8; size(k) as usize];
+        disk[512..1024].copy_from_slice(&encode_label(&uuid(k), size(k), MIB, &[mda]));
+        let area = encode_area(mda.offset, mda.size, 512, &text);
+        disk[4096..4096 + area.len()].copy_from_slice(&area);
+        let part =
+            &bytes[from.min(bytes.len())..(from + (share(k) * EXTENT) as usize).min(bytes.len())];
+        disk[MIB as usize..][..part.len()].copy_from_slice(part);
+        from += (share(k) * EXTENT) as usize;
+        fs::write(path, disk).unwrap();
+    }
 }
 
 /// What the comparison looks at for one file.
@@ -1768,4 +1798,40 @@ fn an_ntfs_directory_index_that_loops_is_corrupt() {
     let out = imgblk(os!["tar", &image]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loops"));
+}
+
+/// A VG spanning two images (a guest with two disks): `--auto` finds the LV called root
+/// across both, `--lv` names it, and the tree comes back whole; without the second image
+/// the LV is refused, naming what is missing.
+#[test]
+fn ls_and_get_read_an_lv_spanning_two_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("first.txt"), b"on the first disk, or the second\n").unwrap();
+    fs::write(src.join("big.bin"), pattern(6 * MIB as usize, 7)).unwrap();
+    let raw = dir.path().join("fs.raw");
+    mkfs_ext4(&raw, &src, 16 * MIB, &[]);
+    let (a, b) = (dir.path().join("a.raw"), dir.path().join("b.raw"));
+    lvm_pvs(&[&a, &b], &raw);
+    let want = imgblk_ok(os!["ls", &raw, "/"]);
+    assert_eq!(want, b"big.bin\nfirst.txt\nlost+found\n");
+    assert_eq!(imgblk_ok(os!["ls", "--auto", &a, &b, "/"]), want, "--auto");
+    assert_eq!(
+        imgblk_ok(os!["ls", "--lv", "vg0/root", &a, &b, "/"]),
+        want,
+        "--lv"
+    );
+    let big = imgblk_ok(os!["get", "--lv", "vg0/root", &a, &b, "/big.bin"]);
+    assert!(big == pattern(6 * MIB as usize, 7), "big.bin");
+    // the LV is the file system, its first two extents from a.raw, the last two from b
+    let lv = imgblk_ok(os!["cat", "--lv", "vg0/root", &a, &b]);
+    assert!(
+        lv == fs::read(&raw).unwrap(),
+        "the LV's bytes across both images"
+    );
+    let alone = imgblk(os!["ls", "--lv", "vg0/root", &a, "/"]);
+    assert!(!alone.status.success(), "one disk of two");
+    let err = String::from_utf8_lossy(&alone.stderr);
+    assert!(err.contains("vg0"), "{err}");
 }
