@@ -190,7 +190,7 @@ impl Found<'_> {
 }
 
 /// The changed ranges of a stored image (one that is no view), by `rule`.
-fn stored_changes(image: &dyn DiskImage, rule: &Rule) -> Result<Vec<(u64, u64)>> {
+fn stored_changes(image: &dyn DiskImage, rule: &Rule) -> Result<Ranges> {
     let top = image.chain().into_iter().next();
     match rule {
         Rule::TopLayers(n) => {
@@ -217,7 +217,7 @@ fn stored_changes(image: &dyn DiskImage, rule: &Rule) -> Result<Vec<(u64, u64)>>
 }
 
 /// Appends `start..end` to sorted ranges, joined with the last one when they touch.
-fn push_merged(out: &mut Vec<(u64, u64)>, start: u64, end: u64) {
+fn push_merged(out: &mut Ranges, start: u64, end: u64) {
     match out.last_mut() {
         Some(last) if last.1 >= start => last.1 = last.1.max(end),
         _ => out.push((start, end)),

@@ -49,8 +49,11 @@ impl Sink for Output {
     }
 
     fn positional(&self) -> Option<Positional> {
+        if self.kind != Kind::File {
+            return None;
+        }
         let file = self.file.try_clone().ok()?;
-        (self.kind == Kind::File).then_some(Positional {
+        Some(Positional {
             file,
             base: self.base,
         })

@@ -311,9 +311,7 @@ impl Layout {
                 j += 1;
             }
             self.switch_table(index + i)?;
-            let at = self.end().next_multiple_of(CLUSTER);
-            self.buf
-                .resize(self.buf.len() + (at - self.end()) as usize, 0);
+            let at = self.pad_to_cluster();
             self.flush()?;
             let run = data.map_or(&[][..], |d| {
                 &d[(i * CLUSTER) as usize..(j * CLUSTER) as usize]
@@ -358,6 +356,14 @@ impl Layout {
         self.buf_at + self.buf.len() as u64
     }
 
+    /// Pads what is written with zeroes to the next cluster boundary; that offset.
+    fn pad_to_cluster(&mut self) -> u64 {
+        let at = self.end().next_multiple_of(CLUSTER);
+        self.buf
+            .resize(self.buf.len() + (at - self.end()) as usize, 0);
+        at
+    }
+
     /// Adds one to the refcount of `cluster`.
     fn count(&mut self, cluster: u64) -> Result<()> {
         let i = cluster as usize;
@@ -373,9 +379,7 @@ impl Layout {
 
     /// Appends `data`, at most a cluster, at the next cluster boundary; its offset.
     fn append_cluster(&mut self, data: &[u8]) -> Result<u64> {
-        let at = self.end().next_multiple_of(CLUSTER);
-        self.buf
-            .resize(self.buf.len() + (at - self.end()) as usize, 0);
+        let at = self.pad_to_cluster();
         self.append(data)?;
         self.count(at / CLUSTER)?;
         Ok(at)
@@ -405,9 +409,7 @@ impl Layout {
     /// Writes the last L2 table, the refcount structures, the L1 table and the header.
     fn finish(mut self) -> Result<()> {
         self.write_l2()?;
-        let table_at = self.end().next_multiple_of(CLUSTER);
-        self.buf
-            .resize(self.buf.len() + (table_at - self.end()) as usize, 0);
+        let table_at = self.pad_to_cluster();
         // The refcount table and blocks count themselves: grow them until they cover it.
         let used = table_at / CLUSTER;
         let (mut blocks, mut table_clusters) = (0u64, 0u64);
