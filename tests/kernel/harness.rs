@@ -782,3 +782,27 @@ pub fn loop_device(file: &Path) -> String {
         .trim()
         .to_string()
 }
+
+/// `fio` on `dev` (a device, or a file of 8 MiB) with random 4 KiB direct writes from two
+/// jobs (each in its own 4 MiB, at depth 32), checksummed: `extra` makes it write and
+/// verify, or only verify what an earlier run with the same options wrote.
+pub fn fio_verify(dev: &Path, extra: &str) {
+    cmd("fio")
+        .arg("--name=v")
+        .arg(format!("--filename={}", dev.display()))
+        .args([
+            "--ioengine=libaio",
+            "--direct=1",
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=32",
+            "--numjobs=2",
+            "--size=4M",
+            "--offset_increment=4M",
+            "--randrepeat=1",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            extra,
+        ])
+        .ok();
+}

@@ -163,30 +163,6 @@ fn luks2_ext4_checks_clean_through_attach() {
     assert_eq!(label.stdout.trim(), "inside", "{}", label.describe());
 }
 
-/// `fio` on `dev` with random 4 KiB direct writes from two jobs (each in its own 4 MiB,
-/// at depth 32), checksummed: `extra` makes it write and verify, or only verify what an
-/// earlier run with the same options wrote.
-fn fio_verify(dev: &Path, extra: &str) {
-    cmd("fio")
-        .arg("--name=v")
-        .arg(format!("--filename={}", dev.display()))
-        .args([
-            "--ioengine=libaio",
-            "--direct=1",
-            "--rw=randwrite",
-            "--bs=4k",
-            "--iodepth=32",
-            "--numjobs=2",
-            "--size=4M",
-            "--offset_increment=4M",
-            "--randrepeat=1",
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            extra,
-        ])
-        .ok();
-}
-
 /// LUKS2 with 4 KiB sectors served by two queues (issue 26): the device's logical block
 /// is the encryption sector, as dm-crypt's, so the kernel refuses a 512-byte direct write
 /// instead of sending one that imgblk would have to read, patch and write back; fio's

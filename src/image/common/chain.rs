@@ -131,6 +131,12 @@ pub fn open_verified(
     open_parent(&path, options, child_depth)
 }
 
+/// How many bytes of `offset..offset + len` lie inside `parent` (a parent smaller than
+/// its child reads as zeroes past its end).
+pub fn covered_by(parent: &dyn DiskImage, offset: u64, len: u64) -> u64 {
+    parent.virtual_size().saturating_sub(offset).min(len)
+}
+
 /// Appends the extents for a guest range a layer does not hold: the parent's (up to its
 /// size), one level deeper than the parent reports them, or unallocated.
 ///
@@ -146,7 +152,7 @@ pub fn map_parent<'a>(
 ) -> Result<()> {
     let covered = match parent {
         Some(parent) => {
-            let covered = parent.virtual_size().saturating_sub(offset).min(len);
+            let covered = covered_by(parent, offset, len);
             if covered > 0 {
                 let first = out.len();
                 parent.map(offset, covered, out)?;

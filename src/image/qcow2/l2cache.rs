@@ -4,9 +4,9 @@
 //! when a table in it is first cached: an image may declare millions of L1 entries in a
 //! small file, and the cache's memory must follow the tables it holds, not that claim.
 //!
-//! When the capacity covers every slot (the default for images up to 1 TiB) nothing is
-//! ever evicted, and a slot is a [`OnceLock`]: a lookup of a resident table is two acquire
-//! loads (chunk, slot), and the returned [`L2Ref`] a plain borrow. This
+//! When the capacity covers every slot (by default, images up to 128 GiB with 64 KiB
+//! clusters) nothing is ever evicted, and a slot is a [`OnceLock`]: a lookup of a resident
+//! table is two acquire loads (chunk, slot), and the returned [`L2Ref`] a plain borrow. This
 //! is the lookup hot path; an `arc_swap` guard cost two serializing atomic operations per
 //! lookup, most of its time.
 //!

@@ -20,6 +20,7 @@ pub mod guard;
 pub mod header;
 pub mod journal;
 pub mod l2cache;
+mod pending;
 pub mod refcount;
 pub mod snapshot;
 pub mod stream;
@@ -33,6 +34,7 @@ use self::header::Header;
 use self::l2cache::{L2Cache, L2Ref, L2Table};
 use super::common::chain;
 use super::common::walk::push;
+use super::metadata::{self, MetadataLoad};
 use super::open::open_at_depth;
 use super::policy::Field;
 use super::{
@@ -44,10 +46,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// Largest L2 cache per image unless [`OpenOptions::l2_cache_bytes`] says otherwise
-/// (enough to keep every table of a 1 TiB image with 64 KiB clusters resident); the
-/// chain's [`ChainBudget`](super::open::ChainBudget) may leave a layer less.
-pub const DEFAULT_L2_CACHE_BYTES: u64 = 128 << 20;
+/// Largest L2 cache per image unless [`OpenOptions::l2_cache_bytes`] says otherwise:
+/// every table of a 128 GiB image with 64 KiB clusters (QEMU caps its default at 32 MiB).
+/// Kept small so that a daemon serving a 1 TiB image stays within 64 MiB of memory
+/// however much of it is read; a miss costs one table read, which a ublk queue makes
+/// without stalling its other requests. The chain's
+/// [`ChainBudget`](super::open::ChainBudget) may leave a layer less.
+pub const DEFAULT_L2_CACHE_BYTES: u64 = 16 << 20;
 
 /// What [`Qcow2Image::one_cluster`] found.
 enum Lookup {
@@ -182,20 +187,31 @@ impl Qcow2Image {
     /// The L2 table of L1 entry `l1_index`, or `None` if the entry has none.
     #[inline(always)]
     fn l2_table(&self, l1_index: usize) -> Result<Option<L2Ref<'_>>> {
+        let Some(host) = self.l2_offset(l1_index)? else {
+            return Ok(None);
+        };
+        self.l2
+            .get(l1_index, || {
+                if metadata::is_deferred() && self.writer.is_none() {
+                    return Err(metadata::would_block());
+                }
+                self.load_l2(l1_index, host)
+            })
+            .map(Some)
+    }
+
+    /// Where the L2 table of L1 entry `l1_index` is in the file, or `None` if the entry
+    /// has none.
+    fn l2_offset(&self, l1_index: usize) -> Result<Option<u64>> {
         let raw = self
             .l1
             .get(l1_index)
             .map(|e| e.load(Ordering::Acquire))
             .ok_or_else(|| Error::invalid(format!("L1 index {l1_index} past the L1 table")))?;
-        let table_offset = self.l1_entry_offset(l1_index);
-        let Some(host) = entry::decode_l1(raw, self.header.cluster_bits, l1_index)
-            .map_err(|e| e.at(table_offset).with_path(self.file.path()))?
-        else {
-            return Ok(None);
-        };
-        self.l2
-            .get(l1_index, || self.load_l2(l1_index, host))
-            .map(Some)
+        entry::decode_l1(raw, self.header.cluster_bits, l1_index).map_err(|e| {
+            e.at(self.l1_entry_offset(l1_index))
+                .with_path(self.file.path())
+        })
     }
 
     /// File offset of L1 entry `l1_index`.
@@ -205,6 +221,15 @@ impl Qcow2Image {
 
     /// Reads the L2 table at file offset `host` for L1 entry `l1_index`.
     fn load_l2(&self, l1_index: usize, host: u64) -> Result<L2Table> {
+        self.check_l2_offset(l1_index, host)?;
+        let mut buf = vec![0u8; self.cluster_size() as usize];
+        self.file.read_exact_at(&mut buf, host)?;
+        self.decode_l2_table(l1_index, host, &buf)
+    }
+
+    /// Refuses an L2 table at file offset `host` (for L1 entry `l1_index`) that does not
+    /// lie inside the file.
+    fn check_l2_offset(&self, l1_index: usize, host: u64) -> Result<()> {
         let size = self.cluster_size();
         if host
             .checked_add(size)
@@ -219,9 +244,13 @@ impl Qcow2Image {
             .at(self.l1_entry_offset(l1_index))
             .with_path(self.file.path()));
         }
-        let mut buf = vec![0u8; size as usize];
-        self.file.read_exact_at(&mut buf, host)?;
-        let mut table = L2Table::from_be_bytes(&buf);
+        Ok(())
+    }
+
+    /// The L2 table of L1 entry `l1_index` from its on-disk `bytes`, read at `host`; in a
+    /// writable image, entries that name metadata as data are disarmed.
+    fn decode_l2_table(&self, l1_index: usize, host: u64, bytes: &[u8]) -> Result<L2Table> {
+        let mut table = L2Table::from_be_bytes(bytes);
         if let Some(guard) = &self.guard {
             let disarmed = guard
                 .disarm(&mut table, l1_index, host)
@@ -474,6 +503,15 @@ impl DiskImage for Qcow2Image {
 
     fn writer(&self) -> Option<&dyn ImageWrite> {
         self.writer.as_ref().map(|_| self as &dyn ImageWrite)
+    }
+
+    fn pending_metadata<'a>(
+        &'a self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<MetadataLoad<'a>>,
+    ) -> Result<()> {
+        self.pending_tables(offset, len, out)
     }
 }
 
