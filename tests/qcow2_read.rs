@@ -903,6 +903,32 @@ fn deferred_table_loads_list_what_a_lookup_needs() {
         "the top stores nothing there"
     );
 
+    // Misses in table order (a walk over the disk) read the next four tables ahead; a
+    // miss out of order reads none.
+    let listed = |image: &dyn DiskImage, offset: u64| {
+        let mut loads = Vec::new();
+        image.pending_metadata(offset, 4096, &mut loads).unwrap();
+        loads.iter().for_each(|load| load.load().unwrap());
+        loads.len()
+    };
+    let walked = open_image(&base, &OpenOptions::default()).unwrap();
+    assert_eq!(listed(&*walked, 0), 1, "a first miss reads its own table");
+    assert_eq!(
+        listed(&*walked, 2 * MIB),
+        5,
+        "a second miss in order reads 4 ahead"
+    );
+    assert_eq!(listed(&*walked, 4 * MIB), 0, "read ahead");
+    assert_eq!(
+        listed(&*walked, 12 * MIB),
+        2,
+        "the run goes on, up to the last table"
+    );
+    let jumping = open_image(&base, &OpenOptions::default()).unwrap();
+    for offset in [6 * MIB, 0, 10 * MIB, 14 * MIB] {
+        assert_eq!(listed(&*jumping, offset), 1, "out of order at {offset:#x}");
+    }
+
     let mut rng = SmallRng::seed_from_u64(SEED ^ 32);
     for cache in [None, Some(4096)] {
         let options = OpenOptions {

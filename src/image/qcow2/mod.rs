@@ -43,7 +43,7 @@ use super::{
 };
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Largest L2 cache per image unless [`OpenOptions::l2_cache_bytes`] says otherwise:
@@ -76,6 +76,9 @@ pub struct Qcow2Image {
     writer: Option<Mutex<write::Writer>>,
     /// The clusters writes must keep off; `None` when open read-only.
     guard: Option<guard::MetadataGuard>,
+    /// The last L2 table that a deferred lookup listed as missing (or read ahead), to
+    /// tell a walk in table order from random misses (`pending`).
+    last_table_miss: AtomicUsize,
 }
 
 impl Qcow2Image {
@@ -151,6 +154,7 @@ impl Qcow2Image {
             backing,
             writer,
             guard,
+            last_table_miss: AtomicUsize::new(usize::MAX - 1),
         };
         if !replay.is_empty() {
             image.replay(&replay)?;

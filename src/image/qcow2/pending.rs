@@ -13,6 +13,10 @@ use crate::image::check_range;
 use crate::image::common::chain;
 use crate::image::metadata::{self, push_load, MetadataLoad, MetadataSink};
 use crate::image::DiskImage;
+use std::sync::atomic::Ordering;
+
+/// How many L2 tables a run of in-order misses reads ahead ([`Qcow2Image::read_ahead`]).
+const READ_AHEAD_TABLES: usize = 4;
 
 impl Qcow2Image {
     /// [`DiskImage::pending_metadata`]: the L2 tables of `offset..offset + len` that are
@@ -42,18 +46,8 @@ impl Qcow2Image {
                     continue;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if let Some(host) = self.l2_offset(l1_index)? {
-                        push_load(
-                            out,
-                            MetadataLoad {
-                                file: &self.file,
-                                offset: host,
-                                len: cluster_size as usize,
-                                sink: self,
-                                key: l1_index as u64,
-                            },
-                        );
-                    }
+                    self.push_table(l1_index, out)?;
+                    self.read_ahead(l1_index, out)?;
                     pos = table_end;
                     continue;
                 }
@@ -71,6 +65,41 @@ impl Qcow2Image {
                 pos = run_end;
             }
         }
+        Ok(())
+    }
+
+    /// Lists the L2 table of L1 entry `l1_index`, if it has one.
+    fn push_table<'a>(&'a self, l1_index: usize, out: &mut Vec<MetadataLoad<'a>>) -> Result<()> {
+        if let Some(host) = self.l2_offset(l1_index)? {
+            let load = MetadataLoad {
+                file: &self.file,
+                offset: host,
+                len: self.cluster_size() as usize,
+                sink: self,
+                key: l1_index as u64,
+            };
+            push_load(out, load);
+        }
+        Ok(())
+    }
+
+    /// After a miss on table `l1_index` that continues a run of misses in table order (a
+    /// walk over the disk, such as e2fsck's over its block groups), lists the next
+    /// [`READ_AHEAD_TABLES`] tables that are not cached too, so that the walk waits for
+    /// one read in that many; a miss out of order reads ahead nothing.
+    fn read_ahead<'a>(&'a self, l1_index: usize, out: &mut Vec<MetadataLoad<'a>>) -> Result<()> {
+        let last = self.last_table_miss.load(Ordering::Relaxed);
+        if last.wrapping_add(1) != l1_index {
+            self.last_table_miss.store(l1_index, Ordering::Relaxed);
+            return Ok(());
+        }
+        let end = (l1_index + 1 + READ_AHEAD_TABLES).min(self.l1.len());
+        for next in l1_index + 1..end {
+            if !self.l2.is_cached(next) {
+                self.push_table(next, out)?;
+            }
+        }
+        self.last_table_miss.store(end - 1, Ordering::Relaxed);
         Ok(())
     }
 
