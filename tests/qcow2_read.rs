@@ -387,6 +387,57 @@ fn zstd_compressed_images() {
     }
 }
 
+/// A compressed cluster read for the first time is decoded only as far as the read
+/// reaches, and kept so; a read past what is kept decodes the whole cluster.
+#[test]
+fn compressed_clusters_decode_as_far_as_reads_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    for codec in ["zlib", "zstd"] {
+        let options = format!("compression_type={codec},cluster_size=64k");
+        let img = converted(dir.path(), 4 * MIB, true, SEED ^ 9, &["-c", "-o", &options]);
+        let want = std::fs::read(dir.path().join(format!("source-{:x}.raw", SEED ^ 9))).unwrap();
+        let image = open_qcow2(&img, 1 << 20);
+        let mut extents = Vec::new();
+        image.map(0, 4 * MIB, &mut extents).unwrap();
+        let mut guest = 0;
+        let mut stored = None;
+        for extent in &extents {
+            if let Source::Compressed(cluster) = extent.source {
+                if cluster.skip == 0 && extent.len == 65536 {
+                    stored = Some(cluster.offset);
+                    break;
+                }
+            }
+            guest += extent.len;
+        }
+        let stored = stored.unwrap_or_else(|| panic!("{codec}: no whole compressed cluster"));
+        let kept = || {
+            let cached = image.data_file().decoded_clusters().get(stored);
+            cached.map_or(0, |decoded| decoded.len())
+        };
+        let read = |at: u64, len: usize| {
+            let mut buf = vec![0u8; len];
+            io::read_at(&image, &mut buf, guest + at).unwrap();
+            let at = (guest + at) as usize;
+            assert!(buf == want[at..at + len], "{codec}: bytes at {at:#x}");
+        };
+        read(8192, 4096);
+        assert_eq!(kept(), 12288, "{codec}: a first read decodes up to its end");
+        read(0, 4096);
+        assert_eq!(
+            kept(),
+            12288,
+            "{codec}: a read inside what is kept decodes nothing"
+        );
+        read(32768, 4096);
+        assert_eq!(
+            kept(),
+            65536,
+            "{codec}: a read past it decodes the whole cluster"
+        );
+    }
+}
+
 /// Creates a qcow2 overlay at `path` of `size` on `backing` (as named, relative to the
 /// overlay) and runs the qemu-io `writes` on it.
 fn overlay(path: &Path, backing: &str, backing_fmt: &str, size: &str, writes: &[&str]) {

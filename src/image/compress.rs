@@ -14,10 +14,26 @@ use crate::error::{Error, Result};
 /// Decompresses `input` into exactly `out.len()` bytes (one cluster). A stream that ends
 /// early or does not decode is an error: a cluster is never half-filled silently.
 pub fn decompress(codec: Codec, input: &[u8], out: &mut [u8]) -> Result<()> {
+    let whole = out.len();
+    decompress_prefix(codec, input, out, whole)
+}
+
+/// Decompresses the first `out.len()` bytes of a cluster of `cluster_len` bytes from
+/// `input`, and stops there: a read of a piece near the start of a cluster does not pay
+/// for the rest of it. A stream that ends before `out` is full, or does not decode as far,
+/// is an error; with `out.len() == cluster_len` this is [`decompress`], which also refuses
+/// a zstd frame that decodes past the cluster.
+pub fn decompress_prefix(
+    codec: Codec,
+    input: &[u8],
+    out: &mut [u8],
+    cluster_len: usize,
+) -> Result<()> {
+    let whole = out.len() >= cluster_len;
     match codec {
-        Codec::Deflate => inflate(input, out, false),
-        Codec::Zlib => inflate(input, out, true),
-        Codec::Zstd => unzstd(input, out),
+        Codec::Deflate => inflate(input, out, false, whole),
+        Codec::Zlib => inflate(input, out, true, whole),
+        Codec::Zstd => unzstd(input, out, cluster_len),
     }
 }
 
@@ -58,33 +74,59 @@ pub const MAX_ZSTD_WINDOW: u64 = 8 << 20;
 /// input that ends before `out` is full. Each frame's header is checked before libzstd
 /// sees it ([`check_zstd_frame`]), and the decoder refuses windows beyond
 /// [`MAX_ZSTD_WINDOW`] itself.
-fn unzstd(input: &[u8], out: &mut [u8]) -> Result<()> {
-    use zstd::zstd_safe::{get_error_name, DCtx, DParameter, InBuffer, OutBuffer};
+///
+/// `out` may be the first part of a cluster of `cluster_len` bytes only: decoding then
+/// stops once it is full (frame headers are still checked against the whole cluster).
+fn unzstd(input: &[u8], out: &mut [u8], cluster_len: usize) -> Result<()> {
+    use zstd::zstd_safe::{get_error_name, DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
 
-    let len = out.len();
-    let mut dctx = DCtx::create();
-    dctx.set_parameter(DParameter::WindowLogMax(MAX_ZSTD_WINDOW.ilog2()))
-        .map_err(|code| zstd_corrupt(get_error_name(code).to_string()))?;
-    let mut source = InBuffer::around(input);
-    let mut target = OutBuffer::around(out);
-    // Where the frame being decoded starts; `None` between frames.
-    let mut frame = None;
-    while target.pos() < len {
-        frame = zstd_step(&mut dctx, &mut source, &mut target, frame, len)?;
+    thread_local! {
+        /// A decoder per thread, reused: making one per cluster cost more than decoding
+        /// a 4 KiB piece of it. It keeps its window (at most [`MAX_ZSTD_WINDOW`]).
+        static DECODER: std::cell::RefCell<Option<DCtx<'static>>> = const { std::cell::RefCell::new(None) };
     }
-    // Full: the frame must end here (its checksum may still follow), giving nothing more.
-    let filled = target.pos();
-    let mut spare = [0u8; 1];
-    let mut beyond = OutBuffer::around(&mut spare[..]);
-    while let Some(at) = frame {
-        frame = zstd_step(&mut dctx, &mut source, &mut beyond, frame, filled + 1)?;
-        if beyond.pos() > 0 {
-            return Err(zstd_corrupt(format!(
-                "frame at byte {at} decodes to more than the {len}-byte cluster"
-            )));
+    let corrupt = |code| zstd_corrupt(get_error_name(code).to_string());
+    DECODER.with(|decoder| {
+        let mut decoder = decoder.borrow_mut();
+        let dctx = match decoder.as_mut() {
+            // A failed call may have left it inside a frame.
+            Some(dctx) => {
+                dctx.reset(ResetDirective::SessionOnly).map_err(corrupt)?;
+                dctx
+            }
+            None => {
+                let mut dctx = DCtx::create();
+                dctx.set_parameter(DParameter::WindowLogMax(MAX_ZSTD_WINDOW.ilog2()))
+                    .map_err(corrupt)?;
+                decoder.insert(dctx)
+            }
+        };
+        let len = out.len();
+        let mut source = InBuffer::around(input);
+        let mut target = OutBuffer::around(out);
+        // Where the frame being decoded starts; `None` between frames.
+        let mut frame = None;
+        while target.pos() < len {
+            frame = zstd_step(dctx, &mut source, &mut target, frame, cluster_len)?;
         }
-    }
-    Ok(())
+        if len < cluster_len {
+            return Ok(());
+        }
+        // Full: the frame must end here (its checksum may still follow), giving nothing
+        // more.
+        let filled = target.pos();
+        let mut spare = [0u8; 1];
+        let mut beyond = OutBuffer::around(&mut spare[..]);
+        while let Some(at) = frame {
+            frame = zstd_step(dctx, &mut source, &mut beyond, frame, filled + 1)?;
+            if beyond.pos() > 0 {
+                return Err(zstd_corrupt(format!(
+                    "frame at byte {at} decodes to more than the {len}-byte cluster"
+                )));
+            }
+        }
+        Ok(())
+    })
 }
 
 /// One call of the decoder for [`unzstd`], in the frame starting at input byte `frame`
@@ -197,10 +239,17 @@ fn check_zstd_frame(input: &[u8], room: u64) -> std::result::Result<(), String> 
 
 /// Inflates a deflate stream, raw or inside a zlib wrapper (`zlib_header`). Bytes after
 /// the end of the stream are ignored: callers read an upper bound of the stored length.
-fn inflate(input: &[u8], out: &mut [u8], zlib_header: bool) -> Result<()> {
+/// With `whole` false, `out` is the first part of the cluster only, and inflating stops
+/// once it is full.
+fn inflate(input: &[u8], out: &mut [u8], zlib_header: bool, whole: bool) -> Result<()> {
     let mut state = flate2::Decompress::new(zlib_header);
+    let flush = if whole {
+        flate2::FlushDecompress::Finish
+    } else {
+        flate2::FlushDecompress::None
+    };
     state
-        .decompress(input, out, flate2::FlushDecompress::Finish)
+        .decompress(input, out, flush)
         .map_err(|e| Error::corrupt(format!("compressed cluster does not inflate: {e}")))?;
     let produced = state.total_out() as usize;
     if produced != out.len() {
@@ -399,5 +448,58 @@ mod tests {
     fn garbage_is_corrupt_not_panic() {
         let mut out = vec![0u8; 4096];
         assert!(decompress(Codec::Deflate, &[0xff; 64], &mut out).is_err());
+    }
+
+    #[test]
+    fn a_prefix_decodes_as_the_start_of_the_whole_and_no_further() {
+        let data = sample(65536);
+        let mut deflated = deflate(&data);
+        deflated.extend_from_slice(&[0xAA; 300]);
+        let mut zlibbed = {
+            let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(&data).unwrap();
+            enc.finish().unwrap()
+        };
+        zlibbed.extend_from_slice(&[0x55; 100]);
+        let mut zstded = zstd(&data[..30000]);
+        zstded.extend_from_slice(&zstd(&data[30000..]));
+        for (codec, packed) in [
+            (Codec::Deflate, &deflated),
+            (Codec::Zlib, &zlibbed),
+            (Codec::Zstd, &zstded),
+        ] {
+            for len in [1, 4096, 29_999, 30_000, 30_001, 65535, 65536] {
+                let mut out = vec![0u8; len];
+                decompress_prefix(codec, packed, &mut out, data.len()).unwrap();
+                assert_eq!(out, data[..len], "{codec:?}, {len} bytes");
+            }
+            // The stream holds less than the prefix asks for: corrupt, also in part.
+            let short = match codec {
+                Codec::Zstd => zstd(&data[..1000]),
+                Codec::Deflate => deflate(&data[..1000]),
+                Codec::Zlib => continue,
+            };
+            let mut out = vec![0u8; 4096];
+            let err = decompress_prefix(codec, &short, &mut out, data.len()).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                crate::error::ErrorKind::Corrupt,
+                "{codec:?}: {err}"
+            );
+        }
+    }
+
+    /// The zstd decoder is kept per thread: a call that failed in the middle of a frame
+    /// must not leave it there for the next.
+    #[test]
+    fn the_reused_zstd_decoder_recovers_from_a_corrupt_frame() {
+        let data = sample(65536);
+        let packed = zstd(&data);
+        let mut torn = packed[..packed.len() / 2].to_vec();
+        torn.extend_from_slice(&[0xFF; 64]);
+        let mut out = vec![0u8; data.len()];
+        assert!(decompress(Codec::Zstd, &torn, &mut out).is_err());
+        decompress(Codec::Zstd, &packed, &mut out).unwrap();
+        assert_eq!(out, data);
     }
 }

@@ -39,26 +39,52 @@ pub fn fill_from_extents(extents: &[Extent<'_>], buf: &mut [u8]) -> Result<()> {
 }
 
 /// Reads and decompresses one cluster (unless the file's cache of decoded clusters has
-/// it), copying the wanted part into `out`. A read of the whole cluster (a copy of the
-/// image streaming through it) is decoded straight into `out` and not kept: nobody is
-/// about to ask for a part of it.
+/// the part wanted), copying the wanted part into `out`. A read of the whole cluster (a
+/// copy of the image streaming through it) is decoded straight into `out` and not kept:
+/// nobody is about to ask for a part of it.
 pub fn read_compressed(cluster: &CompressedCluster<'_>, out: &mut [u8]) -> Result<()> {
-    let cached = cluster.file.decoded_clusters().get(cluster.offset);
-    let whole = cluster.skip == 0 && out.len() == cluster.cluster_size as usize;
-    let decoded = match cached {
-        Some(decoded) => decoded,
-        None => {
+    let decoded = match lookup_decoded(cluster, out.len()) {
+        Decoded::Cached(decoded) => decoded,
+        Decoded::Missing { decode_len } => {
             let mut stored = stored_buffer(cluster);
             cluster.file.read_zero_padded(&mut stored, cluster.offset)?;
-            if whole {
+            if cluster.skip == 0 && out.len() == cluster.cluster_size as usize {
                 return compress::decompress(cluster.codec, &stored, out)
                     .map_err(|e| e.at(cluster.offset).with_path(cluster.file.path()));
             }
-            decode(cluster, &stored)?
+            decode(cluster, &stored, decode_len)?
         }
     };
     out.copy_from_slice(part_of(cluster, &decoded, out.len())?);
     Ok(())
+}
+
+/// What the cache of decoded clusters holds for a read of `len` bytes of a compressed
+/// extent ([`lookup_decoded`]).
+pub enum Decoded {
+    /// The cluster's decoded bytes, at least as far as the read reaches.
+    Cached(Arc<[u8]>),
+    /// Not enough: decode the cluster's first `decode_len` bytes ([`decode`]).
+    Missing {
+        /// How far to decode.
+        decode_len: usize,
+    },
+}
+
+/// Looks up the decoded bytes a read of `len` bytes of `cluster`'s extent needs. A cluster
+/// read for the first time is decoded only up to the end of the read (a random 4 KiB
+/// read of a 64 KiB cluster then inflates half of it on average, where it used to
+/// inflate all of it); one whose cached part falls short is being read in pieces, and is
+/// decoded whole.
+pub fn lookup_decoded(cluster: &CompressedCluster<'_>, len: usize) -> Decoded {
+    let end = cluster.skip as usize + len;
+    match cluster.file.decoded_clusters().get(cluster.offset) {
+        Some(decoded) if decoded.len() >= end => Decoded::Cached(decoded),
+        Some(_) => Decoded::Missing {
+            decode_len: cluster.cluster_size as usize,
+        },
+        None => Decoded::Missing { decode_len: end },
+    }
 }
 
 /// A buffer for the stored bytes of a compressed cluster (its size bounded by
@@ -67,11 +93,17 @@ pub fn stored_buffer(cluster: &CompressedCluster<'_>) -> Vec<u8> {
     vec![0u8; cluster.stored_len as usize]
 }
 
-/// Decompresses a cluster's `stored` bytes, however they were read, and keeps the result
-/// in the file's cache of decoded clusters for the next read of the same cluster.
-pub fn decode(cluster: &CompressedCluster<'_>, stored: &[u8]) -> Result<Arc<[u8]>> {
-    let mut decoded = vec![0u8; cluster.cluster_size as usize];
-    compress::decompress(cluster.codec, stored, &mut decoded)
+/// Decompresses the first `decode_len` bytes of a cluster from its `stored` bytes, however
+/// they were read, and keeps them in the file's cache of decoded clusters for the next
+/// read of the same cluster.
+pub fn decode(
+    cluster: &CompressedCluster<'_>,
+    stored: &[u8],
+    decode_len: usize,
+) -> Result<Arc<[u8]>> {
+    let whole = cluster.cluster_size as usize;
+    let mut decoded = vec![0u8; decode_len.min(whole)];
+    compress::decompress_prefix(cluster.codec, stored, &mut decoded, whole)
         .map_err(|e| e.at(cluster.offset).with_path(cluster.file.path()))?;
     let decoded: Arc<[u8]> = decoded.into();
     cluster

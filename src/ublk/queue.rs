@@ -7,7 +7,7 @@
 use super::data::{Data, Registered, Scratch};
 use super::ratelimit::{RateLimiter, Verdict};
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::io::{self, decode, part_of, stored_buffer, writer_of};
+use crate::image::io::{self, decode, lookup_decoded, part_of, stored_buffer, writer_of, Decoded};
 use crate::image::metadata;
 use crate::image::{CompressedCluster, DiskImage, Extent, ImageFile, Source, WritePlan};
 use io_uring::squeue;
@@ -608,18 +608,18 @@ async fn write_extents(extents: &[Extent<'_>], data: Data<'_>) -> Result<()> {
 }
 
 /// Reads a compressed cluster on the ring (unless the file's cache of decoded clusters
-/// has it) and puts the wanted part of it into `out`.
+/// has the part wanted) and puts the wanted part of it into `out`.
 async fn read_compressed(cluster: &CompressedCluster<'_>, out: Data<'_>) -> Result<()> {
-    let decoded = match cluster.file.decoded_clusters().get(cluster.offset) {
-        Some(decoded) => decoded,
-        None => {
+    let len = out.len();
+    let decoded = match lookup_decoded(cluster, len) {
+        Decoded::Cached(decoded) => decoded,
+        Decoded::Missing { decode_len } => {
             let mut stored = stored_buffer(cluster);
             Data::Memory(&mut stored)
                 .read_from(cluster.file, cluster.offset)
                 .await?;
-            decode(cluster, &stored)?
+            decode(cluster, &stored, decode_len)?
         }
     };
-    let len = out.len();
     out.put(part_of(cluster, &decoded, len)?)
 }
