@@ -954,6 +954,30 @@ fn deferred_table_loads_list_what_a_lookup_needs() {
         "the top stores nothing there"
     );
 
+    // Reading ahead as a device starts: every uncached table of the range, down the
+    // chain (the top's three, the base's eight), within the budget; through a view, only
+    // the tables of its window.
+    let prefetched = |image: &dyn DiskImage, offset: u64, len: u64, budget: u64| {
+        let mut left = budget;
+        image.prefetch_metadata(offset, len, &mut left).unwrap();
+        budget - left
+    };
+    let fresh = open_image(&top, &OpenOptions::default()).unwrap();
+    assert_eq!(prefetched(&*fresh, 0, 16 * MIB, u64::MAX), 11 * 4096);
+    assert_eq!(prefetched(&*fresh, 0, 16 * MIB, 5 * 4096 + 100), 5 * 4096);
+    let window = SliceView::new(Arc::from(fresh), 2 * MIB, 4 * MIB).unwrap();
+    assert_eq!(
+        prefetched(&window, 0, 4 * MIB, u64::MAX),
+        2 * 4096,
+        "base tables 1 and 2"
+    );
+    assert_eq!(map_deferred(&*cold, MIB, 4096).1, 0);
+    assert_eq!(
+        prefetched(&*cold, 0, 2 * MIB, u64::MAX),
+        0,
+        "tables cached already"
+    );
+
     // Misses in table order (a walk over the disk) read the next four tables ahead; a
     // miss out of order reads none.
     let listed = |image: &dyn DiskImage, offset: u64| {
@@ -1013,7 +1037,7 @@ fn deferred_table_loads_list_what_a_lookup_needs() {
         }
     }
 
-    drop((reference, cold));
+    drop((reference, cold, window));
     let options = OpenOptions {
         writable: true,
         ..OpenOptions::default()

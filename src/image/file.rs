@@ -270,6 +270,19 @@ impl ImageFile {
         self.direct.is_some()
     }
 
+    /// Asks the kernel to read `len` bytes at `offset` into its page cache in the
+    /// background (`POSIX_FADV_WILLNEED`); advice only, so a failure is ignored.
+    pub fn will_need(&self, offset: u64, len: u64) {
+        let (Ok(at), Ok(len)) = (
+            libc::off_t::try_from(self.host_offset(offset)),
+            libc::off_t::try_from(len),
+        ) else {
+            return;
+        };
+        // SAFETY: posix_fadvise reads no memory of ours; the descriptor is open.
+        unsafe { libc::posix_fadvise(self.buffered_fd(), at, len, libc::POSIX_FADV_WILLNEED) };
+    }
+
     /// The buffered descriptor: for metadata and unaligned I/O.
     pub fn buffered_fd(&self) -> RawFd {
         self.buffered.as_raw_fd()

@@ -366,6 +366,19 @@ pub trait DiskImage: Send + Sync {
         })
         .map(drop)
     }
+
+    /// Asks the kernel to read the tables that map `offset..offset + len` into its page
+    /// cache, without waiting for them (`POSIX_FADV_WILLNEED`), up to `budget` bytes of
+    /// them (less what it asked for). A device does this as it starts, so that its first
+    /// reads of a cold image find their tables in memory instead of waiting for a disk
+    /// round trip each; the pages are the kernel's to reclaim, not the daemon's memory.
+    /// A view asks its sources; a format without tables to read asks nothing.
+    fn prefetch_metadata(&self, offset: u64, len: u64, budget: &mut u64) -> Result<()> {
+        self.source_ranges(offset, len, &mut |image, at, n| {
+            image.prefetch_metadata(at, n, budget)
+        })
+        .map(drop)
+    }
 }
 
 /// The write side of an image opened for writing, as [`DiskImage::writer`] gives it.

@@ -92,7 +92,54 @@ fn serve(
     }
     let recorded = Arc::new(std::sync::Mutex::new(None));
     let recorded_id = recorded.clone();
-    let result = device::serve(image, config, stop, move |live| {
+    let prefetched = image.clone();
+    let result = std::thread::scope(|scope| {
+        // Joined before serve returns, so the image is never dropped (flushed) after it.
+        scope.spawn(move || prefetch(&*prefetched));
+        serve_device(
+            image,
+            config,
+            stop,
+            template,
+            notifier,
+            recorded_id,
+            on_live,
+        )
+    });
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(id) = recorded.lock().ok().and_then(|slot| *slot) {
+        registry::remove(id);
+    }
+    result
+}
+
+/// Most bytes of image tables a device asks the kernel to read ahead as it starts: every
+/// L2 table of 2 TiB of qcow2 data with 64 KiB clusters.
+pub const PREFETCH_BUDGET: u64 = 256 << 20;
+
+/// Asks the kernel to read `image`'s tables ahead ([`DiskImage::prefetch_metadata`]).
+fn prefetch(image: &dyn DiskImage) {
+    let mut budget = PREFETCH_BUDGET;
+    match image.prefetch_metadata(0, image.virtual_size(), &mut budget) {
+        Ok(()) => tracing::debug!(
+            bytes = PREFETCH_BUDGET - budget,
+            "asked for the image's tables"
+        ),
+        Err(e) => tracing::debug!(error = %e, "cannot read the image's tables ahead"),
+    }
+}
+
+/// [`serve`]'s device: serves `image` until stopped, recording it once it is live.
+fn serve_device(
+    image: Arc<dyn DiskImage>,
+    config: DeviceConfig,
+    stop: StopFlags,
+    template: DeviceRecord,
+    notifier: Notifier,
+    recorded_id: Arc<std::sync::Mutex<Option<u32>>>,
+    on_live: impl FnOnce(&DeviceRecord) + Send + Sync + 'static,
+) -> Result<()> {
+    device::serve(image, config, stop, move |live| {
         let log = template.log.as_deref().and_then(|log| {
             let named = log.with_file_name(format!("ublkb{}.log", live.id));
             std::fs::rename(log, &named).ok().map(|()| named)
@@ -115,12 +162,7 @@ fn serve(
         notifier.live(&record);
         tell_systemd_ready(&record);
         on_live(&record);
-    });
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    if let Some(id) = recorded.lock().ok().and_then(|slot| *slot) {
-        registry::remove(id);
-    }
-    result
+    })
 }
 
 /// Under systemd (`Type=notify`), says the device is live. Does nothing elsewhere.

@@ -517,6 +517,10 @@ impl DiskImage for Qcow2Image {
     ) -> Result<()> {
         self.pending_tables(offset, len, out)
     }
+
+    fn prefetch_metadata(&self, offset: u64, len: u64, budget: &mut u64) -> Result<()> {
+        self.prefetch_tables(offset, len, budget)
+    }
 }
 
 impl ImageWrite for Qcow2Image {
