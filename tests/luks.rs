@@ -294,19 +294,34 @@ fn ext4_inside_is_discovered_and_writes_round_trip() {
 /// An empty LUKS2 volume with `sector`-byte encryption sectors, made with `luksFormat`
 /// on a sparse 20 MiB file (16 MiB of header, 4 MiB of data), opened writable.
 fn formatted(dir: &Path, sector: u64) -> LuksVolume {
-    let path = dir.join("luks2.img");
+    let sector = sector.to_string();
+    let args = ["--type", "luks2", "--sector-size", &sector];
+    let path = luks_format(dir, "luks2.img", 20, &args);
+    LuksVolume::open(open_raw(&path, true), PASS).unwrap()
+}
+
+/// `luksFormat` (PBKDF2, 1000 iterations, and `args`) of a new sparse file `name` of
+/// `mib` MiB in `dir`, with the key [`PASS`] in `dir/key`; returns the file.
+fn luks_format(dir: &Path, name: &str, mib: usize, args: &[&str]) -> std::path::PathBuf {
+    let path = dir.join(name);
     std::fs::File::create(&path)
         .unwrap()
-        .set_len(20 * MIB as u64)
+        .set_len((mib * MIB) as u64)
         .unwrap();
     let key = dir.join("key");
     std::fs::write(&key, PASS).unwrap();
-    let sector = sector.to_string();
-    let args = ["luksFormat", "--type", "luks2", "--pbkdf", "pbkdf2"];
-    let more = ["--pbkdf-force-iterations", "1000", "--sector-size", &sector];
-    let path_arg = path.to_str().unwrap();
-    cryptsetup(&[&args[..], &more[..], &[path_arg]].concat(), &key);
-    LuksVolume::open(open_raw(&path, true), PASS).unwrap()
+    let common = [
+        "luksFormat",
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+    ];
+    cryptsetup(
+        &[&common[..], args, &[path.to_str().unwrap()]].concat(),
+        &key,
+    );
+    path
 }
 
 /// The volume's logical block is its encryption sector, which the ublk device takes as
@@ -369,16 +384,8 @@ fn concurrent_writes_to_halves_of_a_sector_both_survive() {
 /// it was (zero ciphertext, which the qcow2 copies leave unallocated); returns the file
 /// and the volume's plaintext.
 fn written(dir: &Path, kind: &str, sector: u64) -> (std::path::PathBuf, Vec<u8>) {
-    let path = dir.join(format!("{kind}-{sector}.img"));
-    std::fs::File::create(&path)
-        .unwrap()
-        .set_len(24 * MIB as u64)
-        .unwrap();
-    let key = dir.join("key");
-    std::fs::write(&key, PASS).unwrap();
     let sector_arg = sector.to_string();
-    let mut args = vec!["luksFormat", "--type", kind, "--pbkdf", "pbkdf2"];
-    args.extend(["--pbkdf-force-iterations", "1000"]);
+    let mut args = vec!["--type", kind];
     if kind == "luks2" {
         // a small header, so that most of the file is data
         args.extend([
@@ -389,8 +396,7 @@ fn written(dir: &Path, kind: &str, sector: u64) -> (std::path::PathBuf, Vec<u8>)
         ]);
         args.extend(["--sector-size", &sector_arg]);
     }
-    args.push(path.to_str().unwrap());
-    cryptsetup(&args, &key);
+    let path = luks_format(dir, &format!("{kind}-{sector}.img"), 24, &args);
     let volume = LuksVolume::open(open_raw(&path, true), PASS).unwrap();
     let size = volume.virtual_size() as usize;
     let mut plain = vec![0u8; size];

@@ -16,7 +16,7 @@
 //! The job borrows the request's bytes. The task awaits it, and if the task is dropped
 //! before the job has finished (a queue torn down mid-request), the waiting future's
 //! destructor blocks until the worker is done with them, so the worker never writes
-//! memory that was freed ([`Pending`]).
+//! memory that was freed (`Pending`).
 
 use super::data::submit;
 use crate::error::{Error, Result};
@@ -203,7 +203,9 @@ async unsafe fn run<'a, T: Send + 'static>(work: impl FnOnce() -> T + Send + 'a)
 ///
 /// # Safety
 ///
-/// As for [`run`]: poll the returned future to completion or drop it, never leak it.
+/// As for `run`, which it calls: poll the returned future to completion or drop it,
+/// never leak it (the workers may still be writing `buf` when it is dropped, and its drop
+/// waits for them).
 pub async unsafe fn transform(
     layer: &dyn TransformRead,
     offset: u64,

@@ -54,28 +54,31 @@ fn format(s: &Scratch, format: &str) -> (PathBuf, PathBuf) {
     (image, key)
 }
 
+/// Fills the LUKS volume `image` with seeded random bytes through dm-crypt (mapping
+/// `name`); returns a file holding them.
+fn written_through_dm_crypt(
+    s: &Scratch,
+    image: &Path,
+    key: &Path,
+    name: &str,
+    seed: u64,
+) -> PathBuf {
+    let plain = s.path("plain.bin");
+    let map = Mapping::open(image, key, name);
+    write_random(&plain, block_size(&map.path()), seed);
+    cmd("dd")
+        .arg(format!("if={}", plain.display()))
+        .arg(format!("of={}", map.path().display()))
+        .args(["bs=1M", "oflag=direct", "status=none"])
+        .ok();
+    plain
+}
+
 fn cat_matches_dm_crypt(test: &str, args: &str) {
     require_ublk();
     let s = Scratch::new(test);
     let (image, key) = format(&s, args);
-    let payload = s.path("plain.bin");
-    {
-        let map = Mapping::open(&image, &key, test);
-        let size = cmd("blockdev")
-            .arg("--getsize64")
-            .arg(map.path())
-            .ok()
-            .stdout
-            .trim()
-            .parse::<u64>()
-            .unwrap();
-        write_random(&payload, size, 41);
-        cmd("dd")
-            .arg(format!("if={}", payload.display()))
-            .arg(format!("of={}", map.path().display()))
-            .args(["bs=1M", "oflag=direct", "status=none"])
-            .ok();
-    }
+    let payload = written_through_dm_crypt(&s, &image, &key, test, 41);
     let out = s.path("out.bin");
     // decrypting the whole volume in a debug build under emulation takes its time
     imgblk()
@@ -271,16 +274,7 @@ fn luks_in_qcow2_concurrent_reads(test: &str, args: &str) {
     require_ublk();
     let s = Scratch::new(test);
     let (image, key) = format(&s, args);
-    let plain = s.path("plain.bin");
-    {
-        let map = Mapping::open(&image, &key, test);
-        write_random(&plain, block_size(&map.path()), 43);
-        cmd("dd")
-            .arg(format!("if={}", plain.display()))
-            .arg(format!("of={}", map.path().display()))
-            .args(["bs=1M", "oflag=direct", "status=none"])
-            .ok();
-    }
+    let plain = written_through_dm_crypt(&s, &image, &key, test, 43);
     let qcow2 = s.path("luks.qcow2");
     let convert = [
         "convert",
