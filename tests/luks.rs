@@ -7,8 +7,8 @@ mod common;
 
 use common::cryptsetup;
 use imgblk::error::ErrorKind;
-use imgblk::image::io::{read_at, write_at};
-use imgblk::image::{open_image, DiskImage, OpenOptions};
+use imgblk::image::io::{fill_from_extents, read_at, write_at};
+use imgblk::image::{open_image, DiskImage, OpenOptions, TransformRead};
 use imgblk::layout::luks::LuksVolume;
 use imgblk::layout::{discover, ContentKind};
 use rand::{rngs::SmallRng, RngCore, SeedableRng};
@@ -294,19 +294,34 @@ fn ext4_inside_is_discovered_and_writes_round_trip() {
 /// An empty LUKS2 volume with `sector`-byte encryption sectors, made with `luksFormat`
 /// on a sparse 20 MiB file (16 MiB of header, 4 MiB of data), opened writable.
 fn formatted(dir: &Path, sector: u64) -> LuksVolume {
-    let path = dir.join("luks2.img");
+    let sector = sector.to_string();
+    let args = ["--type", "luks2", "--sector-size", &sector];
+    let path = luks_format(dir, "luks2.img", 20, &args);
+    LuksVolume::open(open_raw(&path, true), PASS).unwrap()
+}
+
+/// `luksFormat` (PBKDF2, 1000 iterations, and `args`) of a new sparse file `name` of
+/// `mib` MiB in `dir`, with the key [`PASS`] in `dir/key`; returns the file.
+fn luks_format(dir: &Path, name: &str, mib: usize, args: &[&str]) -> std::path::PathBuf {
+    let path = dir.join(name);
     std::fs::File::create(&path)
         .unwrap()
-        .set_len(20 * MIB as u64)
+        .set_len((mib * MIB) as u64)
         .unwrap();
     let key = dir.join("key");
     std::fs::write(&key, PASS).unwrap();
-    let sector = sector.to_string();
-    let args = ["luksFormat", "--type", "luks2", "--pbkdf", "pbkdf2"];
-    let more = ["--pbkdf-force-iterations", "1000", "--sector-size", &sector];
-    let path_arg = path.to_str().unwrap();
-    cryptsetup(&[&args[..], &more[..], &[path_arg]].concat(), &key);
-    LuksVolume::open(open_raw(&path, true), PASS).unwrap()
+    let common = [
+        "luksFormat",
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+    ];
+    cryptsetup(
+        &[&common[..], args, &[path.to_str().unwrap()]].concat(),
+        &key,
+    );
+    path
 }
 
 /// The volume's logical block is its encryption sector, which the ublk device takes as
@@ -362,4 +377,108 @@ fn concurrent_writes_to_halves_of_a_sector_both_survive() {
         }
     }
     assert!(lost.is_empty(), "writes lost (round, sector): {lost:?}");
+}
+
+/// A LUKS volume of `kind` (`luks1` or `luks2`) with `sector`-byte sectors in a sparse
+/// 24 MiB raw file, written through imgblk with random data except one stretch left as
+/// it was (zero ciphertext, which the qcow2 copies leave unallocated); returns the file
+/// and the volume's plaintext.
+fn written(dir: &Path, kind: &str, sector: u64) -> (std::path::PathBuf, Vec<u8>) {
+    let sector_arg = sector.to_string();
+    let mut args = vec!["--type", kind];
+    if kind == "luks2" {
+        // a small header, so that most of the file is data
+        args.extend([
+            "--luks2-metadata-size",
+            "16k",
+            "--luks2-keyslots-size",
+            "1m",
+        ]);
+        args.extend(["--sector-size", &sector_arg]);
+    }
+    let path = luks_format(dir, &format!("{kind}-{sector}.img"), 24, &args);
+    let volume = LuksVolume::open(open_raw(&path, true), PASS).unwrap();
+    let size = volume.virtual_size() as usize;
+    let mut plain = vec![0u8; size];
+    SmallRng::seed_from_u64(sector).fill_bytes(&mut plain);
+    let hole = size / 2..size / 2 + MIB;
+    write_at(&volume, &plain[..hole.start], 0).unwrap();
+    write_at(&volume, &plain[hole.end..], hole.end as u64).unwrap();
+    read_at(&volume, &mut plain[hole.clone()], hole.start as u64).unwrap();
+    (path, plain)
+}
+
+/// A staged read, as a ublk queue does it: the ciphertext mapped with `map_stored`, read
+/// through the inner image's extents, decrypted with `transform_in_place` in `pieces`
+/// pieces of whole sectors.
+fn staged_read(volume: &LuksVolume, offset: u64, buf: &mut [u8], pieces: usize) {
+    let mut extents = Vec::new();
+    let unit = volume
+        .map_stored(offset, buf.len() as u64, &mut extents)
+        .unwrap()
+        .expect("whole sectors are staged");
+    assert_eq!(unit, u64::from(volume.logical_block_size()));
+    assert_eq!(extents.iter().map(|e| e.len).sum::<u64>(), buf.len() as u64);
+    fill_from_extents(&extents, buf).unwrap();
+    let units = buf.len() / unit as usize;
+    let piece = units.div_ceil(pieces).max(1) * unit as usize;
+    for (i, chunk) in buf.chunks_mut(piece).enumerate() {
+        volume
+            .transform_in_place(offset + (i * piece) as u64, chunk)
+            .unwrap();
+    }
+}
+
+/// Staged reads give what `read_transformed` gives, and the plaintext written, for LUKS1
+/// and LUKS2, 512- and 4096-byte sectors, over a raw image and over qcow2 copies of it
+/// (4 KiB clusters, so that a range maps to many extents; and compressed); ranges that
+/// are not whole sectors are not staged.
+#[test]
+fn staged_reads_equal_read_transformed() {
+    for (kind, sector) in [("luks1", 512u64), ("luks2", 512), ("luks2", 4096)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (raw, plain) = written(dir.path(), kind, sector);
+        let raw_arg = raw.to_str().unwrap();
+        let small = dir.path().join("small.qcow2");
+        let packed = dir.path().join("packed.qcow2");
+        let convert = ["convert", "-f", "raw", "-O", "qcow2"];
+        let small_args = ["-o", "cluster_size=4096", raw_arg, small.to_str().unwrap()];
+        common::qemu_img(dir.path(), &[&convert[..], &small_args].concat());
+        let packed_args = ["-c", raw_arg, packed.to_str().unwrap()];
+        common::qemu_img(dir.path(), &[&convert[..], &packed_args].concat());
+        for inner in [&raw, &small, &packed] {
+            let what = format!("{kind} {sector} over {}", inner.display());
+            let volume = LuksVolume::open(open_raw(inner, false), PASS).unwrap();
+            let size = volume.virtual_size();
+            assert_eq!(size as usize, plain.len(), "{what}");
+            let mut rng = SmallRng::seed_from_u64(sector);
+            let mut ranges = vec![(0, size), (size - sector, sector)];
+            for _ in 0..40 {
+                let len = (rng.next_u64() % (2 * MIB as u64 / sector) + 1) * sector;
+                let len = len.min(size);
+                let offset = rng.next_u64() % ((size - len) / sector + 1) * sector;
+                ranges.push((offset, len));
+            }
+            for (i, (offset, len)) in ranges.into_iter().enumerate() {
+                let mut want = vec![0u8; len as usize];
+                volume.read_transformed(offset, &mut want).unwrap();
+                let start = offset as usize;
+                assert!(
+                    want == plain[start..][..len as usize],
+                    "{what}: {offset}+{len}"
+                );
+                let mut got = vec![0u8; len as usize];
+                staged_read(&volume, offset, &mut got, 1 + i % 4);
+                assert!(got == want, "{what}: staged {offset}+{len}");
+            }
+            let mut none = Vec::new();
+            for (offset, len) in [(1, sector), (0, sector + 1), (sector / 2, 3 * sector)] {
+                let staged = volume.map_stored(offset, len, &mut none).unwrap();
+                assert_eq!(staged, None, "{what}: {offset}+{len}");
+            }
+            assert!(none.is_empty());
+            let mut buf = vec![0u8; sector as usize];
+            assert!(volume.transform_in_place(sector / 2, &mut buf).is_err());
+        }
+    }
 }

@@ -187,7 +187,9 @@ pub enum Source<'a> {
     /// Inside a compressed cluster.
     Compressed(CompressedCluster<'a>),
     /// Bytes that need CPU work after reading (decryption, say): read them synchronously
-    /// with `layer.read_transformed(offset, ..)`.
+    /// with `layer.read_transformed(offset, ..)`, or, where the layer stages its reads
+    /// ([`TransformRead::map_stored`]), read the stored bytes like any other extents and
+    /// transform them in place.
     Transformed {
         /// The layer that produces the bytes.
         layer: &'a dyn TransformRead,
@@ -197,10 +199,40 @@ pub enum Source<'a> {
 }
 
 /// A layer whose bytes cannot be expressed as host extents (they need decrypting, for
-/// one); the executors call it synchronously.
+/// one). The synchronous executors call [`TransformRead::read_transformed`]; a ublk queue
+/// stages the read where the layer allows it: it reads the stored bytes that
+/// [`TransformRead::map_stored`] maps on its own ring, then has
+/// [`TransformRead::transform_in_place`] turn them into the layer's bytes off the queue
+/// thread, so that one read does not stall the queue's other requests.
 pub trait TransformRead: Send + Sync {
     /// Fills `buf` with the layer's bytes at `offset`.
     fn read_transformed(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Where the stored bytes of `offset..offset + len` (of the layer's own address
+    /// space) are: appends the extents of the image below (in order, adding up to `len`
+    /// bytes: the stored bytes have the same length as the layer's) and returns
+    /// `Some(unit)`, the size of the pieces the layer transforms independently (a LUKS
+    /// sector). The range must then be whole units, and so must every piece later given
+    /// to [`TransformRead::transform_in_place`]. `None` (the default, or a range that is
+    /// not whole units) appends nothing: read with [`TransformRead::read_transformed`].
+    fn map_stored<'a>(
+        &'a self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<Extent<'a>>,
+    ) -> Result<Option<u64>> {
+        let _ = (offset, len, out);
+        Ok(None)
+    }
+
+    /// Turns `buf`, the stored bytes of `offset..offset + buf.len()` read through the
+    /// extents [`TransformRead::map_stored`] gave, into the layer's bytes, in place: for
+    /// whole units, `read_transformed(offset, buf)` gives the same bytes. Called from any
+    /// thread.
+    fn transform_in_place(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let _ = (offset, buf);
+        Err(Error::unsupported("this layer has no staged reads"))
+    }
 }
 
 impl fmt::Debug for dyn TransformRead + '_ {

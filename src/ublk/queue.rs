@@ -5,11 +5,14 @@
 //! copy or zero copy, as the device was created ([`super::data`]).
 
 use super::data::{Data, Registered, Scratch};
+use super::offload::{self, Spares};
 use super::ratelimit::{RateLimiter, Verdict};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::io::{self, decode, lookup_decoded, part_of, stored_buffer, writer_of, Decoded};
 use crate::image::metadata;
-use crate::image::{CompressedCluster, DiskImage, Extent, ImageFile, Source, WritePlan};
+use crate::image::{
+    CompressedCluster, DiskImage, Extent, ImageFile, Source, TransformRead, WritePlan,
+};
 use io_uring::squeue;
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
@@ -86,6 +89,7 @@ pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>, gate: Arc<G
     };
     let shared = Rc::new(QueueShared {
         scratch: Scratch::default(),
+        spares: Spares::default(),
         link_results: (0..dev.dev_info.queue_depth)
             .map(|_| Cell::new(None))
             .collect(),
@@ -123,6 +127,8 @@ pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>, gate: Arc<G
 struct QueueShared {
     /// For bytes that pass through daemon memory in zero-copy mode.
     scratch: Scratch,
+    /// For the ciphertext of zero-copy reads of a transformed layer, across awaits.
+    spares: Spares,
     /// Per tag, the result of its last linked transfer, which tells why a commit was
     /// cancelled (the transfer failed or fell short).
     link_results: Vec<Cell<Option<i32>>>,
@@ -435,7 +441,7 @@ async fn carry_out(
 ) -> Result<()> {
     match work {
         Work::Transfer(transfer) => transfer.finish(buffer, req, None).await,
-        Work::Read => read_extents(extents, buffer.data(req.len)?, &shared.scratch).await,
+        Work::Read => read_extents(extents, buffer.data(req.len)?, shared).await,
         Work::Write => write_extents(extents, buffer.data(req.len)?).await,
         Work::WriteSync => buffer.data(req.len)?.with_bytes(&shared.scratch, |bytes| {
             writer_of(image)?.write_sync(req.offset, bytes)
@@ -562,10 +568,11 @@ fn take<'b>(rest: &mut Option<Data<'b>>, len: u64, what: &str) -> Result<Data<'b
 
 /// Reads every extent into its part of `data`; data reads (and zero fills of registered
 /// pages) run concurrently on the ring.
-async fn read_extents(extents: &[Extent<'_>], data: Data<'_>, scratch: &Scratch) -> Result<()> {
+async fn read_extents(extents: &[Extent<'_>], data: Data<'_>, shared: &QueueShared) -> Result<()> {
     let mut reads = Vec::with_capacity(extents.len());
     let mut zeroes = Vec::new();
     let mut compressed = Vec::new();
+    let mut transformed = Vec::new();
     let mut rest = Some(data);
     for extent in extents {
         let part = take(&mut rest, extent.len, "extent map overruns the request")?;
@@ -573,9 +580,7 @@ async fn read_extents(extents: &[Extent<'_>], data: Data<'_>, scratch: &Scratch)
             Source::Data { file, offset } => reads.push(part.read_from(file, offset)),
             Source::Zero | Source::Unallocated => zeroes.push(part.zero()),
             Source::Compressed(cluster) => compressed.push((cluster, part)),
-            Source::Transformed { layer, offset } => {
-                part.fill_with(scratch, |buf| layer.read_transformed(offset, buf))?
-            }
+            Source::Transformed { layer, offset } => transformed.push((layer, offset, part)),
         }
     }
     let (read, zeroed) = futures::future::join(
@@ -587,7 +592,45 @@ async fn read_extents(extents: &[Extent<'_>], data: Data<'_>, scratch: &Scratch)
     for (cluster, part) in compressed {
         read_compressed(&cluster, part).await?;
     }
+    for (layer, offset, part) in transformed {
+        read_transformed(layer, offset, part, shared).await?;
+    }
     Ok(())
+}
+
+/// Reads `layer`'s bytes from `offset` on into `out`: where the layer stages the read
+/// ([`TransformRead::map_stored`]), its stored bytes on the ring, like any other extents,
+/// then transformed in place off the queue thread ([`offload::transform`]); else (a range
+/// that is not whole units, which only library callers send) synchronously.
+async fn read_transformed(
+    layer: &dyn TransformRead,
+    offset: u64,
+    out: Data<'_>,
+    shared: &QueueShared,
+) -> Result<()> {
+    let mut stored = Vec::new();
+    let Some(unit) = layer.map_stored(offset, out.len() as u64, &mut stored)? else {
+        return out.fill_with(&shared.scratch, |buf| layer.read_transformed(offset, buf));
+    };
+    // The stored bytes may be transformed again (LUKS in LUKS): a recursion, boxed.
+    match out {
+        Data::Memory(buf) => {
+            Box::pin(read_extents(&stored, Data::Memory(&mut *buf), shared)).await?;
+            // SAFETY: awaited in place.
+            unsafe { offload::transform(layer, offset, unit, buf) }.await
+        }
+        pages => {
+            // The daemon cannot touch the request's pages: decrypt in a buffer of the
+            // request's own (`Scratch` is not to be held across an await), then copy.
+            let mut buf = shared.spares.take(pages.len());
+            Box::pin(read_extents(&stored, Data::Memory(&mut buf), shared)).await?;
+            // SAFETY: awaited in place.
+            unsafe { offload::transform(layer, offset, unit, &mut buf) }.await?;
+            pages.put(&buf)?;
+            shared.spares.give(buf);
+            Ok(())
+        }
+    }
 }
 
 /// Writes `data` through the `Data` extents of a write mapping, concurrently.

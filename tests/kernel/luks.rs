@@ -54,28 +54,31 @@ fn format(s: &Scratch, format: &str) -> (PathBuf, PathBuf) {
     (image, key)
 }
 
+/// Fills the LUKS volume `image` with seeded random bytes through dm-crypt (mapping
+/// `name`); returns a file holding them.
+fn written_through_dm_crypt(
+    s: &Scratch,
+    image: &Path,
+    key: &Path,
+    name: &str,
+    seed: u64,
+) -> PathBuf {
+    let plain = s.path("plain.bin");
+    let map = Mapping::open(image, key, name);
+    write_random(&plain, block_size(&map.path()), seed);
+    cmd("dd")
+        .arg(format!("if={}", plain.display()))
+        .arg(format!("of={}", map.path().display()))
+        .args(["bs=1M", "oflag=direct", "status=none"])
+        .ok();
+    plain
+}
+
 fn cat_matches_dm_crypt(test: &str, args: &str) {
     require_ublk();
     let s = Scratch::new(test);
     let (image, key) = format(&s, args);
-    let payload = s.path("plain.bin");
-    {
-        let map = Mapping::open(&image, &key, test);
-        let size = cmd("blockdev")
-            .arg("--getsize64")
-            .arg(map.path())
-            .ok()
-            .stdout
-            .trim()
-            .parse::<u64>()
-            .unwrap();
-        write_random(&payload, size, 41);
-        cmd("dd")
-            .arg(format!("if={}", payload.display()))
-            .arg(format!("of={}", map.path().display()))
-            .args(["bs=1M", "oflag=direct", "status=none"])
-            .ok();
-    }
+    let payload = written_through_dm_crypt(&s, &image, &key, test, 41);
     let out = s.path("out.bin");
     // decrypting the whole volume in a debug build under emulation takes its time
     imgblk()
@@ -208,4 +211,84 @@ fn luks2_4k_sectors_two_queues_verify_and_recover() {
     dev.kill_and_recover();
     fio_verify(&dev.path, "--verify_only=1");
     dev.detach();
+}
+
+/// Reads all of `dev` with `readers` concurrent `dd iflag=direct` of block sizes from
+/// `sizes` (in turn), each into its own file, and checks each against `plain`.
+fn concurrent_reads_match(s: &Scratch, dev: &Path, plain: &Path, sizes: &[&str], readers: usize) {
+    let len = file_size(plain);
+    let outs: Vec<PathBuf> = (0..readers)
+        .map(|i| s.path(&format!("read{i}.bin")))
+        .collect();
+    std::thread::scope(|scope| {
+        for (i, out) in outs.iter().enumerate() {
+            let bs = sizes[i % sizes.len()];
+            scope.spawn(move || {
+                cmd("dd")
+                    .arg(format!("if={}", dev.display()))
+                    .arg(format!("of={}", out.display()))
+                    .arg(format!("bs={bs}"))
+                    .args(["iflag=direct", "status=none"])
+                    .timeout(Duration::from_secs(400))
+                    .ok()
+            });
+        }
+    });
+    for out in &outs {
+        assert_eq!(file_size(out), len, "{}", out.display());
+        assert_same_bytes(out, 0, plain, 0, len);
+    }
+}
+
+/// A LUKS2 volume written through dm-crypt, copied into a qcow2 (`qemu-img convert`),
+/// attached with `--luks` on two queues, and read by eight concurrent readers with block
+/// sizes from 4 KiB (decrypted on the queue thread) to 1 MiB (ciphertext read on the
+/// queue's ring, decrypted in pieces by the worker pool): every reader gets dm-crypt's
+/// plaintext. Copy mode on 6.12, zero copy (decrypted in a daemon buffer, then copied into
+/// the request's pages) on 6.18.
+fn luks_in_qcow2_concurrent_reads(test: &str, args: &str) {
+    require_ublk();
+    let s = Scratch::new(test);
+    let (image, key) = format(&s, args);
+    let plain = written_through_dm_crypt(&s, &image, &key, test, 43);
+    let qcow2 = s.path("luks.qcow2");
+    let convert = [
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "-o",
+        "cluster_size=65536",
+    ];
+    qemu_img(convert.iter().map(Path::new).chain([&*image, &*qcow2]));
+    let key_arg = key.to_str().unwrap();
+    let dev = Device::attach(&qcow2, &["--queues", "2", "--luks", "--key-file", key_arg]);
+    assert_eq!(
+        dev.info["zero_copy"].as_bool(),
+        Some(kernel_has_zero_copy()),
+        "{}",
+        dev.info
+    );
+    let sizes = ["1M", "4k", "256k", "64k", "1M", "12k", "512k", "32k"];
+    concurrent_reads_match(&s, &dev.path, &plain, &sizes, 8);
+    dev.detach();
+}
+
+#[test]
+#[ignore = "needs ublk and dm-crypt: run by ci/test (in a VM if needed)"]
+fn luks2_in_qcow2_concurrent_reads_match_dm_crypt() {
+    luks_in_qcow2_concurrent_reads(
+        "luks2-qcow2-reads",
+        "--type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000",
+    );
+}
+
+#[test]
+#[ignore = "needs ublk and dm-crypt: run by ci/test (in a VM if needed)"]
+fn luks2_4k_in_qcow2_concurrent_reads_match_dm_crypt() {
+    luks_in_qcow2_concurrent_reads(
+        "luks2-4k-qcow2-reads",
+        "--type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --sector-size 4096",
+    );
 }

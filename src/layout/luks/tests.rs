@@ -4,8 +4,8 @@
 use super::crypto::{af_split, Hash, SectorCipher};
 use super::{luks1, luks2, read_metadata, LuksVolume, SECTOR};
 use crate::error::ErrorKind;
-use crate::image::io::read_at;
-use crate::image::DiskImage;
+use crate::image::io::{fill_from_extents, read_at};
+use crate::image::{DiskImage, TransformRead};
 use crate::layout::testutil::mem_image;
 use base64ct::Encoding;
 use proptest::prelude::*;
@@ -97,6 +97,31 @@ fn hand_built_luks2_opens_and_decrypts() {
     let mut got = vec![0u8; 5000];
     read_at(&v, &mut got, 1000).unwrap();
     assert_eq!(got, plain[1000..6000]);
+}
+
+/// A staged read (the ciphertext's extents read, then decrypted in place, as a ublk queue
+/// does) gives what `read_transformed` gives; a range of part sectors is not staged.
+#[test]
+fn staged_read_equals_read_transformed() {
+    let plain: Vec<u8> = (0..65536u32).map(|i| (i * 13 % 241) as u8).collect();
+    let (_t, img) = mem_image(&volume(&plain));
+    let v = LuksVolume::open(img, PASS).unwrap();
+    for (offset, len) in [(0u64, 512u64), (512, 4096), (7168, 40960), (0, 65536)] {
+        let mut extents = Vec::new();
+        let unit = v.map_stored(offset, len, &mut extents).unwrap();
+        assert_eq!(unit, Some(512));
+        let mut got = vec![0u8; len as usize];
+        fill_from_extents(&extents, &mut got).unwrap();
+        v.transform_in_place(offset, &mut got).unwrap();
+        let mut want = vec![0u8; len as usize];
+        v.read_transformed(offset, &mut want).unwrap();
+        assert_eq!(got, want);
+        assert_eq!(got, plain[offset as usize..][..len as usize]);
+    }
+    assert_eq!(v.map_stored(100, 512, &mut Vec::new()).unwrap(), None);
+    assert_eq!(v.map_stored(512, 100, &mut Vec::new()).unwrap(), None);
+    assert!(v.transform_in_place(100, &mut [0u8; 512]).is_err());
+    assert!(v.transform_in_place(0, &mut [0u8; 100]).is_err());
 }
 
 #[test]

@@ -109,6 +109,11 @@ impl LuksVolume {
 
     fn read_aligned(&self, start: u64, buf: &mut [u8]) -> Result<()> {
         read_at(&*self.inner, buf, self.offset + start)?;
+        self.decrypt_aligned(start, buf)
+    }
+
+    /// Decrypts `buf`, the ciphertext of whole sectors from `start` (a sector boundary) on.
+    fn decrypt_aligned(&self, start: u64, buf: &mut [u8]) -> Result<()> {
         self.cipher
             .decrypt(buf, self.sector_size as usize, self.iv_sector(start))
     }
@@ -306,5 +311,33 @@ impl TransformRead for LuksVolume {
             out.copy_from_slice(&tmp[skip..skip + n]);
             Ok(())
         })
+    }
+
+    /// Whole sectors only: plaintext sector `n` is ciphertext sector `n` of the payload,
+    /// wherever the inner image keeps it.
+    fn map_stored<'a>(
+        &'a self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<Extent<'a>>,
+    ) -> Result<Option<u64>> {
+        check_range(offset, len, self.size)?;
+        let ss = self.sector_size;
+        if offset % ss != 0 || len % ss != 0 {
+            return Ok(None);
+        }
+        self.inner.map(self.offset + offset, len, out)?;
+        Ok(Some(ss))
+    }
+
+    fn transform_in_place(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        if offset % self.sector_size != 0 {
+            return Err(Error::invalid(format!(
+                "LUKS decryption at byte {offset}, not on a {}-byte sector boundary",
+                self.sector_size
+            )));
+        }
+        self.decrypt_aligned(offset, buf)
     }
 }
