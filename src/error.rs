@@ -26,9 +26,6 @@ pub enum ErrorKind {
     Kernel,
     /// Another process holds the image or device.
     Busy,
-    /// A lookup needs metadata that is not in memory and was told not to wait for it
-    /// (`image::metadata::deferred`); the caller loads it and asks again.
-    WouldBlock,
 }
 
 impl ErrorKind {
@@ -42,7 +39,6 @@ impl ErrorKind {
             ErrorKind::InvalidInput => libc::EINVAL,
             ErrorKind::Permission => libc::EPERM,
             ErrorKind::Busy => libc::EBUSY,
-            ErrorKind::WouldBlock => libc::EAGAIN,
         }
     }
 }

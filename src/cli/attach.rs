@@ -87,8 +87,8 @@ pub struct AttachArgs {
     /// Most MiB of qcow2 L2 tables to cache per image of the chain. By default the chain
     /// shares one budget (memory-mib in /etc/imgblk/config.toml, 256): each image may
     /// cache 16 MiB (every table of a 128 GiB image with 64 KiB clusters), or half of what
-    /// the ones above left if that is less; tables load on first use, without stalling
-    /// the device's other requests.
+    /// the ones above left if that is less; tables load on first use (the device asks the
+    /// kernel to read them ahead as it starts).
     #[arg(long, value_name = "MIB")]
     l2_cache_mib: Option<u64>,
     #[command(flatten)]

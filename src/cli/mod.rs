@@ -158,7 +158,7 @@ pub fn exit_code(error: &Error) -> i32 {
         ErrorKind::Kernel | ErrorKind::Permission => EXIT_SYSTEM,
         ErrorKind::Busy => EXIT_BUSY,
         ErrorKind::InvalidInput => EXIT_USAGE,
-        ErrorKind::Io | ErrorKind::ReadOnly | ErrorKind::WouldBlock => EXIT_FAILURE,
+        ErrorKind::Io | ErrorKind::ReadOnly => EXIT_FAILURE,
     }
 }
 

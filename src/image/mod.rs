@@ -12,7 +12,6 @@ pub mod file;
 pub mod foreign;
 pub mod io;
 pub mod lock;
-pub mod metadata;
 pub mod open;
 pub mod ordered;
 pub mod ova;
@@ -380,23 +379,6 @@ pub trait DiskImage: Send + Sync {
     ) -> Result<bool> {
         let _ = (offset, len, f);
         Ok(false)
-    }
-
-    /// Appends to `out` the tables that mapping `offset..offset + len` would read from a
-    /// file because they are not in memory, for a caller that reads them itself and maps
-    /// again ([`metadata`]). May list more than one map needs (never less, as long as
-    /// nothing else evicts them meanwhile); an image that never defers its loads lists
-    /// nothing. A view lists what its sources list.
-    fn pending_metadata<'a>(
-        &'a self,
-        offset: u64,
-        len: u64,
-        out: &mut Vec<metadata::MetadataLoad<'a>>,
-    ) -> Result<()> {
-        self.source_ranges(offset, len, &mut |image, at, n| {
-            image.pending_metadata(at, n, out)
-        })
-        .map(drop)
     }
 
     /// Asks the kernel to read the tables that map `offset..offset + len` into its page

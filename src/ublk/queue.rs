@@ -7,9 +7,8 @@
 use super::data::{Data, Registered, Scratch};
 use super::offload::{self, Spares};
 use super::ratelimit::{RateLimiter, Verdict};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::image::io::{self, decode, lookup_decoded, part_of, stored_buffer, writer_of, Decoded};
-use crate::image::metadata;
 use crate::image::{
     CompressedCluster, DiskImage, Extent, ImageFile, Source, TransformRead, WritePlan,
 };
@@ -272,7 +271,8 @@ async fn serve_tag(
             offset: iod.start_sector << 9,
             len: u64::from(iod.nr_sectors) << 9,
         };
-        let served = match prepare_without_stalling(image, &request, &mut extents).await {
+        extents.clear();
+        let served = match prepare(image, &request, &mut extents) {
             Ok(Work::Transfer(transfer)) => {
                 // Mapping the request settled whatever metadata it needed (a flush now
                 // covers it), and its bytes go straight to or from the file, needing
@@ -330,56 +330,6 @@ enum Work<'a> {
     WriteSync,
     /// Nothing more (flush, discard and write-zeroes are done while preparing).
     Done,
-}
-
-/// How many times a read is mapped with its table loads deferred before the queue gives
-/// up and lets the lookup load what it needs itself (a chain with a miss on every level
-/// takes one round per level; a cache too small to keep the tables of one request
-/// between two rounds would take rounds for ever).
-const METADATA_ROUNDS: usize = 8;
-
-/// [`prepare`], except that a read whose mapping needs image tables that are not in memory
-/// does not stall the queue's other requests while they are read: the lookup is made with
-/// loads deferred, the tables it lists are read on the queue's ring (every one at once,
-/// while the other tags go on), and the read is mapped again.
-async fn prepare_without_stalling<'a>(
-    image: &'a dyn DiskImage,
-    req: &Request,
-    extents: &mut Vec<Extent<'a>>,
-) -> Result<Work<'a>> {
-    if req.op == sys::UBLK_IO_OP_READ {
-        for _ in 0..METADATA_ROUNDS {
-            extents.clear();
-            match metadata::deferred(|| prepare(image, req, extents)) {
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                done => return done,
-            }
-            if !load_metadata(image, req).await? {
-                break;
-            }
-        }
-    }
-    extents.clear();
-    prepare(image, req, extents)
-}
-
-/// Reads the tables that mapping `req` needs on the ring, all at once, and hands them to
-/// the image; `false` when the image listed none (it loads its own, then).
-async fn load_metadata(image: &dyn DiskImage, req: &Request) -> Result<bool> {
-    let mut loads = Vec::new();
-    image.pending_metadata(req.offset, req.len, &mut loads)?;
-    let reads = loads.iter().map(|load| async move {
-        let mut bytes = vec![0u8; load.len];
-        Data::Memory(&mut bytes)
-            .read_from(load.file, load.offset)
-            .await?;
-        load.install(&bytes)
-    });
-    futures::future::join_all(reads)
-        .await
-        .into_iter()
-        .collect::<Result<()>>()?;
-    Ok(!loads.is_empty())
 }
 
 /// Maps `req` (or, for requests without data, carries it out) and says what is left.

@@ -20,7 +20,7 @@ pub mod guard;
 pub mod header;
 pub mod journal;
 pub mod l2cache;
-mod pending;
+mod prefetch;
 pub mod refcount;
 pub mod snapshot;
 pub mod stream;
@@ -34,7 +34,6 @@ use self::header::Header;
 use self::l2cache::{L2Cache, L2Ref, L2Table};
 use super::common::chain;
 use super::common::walk::push;
-use super::metadata::{self, MetadataLoad};
 use super::open::open_at_depth;
 use super::policy::Field;
 use super::{
@@ -43,14 +42,14 @@ use super::{
 };
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Largest L2 cache per image unless [`OpenOptions::l2_cache_bytes`] says otherwise:
 /// every table of a 128 GiB image with 64 KiB clusters (QEMU caps its default at 32 MiB).
 /// Kept small so that a daemon serving a 1 TiB image stays within 64 MiB of memory
-/// however much of it is read; a miss costs one table read, which a ublk queue makes
-/// without stalling its other requests. The chain's
+/// however much of it is read; a miss costs one table read (from the page cache, where
+/// a device reads the tables ahead as it starts). The chain's
 /// [`ChainBudget`](super::open::ChainBudget) may leave a layer less.
 pub const DEFAULT_L2_CACHE_BYTES: u64 = 16 << 20;
 
@@ -76,9 +75,6 @@ pub struct Qcow2Image {
     writer: Option<Mutex<write::Writer>>,
     /// The clusters writes must keep off; `None` when open read-only.
     guard: Option<guard::MetadataGuard>,
-    /// The last L2 table that a deferred lookup listed as missing (or read ahead), to
-    /// tell a walk in table order from random misses (`pending`).
-    last_table_miss: AtomicUsize,
 }
 
 impl Qcow2Image {
@@ -154,7 +150,6 @@ impl Qcow2Image {
             backing,
             writer,
             guard,
-            last_table_miss: AtomicUsize::new(usize::MAX - 1),
         };
         if !replay.is_empty() {
             image.replay(&replay)?;
@@ -195,12 +190,7 @@ impl Qcow2Image {
             return Ok(None);
         };
         self.l2
-            .get(l1_index, || {
-                if metadata::is_deferred() && self.writer.is_none() {
-                    return Err(metadata::would_block());
-                }
-                self.load_l2(l1_index, host)
-            })
+            .get(l1_index, || self.load_l2(l1_index, host))
             .map(Some)
     }
 
@@ -507,15 +497,6 @@ impl DiskImage for Qcow2Image {
 
     fn writer(&self) -> Option<&dyn ImageWrite> {
         self.writer.as_ref().map(|_| self as &dyn ImageWrite)
-    }
-
-    fn pending_metadata<'a>(
-        &'a self,
-        offset: u64,
-        len: u64,
-        out: &mut Vec<MetadataLoad<'a>>,
-    ) -> Result<()> {
-        self.pending_tables(offset, len, out)
     }
 
     fn prefetch_metadata(&self, offset: u64, len: u64, budget: &mut u64) -> Result<()> {
