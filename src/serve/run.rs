@@ -96,15 +96,30 @@ fn serve(
     let result = std::thread::scope(|scope| {
         // Joined before serve returns, so the image is never dropped (flushed) after it.
         scope.spawn(move || prefetch(&*prefetched));
-        serve_device(
-            image,
-            config,
-            stop,
-            template,
-            notifier,
-            recorded_id,
-            on_live,
-        )
+        device::serve(image, config, stop, move |live| {
+            let log = template.log.as_deref().and_then(|log| {
+                let named = log.with_file_name(format!("ublkb{}.log", live.id));
+                std::fs::rename(log, &named).ok().map(|()| named)
+            });
+            let record = DeviceRecord {
+                id: live.id,
+                device: live.block_path.clone(),
+                zero_copy: live.zero_copy,
+                pid: std::process::id(),
+                start_time: registry::process_start_time(std::process::id()),
+                log: log.or(template.log),
+                ..template
+            };
+            if let Err(e) = registry::save(&record) {
+                tracing::warn!(error = %e, "cannot record the device; `imgblk list` will not show it");
+            }
+            if let Ok(mut slot) = recorded_id.lock() {
+                *slot = Some(record.id);
+            }
+            notifier.live(&record);
+            tell_systemd_ready(&record);
+            on_live(&record);
+        })
     });
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(id) = recorded.lock().ok().and_then(|slot| *slot) {
@@ -127,42 +142,6 @@ fn prefetch(image: &dyn DiskImage) {
         ),
         Err(e) => tracing::debug!(error = %e, "cannot read the image's tables ahead"),
     }
-}
-
-/// [`serve`]'s device: serves `image` until stopped, recording it once it is live.
-fn serve_device(
-    image: Arc<dyn DiskImage>,
-    config: DeviceConfig,
-    stop: StopFlags,
-    template: DeviceRecord,
-    notifier: Notifier,
-    recorded_id: Arc<std::sync::Mutex<Option<u32>>>,
-    on_live: impl FnOnce(&DeviceRecord) + Send + Sync + 'static,
-) -> Result<()> {
-    device::serve(image, config, stop, move |live| {
-        let log = template.log.as_deref().and_then(|log| {
-            let named = log.with_file_name(format!("ublkb{}.log", live.id));
-            std::fs::rename(log, &named).ok().map(|()| named)
-        });
-        let record = DeviceRecord {
-            id: live.id,
-            device: live.block_path.clone(),
-            zero_copy: live.zero_copy,
-            pid: std::process::id(),
-            start_time: registry::process_start_time(std::process::id()),
-            log: log.or(template.log),
-            ..template
-        };
-        if let Err(e) = registry::save(&record) {
-            tracing::warn!(error = %e, "cannot record the device; `imgblk list` will not show it");
-        }
-        if let Ok(mut slot) = recorded_id.lock() {
-            *slot = Some(record.id);
-        }
-        notifier.live(&record);
-        tell_systemd_ready(&record);
-        on_live(&record);
-    })
 }
 
 /// Under systemd (`Type=notify`), says the device is live. Does nothing elsewhere.

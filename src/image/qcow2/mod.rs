@@ -215,15 +215,6 @@ impl Qcow2Image {
 
     /// Reads the L2 table at file offset `host` for L1 entry `l1_index`.
     fn load_l2(&self, l1_index: usize, host: u64) -> Result<L2Table> {
-        self.check_l2_offset(l1_index, host)?;
-        let mut buf = vec![0u8; self.cluster_size() as usize];
-        self.file.read_exact_at(&mut buf, host)?;
-        self.decode_l2_table(l1_index, host, &buf)
-    }
-
-    /// Refuses an L2 table at file offset `host` (for L1 entry `l1_index`) that does not
-    /// lie inside the file.
-    fn check_l2_offset(&self, l1_index: usize, host: u64) -> Result<()> {
         let size = self.cluster_size();
         if host
             .checked_add(size)
@@ -238,13 +229,9 @@ impl Qcow2Image {
             .at(self.l1_entry_offset(l1_index))
             .with_path(self.file.path()));
         }
-        Ok(())
-    }
-
-    /// The L2 table of L1 entry `l1_index` from its on-disk `bytes`, read at `host`; in a
-    /// writable image, entries that name metadata as data are disarmed.
-    fn decode_l2_table(&self, l1_index: usize, host: u64, bytes: &[u8]) -> Result<L2Table> {
-        let mut table = L2Table::from_be_bytes(bytes);
+        let mut buf = vec![0u8; size as usize];
+        self.file.read_exact_at(&mut buf, host)?;
+        let mut table = L2Table::from_be_bytes(&buf);
         if let Some(guard) = &self.guard {
             let disarmed = guard
                 .disarm(&mut table, l1_index, host)
