@@ -3,6 +3,7 @@
 use super::{print_json, EXIT_OK, EXIT_SYSTEM};
 use crate::error::Result;
 use crate::ublk::device::Driver;
+use crate::ublk::kernel;
 use serde::Serialize;
 
 /// Check that this host can run imgblk, and say how to fix what is missing.
@@ -89,11 +90,8 @@ pub fn run(args: DoctorArgs) -> Result<i32> {
 }
 
 fn checks() -> Vec<Check> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let new_enough = kernel_at_least(&release, 6, 0);
+    let release = kernel::release();
+    let new_enough = kernel::at_least(&release, 6, 0);
     let mut checks = vec![Check::new(
         "kernel",
         Need::Required,
@@ -114,6 +112,7 @@ fn checks() -> Vec<Check> {
         let features = libublk::ctrl::UblkCtrl::get_features();
         checks.push(features_check(features));
         checks.push(zero_copy_check(features.unwrap_or(0)));
+        checks.push(linked_commit_check(&release));
     }
     checks.push(io_uring_check());
     let root = nix::unistd::geteuid().is_root();
@@ -196,6 +195,25 @@ fn zero_copy_check(features: u64) -> Check {
     )
 }
 
+fn linked_commit_check(release: &str) -> Check {
+    let safe = kernel::links_ublk_commands_safely(release);
+    Check::new(
+        "linked commits",
+        Need::Optional,
+        safe,
+        if safe {
+            "on: a request whose bytes are one run of one file completes without a round trip \
+             through the daemon"
+                .into()
+        } else {
+            "off: this kernel may read a linked ublk command from a reused submission slot \
+             (Linux 6.10-6.13), so each request's commit waits for the daemon"
+                .into()
+        },
+        "boot Linux 6.14 or later (copies every io_uring command at submission)",
+    )
+}
+
 fn io_uring_check() -> Check {
     let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
         .map(|s| s.trim().to_string())
@@ -251,27 +269,9 @@ fn tempfile_in_run_dir() -> Option<std::fs::File> {
     file
 }
 
-fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|p| p.parse::<u32>().ok());
-    match (parts.next(), parts.next()) {
-        (Some(a), Some(b)) => (a, b) >= (major, minor),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kernel_versions_compare() {
-        assert!(kernel_at_least("6.12.48+deb12-amd64", 6, 0));
-        assert!(kernel_at_least("6.0.0", 6, 0));
-        assert!(!kernel_at_least("5.15.0-91-generic", 6, 0));
-        assert!(!kernel_at_least("", 6, 0));
-    }
 
     #[test]
     fn report_matches_this_host() {

@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod data;
 pub mod device;
+pub mod kernel;
 pub mod offload;
 pub mod queue;
 pub mod ratelimit;

@@ -5,6 +5,7 @@
 //! copy or zero copy, as the device was created ([`super::data`]).
 
 use super::data::{Data, Registered, Scratch};
+use super::kernel;
 use super::offload::{self, Spares};
 use super::ratelimit::{RateLimiter, Verdict};
 use crate::error::{Error, Result};
@@ -89,6 +90,7 @@ pub fn run_queue(qid: u16, dev: &UblkDev, image: Arc<dyn DiskImage>, gate: Arc<G
     let shared = Rc::new(QueueShared {
         scratch: Scratch::default(),
         spares: Spares::default(),
+        link_commits: kernel::links_ublk_commands_safely(&kernel::release()),
         link_results: (0..dev.dev_info.queue_depth)
             .map(|_| Cell::new(None))
             .collect(),
@@ -128,6 +130,9 @@ struct QueueShared {
     scratch: Scratch,
     /// For the ciphertext of zero-copy reads of a transformed layer, across awaits.
     spares: Spares,
+    /// Whether this kernel lets a commit be linked behind its transfer
+    /// ([`kernel::links_ublk_commands_safely`]).
+    link_commits: bool,
     /// Per tag, the result of its last linked transfer, which tells why a commit was
     /// cancelled (the transfer failed or fell short).
     link_results: Vec<Cell<Option<i32>>>,
@@ -435,13 +440,15 @@ enum LinkOutcome {
     /// The transfer failed or fell short (after this many bytes or with this -errno, if
     /// known), so the commit was cancelled: finish the request and commit it.
     Broken(Option<i32>),
-    /// The ring had no room for the pair, or the queue is stopping: nothing was submitted.
+    /// The kernel cannot link a commit safely, the ring had no room for the pair, or the
+    /// queue is stopping: nothing was submitted.
     Skipped,
 }
 
 /// Submits a request's transfer and its commit as one linked pair: the kernel commits
 /// the request as soon as the transfer completes in full, without waiting for the daemon
-/// to see the transfer's completion and submit the commit itself.
+/// to see the transfer's completion and submit the commit itself. Only on kernels that
+/// copy a linked command's SQE ([`kernel::links_ublk_commands_safely`]).
 ///
 /// (Not with `IOSQE_CQE_SKIP_SUCCESS` on the transfer, which would spare the daemon that
 /// completion too: when such a transfer fails, the kernel posts no completion for the
@@ -458,7 +465,7 @@ async fn transfer_linked(
         let sq = ring.submission();
         sq.capacity() - sq.len() >= 2
     });
-    if !room || queue.is_stopping() {
+    if !shared.link_commits || !room || queue.is_stopping() {
         return Ok(LinkOutcome::Skipped);
     }
     let sqe = match buffer

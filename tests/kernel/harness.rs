@@ -806,3 +806,8 @@ pub fn fio_verify(dev: &Path, extra: &str) {
         ])
         .ok();
 }
+
+/// Drops the page cache, so that the next attach reads its image's tables from the disk.
+pub fn drop_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop the page cache");
+}
