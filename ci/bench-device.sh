@@ -344,7 +344,7 @@ for w in "${WORKLOADS_ALLOC[@]}"; do
 done
 # A large sparse qcow2 on a disk of the VM, not tmpfs: 1 TiB virtual, an ext4 with files in
 # every block group and every group's bitmaps in use (made by ci/bench), so its L2 tables
-# (128 MiB) outgrow imgblk's default cache (64 MiB); the same file system raw for loop.
+# (128 MiB) outgrow imgblk's default cache (16 MiB); the same file system raw for loop.
 # The page cache is dropped and the device attached afresh before each run.
 LARGE=${BENCH_LARGE_DISK:-}
 if section large && [ -n "$LARGE" ]; then

@@ -335,7 +335,7 @@ md.append("")
 md.append("## Settings\n")
 md.append(f"""- Images on the VM's scratch ext4 (loop-mounted, tmpfs-backed) so O_DIRECT works;
   {env.get('size', '?')} raw filled by fio, qcow2 converted from it (64 KiB clusters, all allocated).
-- imgblk: `imgblk attach --queues 1|2` (depth 64 per queue, default L2 cache 128 MiB,
+- imgblk: `imgblk attach --queues 1|2` (depth 64 per queue, default L2 cache 16 MiB per image,
   O_DIRECT on the image, `--zero-copy auto`: zero copy with 512 KiB requests where the
   kernel has it, else one copy through a buffer per tag, within 32 MiB per device: 512 KiB
   requests with one queue, 256 KiB with two); `--rw` for the write rows.
