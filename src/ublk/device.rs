@@ -170,8 +170,7 @@ impl Driver {
 
 /// Whether this kernel's modules include ublk_drv (loadable, or built in).
 fn module_installed() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let base = Path::new("/lib/modules").join(release.trim());
+    let base = Path::new("/lib/modules").join(super::kernel::release());
     let listed = |file: &str| {
         std::fs::read_to_string(base.join(file)).is_ok_and(|text| text.contains("ublk_drv.ko"))
     };

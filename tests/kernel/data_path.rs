@@ -215,7 +215,8 @@ fn reads_that_miss_the_table_cache_verify_at_depth() {
     require_ublk();
     // Found the linked-commit bug of Linux 6.10-6.13 (`kernel::links_ublk_commands_safely`):
     // on 6.12 with linked commits, fio read other requests' blocks in about half of the
-    // attaches, and the device then hung. Each mode is attached twice, cold, to catch it.
+    // attaches, and the device then hung. So copy mode is attached twice (three times
+    // where `auto` copies too), each with the page cache dropped first.
     let s = Scratch::new("cold-tables");
     let raw = s.path("fio.raw");
     File::create(&raw).unwrap().set_len(8 * MIB).unwrap();
