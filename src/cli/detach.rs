@@ -128,8 +128,8 @@ fn detach(id: u32, force: bool, timeout: Duration) -> Result<Detached> {
     let record = registry::load(id);
     let done = Detached::new(id, record.as_ref());
     if !device::kernel_has_device(id) {
-        if record.is_some() {
-            registry::remove(id);
+        if let Some(record) = &record {
+            registry::remove_if_served_by(id, record.pid);
             return Ok(done);
         }
         return Err(Error::new(
@@ -165,7 +165,9 @@ fn detach(id: u32, force: bool, timeout: Duration) -> Result<Detached> {
             }
         }
     }
-    registry::remove(id);
+    if let Some(record) = &record {
+        registry::remove_if_served_by(id, record.pid);
+    }
     Ok(done)
 }
 
@@ -215,37 +217,37 @@ fn is_server(id: u32, record: &DeviceRecord) -> bool {
     }
 }
 
-/// Waits, after the signal, for the device and `record`'s daemon to go. A daemon that
-/// exits leaving the device behind found it in use (mounted since the check) and left it
-/// for recovery: with `force` the device is deleted then, else that is the error.
+/// Waits, after the signal, for `record`'s daemon to go, then looks at what it left. A
+/// daemon that exits leaving its device behind found it in use (mounted since the check)
+/// and left it for recovery: with `force` the device is deleted then, else that is the
+/// error. The device is told apart from a new one under the same id by its server pid
+/// (see [`device::still_served_by`]).
 fn wait_for_daemon(id: u32, record: &DeviceRecord, force: bool, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    loop {
-        match (device::kernel_has_device(id), record.daemon_alive()) {
-            (false, false) => return Ok(()),
-            (true, false) if force => return device::force_delete(id),
-            (true, false) => {
-                return Err(Error::new(
-                    ErrorKind::Busy,
-                    format!(
-                        "daemon {} left /dev/ublkb{id} for recovery, as it is in use: \
-                         `imgblk recover {id}` serves it again; unmounted, detach removes it",
-                        record.pid
-                    ),
-                ))
-            }
-            _ if Instant::now() > deadline => {
-                return Err(Error::new(
-                    ErrorKind::Busy,
-                    format!(
-                        "daemon {} did not stop within {}s",
-                        record.pid,
-                        timeout.as_secs()
-                    ),
-                ))
-            }
-            _ => std::thread::sleep(Duration::from_millis(50)),
+    while record.daemon_alive() {
+        if Instant::now() > deadline {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "daemon {} did not stop within {}s",
+                    record.pid,
+                    timeout.as_secs()
+                ),
+            ));
         }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    match (device::still_served_by(id, record.pid), force) {
+        (false, _) => Ok(()),
+        (true, true) => device::force_delete(id),
+        (true, false) => Err(Error::new(
+            ErrorKind::Busy,
+            format!(
+                "daemon {} left /dev/ublkb{id} for recovery, as it is in use: \
+                 `imgblk recover {id}` serves it again; unmounted, detach removes it",
+                record.pid
+            ),
+        )),
     }
 }
 

@@ -123,7 +123,7 @@ fn serve(
     });
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(id) = recorded.lock().ok().and_then(|slot| *slot) {
-        registry::remove(id);
+        registry::remove_if_served_by(id, std::process::id());
     }
     result
 }

@@ -576,6 +576,14 @@ pub fn kernel_has_device(id: u32) -> bool {
     Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists()
 }
 
+/// Whether the kernel's device `id` is still the one daemon `pid` started or last
+/// recovered. Device ids are reused at once: after a daemon removed its device, an attach
+/// running meanwhile may already have created a new one under the same id, which is not
+/// the old daemon's to report as left behind, nor to delete.
+pub fn still_served_by(id: u32, pid: u32) -> bool {
+    kernel_has_device(id) && server_pid(id) == Some(pid)
+}
+
 /// Stops and deletes device `id` from outside its daemon (when the daemon is gone).
 pub fn force_delete(id: u32) -> Result<()> {
     let ctrl =

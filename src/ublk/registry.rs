@@ -180,9 +180,13 @@ pub fn all() -> Vec<DeviceRecord> {
     records
 }
 
-/// Removes the record of device `id` (missing is fine).
-pub fn remove(id: u32) {
-    let _ = std::fs::remove_file(record_path(id));
+/// Removes the record of device `id` if daemon `pid` is the one it names (missing is
+/// fine). Device ids are reused at once: a record under the same id that another daemon
+/// wrote since belongs to a new device, and is not this one's to remove.
+pub fn remove_if_served_by(id: u32, pid: u32) {
+    if load(id).is_some_and(|record| record.pid == pid) {
+        let _ = std::fs::remove_file(record_path(id));
+    }
 }
 
 /// The systemd unit (e.g. `imgblk@vm1.service`) whose cgroup holds process `pid`, if any.
@@ -373,10 +377,14 @@ mod tests {
             1 << 30,
         );
         rec.queues = 2;
+        rec.pid = 100;
         save(&rec).unwrap();
         assert_eq!(load(7), Some(rec.clone()));
-        assert_eq!(all(), vec![rec]);
-        remove(7);
+        assert_eq!(all(), vec![rec.clone()]);
+        // another daemon's device under the same id keeps its record
+        remove_if_served_by(7, 101);
+        assert_eq!(load(7), Some(rec));
+        remove_if_served_by(7, 100);
         assert_eq!(load(7), None);
         assert!(all().is_empty());
         std::env::remove_var("IMGBLK_RUN_DIR");

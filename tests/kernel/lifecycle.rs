@@ -4,6 +4,7 @@
 use crate::harness::*;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::time::Duration;
 
 #[test]
 #[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
@@ -143,6 +144,48 @@ fn detach_removes_device_and_daemon() {
         "list after detach --all: {:?}",
         list_json()
     );
+}
+
+/// Device ids are reused at once: an attach that runs while another device is being
+/// detached may get the detached device's id (`fsck --jobs` does exactly this). detach
+/// must neither take that new device for the old one left behind, nor remove its record.
+/// Each round starts the attach a little later, so that some land between the old
+/// daemon removing its device and detach seeing the daemon gone.
+#[test]
+#[ignore = "needs ublk: run by ci/test (in a VM if needed)"]
+fn detach_ignores_a_new_device_that_took_the_id() {
+    let s = Scratch::new("detach-reuse");
+    let (first, second) = (s.path("first.raw"), s.path("second.raw"));
+    write_random(&first, MIB, 45);
+    write_random(&second, MIB, 46);
+    let mut reused = 0;
+    for round in 0..16u64 {
+        let old = Device::attach(&first, &[]);
+        let id = old.id.to_string();
+        let detach = std::thread::spawn(move || imgblk().arg("detach").arg(id).output());
+        std::thread::sleep(Duration::from_millis(25 * round));
+        let new = Device::attach(&second, &[]);
+        let detached = detach.join().expect("detach thread");
+        assert!(detached.success(), "round {round}: {}", detached.describe());
+        if new.id == old.id {
+            reused += 1;
+            old.disarm();
+        } else {
+            old.assert_gone();
+            old.disarm();
+        }
+        let entry = new
+            .list_entry()
+            .unwrap_or_else(|| panic!("round {round}: the new ublkb{} is not listed", new.id));
+        assert_eq!(
+            entry["image"].as_str().map(Path::new),
+            Some(second.as_path()),
+            "round {round}: {entry}"
+        );
+        assert_device_equals(&new.path, &second);
+        new.detach();
+    }
+    eprintln!("the new device took the detached one's id in {reused} of 16 rounds");
 }
 
 #[test]
