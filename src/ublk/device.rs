@@ -364,11 +364,13 @@ where
     ctrl.run_target(init, run, supervise)
         .map_err(|e| ublk_error("cannot start the ublk device", e))?;
     let flushed = io::flush(&*image);
-    if config.recover.is_some() {
-        // Dropping a control that recovered (rather than added) a device leaves it behind.
-        let _ = ctrl.del_dev();
+    // Deleted here, whether this daemon added the device or recovered it (dropping a
+    // control that recovered a device leaves it behind), so that the drop has no waiting
+    // DEL_DEV left to send.
+    if let Err(e) = delete(&ctrl) {
+        tracing::debug!(error = %e, "deleting the device (already gone?)");
     }
-    drop(ctrl); // deletes a device we added (UBLK_DEV_F_ADD_DEV)
+    drop(ctrl);
     tracing::info!("device removed");
     flushed
 }
@@ -589,9 +591,17 @@ pub fn force_delete(id: u32) -> Result<()> {
     let ctrl =
         UblkCtrl::new_simple(id as i32).map_err(|e| ublk_error("cannot open ublk device", e))?;
     let _ = ctrl.kill_dev();
-    ctrl.del_dev()
-        .map_err(|e| ublk_error(&format!("cannot delete ublk device {id}"), e))?;
-    Ok(())
+    delete(&ctrl).map_err(|e| ublk_error(&format!("cannot delete ublk device {id}"), e))
+}
+
+/// Deletes a stopped device without waiting for the kernel to free its number
+/// (DEL_DEV_ASYNC, Linux 6.9+; older drivers only have the waiting DEL_DEV). That wait
+/// can outlast the device: ublk_drv sleeps until the number is free, and when a new
+/// device takes the number in the moment between the wake-up and the check (an attach
+/// running meanwhile, as `fsck --jobs` does), the number is taken again and the waiter
+/// sleeps on until that device goes too. A daemon was seen stuck so for 30 s.
+fn delete(ctrl: &UblkCtrl) -> std::result::Result<(), UblkError> {
+    ctrl.del_dev_async().or_else(|_| ctrl.del_dev()).map(drop)
 }
 
 /// Number of hardware queues the kernel created for block device `ublkbN`.
