@@ -62,17 +62,6 @@ qemu-img convert -O raw "$S/fs.qcow2" "$S/fs.raw" || exit 1
 for f in zstd.qcow2 luks.qcow2 luks.key; do cp "${BENCH_OUT_IN:?}/$f" "$S/$f" || exit 1; done
 mkfs.ext4 -q -F /tmp/tiny.ext4 8M || exit 1
 sync; df -h "$S" >&2
-# The programs an e2fsck run executes (and their libraries), read whole into the page
-# cache after each drop: a code page first touched inside the timed run would be read
-# over 9p there, and under icount the guest's clock jumps while it waits for the host
-# (see fsck_run). (No process substitution: the VM's /dev has no /dev/fd.)
-WARM_FILES=()
-for prog in e2fsck taskset timeout "$IMGBLK" qemu-nbd ${RUBLK:+"$RUBLK"}; do
-  path=$(command -v "$prog") || continue
-  libs=$(ldd "$path" 2>/dev/null | awk '$3 ~ /^\// {print $3} $1 ~ /^\// {print $1}')
-  # shellcheck disable=SC2206 # library paths hold no spaces
-  WARM_FILES+=("$path" $libs)
-done
 
 AIO=io_uring
 if ! qemu-nbd --help 2>&1 | grep -q io_uring; then AIO=threads; fi
@@ -278,13 +267,12 @@ for fmt in raw qcow2; do
 done
 
 # --- e2fsck -fn over many small files, a fresh attach (cold caches) per run ---------------
-# The page cache is dropped before the attach, not between it and e2fsck, then the programs
-# of the run are read whole (WARM_FILES) and e2fsck runs once untimed over a tiny file
-# system: after a drop, e2fsck's binary, libraries and files (and timeout's, and a
-# server's code paths that only a large check reaches) would be read again from the host
-# over 9p inside the timed run, and under icount with sleep=off each wait for the host lets
-# the guest's clock jump to its next timer, by as much as the host happens to take
-# (benches/results/NOTES.md, "Deterministic timing"). The device's own cache is empty anyway: each run is a fresh attach.
+# The page cache is dropped before the attach, not between it and e2fsck, and e2fsck runs
+# once untimed over a tiny file system: after a drop, e2fsck's binary, libraries and files
+# (and timeout's) would be read again from the host over 9p inside the timed run, and under
+# icount with sleep=off each wait for the host lets the guest's clock jump to its next
+# timer, by as much as the host happens to take (benches/results/NOTES.md, "Deterministic
+# timing"). The device's own cache is empty anyway: each run is a fresh attach.
 # fsck_run SET TARGET ROUND FMT IMG: one such run, emitted as kind=fsck (with set= unless
 # SET is the small file system's "qcow2").
 fsck_run() {
@@ -292,7 +280,6 @@ fsck_run() {
   [ "$set" = qcow2 ] || tag=(set="$set")
   RSS_SET="$set e2fsck"
   sync; echo 3 > /proc/sys/vm/drop_caches
-  cat "${WARM_FILES[@]}" > /dev/null
   guard 60 taskset -c 0 e2fsck -fn /tmp/tiny.ext4 > /dev/null 2>&1
   # On the cold large image the attach is timed too: imgblk starts reading the image's
   # tables ahead as its device starts, and that must not run before the clock does.
