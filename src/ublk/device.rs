@@ -581,7 +581,8 @@ pub fn kernel_has_device(id: u32) -> bool {
 /// Whether the kernel's device `id` is still the one daemon `pid` started or last
 /// recovered. Device ids are reused at once: after a daemon removed its device, an attach
 /// running meanwhile may already have created a new one under the same id, which is not
-/// the old daemon's to report as left behind, nor to delete.
+/// the old daemon's to report as left behind, nor to delete. A device that names no
+/// server is not `pid`'s either: a device just added has none until it starts.
 pub fn still_served_by(id: u32, pid: u32) -> bool {
     kernel_has_device(id) && server_pid(id) == Some(pid)
 }
