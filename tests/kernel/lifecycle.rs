@@ -169,11 +169,10 @@ fn detach_ignores_a_new_device_that_took_the_id() {
         assert!(detached.success(), "round {round}: {}", detached.describe());
         if new.id == old.id {
             reused += 1;
-            old.disarm();
         } else {
             old.assert_gone();
-            old.disarm();
         }
+        old.disarm();
         let entry = new
             .list_entry()
             .unwrap_or_else(|| panic!("round {round}: the new ublkb{} is not listed", new.id));
