@@ -604,6 +604,13 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// Releases the image locks before the descriptor closes (see [`super::lock::unlock`]).
+impl Drop for ImageFile {
+    fn drop(&mut self) {
+        super::lock::unlock(self.buffered.as_raw_fd());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,6 +653,38 @@ mod tests {
             assert!(buf[12288..].iter().all(|&b| b == 5));
         }
         assert_eq!(f.len(), 65536);
+    }
+
+    #[test]
+    fn a_dropped_file_releases_its_locks_while_another_thread_starts_processes() {
+        // A child process holds a copy of every descriptor of its parent from fork to
+        // exec; a file dropped meanwhile by another thread kept its locks alive through
+        // that copy, and the next open of the image was refused as in use (CI, tests/ova.rs).
+        use super::super::lock::LockMode;
+        use std::sync::atomic::Ordering;
+        const PROCESSES: u32 = 200;
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.as_file().set_len(4096).unwrap();
+        let started = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let spawner = std::thread::spawn({
+            let started = started.clone();
+            move || {
+                while started.load(Ordering::Relaxed) < PROCESSES {
+                    std::process::Command::new("true").status().unwrap();
+                    started.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let mut round = 0;
+        while started.load(Ordering::Relaxed) < PROCESSES {
+            let file = ImageFile::open(tmp.path(), true, false).unwrap();
+            if let Err(e) = file.lock(LockMode::Exclusive) {
+                started.store(PROCESSES, Ordering::Relaxed);
+                panic!("round {round}: {e}");
+            }
+            round += 1;
+        }
+        spawner.join().unwrap();
     }
 
     #[test]

@@ -73,6 +73,19 @@ pub fn lock(fd: RawFd, mode: LockMode) -> Result<()> {
     Ok(())
 }
 
+/// Releases every lock on `fd`'s open file description. Called before the descriptor
+/// closes: a child process that another thread is just starting holds a copy of it until
+/// it execs, and would otherwise keep the locks alive for that moment, so that the next
+/// open of the image found it in use.
+pub fn unlock(fd: RawFd) {
+    let mut fl = flock_at(libc::F_UNLCK, 0);
+    fl.l_len = 0;
+    // SAFETY: fcntl with a valid flock pointer on a descriptor we own. Unlocking cannot
+    // conflict; a failure (a descriptor never locked on a file system without OFD locks)
+    // leaves nothing to release.
+    unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &fl) };
+}
+
 fn conflict(what: String) -> Error {
     Error::new(
         ErrorKind::Busy,
